@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Each bootstraps itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck bench clean deps
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+deps: $(STAMP)
+	@./scripts/ensure-system-deps
+
+lint: deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: deps lint
+	$(BIN)/pytest -q -p no:cacheprovider
+
+demo: deps
+	$(BIN)/sealgw demo --duration 60
+
+bench: deps
+	$(BIN)/python -m bench pipeline --json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache

@@ -1,0 +1,63 @@
+"""The one exception root of sealgw and the subtrees that tell a caller what to do.
+
+- TransientError: the operation may succeed if retried later (timeouts, lost links).
+- AuthError: a signature, MAC, certificate or policy check failed; do not retry.
+- ProtocolError: a peer sent something malformed; drop it, count it, reset the session.
+- ConfigError: the configuration is wrong; fix it, do not retry.
+- StorageError: the durable buffer cannot take or keep data.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error sealgw raises on purpose."""
+
+
+class TransientError(GatewayError):
+    """A failure that may go away when retried (radio, bus or broker trouble)."""
+
+
+class DeviceTimeoutError(TransientError, TimeoutError):
+    """A device did not answer in time."""
+
+    def __init__(self, message: str, *, device: str | None = None) -> None:
+        super().__init__(message)
+        self.device = device
+
+
+class AuthError(GatewayError):
+    """An authentication, signature or authorization check failed. Never retried."""
+
+    def __init__(self, message: str, *, code: str = "auth_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProtocolError(GatewayError, ValueError):
+    """A peer sent bytes that do not follow the protocol."""
+
+
+class ConfigError(GatewayError, ValueError):
+    """The configuration is invalid; `key` names the offending dotted key."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{key}: {reason}" if key else reason)
+        self.key = key
+        self.reason = reason
+
+
+class StorageError(GatewayError):
+    """The durable buffer failed."""
+
+
+class StorageFullError(StorageError):
+    """An audit or alarm event could not be stored; new seal operations must be refused."""
+
+
+class DatabaseCorruptError(StorageError):
+    """The buffer file failed its integrity check and was moved aside to `moved_to`."""
+
+    def __init__(self, message: str, *, moved_to: str) -> None:
+        super().__init__(message)
+        self.moved_to = moved_to

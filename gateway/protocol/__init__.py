@@ -1,0 +1,1 @@
+"""Pure codecs: bytes in, frames out. Nothing here does I/O."""

@@ -1,0 +1,4 @@
+"""Shared fixtures. Each fixture module registers itself here with one line."""
+
+pytest_plugins: list[str] = [
+]
