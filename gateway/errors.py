@@ -61,3 +61,20 @@ class DatabaseCorruptError(StorageError):
     def __init__(self, message: str, *, moved_to: str) -> None:
         super().__init__(message)
         self.moved_to = moved_to
+
+
+class FrameError(ProtocolError):
+    """A complete but invalid frame; the caller drops `consumed` bytes and decodes again."""
+
+    def __init__(self, message: str, *, consumed: int) -> None:
+        super().__init__(message)
+        self.consumed = consumed
+
+
+class DeviceRejectedError(GatewayError):
+    """A device understood a request and refused it with error `code`; retrying will not help."""
+
+    def __init__(self, message: str, *, device: str, code: int) -> None:
+        super().__init__(message)
+        self.device = device
+        self.code = code

@@ -110,7 +110,7 @@ class Event:
 
 def make_draft(
     clock_now: datetime,
-    type: str,  # noqa: A002 - the field is called type on the wire
+    type: str,
     subject: str,
     data: Mapping[str, JSONValue],
     priority: Priority,

@@ -8,6 +8,7 @@ lets a master station verify the event chain. See docs/events.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -17,7 +18,9 @@ __all__ = ["JSONValue", "canonical_bytes", "canonical_json", "encode_basestring"
 
 MAX_SAFE_INTEGER = 2**53 - 1
 
-JSONValue: TypeAlias = None | bool | int | float | str | Sequence["JSONValue"] | Mapping[str, "JSONValue"]
+JSONValue: TypeAlias = (
+    bool | int | float | str | Sequence["JSONValue"] | Mapping[str, "JSONValue"] | None
+)
 
 
 def canonical_json(value: Any) -> str:
@@ -34,7 +37,7 @@ def canonical_bytes(value: Any) -> bytes:
 
 def format_number(number: float) -> str:
     """Write a finite double as ECMAScript's Number.prototype.toString does."""
-    if number != number or number in (float("inf"), float("-inf")):
+    if not math.isfinite(number):
         raise ValueError("NaN and infinity have no JSON form")
     if number == 0:
         return "0"
@@ -92,7 +95,10 @@ def _encode_array(value: Sequence[Any], parts: list[str]) -> None:
 def _format_int(value: int) -> str:
     if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
         return str(value)
-    raise ValueError(f"integer {value} is outside the exact range of a JSON number")
+    try:
+        return format_number(float(value))  # a JSON number is a double, as JCS parses it
+    except OverflowError:
+        raise ValueError(f"integer {value} is too large for a JSON number") from None
 
 
 @lru_cache(maxsize=4096)

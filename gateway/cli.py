@@ -1,0 +1,103 @@
+"""The `sealgw` command line. Subcommands import their modules lazily to keep start-up fast."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from gateway.errors import ConfigError, GatewayError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run one subcommand; return the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="sealgw", description="Meter seal and meter gateway")
+    parser.add_argument("--version", action="version", version=_version())
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_run(commands)
+    _add_config(commands)
+    return parser
+
+
+def _add_run(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser("run", help="run the gateway daemon")
+    run.add_argument("-c", "--config", type=Path, required=True, help="gateway config (TOML)")
+    run.add_argument("--log-level", help="override log.level")
+    run.set_defaults(handler=_cmd_run)
+
+
+def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    config = commands.add_parser("config", help="configuration tools")
+    sub = config.add_subparsers(title="config commands", metavar="COMMAND")
+    check = sub.add_parser("check", help="validate a config file; names the bad key")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_cmd_config_check)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from gateway.config_loader import load_config
+    from gateway.daemon import run_daemon
+
+    config = load_config(args.config)
+    configure_logging(args.log_level or config.log.level)
+    asyncio.run(run_daemon(config))
+    return EXIT_OK
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from gateway.config_loader import load_config
+
+    config = load_config(args.file)
+    print(
+        f"{args.file}: OK (gateway {config.gateway.id}, broker {config.uplink.url}, "
+        f"buffer {config.buffer_path})"
+    )
+    return EXIT_OK
+
+
+def configure_logging(level: str) -> None:
+    """Log to stderr (journald picks it up under systemd) at `level`."""
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _version() -> str:
+    from gateway import __version__
+
+    return f"sealgw {__version__}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

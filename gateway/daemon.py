@@ -1,0 +1,168 @@
+"""The daemon: composes buffer, uplink and services under a supervisor; clean SIGTERM shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from gateway import __version__
+from gateway.buffer import EventBuffer
+from gateway.clock import Clock, SystemClock
+from gateway.commands import CommandDispatcher
+from gateway.config import GatewayConfig
+from gateway.events import Event, EventDraft, Priority
+from gateway.protocol.canonical import JSONValue
+from gateway.sdnotify import SystemdNotifier
+from gateway.supervisor import Supervisor
+from gateway.synthetic import run_synthetic_source
+from gateway.uplink import Uplink
+
+_LOGGER = logging.getLogger(__name__)
+
+SHUTDOWN_FLUSH_S = 5.0
+
+
+class Gateway:
+    """One gateway process: owns every component and their lifetimes."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        clock: Clock | None = None,
+        notifier: SystemdNotifier | None = None,
+    ) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.notifier = notifier or SystemdNotifier()
+        self.dispatcher = CommandDispatcher()
+        self.buffer = EventBuffer(config.buffer_path, config.gateway.id, config.buffer, self.clock)
+        self.uplink = Uplink(
+            config.uplink,
+            gateway_id=config.gateway.id,
+            client_id=config.client_id,
+            source=self.buffer,
+            dispatcher=self.dispatcher,
+            clock=self.clock,
+            version=__version__,
+        )
+        self.supervisor = Supervisor(self.clock)
+        self.operations_refused = False
+        self._stop = asyncio.Event()
+        self._started_mono = time.monotonic()
+
+    def emit(self, draft: EventDraft) -> asyncio.Future[Event]:
+        """Hand an event to the durable buffer; the future resolves at commit."""
+        return self.buffer.submit(draft)
+
+    def draft(
+        self, type_: str, subject: str, data: Mapping[str, JSONValue], priority: Priority
+    ) -> EventDraft:
+        """A draft stamped with this gateway's clock."""
+        return EventDraft(type_, subject, data, priority, self.clock.now())
+
+    def request_stop(self) -> None:
+        """Ask the daemon to shut down cleanly (signal handlers call this)."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Start everything, run until stopped, then shut down in order."""
+        await self.buffer.open()
+        self.buffer.on_commit = lambda _events: self.uplink.wake()
+        self.buffer.on_storage_full = self._on_storage_full
+        await self.buffer.append(self._started_event())
+        self._start_components()
+        self.notifier.ready(f"gateway {self.config.gateway.id} running")
+        _LOGGER.info("gateway %s running (buffer %s)", self.config.gateway.id, self.buffer.path)
+        try:
+            await self._stop.wait()
+        finally:
+            await self._shutdown()
+
+    def _start_components(self) -> None:
+        self.supervisor.start("uplink", self.uplink.run)
+        self.supervisor.start("health", self._health_loop)
+        if self.notifier.watchdog_interval_s:
+            self.supervisor.start("watchdog", self._watchdog_loop)
+        if self.config.synthetic.enabled:
+            self.supervisor.start(
+                "synthetic",
+                lambda: run_synthetic_source(self.config.synthetic, self.emit, self.clock),
+            )
+
+    async def _shutdown(self) -> None:
+        _LOGGER.info("shutting down")
+        self.notifier.stopping()
+        await self.supervisor.stop("synthetic")
+        try:
+            await self.buffer.append(
+                self.draft("gateway.stopped", self._subject(), {}, Priority.AUDIT)
+            )
+        except Exception:  # the record of a stop must not prevent the stop
+            _LOGGER.exception("could not record gateway.stopped")
+        await self.uplink.stop(timeout=SHUTDOWN_FLUSH_S)
+        await self.supervisor.stop()
+        await self.buffer.close()
+        _LOGGER.info("stopped")
+
+    def _subject(self) -> str:
+        return f"gateway:{self.config.gateway.id}"
+
+    def _started_event(self) -> EventDraft:
+        data: dict[str, JSONValue] = {
+            "version": __version__,
+            "district": self.config.gateway.district,
+        }
+        if self.buffer.recovered_from is not None:
+            data["buffer_recovered_from"] = str(self.buffer.recovered_from)
+        return self.draft("gateway.started", self._subject(), data, Priority.AUDIT)
+
+    async def _health_loop(self) -> None:
+        while True:
+            await self.clock.sleep(self.config.health.interval_s)
+            self.emit(self.draft("gateway.health", self._subject(), self.health(), Priority.STATE))
+
+    def health(self) -> dict[str, JSONValue]:
+        """A snapshot of the gateway's health, as published in gateway.health."""
+        depth = self.buffer.depth()
+        return {
+            "uptime_s": round(time.monotonic() - self._started_mono, 1),
+            "buffer_depth": {p.wire_name: depth.get(p, 0) for p in Priority},
+            "broker_connected": self.uplink.connected,
+            "storage_full": self.buffer.storage_full,
+            "operations_refused": self.operations_refused,
+        }
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval_s or 1.0
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def _on_storage_full(self, full: bool) -> None:
+        """Refuse new seal operations while audit events cannot be stored, and say so at once."""
+        self.operations_refused = full
+        state = "full" if full else "recovered"
+        _LOGGER.error(
+            "event storage %s: seal operations %s", state, "refused" if full else "resumed"
+        )
+        payload: dict[str, Any] = {"state": state, "gateway": self.config.gateway.id}
+        self.uplink.publish_alarm_now("gateway.storage_full", payload)
+
+
+def install_signal_handlers(gateway: Gateway) -> None:
+    """SIGTERM and SIGINT stop the daemon cleanly."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, gateway.request_stop)
+
+
+async def run_daemon(config: GatewayConfig) -> None:
+    """Entry point of `sealgw run`."""
+    gateway = Gateway(config)
+    install_signal_handlers(gateway)
+    await gateway.run()
