@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_run(commands)
     _add_config(commands)
+    _add_demo(commands)
     return parser
 
 
@@ -61,6 +62,23 @@ def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     check = sub.add_parser("check", help="validate a config file; names the bad key")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_cmd_config_check)
+
+
+def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    demo = commands.add_parser("demo", help="run the bench demo on this machine")
+    demo.add_argument(
+        "--broker", help="use this broker (mqtt://host:port) instead of a private one"
+    )
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    demo.add_argument("--json", action="store_true", help="print one summary object at the end")
+    demo.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from firmware_sim.demo import DemoOptions, run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    return run_demo(DemoOptions(args.broker, args.duration, args.json))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
