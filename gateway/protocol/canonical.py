@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from json.encoder import encode_basestring
 from typing import Any, TypeAlias
 
 __all__ = ["JSONValue", "canonical_bytes", "canonical_json", "encode_basestring", "format_number"]
@@ -58,7 +58,7 @@ def _encode(value: Any, parts: list[str]) -> None:
     elif isinstance(value, int):
         parts.append(_format_int(value))
     elif isinstance(value, float):
-        parts.append(format_number(value))
+        parts.append(_format_float(value))
     elif isinstance(value, Mapping):
         _encode_object(value, parts)
     elif isinstance(value, list | tuple):
@@ -90,6 +90,14 @@ def _encode_array(value: Sequence[Any], parts: list[str]) -> None:
             parts.append(",")
         _encode(item, parts)
     parts.append("]")
+
+
+def _format_float(value: float) -> str:
+    """Fast path: without an exponent, Python's shortest repr is already ECMAScript's text."""
+    text = repr(value)
+    if "e" in text or "n" in text or value == 0:  # exponent, nan, inf or -0.0
+        return format_number(value)
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _format_int(value: int) -> str:
