@@ -36,7 +36,7 @@ def parse_config(
     table: Mapping[str, Any], *, base_dir: Path, source: Path | None = None
 ) -> GatewayConfig:
     """Validate a parsed TOML table; relative paths are taken from `base_dir`."""
-    values = _build(GatewayConfig, table, "", base_dir)
+    values: GatewayConfig = _build(GatewayConfig, table, "", base_dir)
     config = dataclasses.replace(values, source=source)
     _check_cross_fields(config)
     return config

@@ -67,4 +67,4 @@ class Supervisor:
 
     def _delay(self, attempt: int) -> float:
         low, high = self._backoff
-        return min(high, low * 2 ** min(attempt - 1, 16)) * random.uniform(0.5, 1.0)
+        return float(min(high, low * 2 ** min(attempt - 1, 16)) * random.uniform(0.5, 1.0))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 class EventSubscriber:
@@ -22,7 +23,7 @@ class EventSubscriber:
         self._changed = threading.Condition(self._lock)
         self._connected = threading.Event()
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"subscriber-{time.monotonic_ns()}",
             protocol=mqtt.MQTTv5,
         )
@@ -92,7 +93,7 @@ class EventSubscriber:
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         with self._changed:
-            self.messages.append((message.topic, message.payload, bool(message.retain)))
+            self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
             if "/events/" in message.topic:
                 self.events.append(json.loads(message.payload))
             self._changed.notify_all()
