@@ -1,0 +1,131 @@
+"""The bench radio: bumble virtual controllers on one LocalLink, one of them served over TCP HCI.
+
+Locks run a bumble `Device` on their own controller of the link. The gateway's controller is
+exposed on a TCP socket, so the gateway opens it with `ble.adapter = "bumble:tcp-client:HOST:PORT"`
+and drives it through the real HCI, L2CAP, ATT and GATT stack, exactly as it would drive a USB
+dongle. This is what bumble's `bumble-controllers` app does, with two fixes to the virtual
+controller that a gateway relies on (see `SpecController`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from bumble import hci, ll
+from bumble.controller import Controller
+from bumble.link import LocalLink
+from bumble.transport.common import AsyncPipeSink
+from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
+
+__all__ = ["HciServer", "SpecController", "attach_host", "serve_controller"]
+
+_log = logging.getLogger(__name__)
+
+
+class SpecController(Controller):
+    """A bumble virtual controller that cancels connections and resets as the spec says.
+
+    The stock controller acknowledges LE Create Connection Cancel but never completes the
+    pending connection, so a host waiting for it hangs and the controller refuses every later
+    connect. Its HCI Reset also keeps links of a previous host. Core spec Vol 4, Part E,
+    7.8.13 and 7.3.2.
+    """
+
+    def on_hci_le_create_connection_cancel_command(
+        self, command: hci.HCI_LE_Create_Connection_Cancel_Command
+    ) -> hci.HCI_StatusReturnParameters:
+        """Complete the pending connection with Unknown Connection Identifier (0x02)."""
+        del command
+        pending: Any = self.pending_le_connection
+        if pending is None:
+            return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.COMMAND_DISALLOWED_ERROR)
+        self.pending_le_connection = None
+        event = hci.HCI_LE_Connection_Complete_Event(
+            status=hci.HCI_ErrorCode.UNKNOWN_CONNECTION_IDENTIFIER_ERROR,
+            connection_handle=0,
+            role=hci.Role.CENTRAL,
+            peer_address_type=pending.peer_address.address_type,
+            peer_address=pending.peer_address,
+            connection_interval=0,
+            peripheral_latency=0,
+            supervision_timeout=0,
+            central_clock_accuracy=0,
+        )
+        # The spec orders this event after the Command Complete the caller is about to send.
+        asyncio.get_running_loop().call_soon(self.send_hci_packet, event)
+        return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+
+    def on_hci_reset_command(
+        self, command: hci.HCI_Reset_Command
+    ) -> hci.HCI_StatusReturnParameters:
+        """Drop the links, pending connect and scan of the previous host."""
+        del command
+        reason = hci.HCI_ErrorCode.REMOTE_USER_TERMINATED_CONNECTION_ERROR
+        for peer_address, connection in list(self.le_connections.items()):
+            connection.send_ll_control_pdu(ll.TerminateInd(reason))
+            del self.le_connections[peer_address]
+        self.pending_le_connection = None
+        self.le_scan_enable = False
+        return hci.HCI_StatusReturnParameters(hci.HCI_ErrorCode.SUCCESS)
+
+
+@dataclass(slots=True)
+class HciServer:
+    """A controller on the link, reachable by one host at a time over TCP HCI."""
+
+    controller: SpecController
+    host: str
+    port: int
+    _transport: Any
+
+    @property
+    def adapter(self) -> str:
+        """The gateway's `ble.adapter` string for this controller."""
+        return f"bumble:tcp-client:{self.host}:{self.port}"
+
+    def drop_host(self) -> None:
+        """Cut the TCP connection of the current host, as a crashed simulator would."""
+        tcp = self._transport.sink.transport
+        if tcp is not None:
+            tcp.close()
+
+    async def close(self) -> None:
+        """Stop listening, cut the host and leave the link."""
+        self.drop_host()
+        server = self._transport.server
+        server.close()
+        await server.wait_closed()
+        await self._transport.close()
+        self.controller.link.remove_controller(self.controller)
+
+
+async def serve_controller(
+    link: LocalLink, *, host: str = "127.0.0.1", port: int = 0, name: str = "gateway"
+) -> HciServer:
+    """Put a `SpecController` on `link` and serve its HCI on host:port (0 picks a free port)."""
+    # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted sockets; without it, Nagle and
+    # delayed ACKs add about 40 ms to every ATT round trip.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen()
+        transport = await open_tcp_server_transport_with_socket(sock)
+    except BaseException:
+        sock.close()
+        raise
+    bound_port = int(sock.getsockname()[1])
+    controller = SpecController(
+        name, host_source=transport.source, host_sink=transport.sink, link=link
+    )
+    _log.info("controller %s served over TCP HCI on %s:%d", name, host, bound_port)
+    return HciServer(controller, host, bound_port, transport)
+
+
+def attach_host(controller: Controller) -> tuple[Controller, AsyncPipeSink]:
+    """The (source, sink) pair a bumble Host uses to drive `controller` in-process."""
+    return controller, AsyncPipeSink(controller)

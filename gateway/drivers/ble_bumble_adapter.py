@@ -1,0 +1,247 @@
+"""One bumble `Device` on one HCI transport, shared by the scanner and every client of an adapter.
+
+The adapter opens lazily on first use, serializes connection attempts (a controller initiates
+one LE connection at a time), fans advertisements out to the scanners that listen, and
+remembers the address type of every advertiser it saw, because bleak addresses are bare
+strings while LE needs to know public from random. When the HCI transport is lost (the
+simulator went away, the dongle was unplugged) the links drop, and the next use reopens it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from bleak.exc import BleakBluetoothNotAvailableError, BleakBluetoothNotAvailableReason, BleakError
+from bumble import hci
+from bumble.core import InvalidArgumentError
+from bumble.device import Advertisement, Device
+from bumble.transport import open_transport
+
+__all__ = ["AdvertisementListener", "BumbleAdapter", "HciLink"]
+
+_log = logging.getLogger(__name__)
+
+OPEN_TIMEOUT_S = 5.0
+"""Longest wait for the transport to open and the controller to answer HCI Reset."""
+
+_SEEN_MAX = 512
+"""Advertisers remembered for their address type; nearby phones rotate addresses, so bound it."""
+
+AdvertisementListener = Callable[[Advertisement], None]
+
+
+class HciLink(Protocol):
+    """An open HCI transport: what `bumble.transport.open_transport` returns."""
+
+    source: Any
+    sink: Any
+
+    async def close(self) -> None: ...
+
+
+HciOpener = Callable[[], Awaitable[HciLink]]
+
+
+class BumbleAdapter:
+    """A lazily opened bumble Device on one HCI transport, shared by scanners and clients."""
+
+    def __init__(self, name: str, opener: HciOpener, *, own_address: str | None = None) -> None:
+        self.name = name
+        self._opener = opener
+        self._own_address = own_address
+        self._device: Device | None = None
+        self._link: HciLink | None = None
+        self._open_lock = asyncio.Lock()
+        self._scan_lock = asyncio.Lock()
+        self.connect_lock = asyncio.Lock()
+        """Held while one LE connection is being created; bumble and controllers allow one."""
+        self._listeners: dict[AdvertisementListener, bool] = {}
+        self._scan_active: bool | None = None
+        self._seen: OrderedDict[str, tuple[hci.Address, str | None]] = OrderedDict()
+        self._closed = False
+
+    @classmethod
+    def from_transport(cls, spec: str, *, own_address: str | None = None) -> BumbleAdapter:
+        """An adapter on a bumble transport string such as `tcp-client:127.0.0.1:9000`."""
+
+        async def opener() -> HciLink:
+            link: HciLink = await open_transport(spec)
+            return link
+
+        return cls(spec, opener, own_address=own_address)
+
+    @classmethod
+    def from_hci(
+        cls, name: str, source: Any, sink: Any, *, own_address: str | None = None
+    ) -> BumbleAdapter:
+        """An adapter on an already wired (source, sink), e.g. an in-process controller."""
+
+        async def opener() -> HciLink:
+            return _FixedLink(source, sink)
+
+        return cls(name, opener, own_address=own_address)
+
+    @property
+    def is_open(self) -> bool:
+        """True while the HCI transport is up and the controller is initialized."""
+        return self._device is not None
+
+    async def device(self) -> Device:
+        """The powered-on Device, opening (or reopening after a loss) the transport if needed."""
+        if self._device is not None:
+            return self._device
+        async with self._open_lock:
+            if self._closed:
+                raise BleakError(f"BLE adapter {self.name} is closed")
+            if self._device is None:
+                self._device = await self._open()
+                await self._restore_scan(self._device)
+            return self._device
+
+    async def close(self) -> None:
+        """Disconnect every link, stop scanning and close the transport. Idempotent."""
+        async with self._open_lock:
+            self._closed = True
+            device, link = self._device, self._link
+            self._device, self._link = None, None
+            self._listeners.clear()
+            if device is not None:
+                await _disconnect_all(device)
+            if link is not None:
+                await link.close()
+                _log.info("BLE adapter %s closed", self.name)
+
+    async def add_scan_listener(self, listener: AdvertisementListener, *, active: bool) -> None:
+        """Receive every advertisement from now on; the controller scans while anyone listens."""
+        async with self._scan_lock:
+            device = await self.device()
+            self._listeners[listener] = active
+            await self._apply_scan(device)
+
+    async def remove_scan_listener(self, listener: AdvertisementListener) -> None:
+        """Stop delivering to `listener`; scanning stops with the last one."""
+        async with self._scan_lock:
+            if self._listeners.pop(listener, None) is None:
+                return
+            if self._device is not None:
+                await self._apply_scan(self._device)
+
+    def resolve(self, address: str, details: object = None) -> hci.Address:
+        """The typed LE address for a bleak address string (seen in an advert, or random)."""
+        if isinstance(details, hci.Address):
+            return details
+        text = address.strip().upper()
+        seen = self._seen.get(text)
+        if seen is not None:
+            return seen[0]
+        try:
+            # "/P" marks a public address; an unseen bare address is taken as random (static),
+            # which is what locks and most peripherals use.
+            return hci.Address(text, hci.Address.RANDOM_DEVICE_ADDRESS)
+        except (InvalidArgumentError, ValueError) as exc:
+            raise BleakError(f"invalid Bluetooth address {address!r}") from exc
+
+    def known_name(self, address: str) -> str | None:
+        """The last advertised local name of `address`, if any was seen."""
+        seen = self._seen.get(address.strip().upper())
+        return seen[1] if seen is not None else None
+
+    def remember(self, address: hci.Address, name: str | None) -> str:
+        """Record an advertiser's typed address (and name); return its bleak address string."""
+        text = address.to_string(with_type_qualifier=False).upper()
+        previous = self._seen.pop(text, None)
+        if name is None and previous is not None:
+            name = previous[1]
+        self._seen[text] = (address, name)
+        while len(self._seen) > _SEEN_MAX:
+            self._seen.popitem(last=False)
+        return text
+
+    async def _open(self) -> Device:
+        try:
+            async with asyncio.timeout(OPEN_TIMEOUT_S):
+                link = await self._opener()
+                try:
+                    device = await self._power_on(link)
+                except BaseException:
+                    await link.close()
+                    raise
+        except Exception as exc:
+            # Any failure to open (socket refused, no dongle, missing USB library, silent
+            # controller) means the same to callers: no Bluetooth on this adapter right now.
+            _log.warning("BLE adapter %s cannot be opened: %r", self.name, exc)
+            raise BleakBluetoothNotAvailableError(
+                f"BLE adapter {self.name} cannot be opened: {exc!r}",
+                BleakBluetoothNotAvailableReason.NO_BLUETOOTH,
+            ) from exc
+        self._link = link
+        terminated = getattr(link.source, "terminated", None)
+        if isinstance(terminated, asyncio.Future):
+            terminated.add_done_callback(lambda _: self._on_transport_lost(device))
+        _log.info("BLE adapter %s open, own address %s", self.name, device.random_address)
+        return device
+
+    async def _power_on(self, link: HciLink) -> Device:
+        own = (
+            hci.Address(self._own_address)
+            if self._own_address
+            else hci.Address.generate_static_address()
+        )
+        device = Device.with_hci("sealgw", own, link.source, link.sink)
+        device.on(device.EVENT_ADVERTISEMENT, self._on_advertisement)
+        await device.power_on()
+        return device
+
+    def _on_transport_lost(self, device: Device) -> None:
+        if self._device is not device:
+            return
+        _log.warning("BLE adapter %s lost its HCI transport; it reopens on next use", self.name)
+        self._device, self._link = None, None
+        self._scan_active = None
+
+    def _on_advertisement(self, advertisement: Advertisement) -> None:
+        for listener in list(self._listeners):
+            listener(advertisement)
+
+    async def _apply_scan(self, device: Device) -> None:
+        if not self._listeners:
+            if device.is_scanning:
+                await device.stop_scanning()
+            self._scan_active = None
+            return
+        active = any(self._listeners.values())
+        if device.is_scanning and self._scan_active == active:
+            return
+        if device.is_scanning:
+            await device.stop_scanning()
+        await device.start_scanning(active=active, filter_duplicates=False)
+        self._scan_active = active
+
+    async def _restore_scan(self, device: Device) -> None:
+        if self._listeners:
+            await self._apply_scan(device)
+
+
+class _FixedLink:
+    """An HCI link whose ends already exist; closing it leaves them alone."""
+
+    def __init__(self, source: Any, sink: Any) -> None:
+        self.source = source
+        self.sink = sink
+
+    async def close(self) -> None:
+        return None
+
+
+async def _disconnect_all(device: Device) -> None:
+    """Best effort: tell each peer we leave, so simulated locks see a clean disconnect."""
+    for connection in list(device.connections.values()):
+        try:
+            async with asyncio.timeout(1.0):
+                await connection.disconnect()
+        except (TimeoutError, hci.HCI_Error) as exc:
+            _log.debug("disconnect of %s at close failed: %r", connection.peer_address, exc)
