@@ -41,7 +41,7 @@ def run(*, quick: bool = False, verbose: bool = True) -> dict[str, Any]:
     rounds = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="sealgw-bench-") as tmp:
         work = Path(tmp)
-        with MosquittoBroker(work / "broker") as broker:
+        with MosquittoBroker(work / "broker", receive_maximum=MAX_INFLIGHT) as broker:
             result = asyncio.run(_measure(broker, work, drain_n, ingest_n, rounds, verbose))
     return result
 

@@ -136,6 +136,11 @@ class SimMeter:
     # --- state ----------------------------------------------------------------------------
 
     @property
+    def powered(self) -> bool:
+        """Whether the supply is on (the meter meters)."""
+        return self._powered
+
+    @property
     def online(self) -> bool:
         """Whether the meter answers on the bus at all."""
         return self._powered and not self.dead

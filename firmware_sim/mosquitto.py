@@ -55,6 +55,7 @@ class MosquittoBroker:
         tls: BrokerTls | None = None,
         acl_file: Path | None = None,
         password_file: Path | None = None,
+        receive_maximum: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = "127.0.0.1"
@@ -62,6 +63,7 @@ class MosquittoBroker:
         self.tls = tls
         self.acl_file = acl_file
         self.password_file = password_file
+        self.receive_maximum = receive_maximum
         self._process: subprocess.Popen[bytes] | None = None
         self.log_file = workdir / "mosquitto.log"
 
@@ -128,6 +130,8 @@ class MosquittoBroker:
             "max_queued_messages 0",
             f"allow_anonymous {'false' if self.password_file else 'true'}",
         ]
+        if self.receive_maximum:  # also the MQTT 5 Receive Maximum announced to clients
+            lines.append(f"max_inflight_messages {self.receive_maximum}")
         if self.password_file:
             lines.append(f"password_file {self.password_file}")
         if self.acl_file:

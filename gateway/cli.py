@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_config(commands)
     _add_demo(commands)
+    from gateway.cli_admin import register_init_command, register_status_command
+
+    register_init_command(commands)
+    register_status_command(commands)
     return parser
 
 

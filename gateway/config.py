@@ -8,29 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from gateway.config_meters import MetersSection, TheftSection
+from gateway.config_spec import spec
+
+__all__ = ["GatewayConfig", "MetersSection", "TheftSection", "spec"]
 
 MIB = 1024 * 1024
-
-
-def spec(
-    *,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    pattern: str | None = None,
-    must_exist: bool = False,
-    secret_file: bool = False,
-    doc: str = "",
-) -> dict[str, Any]:
-    """Validation metadata for a config field."""
-    return {
-        "minimum": minimum,
-        "maximum": maximum,
-        "pattern": pattern,
-        "must_exist": must_exist,
-        "secret_file": secret_file,
-        "doc": doc,
-    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +91,13 @@ class GatewayConfig:
     """The whole gateway configuration."""
 
     gateway: GatewaySection
-    buffer: BufferSection = BufferSection()
-    uplink: UplinkSection = UplinkSection()
-    log: LogSection = LogSection()
-    health: HealthSection = HealthSection()
-    synthetic: SyntheticSection = SyntheticSection()
+    buffer: BufferSection = field(default_factory=BufferSection)
+    uplink: UplinkSection = field(default_factory=UplinkSection)
+    log: LogSection = field(default_factory=LogSection)
+    health: HealthSection = field(default_factory=HealthSection)
+    synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    meters: MetersSection = field(default_factory=MetersSection)
+    theft: TheftSection = field(default_factory=TheftSection)
     source: Path | None = field(default=None, metadata=spec(doc="the file it was loaded from"))
 
     @property

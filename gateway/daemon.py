@@ -7,19 +7,25 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import __version__
 from gateway.buffer import EventBuffer
 from gateway.clock import Clock, SystemClock
 from gateway.commands import CommandDispatcher
 from gateway.config import GatewayConfig
+from gateway.control import ControlServer, control_socket_path
+from gateway.errors import GatewayError
 from gateway.events import Event, EventDraft, Priority
 from gateway.protocol.canonical import JSONValue
 from gateway.sdnotify import SystemdNotifier
+from gateway.seal_view import NoSealsKnown, SealStateView
 from gateway.supervisor import Supervisor
 from gateway.synthetic import run_synthetic_source
 from gateway.uplink import Uplink
+
+if TYPE_CHECKING:
+    from gateway.meters import MeterService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -51,9 +57,28 @@ class Gateway:
             version=__version__,
         )
         self.supervisor = Supervisor(self.clock)
+        self.seals: SealStateView = NoSealsKnown()
+        self.meters = self._meter_service()
+        self.control = ControlServer(
+            control_socket_path(config.gateway.state_dir), {"status": self.status}
+        )
         self.operations_refused = False
         self._stop = asyncio.Event()
         self._started_mono = time.monotonic()
+
+    def _meter_service(self) -> MeterService | None:
+        if not self.config.meters.meters:
+            return None
+        from gateway.meters import MeterService  # pymodbus is heavy: only when meters exist
+
+        return MeterService(
+            self.config.meters,
+            self.emit,
+            self.clock,
+            self.seals,
+            district=self.config.gateway.district,
+            theft=self.config.theft,
+        )
 
     def emit(self, draft: EventDraft) -> asyncio.Future[Event]:
         """Hand an event to the durable buffer; the future resolves at commit."""
@@ -75,6 +100,7 @@ class Gateway:
         self.buffer.on_commit = lambda _events: self.uplink.wake()
         self.buffer.on_storage_full = self._on_storage_full
         await self.buffer.append(self._started_event())
+        await self._start_control()
         self._start_components()
         self.notifier.ready(f"gateway {self.config.gateway.id} running")
         _LOGGER.info("gateway %s running (buffer %s)", self.config.gateway.id, self.buffer.path)
@@ -83,8 +109,17 @@ class Gateway:
         finally:
             await self._shutdown()
 
+    async def _start_control(self) -> None:
+        """The local status socket; a gateway without one still runs."""
+        try:
+            await self.control.start()
+        except (GatewayError, OSError) as exc:
+            _LOGGER.warning("control socket unavailable, `sealgw status` will not work: %s", exc)
+
     def _start_components(self) -> None:
         self.supervisor.start("uplink", self.uplink.run)
+        if self.meters is not None:
+            self.supervisor.start("meters", self.meters.run)
         self.supervisor.start("health", self._health_loop)
         if self.notifier.watchdog_interval_s:
             self.supervisor.start("watchdog", self._watchdog_loop)
@@ -97,6 +132,7 @@ class Gateway:
     async def _shutdown(self) -> None:
         _LOGGER.info("shutting down")
         self.notifier.stopping()
+        await self.control.stop()
         await self.supervisor.stop("synthetic")
         try:
             await self.buffer.append(
@@ -135,6 +171,16 @@ class Gateway:
             "broker_connected": self.uplink.connected,
             "storage_full": self.buffer.storage_full,
             "operations_refused": self.operations_refused,
+            "meters": self.meters.snapshot() if self.meters else {},
+        }
+
+    async def status(self) -> dict[str, Any]:
+        """What `sealgw status` shows: identity plus the health snapshot."""
+        return {
+            "gateway": self.config.gateway.id,
+            "district": self.config.gateway.district,
+            "version": __version__,
+            **self.health(),
         }
 
     async def _watchdog_loop(self) -> None:

@@ -153,3 +153,45 @@ def test_notifies_systemd_ready_watchdog_and_stopping(
             if messages[-1] == "STOPPING=1":
                 break
     assert "STOPPING=1" in messages
+
+
+def test_status_command_reads_the_running_daemon(tmp_path: Path, broker: MosquittoBroker) -> None:
+    config = write_config(tmp_path, broker, rate=5)
+    socket_path = tmp_path / "state" / "control.sock"
+    gateway = start_gateway(config)
+    try:
+        with EventSubscriber(broker.host, broker.port) as subscriber:
+            assert subscriber.wait_for(lambda: bool(subscriber.seqs(GATEWAY)), 30)
+        assert socket_path.is_socket()
+        result = subprocess.run(
+            [sys.executable, "-m", "gateway", "status", "-c", str(config), "--json"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert result.returncode == 0, result.stderr
+        status = json.loads(result.stdout)
+        assert status["gateway"] == GATEWAY
+        assert status["broker_connected"] is True
+        assert set(status["buffer_depth"]) == {"alarm", "audit", "state", "telemetry"}
+        table = subprocess.run(
+            [sys.executable, "-m", "gateway", "status", "-c", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
+        assert "buffer_depth.telemetry" in table.stdout
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(20) == 0
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "status", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode != 0
+    assert "no gateway running" in result.stderr

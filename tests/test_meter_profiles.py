@@ -80,7 +80,7 @@ def test_shipped_profiles_load() -> None:
     assert dds.status_registers == (dds.register("status"),)
     dlt = profiles["dlt645-residential"]
     assert dlt.protocol is MeterProtocol.DLT645
-    assert "meter_cover_open_count" in dlt.identifiers and len(dlt.identifiers) == 9
+    assert "meter_cover_open_count" in dlt.identifiers and len(dlt.identifiers) == 10
     assert dlt.registers == ()
 
 
