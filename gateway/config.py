@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gateway.config_authorization import AuthorizationSection
 from gateway.config_meters import MetersSection, TheftSection
 from gateway.config_spec import spec
 
@@ -98,6 +99,7 @@ class GatewayConfig:
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
     meters: MetersSection = field(default_factory=MetersSection)
     theft: TheftSection = field(default_factory=TheftSection)
+    authorization: AuthorizationSection = field(default_factory=AuthorizationSection)
     source: Path | None = field(default=None, metadata=spec(doc="the file it was loaded from"))
 
     @property
