@@ -23,7 +23,7 @@ from gateway.events import Event, EventDraft, Priority
 def draft(i: int) -> EventDraft:
     priority = Priority.ALARM if i % 1000 == 0 else Priority.TELEMETRY
     data = {"kwh": 1234.5 + i, "v": 230.1, "status": "ok", "n": i}
-    return EventDraft("meter.reading", "meter:M-0001", data, priority, datetime.now(UTC))
+    return EventDraft("meter.reading", "M-0001", data, priority, datetime.now(UTC))
 
 
 def pct(values: list[float], q: float) -> float:

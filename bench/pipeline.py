@@ -92,7 +92,7 @@ def _say(verbose: bool, text: str) -> None:
 def _draft(n: int) -> EventDraft:
     data = {"energy_kwh": 1000.0 + n / 100, "voltage_v": 229.7, "current_a": 4.25, "n": n}
     return EventDraft(
-        "meter.reading", f"meter:M-{n % 64:03d}", data, Priority.TELEMETRY, SystemClock().now()
+        "meter.reading", f"M-{n % 64:03d}", data, Priority.TELEMETRY, SystemClock().now()
     )
 
 

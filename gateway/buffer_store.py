@@ -407,7 +407,7 @@ class BufferStore:
     def _internal_draft(self, kind: str, data: dict[str, int | str]) -> EventDraft:
         """A draft for an event the buffer itself reports."""
         priority = Priority.ALARM if kind == "gateway.buffer_recovered" else Priority.STATE
-        return EventDraft(kind, f"gateway:{self.gateway_id}", data, priority, self.clock.now())
+        return EventDraft(kind, self.gateway_id, data, priority, self.clock.now())
 
     def _commit_recovered(self, reason: str) -> list[Event]:
         """Commit the buffer_recovered alarm as the first event of the fresh file."""

@@ -146,7 +146,7 @@ class Gateway:
         _LOGGER.info("stopped")
 
     def _subject(self) -> str:
-        return f"gateway:{self.config.gateway.id}"
+        return self.config.gateway.id
 
     def _started_event(self) -> EventDraft:
         data: dict[str, JSONValue] = {

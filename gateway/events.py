@@ -22,7 +22,7 @@ from gateway.protocol.canonical import JSONValue, canonical_json, encode_basestr
 EVENT_VERSION = 1
 GENESIS_HASH = "0" * 64
 EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
-SUBJECT_PATTERN = re.compile(r"^[a-z]+:[A-Za-z0-9._-]{1,64}$")
+SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
@@ -61,7 +61,7 @@ class EventDraft:
         if not EVENT_TYPE_PATTERN.match(self.type):
             raise ValueError(f"event type {self.type!r} is not dotted lowercase (seal.sealed)")
         if not SUBJECT_PATTERN.match(self.subject):
-            raise ValueError(f"subject {self.subject!r} is not kind:id (seal:SL-0001)")
+            raise ValueError(f"subject {self.subject!r} is not an id like SL-0001")
         if self.ts.tzinfo is None:
             raise ValueError("event ts must be timezone-aware")
         if not self.id:

@@ -244,7 +244,7 @@ class MeterService:
         priority: Priority,
         ts: datetime,
     ) -> None:
-        self._submit(EventDraft(type_, f"meter:{meter.id}", data, priority, ts))
+        self._submit(EventDraft(type_, meter.id, data, priority, ts))
 
     def _submit(self, draft: EventDraft) -> None:
         self._emit(draft).add_done_callback(_log_emit_failure)

@@ -25,7 +25,7 @@ async def run_synthetic_source(settings: SyntheticSection, submit: Submit, clock
         counter += 1
         draft = EventDraft(
             type="synthetic.sample",
-            subject="meter:SYNTHETIC",
+            subject="SYNTHETIC",
             data={"n": counter},
             priority=priority,
             ts=clock.now(),

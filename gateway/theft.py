@@ -203,7 +203,7 @@ class TheftCorrelator:
             "rule": rule.value,
             "evidence": evidence,
         }
-        return [EventDraft("theft.suspected", f"meter:{meter}", data, Priority.ALARM, ts)]
+        return [EventDraft("theft.suspected", meter, data, Priority.ALARM, ts)]
 
     def _armed_state(self, seal: str, ts: datetime) -> str | None:
         """The seal's state if the meter is armed, else None."""

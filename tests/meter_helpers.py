@@ -50,7 +50,7 @@ class Recorder:
         return [
             d
             for d in self.drafts
-            if d.type == type_ and (meter is None or d.subject == f"meter:{meter}")
+            if d.type == type_ and (meter is None or d.subject == meter)
         ]
 
     def clear(self) -> None:

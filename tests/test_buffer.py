@@ -43,7 +43,7 @@ def draft(n: int = 0, priority: Priority = Priority.TELEMETRY, kind: str = "") -
         }[priority]
     )
     data = {"n": n, "kwh": 1000.25 + n, "note": "x" * 200}
-    return EventDraft(kind, "meter:M-0001", data, priority, datetime(2026, 1, 1, tzinfo=UTC))
+    return EventDraft(kind, "M-0001", data, priority, datetime(2026, 1, 1, tzinfo=UTC))
 
 
 def rows(path: Path) -> list[tuple[int, int, int, bytes]]:
@@ -410,7 +410,7 @@ async def main():
     n = 0
     while True:
         for _ in range(25):
-            draft = EventDraft("meter.reading", "meter:M-1", {"n": n}, Priority(n % 4),
+            draft = EventDraft("meter.reading", "M-1", {"n": n}, Priority(n % 4),
                                datetime.now(UTC))
             buffer.submit(draft).add_done_callback(report)
             n += 1

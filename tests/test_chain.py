@@ -16,7 +16,7 @@ NOW = datetime(2026, 11, 22, tzinfo=UTC)
 def make_chain(count: int, gateway: str = "gw-1") -> list[dict[str, Any]]:
     events, prev = [], GENESIS_HASH
     for seq in range(1, count + 1):
-        draft = EventDraft("meter.reading", "meter:M-1", {"n": seq}, Priority.TELEMETRY, NOW)
+        draft = EventDraft("meter.reading", "M-1", {"n": seq}, Priority.TELEMETRY, NOW)
         event = seal_event(draft, gateway, seq, prev)
         events.append(json.loads(event.payload))
         prev = event.hash
@@ -68,7 +68,7 @@ def test_announced_eviction_is_not_a_gap() -> None:
     events = make_chain(10)
     notice = EventDraft(
         "gateway.telemetry_evicted",
-        "gateway:gw-1",
+        "gw-1",
         {"first_seq": 3, "last_seq": 5, "count": 3},
         Priority.STATE,
         NOW,

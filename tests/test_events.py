@@ -104,7 +104,7 @@ def test_canonical_form_is_stable_through_a_parse(value: object) -> None:
 
 def draft(n: int = 1, priority: Priority = Priority.TELEMETRY) -> EventDraft:
     data = {"energy_kwh": 1234.5 + n, "phase": "A", "n": n}
-    return EventDraft("meter.reading", "meter:M-01", data, priority, NOW + timedelta(seconds=n))
+    return EventDraft("meter.reading", "M-01", data, priority, NOW + timedelta(seconds=n))
 
 
 def test_sealed_event_payload_verifies_and_parses_back() -> None:
@@ -156,10 +156,12 @@ def test_event_ids_are_unique_and_sort_by_time() -> None:
 @pytest.mark.parametrize(
     ("type_", "subject"),
     [
-        ("Seal.Sealed", "seal:S1"),
-        ("seal", "seal:S1"),
-        ("seal/x.y", "seal:S1"),
-        ("seal.sealed", "S1"),
+        ("Seal.Sealed", "S1"),
+        ("seal", "S1"),
+        ("seal/x.y", "S1"),
+        ("seal.sealed", "S 1"),
+        ("seal.sealed", ""),
+        ("seal.sealed", "S/1"),
     ],
 )
 def test_bad_type_or_subject_is_refused(type_: str, subject: str) -> None:
@@ -169,7 +171,7 @@ def test_bad_type_or_subject_is_refused(type_: str, subject: str) -> None:
 
 def test_naive_timestamp_is_refused() -> None:
     with pytest.raises(ValueError, match="timezone"):
-        EventDraft("seal.sealed", "seal:S1", {}, Priority.AUDIT, datetime(2026, 1, 1))
+        EventDraft("seal.sealed", "S1", {}, Priority.AUDIT, datetime(2026, 1, 1))
 
 
 def test_priority_wire_names_round_trip() -> None:

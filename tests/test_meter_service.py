@@ -259,7 +259,7 @@ async def test_power_down_shows_as_failure_then_counted_event(service: Any, benc
     bench.clock.advance(60)
     bench.dlt[B645].power_up()
     await svc.poll_once("M-2")
-    assert [d.type for d in recorder.drafts if d.subject == "meter:M-2"] == [
+    assert [d.type for d in recorder.drafts if d.subject == "M-2"] == [
         "meter.reading",
         "meter.read_failed",
         "meter.read_recovered",

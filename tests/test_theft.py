@@ -55,7 +55,7 @@ def test_cover_open_under_seal_fires(terminal: bool) -> None:
     [draft] = correlator().observe(cover(T0, terminal=terminal))
     assert (draft.type, draft.subject, draft.priority) == (
         "theft.suspected",
-        "meter:M-1",
+        "M-1",
         Priority.ALARM,
     )
     assert draft.data["rule"] == "cover_open_under_seal"
