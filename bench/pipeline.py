@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.mosquitto import MosquittoBroker
 from gateway.buffer import EventBuffer
@@ -31,6 +32,7 @@ from gateway.uplink import Uplink
 
 GATEWAY = "gw-bench"
 MAX_INFLIGHT = 100
+RAW_QUEUE_MAX = 1000
 MIB = 1024 * 1024
 
 
@@ -110,19 +112,23 @@ async def _fill_backlog(path: Path, count: int) -> list[bytes]:
 
 
 def _raw_paho_rate(broker: MosquittoBroker, payloads: list[bytes]) -> float:
-    """Plain paho: publish every payload at QoS 1 and wait for every PUBACK."""
+    """Plain paho: publish every payload at QoS 1 and wait for every PUBACK.
+
+    At most RAW_QUEUE_MAX messages wait unacknowledged: paho numbers a message when it is
+    queued, so queueing more than 65,535 at once makes message ids collide and acks vanish.
+    """
     done = threading.Event()
+    room = threading.BoundedSemaphore(RAW_QUEUE_MAX)
     acked = 0
 
     def on_publish(*_args: Any) -> None:
         nonlocal acked
         acked += 1
+        room.release()
         if acked == len(payloads):
             done.set()
 
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2, client_id="raw-bench", protocol=mqtt.MQTTv5
-    )
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw-bench", protocol=mqtt.MQTTv5)
     client.max_inflight_messages_set(MAX_INFLIGHT)
     client.max_queued_messages_set(0)
     client.on_publish = on_publish
@@ -131,6 +137,7 @@ def _raw_paho_rate(broker: MosquittoBroker, payloads: list[bytes]) -> float:
     topic = f"sealgw/v1/{GATEWAY}-raw/events/meter.reading"
     start = time.perf_counter()
     for payload in payloads:
+        room.acquire()
         client.publish(topic, payload, qos=1)
     if not done.wait(300):
         raise RuntimeError(f"raw paho: only {acked} of {len(payloads)} acknowledged")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import os
 import shutil
 import signal
@@ -119,6 +120,7 @@ class MosquittoBroker:
 
     def _config_text(self) -> str:
         lines = [
+            f"user {getpass.getuser()}",  # as root, mosquitto would switch to "mosquitto"
             f"listener {self.port} {self.host}",
             "persistence false",
             f"log_dest file {self.log_file}",

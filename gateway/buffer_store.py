@@ -462,6 +462,7 @@ class BufferStore:
         """Mark rows delivered; under storage pressure prune at once. Return rows marked."""
         scratch = _Scratch(self.head)
         now = self.clock.now().timestamp()
+        self._relaxed_sync(relaxed=True)
         self._begin()
         try:
             rows = self._db.execute(_MARK, (now, json.dumps(list(seqs)))).fetchall()
@@ -471,6 +472,8 @@ class BufferStore:
         except sqlite3.Error as exc:
             self._rollback()
             raise StorageError(f"buffer mark_published failed: {exc}") from exc
+        finally:
+            self._relaxed_sync(relaxed=False)
         for (priority,) in rows:
             scratch.depth[priority] -= 1
         self._apply(scratch)
@@ -514,6 +517,14 @@ class BufferStore:
         if self._conn is None:
             raise StorageError("buffer is not open")
         return self._conn
+
+    def _relaxed_sync(self, *, relaxed: bool) -> None:
+        """Delivery marks skip the fsync: a mark lost to a power cut only means a duplicate.
+
+        The next durable commit (synchronous FULL) syncs the WAL, marks included.
+        """
+        level = "NORMAL" if relaxed else self.settings.synchronous.upper()
+        self._db.execute(f"PRAGMA synchronous = {level}")
 
     def _begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

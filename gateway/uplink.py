@@ -44,8 +44,8 @@ __all__ = ["EventSource", "PendingLike", "Uplink", "UplinkStats"]
 
 log = logging.getLogger(__name__)
 
-ACK_BATCH = 256  # mark_published after this many PUBACKs ...
-ACK_DELAY_S = 0.005  # ... or this long after the first unflushed one
+ACK_BATCH = 2048  # mark_published after this many PUBACKs ...
+ACK_DELAY_S = 0.05  # ... or this long after the first unflushed one
 IDLE_POLL_S = 1.0  # refill now and then even without a wake(), in case one was missed
 CONTROL_HEADROOM = 8  # in-flight slots beyond max_inflight for status, replies, retained
 URGENT_QUEUE = 64
