@@ -10,12 +10,14 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import GatewayError
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
+PASSWD_PATHS = ("/usr/bin/mosquitto_passwd", "/usr/local/bin/mosquitto_passwd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,15 +28,14 @@ class BrokerTls:
     cert_file: Path
     key_file: Path
     require_certificate: bool = True
+    identity_as_username: bool = False
 
 
-def find_mosquitto() -> str:
-    """The mosquitto binary, or a clear error saying how to get it."""
-    found = shutil.which("mosquitto") or next(
-        (p for p in MOSQUITTO_PATHS if os.access(p, os.X_OK)), None
-    )
+def find_tool(name: str, candidates: tuple[str, ...] = MOSQUITTO_PATHS) -> str:
+    """A Mosquitto binary, or a clear error saying how to get it."""
+    found = shutil.which(name) or next((p for p in candidates if os.access(p, os.X_OK)), None)
     if found is None:
-        raise GatewayError("mosquitto not found: install it (apt-get install mosquitto)")
+        raise GatewayError(f"{name} not found: install it (apt-get install mosquitto)")
     return found
 
 
@@ -54,16 +55,16 @@ class MosquittoBroker:
         *,
         port: int = 0,
         tls: BrokerTls | None = None,
-        acl_file: Path | None = None,
-        password_file: Path | None = None,
+        users: Mapping[str, str] | None = None,
+        acl: str | None = None,
         receive_maximum: int | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.tls = tls
-        self.acl_file = acl_file
-        self.password_file = password_file
+        self.users = dict(users or {})
+        self.acl = acl
         self.receive_maximum = receive_maximum
         self._process: subprocess.Popen[bytes] | None = None
         self.log_file = workdir / "mosquitto.log"
@@ -83,7 +84,7 @@ class MosquittoBroker:
         config = self.workdir / "mosquitto.conf"
         config.write_text(self._config_text())
         self._process = subprocess.Popen(
-            [find_mosquitto(), "-c", str(config)],
+            [find_tool("mosquitto"), "-c", str(config)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -124,30 +125,43 @@ class MosquittoBroker:
             f"listener {self.port} {self.host}",
             "persistence false",
             f"log_dest file {self.log_file}",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-            "log_type information",
+            "log_type all",
             "connection_messages true",
             "max_queued_messages 0",
-            f"allow_anonymous {'false' if self.password_file else 'true'}",
+            f"allow_anonymous {'false' if self.users else 'true'}",
         ]
         if self.receive_maximum:  # also the MQTT 5 Receive Maximum announced to clients
             lines.append(f"max_inflight_messages {self.receive_maximum}")
-        if self.password_file:
-            lines.append(f"password_file {self.password_file}")
-        if self.acl_file:
-            lines.append(f"acl_file {self.acl_file}")
+        if self.users:
+            lines.append(f"password_file {self._write_passwords()}")
+        if self.acl is not None:
+            acl_file = self.workdir / "acl"
+            acl_file.write_text(self.acl)
+            lines.append(f"acl_file {acl_file}")
         if self.tls:
-            lines += [
-                f"cafile {self.tls.ca_file}",
-                f"certfile {self.tls.cert_file}",
-                f"keyfile {self.tls.key_file}",
-                f"require_certificate {'true' if self.tls.require_certificate else 'false'}",
-            ]
-            if self.tls.require_certificate and not self.password_file:
-                lines.append("use_identity_as_username true")
+            lines += self._tls_lines(self.tls)
         return "\n".join(lines) + "\n"
+
+    @staticmethod
+    def _tls_lines(tls: BrokerTls) -> list[str]:
+        lines = [
+            f"cafile {tls.ca_file}",
+            f"certfile {tls.cert_file}",
+            f"keyfile {tls.key_file}",
+            f"require_certificate {'true' if tls.require_certificate else 'false'}",
+        ]
+        if tls.identity_as_username:
+            lines.append("use_identity_as_username true")
+        return lines
+
+    def _write_passwords(self) -> Path:
+        path = self.workdir / "passwd"
+        path.write_text("")
+        path.chmod(0o600)
+        tool = find_tool("mosquitto_passwd", PASSWD_PATHS)
+        for user, password in self.users.items():
+            subprocess.run([tool, "-b", str(path), user, password], check=True, capture_output=True)
+        return path
 
     def _wait_listening(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -9,7 +9,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,8 @@ GATEWAY = "gw-test"
 
 
 @pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as running:
-        yield running
+def broker(mosquitto: MosquittoBroker) -> MosquittoBroker:
+    return mosquitto
 
 
 def write_config(tmp_path: Path, broker: MosquittoBroker, *, rate: float = 400) -> Path:
