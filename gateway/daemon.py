@@ -97,7 +97,7 @@ class Gateway:
     async def run(self) -> None:
         """Start everything, run until stopped, then shut down in order."""
         await self.buffer.open()
-        self.buffer.on_commit = lambda _events: self.uplink.wake()
+        self.buffer.on_commit = self.uplink.committed
         self.buffer.on_storage_full = self._on_storage_full
         await self.buffer.append(self._started_event())
         await self._start_control()

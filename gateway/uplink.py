@@ -34,7 +34,7 @@ from gateway.clock import Clock
 from gateway.commands import Command, CommandDispatcher, encode_reply
 from gateway.config import UplinkSection
 from gateway.errors import ConfigError, TransientError
-from gateway.events import format_ts
+from gateway.events import Event, Priority, format_ts
 from gateway.mqtt_client import ConnackInfo, ConnectFailedError, ConnectParams, MqttConnection
 from gateway.pacing import Backoff, TokenBucket
 from gateway.protocol.canonical import JSONValue, canonical_bytes
@@ -106,6 +106,7 @@ class Uplink:
         self._online = False
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
+        self._prefetching: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._stop_timeout = 0.0
         self._done: asyncio.Future[None] | None = None
@@ -129,14 +130,26 @@ class Uplink:
         """The full topic of `suffix` under this gateway's subtree."""
         return f"{self._prefix}/{suffix}"
 
-    def wake(self) -> None:
-        """New events were committed: refill the window soon. Safe from any thread."""
+    def wake(self, *, urgent: bool = False) -> None:
+        """New events were committed: refill the window soon. Safe from any thread.
+
+        `urgent` (an alarm was committed) drops the read-ahead, so the alarm goes next.
+        """
         if self._loop is None:
             return
         if threading.get_ident() == self._loop_thread:
-            self._wake.set()
+            self._woken(urgent)
         else:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._loop.call_soon_threadsafe(self._woken, urgent)
+
+    def committed(self, events: Sequence[Event]) -> None:
+        """The buffer's on_commit hook: wake, urgently when an alarm is among the events."""
+        self.wake(urgent=any(event.priority is Priority.ALARM for event in events))
+
+    def _woken(self, urgent: bool) -> None:
+        if urgent and self._delivery.ahead:
+            self._delivery.rewind(self._delivery.ahead[0].seq - 1)
+        self._wake.set()
 
     def set_retained(self, topic_suffix: str, payload: bytes) -> None:
         """Publish `payload` retained now if connected, and again after every reconnect."""
@@ -271,6 +284,8 @@ class Uplink:
         self._conn = None
         was_online, self._online = self._online, False
         self._delivery.reset(0)
+        if self._prefetching is not None:
+            self._prefetching.cancel()
         for future in [*self._control.values(), *(item.future for item in self._outbox)]:
             future.cancel()
         self._control.clear()
@@ -334,13 +349,51 @@ class Uplink:
             if granted == 0:
                 await self._clock.sleep(self._bucket.wait_time())
                 continue
-            batch = await self._source.fetch_pending(self._delivery.cursors, granted)
-            sent = self._send(conn, batch)
-            self._bucket.give_back(granted - sent)
-            if len(batch) < granted:
+            if not self._delivery.ahead and not await self._fetch_ahead(granted):
+                self._bucket.give_back(granted)
                 if self._delivery.size == 0:
                     self._drained.set()
                 return
+            sent = self._send(conn, self._delivery.take(granted))
+            self._bucket.give_back(granted - sent)
+            if self._reads_ahead:
+                self._prefetch()
+
+    @property
+    def _reads_ahead(self) -> bool:
+        """Read ahead only when the drain is unbounded; a paced drain fetches what may go."""
+        return self.settings.drain_rate_per_s <= 0
+
+    async def _fetch_ahead(self, wanted: int) -> bool:
+        """Wait for events to send: the running prefetch, or a fetch of our own."""
+        if self._prefetching is None or self._prefetching.done():
+            limit = max(wanted, 2 * self._delivery.window) if self._reads_ahead else wanted
+            self._prefetching = asyncio.create_task(self._fetch(limit))
+        await asyncio.shield(self._prefetching)
+        return bool(self._delivery.ahead)
+
+    def _prefetch(self) -> None:
+        """Read the next events in the background while the window drains.
+
+        Sending then never waits for the database, whose one thread also commits and marks.
+        The read-ahead is two windows deep; a committed alarm drops it (see wake), so the
+        alarm is fetched next.
+        """
+        limit = 2 * self._delivery.window
+        running = self._prefetching is not None and not self._prefetching.done()
+        if not running and len(self._delivery.ahead) < limit // 2:
+            self._prefetching = asyncio.create_task(self._fetch(limit - len(self._delivery.ahead)))
+
+    async def _fetch(self, limit: int) -> None:
+        generation = self._delivery.generation
+        try:
+            batch = await self._source.fetch_pending(self._delivery.cursors, max(1, limit))
+        except Exception:  # a buffer failure must not take the connection down
+            log.exception("uplink could not fetch events from the buffer; retrying")
+            return
+        self._delivery.read_ahead(batch, generation)
+        if batch:
+            self._wake.set()
 
     def _send(self, conn: MqttConnection, batch: Sequence[PendingLike]) -> int:
         sent = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
@@ -58,6 +59,20 @@ class DeliveryWindow:
         self.inflight: dict[int, PendingLike] = {}
         self.seqs: set[int] = set()
         self.cursors: dict[Priority, int] = dict.fromkeys(Priority, -1)
+        self.ahead: deque[PendingLike] = deque()
+        self.generation = getattr(self, "generation", 0) + 1
+
+    def read_ahead(self, batch: Sequence[PendingLike], generation: int) -> None:
+        """Queue fetched events to send next, unless the window was reset or rewound since."""
+        if generation != self.generation:
+            return
+        for event in batch:
+            self.advance(event)
+        self.ahead.extend(batch)
+
+    def take(self, count: int) -> list[PendingLike]:
+        """Up to `count` read-ahead events, in the order they were fetched."""
+        return [self.ahead.popleft() for _ in range(min(count, len(self.ahead)))]
 
     @property
     def size(self) -> int:
@@ -73,8 +88,12 @@ class DeliveryWindow:
 
     def rewind(self, seq: int) -> None:
         """Let every priority be fetched again from just after `seq`."""
+        for event in self.ahead:  # read ahead but never sent: fetch those again too
+            seq = min(seq, event.seq - 1)
         for priority, cursor in self.cursors.items():
             self.cursors[priority] = min(cursor, seq)
+        self.ahead.clear()
+        self.generation += 1
 
     def has_seq(self, seq: int) -> bool:
         return seq in self.seqs
