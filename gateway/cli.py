@@ -48,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(commands)
     from gateway.cli_admin import register_init_command, register_status_command
 
+    from firmware_sim.sim_cli import register_sim_command
+
     register_init_command(commands)
     register_status_command(commands)
+    register_sim_command(commands)
     return parser
 
 

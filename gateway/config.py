@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from gateway.config_authorization import AuthorizationSection
+from gateway.config_ble import BleSection
 from gateway.config_meters import MetersSection, TheftSection
 from gateway.config_spec import spec
 
@@ -97,6 +98,7 @@ class GatewayConfig:
     log: LogSection = field(default_factory=LogSection)
     health: HealthSection = field(default_factory=HealthSection)
     synthetic: SyntheticSection = field(default_factory=SyntheticSection)
+    ble: BleSection = field(default_factory=BleSection)
     meters: MetersSection = field(default_factory=MetersSection)
     theft: TheftSection = field(default_factory=TheftSection)
     authorization: AuthorizationSection = field(default_factory=AuthorizationSection)

@@ -1,0 +1,188 @@
+"""`sealgw sim`: the bench simulator as a process — seal locks on a virtual radio, meters, truth.
+
+It starts a `LockWorld` (locks reachable over TCP HCI) and, unless `--no-meters`, the simulated
+meters (`MeterSim`, meters mapped to the first seals), writes a complete gateway config, prints
+one ready line (`sim ready: config=... adapter=...`), generates random lock activity (tamper,
+wire cut, low battery, ...) for `--activity-seconds`, prints `sim quiet: ...`, then stays up
+quietly until SIGTERM or SIGINT. Every lock log entry and
+meter event goes to `--truth` as JSON lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from firmware_sim.lock_world import LockWorld
+from firmware_sim.meters_sim import MeterSim
+
+__all__ = ["ACTIVITY", "SimOptions", "main", "register_sim_command", "run_sim"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_GATEWAY_ID = "gw-sim-01"
+GATEWAY_STATE = "gateway"
+ACTIVITY_PAUSE_S = (0.05, 0.3)
+ADVERTISING_INTERVAL_MS = 200.0
+MAX_LOCKS = 9999
+
+ACTIVITY: tuple[tuple[str, int], ...] = (
+    ("tamper", 3),
+    ("shell_close", 3),
+    ("wire_cut", 2),
+    ("wire_restore", 2),
+    ("low_battery", 2),
+    ("battery_ok", 1),
+    ("reboot", 1),
+)
+"""Lock faults the activity generator draws from, with weights."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimOptions:
+    """What `sealgw sim` was asked to do."""
+
+    config_path: Path
+    state_dir: Path
+    broker: str = "mqtt://127.0.0.1:1883"
+    truth: Path | None = None
+    activity_s: float = 0.0
+    locks: int = 20
+    meters: bool = True
+    gateway_id: str = DEFAULT_GATEWAY_ID
+    seed: int | None = None
+
+
+def register_sim_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `sim` to the sealgw command line."""
+    sim = subparsers.add_parser("sim", help="run the bench simulator (locks, meters)")
+    sim.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="uplink url for the config")
+    sim.add_argument("--write-config", type=Path, required=True, help="gateway config to write")
+    sim.add_argument("--truth", type=Path, help="append ground truth here (JSON lines)")
+    sim.add_argument("--state-dir", type=Path, required=True, help="simulator and gateway state")
+    sim.add_argument("--activity-seconds", type=float, default=0.0, help="random lock activity")
+    sim.add_argument("--locks", type=_lock_count, default=20, help="number of locks (default 20)")
+    sim.add_argument("--no-meters", action="store_true", help="locks only")
+    sim.add_argument("--gateway-id", default=DEFAULT_GATEWAY_ID, help="gateway.id in the config")
+    sim.add_argument("--seed", type=int, help="seed of the activity generator")
+    sim.add_argument("--log-level", default="WARNING", help="simulator log level")
+    sim.set_defaults(handler=_cmd_sim)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m firmware_sim.sim_cli ...`: the same as `sealgw sim ...`."""
+    parser = argparse.ArgumentParser(prog="sealgw")
+    register_sim_command(parser.add_subparsers())
+    args = parser.parse_args(["sim", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.handler(args))
+
+
+async def run_sim(options: SimOptions, stop: asyncio.Event) -> None:
+    """Run the simulator until `stop` is set."""
+    options.state_dir.mkdir(parents=True, exist_ok=True)
+    world = LockWorld(
+        options.locks,
+        options.state_dir,
+        options.truth,
+        advertising_interval_ms=ADVERTISING_INTERVAL_MS,
+    )
+    meters = MeterSim(options.state_dir / "meters", truth=options.truth) if options.meters else None
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(world)
+        if meters is not None:
+            await stack.enter_async_context(meters)
+        options.config_path.write_text(gateway_config(options, world, meters), encoding="utf-8")
+        print(
+            f"sim ready: config={options.config_path} adapter={world.adapter} "
+            f"locks={len(world.locks)} meters={len(meters.meters) if meters else 0}",
+            flush=True,
+        )
+        injected = await _activity(world, options, stop)
+        print(f"sim quiet: {injected} faults injected", flush=True)
+        await stop.wait()
+    _log.info("simulator stopped")
+
+
+def gateway_config(options: SimOptions, world: LockWorld, meters: MeterSim | None) -> str:
+    """The whole gateway config: identity, state dir, uplink, [ble] and [meters]."""
+    gateway_state = (options.state_dir / GATEWAY_STATE).resolve()
+    parts = [
+        "# Written by `sealgw sim`; valid while the simulator runs.",
+        "[gateway]",
+        f"id = {_q(options.gateway_id)}",
+        f"state_dir = {_q(str(gateway_state))}",
+        "",
+        "[uplink]",
+        f"url = {_q(options.broker)}",
+        "",
+        world.gateway_ble_toml(connect_timeout_s=5.0, op_timeout_s=10.0),
+    ]
+    if meters is not None:
+        seal_ids = list(world.locks)
+        seals = dict(zip(sorted(meters.meters), seal_ids, strict=False))
+        parts.append(meters.meters_toml(seals=seals))
+    return "\n".join(parts)
+
+
+async def _activity(world: LockWorld, options: SimOptions, stop: asyncio.Event) -> int:
+    rng = random.Random(options.seed)  # a simulation, not cryptography
+    faults = [name for name, _ in ACTIVITY]
+    weights = [weight for _, weight in ACTIVITY]
+    deadline = asyncio.get_running_loop().time() + options.activity_s
+    injected = 0
+    while not stop.is_set() and asyncio.get_running_loop().time() < deadline:
+        seal_id = rng.choice(list(world.locks))
+        world.inject(seal_id, rng.choices(faults, weights)[0])
+        injected += 1
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), rng.uniform(*ACTIVITY_PAUSE_S))
+    return injected
+
+
+def _cmd_sim(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    options = SimOptions(
+        config_path=args.write_config,
+        state_dir=args.state_dir,
+        broker=args.broker,
+        truth=args.truth,
+        activity_s=args.activity_seconds,
+        locks=args.locks,
+        meters=not args.no_meters,
+        gateway_id=args.gateway_id,
+        seed=args.seed,
+    )
+    asyncio.run(_run_until_signal(options))
+    return 0
+
+
+async def _run_until_signal(options: SimOptions) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await run_sim(options, stop)
+
+
+def _lock_count(text: str) -> int:
+    count = int(text)
+    if not 1 <= count <= MAX_LOCKS:
+        raise argparse.ArgumentTypeError(f"--locks must be 1..{MAX_LOCKS}")
+    return count
+
+
+def _q(text: str) -> str:
+    return json.dumps(text)  # a JSON string is a valid TOML basic string for these values
+
+
+if __name__ == "__main__":
+    sys.exit(main())
