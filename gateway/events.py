@@ -56,8 +56,10 @@ class EventDraft:
     priority: Priority
     ts: datetime
     id: str = field(default="")
+    canonical_data: str = field(default="", compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        """Validate, and encode `data` now: a bad value fails its producer, not a batch."""
         if not EVENT_TYPE_PATTERN.match(self.type):
             raise ValueError(f"event type {self.type!r} is not dotted lowercase (seal.sealed)")
         if not SUBJECT_PATTERN.match(self.subject):
@@ -66,6 +68,8 @@ class EventDraft:
             raise ValueError("event ts must be timezone-aware")
         if not self.id:
             object.__setattr__(self, "id", new_event_id(self.ts))
+        if not self.canonical_data:
+            object.__setattr__(self, "canonical_data", canonical_json(self.data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +130,7 @@ def seal_event(draft: EventDraft, gateway: str, seq: int, prev_hash: str) -> Eve
     here once; only `data` and the strings go through the general encoder.
     """
     ts = format_ts(draft.ts)
-    head = f'{{"data":{canonical_json(draft.data)},"gateway":{encode_basestring(gateway)}'
+    head = f'{{"data":{draft.canonical_data},"gateway":{encode_basestring(gateway)}'
     tail = (
         f',"id":{encode_basestring(draft.id)},"prev_hash":"{prev_hash}"'
         f',"priority":"{draft.priority.wire_name}","seq":{seq}'

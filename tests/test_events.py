@@ -179,3 +179,12 @@ def test_priority_wire_names_round_trip() -> None:
         assert Priority.from_wire(priority.wire_name) is priority
     with pytest.raises(ValueError, match="unknown priority"):
         Priority.from_wire("urgent")
+
+
+def test_data_without_a_json_form_fails_at_the_producer_not_in_a_batch() -> None:
+    from decimal import Decimal
+
+    with pytest.raises(ValueError, match="canonical JSON"):
+        EventDraft("meter.reading", "M-1", {"kwh": Decimal("1.5")}, Priority.TELEMETRY, NOW)
+    ok = EventDraft("meter.reading", "M-1", {"kwh": 1.5}, Priority.TELEMETRY, NOW)
+    assert ok.canonical_data == '{"kwh":1.5}'
