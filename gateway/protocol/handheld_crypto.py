@@ -1,0 +1,427 @@
+"""Handheld protocol cryptography: pairing and session handshakes, and the record channel.
+
+Pure and synchronous: the objects here hold handshake state and keys, never sockets.
+- Pairing: ephemeral X25519 both ways; the gateway signs transcript 1 with its Ed25519
+  identity; the handheld signs transcript 2 with its certified device key and MACs it with a
+  key derived from the X25519 secret *and* the one-time code, so a passive observer cannot
+  test code guesses offline.
+- Sessions (SIGMA-style): ephemeral X25519, both identity signatures over the transcript,
+  key-confirmation MACs, then per-direction ChaCha20-Poly1305 keys from HKDF-SHA256.
+- Records: strictly consecutive counters in nonce and AD; responses bound to their request.
+Specified in docs/handheld.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from gateway.errors import AuthError, ProtocolError
+from gateway.protocol.canonical import canonical_bytes
+from gateway.protocol.handheld import (
+    MAX_COUNTER,
+    NONCE_LEN,
+    HandheldReason,
+    Message,
+    PairChallenge,
+    PairDone,
+    PairHello,
+    PairProof,
+    Record,
+    RecordKind,
+    SessionAccept,
+    SessionConfirm,
+    SessionHello,
+    message_fields,
+)
+
+__all__ = [
+    "Channel",
+    "GatewayHandshake",
+    "GatewayPairing",
+    "HandheldHandshake",
+    "HandheldPairing",
+    "PairedGateway",
+    "Role",
+    "ed25519_public_bytes",
+    "key_fingerprint",
+]
+
+DOMAIN = b"sealgw/v1 handheld "
+SESSION_ID_LEN = 16
+_AUTH_MEMBERS = frozenset({"sig", "mac"})
+
+
+class Role(Enum):
+    """Which end of a channel this is; it picks the send and receive keys."""
+
+    HANDHELD = "handheld"
+    GATEWAY = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class PairedGateway:
+    """What a handheld keeps after pairing: the gateway id and its pinned identity key."""
+
+    gateway: str
+    gateway_key: bytes
+    paired_at: int
+
+
+def key_fingerprint(public_key: bytes) -> str:
+    """First 16 hex digits of SHA-256 of a raw public key: what the console and events show."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def ed25519_public_bytes(key: Ed25519PrivateKey) -> bytes:
+    """Raw 32-byte Ed25519 public key."""
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+# -- pairing --------------------------------------------------------------------------------
+
+
+class HandheldPairing:
+    """The handheld's side of pairing with one code."""
+
+    def __init__(
+        self,
+        certificate: str,
+        device_key: Ed25519PrivateKey,
+        code: str,
+        *,
+        expected_fingerprint: str | None = None,
+    ) -> None:
+        self._device = device_key
+        self._code = code
+        self._expected = expected_fingerprint
+        self._eph = X25519PrivateKey.generate()
+        self._hello = PairHello(certificate, _x25519_public(self._eph), os.urandom(NONCE_LEN))
+        self._th2 = b""
+        self._kcode = b""
+        self._challenge: PairChallenge | None = None
+
+    def hello(self) -> PairHello:
+        """The first message."""
+        return self._hello
+
+    def on_challenge(self, challenge: PairChallenge) -> PairProof:
+        """Check the gateway's signature (and pin, if any); answer with signature and code MAC."""
+        if self._expected is not None and not hmac.compare_digest(
+            self._expected.lower().encode("utf-8"), key_fingerprint(challenge.gateway_key).encode()
+        ):
+            raise AuthError("gateway identity is not the expected one", code="gateway_mismatch")
+        th1 = _transcript("pair 1", _unsigned(self._hello), _unsigned(challenge))
+        _verify(challenge.gateway_key, b"pair gateway", th1, challenge.sig, "bad_gateway")
+        shared = _exchange(self._eph, challenge.eph)
+        self._kcode = pairing_code_key(shared, self._code, th1)
+        self._th2 = _transcript("pair 2", th1, challenge.sig)
+        self._challenge = challenge
+        sig = self._device.sign(DOMAIN + b"pair device\x00" + self._th2)
+        return PairProof(sig, _mac(self._kcode, b"handheld", self._th2))
+
+    def on_done(self, done: PairDone, proof: PairProof) -> PairedGateway:
+        """Check that the gateway knew the code too; return what to pin."""
+        if self._challenge is None:
+            raise ProtocolError("pair_done before pair_challenge")
+        th3 = _transcript("pair 3", self._th2, proof.sig, proof.mac)
+        expected = _mac(self._kcode, b"gateway", th3 + done.paired_at.to_bytes(8, "big"))
+        if not hmac.compare_digest(expected, done.mac):
+            raise AuthError("gateway did not prove the pairing code", code="bad_gateway")
+        return PairedGateway(self._challenge.gateway, self._challenge.gateway_key, done.paired_at)
+
+
+class GatewayPairing:
+    """The gateway's side of one pairing attempt, after it has read the hello."""
+
+    def __init__(self, identity: Ed25519PrivateKey, gateway_id: str, hello: PairHello) -> None:
+        eph = X25519PrivateKey.generate()
+        self.hello = hello
+        self._challenge = _signed_challenge(identity, gateway_id, hello, eph)
+        self._th1 = _transcript("pair 1", _unsigned(hello), _unsigned(self._challenge))
+        self._shared = _exchange(eph, hello.eph)
+        self._th2 = _transcript("pair 2", self._th1, self._challenge.sig)
+
+    def challenge(self) -> PairChallenge:
+        """The signed challenge to send."""
+        return self._challenge
+
+    def device_signed(self, proof: PairProof, device_key: bytes) -> bool:
+        """True when the proof is signed by the certificate's device key."""
+        return _signature_ok(device_key, b"pair device", self._th2, proof.sig)
+
+    def code_matches(self, proof: PairProof, code: str) -> bool:
+        """True when the proof's MAC was made with `code` (constant-time compare)."""
+        kcode = pairing_code_key(self._shared, code, self._th1)
+        return hmac.compare_digest(_mac(kcode, b"handheld", self._th2), proof.mac)
+
+    def done(self, proof: PairProof, code: str, paired_at: int) -> PairDone:
+        """The final message, proving to the handheld that this gateway showed the code."""
+        kcode = pairing_code_key(self._shared, code, self._th1)
+        th3 = _transcript("pair 3", self._th2, proof.sig, proof.mac)
+        return PairDone(paired_at, _mac(kcode, b"gateway", th3 + paired_at.to_bytes(8, "big")))
+
+
+def pairing_code_key(shared: bytes, code: str, th1: bytes) -> bytes:
+    """K_code = HKDF(IKM = X25519 secret || code, salt = TH1): useless without the secret."""
+    return _hkdf(shared + code.encode("utf-8"), th1, b"pair code")
+
+
+def _signed_challenge(
+    identity: Ed25519PrivateKey, gateway_id: str, hello: PairHello, eph: X25519PrivateKey
+) -> PairChallenge:
+    draft = PairChallenge(
+        gateway_id, ed25519_public_bytes(identity), _x25519_public(eph), os.urandom(NONCE_LEN), b""
+    )
+    th1 = _transcript("pair 1", _unsigned(hello), _unsigned(draft))
+    sig = identity.sign(DOMAIN + b"pair gateway\x00" + th1)
+    return PairChallenge(draft.gateway, draft.gateway_key, draft.eph, draft.nonce, sig)
+
+
+# -- sessions -------------------------------------------------------------------------------
+
+
+class HandheldHandshake:
+    """The handheld's side of a session handshake with a paired gateway."""
+
+    def __init__(self, device_key: Ed25519PrivateKey, paired: PairedGateway) -> None:
+        self._device = device_key
+        self._paired = paired
+        self._eph = X25519PrivateKey.generate()
+        self._hello = SessionHello(
+            ed25519_public_bytes(device_key), _x25519_public(self._eph), os.urandom(NONCE_LEN)
+        )
+        self._channel: Channel | None = None
+
+    def hello(self) -> SessionHello:
+        """The first message."""
+        return self._hello
+
+    def on_accept(self, accept: SessionAccept) -> SessionConfirm:
+        """Authenticate the gateway (pinned key, MAC); sign the transcript; derive the keys."""
+        if accept.gateway != self._paired.gateway:
+            raise AuthError(f"gateway {accept.gateway} is not the paired one", code="bad_gateway")
+        th1 = _transcript("session 1", _unsigned(self._hello), _unsigned(accept))
+        _verify(self._paired.gateway_key, b"session gateway", th1, accept.sig, "bad_gateway")
+        shared = _exchange(self._eph, accept.eph)
+        kconfirm = _hkdf(shared, th1, b"session confirm")
+        if not hmac.compare_digest(_mac(kconfirm, b"gateway", th1), accept.mac):
+            raise AuthError("gateway key confirmation failed", code="bad_gateway")
+        th2 = _transcript("session 2", th1, accept.sig, accept.mac)
+        sig = self._device.sign(DOMAIN + b"session device\x00" + th2)
+        confirm = SessionConfirm(sig, _mac(kconfirm, b"handheld", th2))
+        th3 = _transcript("session 3", th2, confirm.sig, confirm.mac)
+        self._channel = Channel(Role.HANDHELD, shared, th3)
+        return confirm
+
+    def channel(self) -> Channel:
+        """The record channel, once on_accept has succeeded."""
+        if self._channel is None:
+            raise ProtocolError("handshake not complete")
+        return self._channel
+
+
+class GatewayHandshake:
+    """The gateway's side of a session handshake, after it has read the hello."""
+
+    def __init__(self, identity: Ed25519PrivateKey, gateway_id: str, hello: SessionHello) -> None:
+        eph = X25519PrivateKey.generate()
+        self.hello = hello
+        self._shared = _exchange(eph, hello.eph)
+        draft = SessionAccept(gateway_id, _x25519_public(eph), os.urandom(NONCE_LEN), b"", b"")
+        self._th1 = _transcript("session 1", _unsigned(hello), _unsigned(draft))
+        self._kconfirm = _hkdf(self._shared, self._th1, b"session confirm")
+        sig = identity.sign(DOMAIN + b"session gateway\x00" + self._th1)
+        mac = _mac(self._kconfirm, b"gateway", self._th1)
+        self._accept = SessionAccept(draft.gateway, draft.eph, draft.nonce, sig, mac)
+        self._th2 = _transcript("session 2", self._th1, sig, mac)
+
+    def accept(self) -> SessionAccept:
+        """The signed answer to send."""
+        return self._accept
+
+    def on_confirm(self, confirm: SessionConfirm) -> Channel:
+        """Check the device signature (key from the hello) and MAC; return the channel."""
+        if not _signature_ok(self.hello.device_key, b"session device", self._th2, confirm.sig):
+            raise AuthError(
+                "session not signed by the paired device key",
+                code=HandheldReason.STOLEN_CERTIFICATE_NO_KEY,
+            )
+        if not hmac.compare_digest(_mac(self._kconfirm, b"handheld", self._th2), confirm.mac):
+            raise AuthError("handheld key confirmation failed", code=HandheldReason.BAD_RECORD)
+        th3 = _transcript("session 3", self._th2, confirm.sig, confirm.mac)
+        return Channel(Role.GATEWAY, self._shared, th3)
+
+
+# -- the record channel -----------------------------------------------------------------------
+
+
+class Channel:
+    """One end of an established session: AEAD records with strictly consecutive counters."""
+
+    def __init__(self, role: Role, shared: bytes, th3: bytes) -> None:
+        h2g = ChaCha20Poly1305(_hkdf(shared, th3, b"session handheld to gateway"))
+        g2h = ChaCha20Poly1305(_hkdf(shared, th3, b"session gateway to handheld"))
+        self.role = role
+        self.session_id = th3[:SESSION_ID_LEN]
+        self._send, self._recv = (h2g, g2h) if role is Role.HANDHELD else (g2h, h2g)
+        self._sent = 0
+        self._received = 0
+
+    # handheld side
+
+    def seal_request(self, body: Mapping[str, Any]) -> Record:
+        """Encrypt the next request (counters start at 1)."""
+        self._require(Role.HANDHELD)
+        ctr = self._next_send()
+        ad = _record_ad(self.session_id, RecordKind.REQUEST, ctr, b"")
+        return Record(RecordKind.REQUEST, ctr, self._seal(ctr, body, ad))
+
+    def open_response(self, record: Record, request: Record) -> dict[str, Any]:
+        """Decrypt the response to `request`; anything else raises AuthError."""
+        self._require(Role.HANDHELD)
+        if record.kind is not RecordKind.RESPONSE or record.ctr != request.ctr:
+            raise AuthError("response does not answer the request", code="bad_record")
+        ad = _record_ad(self.session_id, RecordKind.RESPONSE, record.ctr, _digest(request.ct))
+        return self._open(record, ad)
+
+    def open_ready(self, record: Record) -> dict[str, Any]:
+        """Decrypt the gateway's `ready` record (counter 0)."""
+        self._require(Role.HANDHELD)
+        if record.kind is not RecordKind.READY or record.ctr != 0:
+            raise AuthError("expected the ready record", code="bad_record")
+        return self._open(record, _record_ad(self.session_id, RecordKind.READY, 0, b""))
+
+    # gateway side
+
+    def seal_ready(self, body: Mapping[str, Any]) -> Record:
+        """Encrypt the `ready` record that tells the handheld the session is open."""
+        self._require(Role.GATEWAY)
+        ad = _record_ad(self.session_id, RecordKind.READY, 0, b"")
+        return Record(RecordKind.READY, 0, self._seal(0, body, ad))
+
+    def open_request(self, record: Record) -> dict[str, Any]:
+        """Decrypt a request; reject tampered, replayed and reordered records (AuthError)."""
+        self._require(Role.GATEWAY)
+        if record.kind is not RecordKind.REQUEST:
+            raise AuthError(f"unexpected {record.kind.value} record", code="bad_record")
+        ad = _record_ad(self.session_id, RecordKind.REQUEST, record.ctr, b"")
+        body = self._open(record, ad)
+        if record.ctr <= self._received:
+            raise AuthError(f"counter {record.ctr} already seen", code="replayed_request")
+        if record.ctr != self._received + 1:
+            raise AuthError(
+                f"counter {record.ctr} after {self._received}", code="reordered_request"
+            )
+        self._received = record.ctr
+        return body
+
+    def seal_response(self, body: Mapping[str, Any], request: Record) -> Record:
+        """Encrypt the answer to `request`, bound to its counter and ciphertext."""
+        self._require(Role.GATEWAY)
+        ad = _record_ad(self.session_id, RecordKind.RESPONSE, request.ctr, _digest(request.ct))
+        return Record(RecordKind.RESPONSE, request.ctr, self._seal(request.ctr, body, ad))
+
+    # internals
+
+    def _next_send(self) -> int:
+        if self._sent >= MAX_COUNTER:
+            raise AuthError("session counter exhausted; open a new session", code="bad_record")
+        self._sent += 1
+        return self._sent
+
+    def _seal(self, ctr: int, body: Mapping[str, Any], ad: bytes) -> bytes:
+        return self._send.encrypt(_nonce(ctr), canonical_bytes(body), ad)
+
+    def _open(self, record: Record, ad: bytes) -> dict[str, Any]:
+        try:
+            plain = self._recv.decrypt(_nonce(record.ctr), record.ct, ad)
+        except InvalidTag:
+            raise AuthError("record does not authenticate", code="bad_record") from None
+        try:
+            body = json.loads(plain)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ProtocolError("record body is not JSON") from None
+        if not isinstance(body, dict):
+            raise ProtocolError("record body is not an object")
+        return body
+
+    def _require(self, role: Role) -> None:
+        if self.role is not role:
+            raise ProtocolError(f"only the {role.value} end may do that")
+
+
+# -- primitives -------------------------------------------------------------------------------
+
+
+def _transcript(label: str, *parts: bytes) -> bytes:
+    """SHA-256 over the domain, a label and length-prefixed parts."""
+    digest = hashlib.sha256(DOMAIN + label.encode("ascii") + b"\x00")
+    for part in parts:
+        digest.update(len(part).to_bytes(4, "big") + part)
+    return digest.digest()
+
+
+def _unsigned(message: Message) -> bytes:
+    """Canonical JSON of a message without its sig and mac members."""
+    fields = message_fields(message)
+    return canonical_bytes({k: v for k, v in fields.items() if k not in _AUTH_MEMBERS})
+
+
+def _hkdf(ikm: bytes, salt: bytes, label: bytes) -> bytes:
+    return HKDF(hashes.SHA256(), 32, salt, DOMAIN + label).derive(ikm)
+
+
+def _mac(key: bytes, who: bytes, data: bytes) -> bytes:
+    return hmac.new(key, DOMAIN + who + b"\x00" + data, hashlib.sha256).digest()
+
+
+def _exchange(private: X25519PrivateKey, peer: bytes) -> bytes:
+    try:
+        return private.exchange(X25519PublicKey.from_public_bytes(peer))
+    except ValueError:  # an all-zero shared secret: a small-order point
+        raise AuthError("peer ephemeral key is degenerate", code="bad_record") from None
+
+
+def _x25519_public(key: X25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def _signature_ok(public: bytes, label: bytes, data: bytes, sig: bytes) -> bool:
+    try:
+        Ed25519PublicKey.from_public_bytes(public).verify(sig, DOMAIN + label + b"\x00" + data)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def _verify(public: bytes, label: bytes, data: bytes, sig: bytes, code: str) -> None:
+    if not _signature_ok(public, label, data, sig):
+        raise AuthError(f"{label.decode()} signature does not verify", code=code)
+
+
+def _nonce(ctr: int) -> bytes:
+    return bytes(4) + ctr.to_bytes(8, "big")
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _record_ad(session_id: bytes, kind: RecordKind, ctr: int, bound: bytes) -> bytes:
+    head = DOMAIN + b"record " + kind.value.encode("ascii") + b"\x00"
+    return head + session_id + ctr.to_bytes(8, "big") + bound
