@@ -7,6 +7,7 @@ Kept apart from gateway.policy so gateway.config can import it without pulling i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.config_spec import spec
 
@@ -35,3 +36,7 @@ class AuthorizationSection:
     )
     use_default_table: bool = True
     grants: tuple[RoleGrant, ...] = ()
+    master_key_file: Path | None = field(
+        default=None,
+        metadata=spec(must_exist=True, doc="the master station's Ed25519 public key (hex or PEM)"),
+    )
