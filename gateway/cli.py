@@ -46,13 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_config(commands)
     _add_demo(commands)
-    from gateway.cli_admin import register_init_command, register_status_command
-
     from firmware_sim.sim_cli import register_sim_command
+    from gateway.cli_admin import register_init_command, register_status_command
+    from gateway.cli_pair import register_pair_command
 
     register_init_command(commands)
     register_status_command(commands)
     register_sim_command(commands)
+    register_pair_command(commands)
     return parser
 
 

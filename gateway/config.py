@@ -12,6 +12,7 @@ from typing import Literal
 
 from gateway.config_authorization import AuthorizationSection
 from gateway.config_ble import BleSection
+from gateway.config_handheld import HandheldSection
 from gateway.config_meters import MetersSection, TheftSection
 from gateway.config_spec import spec
 
@@ -101,6 +102,7 @@ class GatewayConfig:
     ble: BleSection = field(default_factory=BleSection)
     meters: MetersSection = field(default_factory=MetersSection)
     theft: TheftSection = field(default_factory=TheftSection)
+    handheld: HandheldSection = field(default_factory=HandheldSection)
     authorization: AuthorizationSection = field(default_factory=AuthorizationSection)
     source: Path | None = field(default=None, metadata=spec(doc="the file it was loaded from"))
 

@@ -30,7 +30,7 @@ _HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
 class LockEntry:
     """One seal lock the gateway serves, and the keys it may hold for it."""
 
-    seal_id: str = field(metadata=spec(pattern=_NAME, doc="seal id, the subject seal:<id>"))
+    seal_id: str = field(metadata=spec(pattern=_NAME, doc="seal id, the subject of its events"))
     lock_id: str = field(metadata=spec(pattern=_LOCK_ID, doc="16 lowercase hex digits"))
     adv_key_file: Path = field(
         metadata=spec(must_exist=True, secret_file=True, doc="K_adv, verifies adverts")

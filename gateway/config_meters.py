@@ -56,7 +56,7 @@ class Deadbands:
 class MeterConfig:
     """One meter: where it is, what it speaks and which box seal guards it."""
 
-    id: str = field(metadata=spec(pattern=_NAME, doc="meter id, the subject meter:<id>"))
+    id: str = field(metadata=spec(pattern=_NAME, doc="meter id, the subject of its events"))
     bus: str = field(metadata=spec(pattern=_NAME, doc="name of a [[meters.buses]] entry"))
     profile: str = field(metadata=spec(pattern=r"^[a-z0-9][a-z0-9_.-]*$"))
     unit: int = field(default=1, metadata=spec(minimum=1, maximum=247, doc="Modbus unit id"))
