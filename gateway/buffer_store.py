@@ -20,7 +20,12 @@ from pathlib import Path
 from gateway.buffer_file import connect_checked, migrate, prepare_file
 from gateway.clock import Clock
 from gateway.config import BufferSection
-from gateway.errors import DatabaseCorruptError, StorageError, StorageFullError
+from gateway.errors import (
+    DatabaseCorruptError,
+    DuplicateEventError,
+    StorageError,
+    StorageFullError,
+)
 from gateway.events import Event, EventDraft, Priority, seal_event
 
 __all__ = [
@@ -309,7 +314,8 @@ class BufferStore:
                 scratch.add(event)
                 return event
         if isinstance(error, sqlite3.IntegrityError):
-            return StorageError(f"{draft.type} not stored: duplicate event id {draft.id}")
+            message = f"{draft.type} not stored: duplicate event id {draft.id}"
+            return DuplicateEventError(message, event_id=draft.id)
         scratch.bulk_blocked = scratch.bulk_blocked or bulk
         return self._refuse(draft, "no space left in the buffer")
 

@@ -7,7 +7,7 @@ import logging
 import signal
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gateway import __version__
 from gateway.buffer import EventBuffer
@@ -19,13 +19,10 @@ from gateway.errors import GatewayError
 from gateway.events import Event, EventDraft, Priority
 from gateway.protocol.canonical import JSONValue
 from gateway.sdnotify import SystemdNotifier
-from gateway.seal_view import NoSealsKnown, SealStateView
+from gateway.services import build_services
 from gateway.supervisor import Supervisor
 from gateway.synthetic import run_synthetic_source
 from gateway.uplink import Uplink
-
-if TYPE_CHECKING:
-    from gateway.meters import MeterService
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -57,28 +54,20 @@ class Gateway:
             version=__version__,
         )
         self.supervisor = Supervisor(self.clock)
-        self.seals: SealStateView = NoSealsKnown()
-        self.meters = self._meter_service()
+        self.services = build_services(
+            config,
+            clock=self.clock,
+            buffer=self.buffer,
+            uplink=self.uplink,
+            dispatcher=self.dispatcher,
+        )
         self.control = ControlServer(
-            control_socket_path(config.gateway.state_dir), {"status": self.status}
+            control_socket_path(config.gateway.state_dir),
+            {"status": self.status, **self.services.control_handlers()},
         )
         self.operations_refused = False
         self._stop = asyncio.Event()
         self._started_mono = time.monotonic()
-
-    def _meter_service(self) -> MeterService | None:
-        if not self.config.meters.meters:
-            return None
-        from gateway.meters import MeterService  # pymodbus is heavy: only when meters exist
-
-        return MeterService(
-            self.config.meters,
-            self.emit,
-            self.clock,
-            self.seals,
-            district=self.config.gateway.district,
-            theft=self.config.theft,
-        )
 
     def emit(self, draft: EventDraft) -> asyncio.Future[Event]:
         """Hand an event to the durable buffer; the future resolves at commit."""
@@ -118,8 +107,7 @@ class Gateway:
 
     def _start_components(self) -> None:
         self.supervisor.start("uplink", self.uplink.run)
-        if self.meters is not None:
-            self.supervisor.start("meters", self.meters.run)
+        self.services.start(self.supervisor)
         self.supervisor.start("health", self._health_loop)
         if self.notifier.watchdog_interval_s:
             self.supervisor.start("watchdog", self._watchdog_loop)
@@ -142,6 +130,7 @@ class Gateway:
             _LOGGER.exception("could not record gateway.stopped")
         await self.uplink.stop(timeout=SHUTDOWN_FLUSH_S)
         await self.supervisor.stop()
+        await self.services.close()
         await self.buffer.close()
         _LOGGER.info("stopped")
 
@@ -171,7 +160,7 @@ class Gateway:
             "broker_connected": self.uplink.connected,
             "storage_full": self.buffer.storage_full,
             "operations_refused": self.operations_refused,
-            "meters": self.meters.snapshot() if self.meters else {},
+            **self.services.snapshot(),
         }
 
     async def status(self) -> dict[str, Any]:

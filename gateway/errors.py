@@ -55,6 +55,14 @@ class StorageFullError(StorageError):
     """An audit or alarm event could not be stored; new seal operations must be refused."""
 
 
+class DuplicateEventError(StorageError):
+    """An event with this id is already stored: a repeat, not a loss (deterministic ids)."""
+
+    def __init__(self, message: str, *, event_id: str) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+
+
 class DatabaseCorruptError(StorageError):
     """The buffer file failed its integrity check and was moved aside to `moved_to`."""
 

@@ -56,7 +56,7 @@ class EventDraft:
     priority: Priority
     ts: datetime
     id: str = field(default="")
-    canonical_data: str = field(default="", compare=False, repr=False)
+    canonical_data: str = field(default="", init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         """Validate, and encode `data` now: a bad value fails its producer, not a batch."""
@@ -68,8 +68,7 @@ class EventDraft:
             raise ValueError("event ts must be timezone-aware")
         if not self.id:
             object.__setattr__(self, "id", new_event_id(self.ts))
-        if not self.canonical_data:
-            object.__setattr__(self, "canonical_data", canonical_json(self.data))
+        object.__setattr__(self, "canonical_data", canonical_json(self.data))
 
 
 @dataclass(frozen=True, slots=True)

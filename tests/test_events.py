@@ -188,3 +188,11 @@ def test_data_without_a_json_form_fails_at_the_producer_not_in_a_batch() -> None
         EventDraft("meter.reading", "M-1", {"kwh": Decimal("1.5")}, Priority.TELEMETRY, NOW)
     ok = EventDraft("meter.reading", "M-1", {"kwh": 1.5}, Priority.TELEMETRY, NOW)
     assert ok.canonical_data == '{"kwh":1.5}'
+
+
+def test_replace_recomputes_the_canonical_data() -> None:
+    import dataclasses
+
+    first = EventDraft("meter.reading", "M-1", {"kwh": 1}, Priority.TELEMETRY, NOW)
+    second = dataclasses.replace(first, data={"kwh": 2})
+    assert second.canonical_data == '{"kwh":2}'
