@@ -112,9 +112,14 @@ async def run_sim(options: SimOptions, stop: asyncio.Event) -> None:
     _log.info("simulator stopped")
 
 
+MASTER_PUBLIC_KEY = "master.pub"
+
+
 def gateway_config(options: SimOptions, world: LockWorld, meters: MeterSim | None) -> str:
-    """The whole gateway config: identity, state dir, uplink, [ble] and [meters]."""
+    """The whole gateway config: identity, state dir, uplink, trust anchor, [ble], [meters]."""
     gateway_state = (options.state_dir / GATEWAY_STATE).resolve()
+    master_key = (options.state_dir / MASTER_PUBLIC_KEY).resolve()
+    master_key.write_text(world.authority.public_key_bytes.hex() + "\n", encoding="utf-8")
     parts = [
         "# Written by `sealgw sim`; valid while the simulator runs.",
         "[gateway]",
@@ -123,6 +128,9 @@ def gateway_config(options: SimOptions, world: LockWorld, meters: MeterSim | Non
         "",
         "[uplink]",
         f"url = {_q(options.broker)}",
+        "",
+        "[authorization]",
+        f"master_key_file = {_q(str(master_key))}",
         "",
         world.gateway_ble_toml(connect_timeout_s=5.0, op_timeout_s=10.0),
     ]
