@@ -33,12 +33,18 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
 
 def test_example_config_is_valid_once_its_files_exist(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().replace("/etc/sealgw/", f"{tmp_path}/")
-    for name in ("ca.pem", "client.pem", "client.key"):
+    (tmp_path / "locks").mkdir()
+    for name in ("ca.pem", "client.pem", "client.key", "master.pub"):
         (tmp_path / name).write_text("x")
+    for name in ("SL-0001.adv.key", "SL-0001.log.key"):
+        (tmp_path / "locks" / name).write_text("ab" * 32)
+        (tmp_path / "locks" / name).chmod(0o600)
     (tmp_path / "client.key").chmod(0o600)
     config = load_config(write(tmp_path, text))
     assert config.uplink.url.startswith("mqtts://")
     assert config.uplink.key_file == tmp_path / "client.key"
+    assert config.ble.locks[0].seal_id == config.meters.meters[0].seal == "SL-0001"
+    assert config.meters.meters[0].profile == "dlt645-residential"
 
 
 @pytest.mark.parametrize(
