@@ -33,6 +33,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
 
 def test_example_config_is_valid_once_its_files_exist(tmp_path: Path) -> None:
     text = EXAMPLE.read_text().replace("/etc/sealgw/", f"{tmp_path}/")
+    text = text.replace("/var/lib/sealgw/mqtt-client", f"{tmp_path}/client")
     (tmp_path / "locks").mkdir()
     for name in ("ca.pem", "client.pem", "client.key", "master.pub"):
         (tmp_path / name).write_text("x")
