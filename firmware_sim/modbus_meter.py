@@ -13,11 +13,15 @@ auxiliary supply do, with zero voltage and current and the power_down status bit
 from __future__ import annotations
 
 import logging
+import math
+from collections import Counter
 from collections.abc import Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pymodbus.framer import FramerType
+from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -36,6 +40,8 @@ _LOGGER = logging.getLogger(__name__)
 
 _VOLTS = 230.0
 _PF = 0.95
+_VAR_PER_W = math.tan(math.acos(_PF))
+_LINE_TO_LINE = ("_l1_l2", "_l2_l3", "_l3_l1")
 _HOLDING, _INPUT = 3, 4
 
 
@@ -109,11 +115,13 @@ class ModbusSimMeter:
         if kind is ValueKind.ENERGY:
             return _energy(name, meter)
         if kind is ValueKind.VOLTAGE:
-            return _VOLTS if powered else 0.0
+            volts = _VOLTS * math.sqrt(3) if name.endswith(_LINE_TO_LINE) else _VOLTS
+            return volts if powered else 0.0
         if kind is ValueKind.CURRENT:
             return watts / _VOLTS / _PF / phases if powered else 0.0
         if kind is ValueKind.POWER:
-            return watts / phases if name.endswith(("_l1", "_l2", "_l3")) else watts
+            share = watts / phases if name.endswith(("_l1", "_l2", "_l3")) else watts
+            return share * _VAR_PER_W if name.startswith("reactive") else share
         if kind is ValueKind.POWER_FACTOR:
             return _PF
         return 50.0 if powered else 0.0
@@ -143,24 +151,40 @@ async def _refresh(  # noqa: PLR0917 - the signature is pymodbus's action hook
 
 
 class ModbusLine:
-    """A pymodbus server for several simulated units: TCP, or RTU on a serial device."""
+    """A pymodbus server for several simulated units: TCP, or RTU on a serial device.
 
-    def __init__(self, meters: Iterable[ModbusSimMeter], *, serial: Path | None = None) -> None:
+    With `rtu_framing` a TCP server speaks RTU frames (with CRC), as a transparent
+    Ethernet-to-RS-485 converter does (`rtu-over-tcp://`). `requests` counts the request frames
+    the server decoded, by unit id (silent and garbled units included), so tests and the bench
+    see what reached the meters.
+    """
+
+    def __init__(
+        self,
+        meters: Iterable[ModbusSimMeter],
+        *,
+        serial: Path | None = None,
+        rtu_framing: bool = False,
+    ) -> None:
         self.meters = {meter.unit: meter for meter in meters}
         self.serial = serial
+        self.rtu = serial is not None or rtu_framing
         self.port = 0
+        self.requests: Counter[int] = Counter()
         self._server: Any = None  # pymodbus servers are untyped here
 
     async def start(self) -> None:
         """Start serving (TCP on a free port unless `serial` is set)."""
         devices = [meter.device() for meter in self.meters.values()]
+        hooks: dict[str, Any] = {"trace_packet": self._trace, "trace_pdu": self._count}
         if self.serial is not None:
             self._server = ModbusSerialServer(
-                devices, port=str(self.serial), baudrate=9600, trace_packet=self._trace
+                devices, port=str(self.serial), baudrate=9600, **hooks
             )
         else:
+            framer = FramerType.RTU if self.rtu else FramerType.SOCKET
             self._server = ModbusTcpServer(
-                devices, address=("127.0.0.1", 0), trace_packet=self._trace
+                devices, framer=framer, address=("127.0.0.1", 0), **hooks
             )
         await self._server.serve_forever(background=True)
         if self.serial is None:
@@ -173,18 +197,24 @@ class ModbusLine:
             await self._server.shutdown()
             self._server = None
 
+    def _count(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
+        """pymodbus trace_pdu hook: count each decoded request by unit."""
+        if not sending:
+            self.requests[pdu.dev_id] += 1
+        return pdu
+
     def _trace(self, sending: bool, data: bytes) -> bytes:
         """Silence dead units and corrupt garbled ones on the way out."""
         if not sending or not data:
             return data
-        unit_at = 0 if self.serial is not None else 6
+        unit_at = 0 if self.rtu else 6
         meter = self.meters.get(data[unit_at]) if len(data) > unit_at else None
         if meter is None:
             return data
         if meter.meter.dead:
             return b""
         if meter.meter.garble:
-            return _garble(data, tcp=self.serial is None)
+            return _garble(data, tcp=not self.rtu)
         return data
 
 

@@ -1,0 +1,303 @@
+"""Modbus read bench: what one poll cycle of a three-phase meter costs on the bus, and how fast.
+
+One process, real pymodbus servers around the simulated meter (firmware_sim.modbus_meter),
+the gateway's own ModbusBus and read plan as the client:
+
+- the bytes of a cycle are counted on the wire by a TCP proxy between the bus and the server,
+  both ways. `bus_bytes_per_cycle` is measured with RTU framing (`rtu-over-tcp://`, the frames
+  an RS-485 line carries: address, function, data, CRC); `tcp_bytes_per_cycle` with Modbus TCP
+  (MBAP frames). Each frame is 4 bytes longer in MBAP (7-byte header, no address, no CRC),
+  which the bench checks;
+- requests are counted by the server (requests it decoded);
+- `min_bus_bytes_per_cycle` is computed (see `min_rtu_bytes`);
+- `reads_per_s`: values per second read over Modbus TCP through ModbusBus.read_plan, many
+  cycles back to back, median of rounds;
+- `per_tag_*`: the baseline of one request per value, as naive gateways poll, measured in the
+  same run on the same servers.
+
+Headline figures are the last keys of the result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from firmware_sim.dlt645_meter import SimMeter
+from firmware_sim.meters_sim import PROFILES_DIR
+from firmware_sim.modbus_meter import ModbusLine, ModbusSimMeter
+from gateway.clock import SystemClock
+from gateway.drivers.modbus import ModbusBus, open_bus
+from gateway.meter_plan import ReadPlan, ReadRequest, RegisterSlice, plan_reads
+from gateway.meter_profiles import MAX_READ_REGISTERS, MeterProfile, RegisterSpec, load_profiles
+
+PROFILE = "dtsu666"
+COMPARE = "sdm630"
+UNIT = 1
+RTU_REQUEST_BYTES = 8  # address, function, start (2), count (2), CRC (2)
+RTU_RESPONSE_OVERHEAD = 5  # address, function, byte count, CRC (2); then 2 bytes per register
+MBAP_EXTRA = 4  # per frame: a 7-byte MBAP header replaces the address byte and the 2-byte CRC
+COST_CYCLES = 10
+
+
+def run(*, quick: bool = False, verbose: bool = True) -> dict[str, Any]:
+    """Measure and return the result object (headline figures last)."""
+    return asyncio.run(_measure(quick=quick, verbose=verbose))
+
+
+def min_rtu_bytes(registers: Iterable[RegisterSpec]) -> tuple[int, int]:
+    """(requests, bytes) a perfect RTU poller needs for exactly these registers.
+
+    Each maximal run of contiguous needed registers of one function is read on its own, split
+    into ceil(run / 125) requests where the Modbus limit forces it; no unused register is read.
+    Each request costs 8 bytes out and 5 + 2 x count bytes back, so the total is 13 bytes per
+    request plus 2 bytes per needed register. (Reading through a gap of up to 6 registers costs
+    less than a 13-byte request, so a plan can come in just under this figure.)
+    """
+    runs = plan_reads(registers, max_gap=0).requests
+    requests = sum(math.ceil(run.count / MAX_READ_REGISTERS) for run in runs)
+    words = sum(run.count for run in runs)
+    return requests, requests * (RTU_REQUEST_BYTES + RTU_RESPONSE_OVERHEAD) + 2 * words
+
+
+def per_value_plan(profile: MeterProfile) -> ReadPlan:
+    """The naive baseline: one request per value."""
+    return ReadPlan(
+        tuple(
+            ReadRequest(spec.function, spec.address, spec.words, (RegisterSlice(spec, 0),))
+            for spec in profile.registers
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """What one poll cycle put on the wire."""
+
+    requests: int
+    registers: int
+    bus_bytes: int
+    tcp_bytes: int
+
+    def to_json(self, minimum: int) -> dict[str, Any]:
+        """The figures, with the ratio to the minimum RTU bytes."""
+        return {
+            "requests_per_cycle": self.requests,
+            "registers_per_cycle": self.registers,
+            "bus_bytes_per_cycle": self.bus_bytes,
+            "tcp_bytes_per_cycle": self.tcp_bytes,
+            "bus_bytes_ratio_to_min": round(self.bus_bytes / minimum, 3),
+        }
+
+
+class CountingProxy:
+    """A TCP relay that counts the bytes each way."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.up = 0
+        self.down = 0
+        self._server: asyncio.Server | None = None
+        self._pumps: set[asyncio.Task[None]] = set()
+
+    @property
+    def total(self) -> int:
+        """Bytes relayed both ways so far."""
+        return self.up + self.down
+
+    async def start(self) -> None:
+        """Listen on a free port."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self) -> None:
+        """Stop relaying."""
+        for pump in self._pumps:
+            pump.cancel()
+        await asyncio.gather(*self._pumps, return_exceptions=True)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        for task in (self._pump(reader, up_writer, True), self._pump(up_reader, writer, False)):
+            pump = asyncio.create_task(task)
+            self._pumps.add(pump)
+            pump.add_done_callback(self._pumps.discard)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: bool
+    ) -> None:
+        try:
+            while data := await reader.read(65536):
+                if up:
+                    self.up += len(data)
+                else:
+                    self.down += len(data)
+                writer.write(data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+
+class _Rig:
+    """The simulated meter behind a Modbus TCP server and an RTU-framed TCP server, proxied."""
+
+    def __init__(self, profile: MeterProfile) -> None:
+        meter = SimMeter("900000000001", SystemClock(), phases=3)
+        self.sim = ModbusSimMeter(UNIT, profile, meter)
+        self.tcp = ModbusLine([self.sim])
+        self.rtu = ModbusLine([self.sim], rtu_framing=True)
+        self.tcp_proxy: CountingProxy | None = None
+        self.rtu_proxy: CountingProxy | None = None
+
+    async def __aenter__(self) -> _Rig:
+        await self.tcp.start()
+        await self.rtu.start()
+        self.tcp_proxy = CountingProxy(self.tcp.port)
+        self.rtu_proxy = CountingProxy(self.rtu.port)
+        await self.tcp_proxy.start()
+        await self.rtu_proxy.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for proxy in (self.tcp_proxy, self.rtu_proxy):
+            if proxy is not None:
+                await proxy.close()
+        await self.rtu.close()
+        await self.tcp.close()
+
+    async def cost(self, plan: ReadPlan) -> Cost:
+        """Poll COST_CYCLES cycles through each proxy; the bytes and requests of one cycle."""
+        assert self.tcp_proxy is not None and self.rtu_proxy is not None
+        tcp_bytes, tcp_requests = await _wire(self.tcp_proxy, self.tcp, "modbus-tcp", plan)
+        rtu_bytes, rtu_requests = await _wire(self.rtu_proxy, self.rtu, "rtu-over-tcp", plan)
+        if tcp_requests != rtu_requests or tcp_bytes - rtu_bytes != 2 * MBAP_EXTRA * tcp_requests:
+            raise RuntimeError(f"wire counts disagree: tcp {tcp_bytes} B, rtu {rtu_bytes} B")
+        return Cost(rtu_requests, plan.register_count, rtu_bytes, tcp_bytes)
+
+    async def reads_per_s(self, plan: ReadPlan, cycles: int) -> float:
+        """Values per second through ModbusBus.read_plan over Modbus TCP, no proxy."""
+        bus = open_bus(f"modbus-tcp://127.0.0.1:{self.tcp.port}", timeout=2.0)
+        try:
+            await bus.read_plan(UNIT, plan)  # connect outside the timing
+            start = time.perf_counter()
+            for _ in range(cycles):
+                await bus.read_plan(UNIT, plan)
+            elapsed = time.perf_counter() - start
+        finally:
+            await bus.close()
+        return cycles * sum(len(request.slices) for request in plan.requests) / elapsed
+
+
+async def _wire(
+    proxy: CountingProxy, line: ModbusLine, scheme: str, plan: ReadPlan
+) -> tuple[int, int]:
+    """Bytes on the wire and server-side requests of one cycle, averaged over COST_CYCLES."""
+    bus: ModbusBus = open_bus(f"{scheme}://127.0.0.1:{proxy.port}", timeout=2.0)
+    try:
+        values = await bus.read_plan(UNIT, plan)  # connect, and check that every value came
+        if len(values) != sum(len(request.slices) for request in plan.requests):
+            raise RuntimeError(f"{scheme}: {len(values)} values")
+        bytes_before, requests_before = proxy.total, line.requests[UNIT]
+        for _ in range(COST_CYCLES):
+            await bus.read_plan(UNIT, plan)
+        wire, requests = proxy.total - bytes_before, line.requests[UNIT] - requests_before
+    finally:
+        await bus.close()
+    if wire % COST_CYCLES or requests % COST_CYCLES:
+        raise RuntimeError(f"{scheme}: cycles differ ({wire} B, {requests} requests)")
+    return wire // COST_CYCLES, requests // COST_CYCLES
+
+
+def _plan(profile: MeterProfile, max_gap: int) -> ReadPlan:
+    return plan_reads(profile.registers, max_gap=max_gap, max_registers=profile.read.max_registers)
+
+
+async def _by_gap(rig: _Rig, profile: MeterProfile, minimum: int) -> dict[str, Any]:
+    gaps = sorted({0, 6, profile.read.max_gap})
+    return {str(gap): (await rig.cost(_plan(profile, gap))).to_json(minimum) for gap in gaps}
+
+
+async def _compare(profile: MeterProfile) -> dict[str, Any]:
+    """The same cost figures for a second profile (at its configured gap and at gap 0)."""
+    min_requests, minimum = min_rtu_bytes(profile.registers)
+    async with _Rig(profile) as rig:
+        by_gap = await _by_gap(rig, profile, minimum)
+    return {
+        "profile": profile.name,
+        "values": len(profile.registers),
+        "configured_max_gap": profile.read.max_gap,
+        "min_requests_per_cycle": min_requests,
+        "min_bus_bytes_per_cycle": minimum,
+        "by_max_gap": by_gap,
+    }
+
+
+async def _measure(*, quick: bool, verbose: bool) -> dict[str, Any]:
+    profiles = load_profiles(PROFILES_DIR)
+    profile = profiles[PROFILE]
+    rounds, cycles = (1, 200) if quick else (5, 1000)
+    min_requests, minimum = min_rtu_bytes(profile.registers)
+    async with _Rig(profile) as rig:
+        configured = await rig.cost(_plan(profile, profile.read.max_gap))
+        by_gap = await _by_gap(rig, profile, minimum)
+        naive_plan = per_value_plan(profile)
+        naive = await rig.cost(naive_plan)
+        rates, naive_rates = [], []
+        for index in range(rounds):
+            rates.append(await rig.reads_per_s(_plan(profile, profile.read.max_gap), cycles))
+            naive_rates.append(await rig.reads_per_s(naive_plan, max(cycles // 4, 1)))
+            _say(
+                verbose,
+                f"round {index + 1}: {rates[-1]:.0f} values/s, per tag {naive_rates[-1]:.0f}",
+            )
+    compare = await _compare(profiles[COMPARE])
+    reads = statistics.median(rates)
+    return {
+        "bench": "modbus",
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "rounds": rounds,
+        "cycles_per_round": cycles,
+        "profile": profile.name,
+        "values": len(profile.registers),
+        "configured_max_gap": profile.read.max_gap,
+        "registers_read_per_cycle": configured.registers,
+        "min_requests_per_cycle": min_requests,
+        "by_max_gap": by_gap,
+        "per_tag_bus_bytes_per_cycle": naive.bus_bytes,
+        "per_tag_tcp_bytes_per_cycle": naive.tcp_bytes,
+        "per_tag_bus_bytes_ratio_to_min": round(naive.bus_bytes / minimum, 3),
+        "per_tag_reads_per_s": round(statistics.median(naive_rates)),
+        "reads_per_s_runs": [round(rate) for rate in rates],
+        "compare": compare,
+        "requests_per_cycle": configured.requests,
+        "bus_bytes_per_cycle": configured.bus_bytes,
+        "tcp_bytes_per_cycle": configured.tcp_bytes,
+        "min_bus_bytes_per_cycle": minimum,
+        "bus_bytes_ratio_to_min": round(configured.bus_bytes / minimum, 3),
+        "reads_per_s": round(reads),
+        "per_tag_requests_per_cycle": naive.requests,
+    }
+
+
+def _say(verbose: bool, text: str) -> None:
+    if verbose:
+        print(text, file=sys.stderr)
+
+
+logging.getLogger("gateway").setLevel(logging.WARNING)
+logging.getLogger("pymodbus").setLevel(logging.ERROR)
