@@ -2,12 +2,13 @@
 
 `MeterSim(state_dir)` starts, on `start()`:
 
-- `sim-tcp`: a pymodbus TCP server on a free port with M-SDM-1 (sdm630, unit 1) and M-DDS-1
-  (dds-single-phase, unit 2);
+- `sim-tcp`: a pymodbus TCP server on a free port with M-SDM-1 (sdm630, unit 1), M-DDS-1
+  (dds-single-phase, unit 2) and M-DTSU-1 (dtsu666, unit 3);
 - `sim-rtu`: a pymodbus RTU server on one end of a socat pty pair (links in `state_dir`) with
-  M-DDS-2 (dds-single-phase, unit 1); the gateway opens the other end;
-- `sim-645`: a DL/T 645 TCP server with M-645-1 (000000000001) and M-645-2 (000000000002);
-- `sim-645s`: a DL/T 645 serial line on a second pty pair with M-645-3 (000000000003), 2400 8E1.
+  M-DDS-2 (dds-single-phase, unit 1), M-SDM-2 (sdm630, unit 2) and M-DDS-3 (unit 3); the
+  gateway opens the other end;
+- `sim-645`: a DL/T 645 TCP server with M-645-1, M-645-2 and M-645-4 (addresses 00000000000N);
+- `sim-645s`: a DL/T 645 serial line on a second pty pair with M-645-3 and M-645-5, 2400 8E1.
 
 Energy advances on a load curve with the injected clock. Faults go through `inject(meter, name)`
 or the named methods; every meter event they generate is appended to the truth file as a JSON
@@ -64,6 +65,11 @@ _LAYOUT = (
     SimMeterInfo("M-645-1", "sim-645", "dlt645-residential", address="000000000001"),
     SimMeterInfo("M-645-2", "sim-645", "dlt645-residential", address="000000000002"),
     SimMeterInfo("M-645-3", "sim-645s", "dlt645-residential", address="000000000003"),
+    SimMeterInfo("M-DTSU-1", "sim-tcp", "dtsu666", unit=3),
+    SimMeterInfo("M-SDM-2", "sim-rtu", "sdm630", unit=2),
+    SimMeterInfo("M-DDS-3", "sim-rtu", "dds-single-phase", unit=3),
+    SimMeterInfo("M-645-4", "sim-645", "dlt645-residential", address="000000000004"),
+    SimMeterInfo("M-645-5", "sim-645s", "dlt645-residential", address="000000000005"),
 )
 
 
