@@ -24,6 +24,7 @@ from pathlib import Path
 
 from firmware_sim.lock_world import LockWorld
 from firmware_sim.meters_sim import MeterSim
+from firmware_sim.sim_control import serve_stdin
 
 __all__ = ["ACTIVITY", "SimOptions", "main", "register_sim_command", "run_sim"]
 
@@ -106,9 +107,11 @@ async def run_sim(options: SimOptions, stop: asyncio.Event) -> None:
             f"locks={len(world.locks)} meters={len(meters.meters) if meters else 0}",
             flush=True,
         )
+        control = asyncio.create_task(serve_stdin(world, meters))
         injected = await _activity(world, options, stop)
         print(f"sim quiet: {injected} faults injected", flush=True)
         await stop.wait()
+        control.cancel()
     _log.info("simulator stopped")
 
 

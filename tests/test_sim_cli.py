@@ -60,3 +60,42 @@ async def test_sim_runs_writes_a_valid_config_and_stops_on_sigterm(tmp_path: Pat
             proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 10)
     assert code == 0
+
+
+async def test_sim_takes_fault_commands_on_stdin(tmp_path: Path) -> None:
+    truth = tmp_path / "truth.jsonl"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "sim",
+        "--broker", "mqtt://127.0.0.1:18830",
+        "--write-config", str(tmp_path / "gw.toml"),
+        "--truth", str(truth),
+        "--state-dir", str(tmp_path / "sim"),
+        "--activity-seconds", "0",
+        "--locks", "2",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert (await asyncio.wait_for(proc.stdout.readline(), STARTUP_S)).startswith(b"sim ready")
+        assert (await asyncio.wait_for(proc.stdout.readline(), STARTUP_S)).startswith(b"sim quiet")
+        commands = [b"lock SL-0002 tamper", b"meter M-645-1 cover_open", b"meter M-NOPE cover_open"]
+        proc.stdin.write(b"\n".join(commands) + b"\n")
+        await proc.stdin.drain()
+        answers = [
+            (await asyncio.wait_for(proc.stdout.readline(), STARTUP_S)).decode().strip()
+            for _ in commands
+        ]
+        assert answers[0] == "ok lock SL-0002 tamper"
+        assert answers[1] == "ok meter M-645-1 cover_open"
+        assert answers[2].startswith("error meter M-NOPE cover_open")
+        records = [json.loads(line) for line in truth.read_text().splitlines()]
+        assert {"kind": "meter_event", "meter": "M-645-1", "event": "cover_opened"}.items() <= next(
+            r for r in records if r["kind"] == "meter_event"
+        ).items()
+        assert any(r["kind"] == "lock_log" and r["seal"] == "SL-0002" and r["type"].startswith("tamper")
+                   for r in records)  # fmt: skip
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 10)
+    assert code == 0
