@@ -8,7 +8,11 @@ import json
 import sys
 
 BENCHES = {
+    "authz": "bench.authz",
     "pipeline": "bench.pipeline",
+    "footprint": "bench.footprint",
+    "modbus": "bench.modbus",
+    "seal": "bench.seal",
 }
 
 
