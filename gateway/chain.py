@@ -43,7 +43,7 @@ def verify_chain(
     report = ChainReport()
     by_gateway = _collect(events, report)
     for gateway, chain in sorted(by_gateway.items()):
-        announced = (evicted or {}).get(gateway, set()) | _announced_evictions(chain)
+        announced = _Evicted((evicted or {}).get(gateway, set()), _announced_evictions(chain))
         _verify_one(gateway, chain, announced, report)
     return report
 
@@ -67,17 +67,29 @@ def _collect(
     return by_gateway
 
 
-def _announced_evictions(chain: Mapping[int, Mapping[str, Any]]) -> set[int]:
-    seqs: set[int] = set()
+def _announced_evictions(chain: Mapping[int, Mapping[str, Any]]) -> list[range]:
+    """The seq ranges gateway.telemetry_evicted events announced (kept as ranges, not sets)."""
+    ranges = []
     for obj in chain.values():
         if obj.get("type") == "gateway.telemetry_evicted":
             data = obj.get("data") or {}
-            seqs.update(range(int(data.get("first_seq", 0)), int(data.get("last_seq", -1)) + 1))
-    return seqs
+            ranges.append(range(int(data.get("first_seq", 0)), int(data.get("last_seq", -1)) + 1))
+    return ranges
+
+
+class _Evicted:
+    """Membership in explicitly given seqs or announced ranges."""
+
+    def __init__(self, seqs: set[int], ranges: list[range]) -> None:
+        self._seqs = seqs
+        self._ranges = ranges
+
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._seqs or any(seq in span for span in self._ranges)
 
 
 def _verify_one(
-    gateway: str, chain: Mapping[int, Mapping[str, Any]], evicted: set[int], report: ChainReport
+    gateway: str, chain: Mapping[int, Mapping[str, Any]], evicted: _Evicted, report: ChainReport
 ) -> None:
     report.events[gateway] = len(chain)
     head = max(chain)

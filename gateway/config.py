@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gateway.config_audit import AuditSection
 from gateway.config_authorization import AuthorizationSection
 from gateway.config_ble import BleSection
 from gateway.config_handheld import HandheldSection
@@ -104,6 +105,7 @@ class GatewayConfig:
     theft: TheftSection = field(default_factory=TheftSection)
     handheld: HandheldSection = field(default_factory=HandheldSection)
     authorization: AuthorizationSection = field(default_factory=AuthorizationSection)
+    audit: AuditSection = field(default_factory=AuditSection)
     source: Path | None = field(default=None, metadata=spec(doc="the file it was loaded from"))
 
     @property

@@ -11,6 +11,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.buffer import EventBuffer
+from gateway.checkpoint import Checkpointer
 from gateway.clock import Clock, SystemClock
 from gateway.commands import CommandDispatcher
 from gateway.config import GatewayConfig
@@ -18,6 +19,7 @@ from gateway.control import ControlServer, control_socket_path
 from gateway.errors import GatewayError
 from gateway.events import Event, EventDraft, Priority
 from gateway.protocol.canonical import JSONValue
+from gateway.provision import ProvisionError, load_identity
 from gateway.sdnotify import SystemdNotifier
 from gateway.services import build_services
 from gateway.supervisor import Supervisor
@@ -65,9 +67,26 @@ class Gateway:
             control_socket_path(config.gateway.state_dir),
             {"status": self.status, **self.services.control_handlers()},
         )
+        self.checkpointer = self._checkpointer()
         self.operations_refused = False
         self._stop = asyncio.Event()
         self._started_mono = time.monotonic()
+
+    def _checkpointer(self) -> Checkpointer | None:
+        """Signed checkpoints need the identity key from `sealgw init`; without it, none."""
+        try:
+            identity = load_identity(self.config.gateway.state_dir)
+        except ProvisionError as exc:
+            _LOGGER.warning("no signed gateway.checkpoint events: %s", exc)
+            return None
+        return Checkpointer(
+            identity,
+            self.config.gateway.id,
+            lambda: self.buffer.head,
+            self.emit,
+            clock=self.clock,
+            interval_s=self.config.audit.checkpoint_interval_s,
+        )
 
     def emit(self, draft: EventDraft) -> asyncio.Future[Event]:
         """Hand an event to the durable buffer; the future resolves at commit."""
@@ -108,6 +127,8 @@ class Gateway:
     def _start_components(self) -> None:
         self.supervisor.start("uplink", self.uplink.run)
         self.services.start(self.supervisor)
+        if self.checkpointer is not None:
+            self.supervisor.start("checkpoint", self.checkpointer.run)
         self.supervisor.start("health", self._health_loop)
         if self.notifier.watchdog_interval_s:
             self.supervisor.start("watchdog", self._watchdog_loop)
@@ -122,12 +143,15 @@ class Gateway:
         self.notifier.stopping()
         await self.control.stop()
         await self.supervisor.stop("synthetic")
+        await self.supervisor.stop("checkpoint")
         try:
             await self.buffer.append(
                 self.draft("gateway.stopped", self._subject(), {}, Priority.AUDIT)
             )
+            if self.checkpointer is not None:
+                await self.checkpointer.checkpoint_now()  # the last one covers the stop record
         except Exception:  # the record of a stop must not prevent the stop
-            _LOGGER.exception("could not record gateway.stopped")
+            _LOGGER.exception("could not record gateway.stopped and its checkpoint")
         await self.uplink.stop(timeout=SHUTDOWN_FLUSH_S)
         await self.supervisor.stop()
         await self.services.close()

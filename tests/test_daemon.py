@@ -193,3 +193,42 @@ def test_status_command_reads_the_running_daemon(tmp_path: Path, broker: Mosquit
     )
     assert result.returncode != 0
     assert "no gateway running" in result.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+
+
+def test_signed_checkpoints_let_audit_verify_catch_a_tampered_trail(
+    tmp_path: Path, broker: MosquittoBroker
+) -> None:
+    config = write_config(tmp_path, broker, rate=100)
+    assert run_cli("init", "-c", str(config)).returncode == 0
+    with EventSubscriber(broker.host, broker.port) as subscriber:
+        gateway = start_gateway(config)
+        assert subscriber.wait_for(lambda: len(subscriber.seqs(GATEWAY)) >= 100, 30)
+        gateway.send_signal(signal.SIGTERM)
+        assert gateway.wait(20) == 0
+        head = committed_head(tmp_path / "state" / "buffer.db")
+        assert subscriber.wait_for(
+            lambda: set(subscriber.seqs(GATEWAY)) >= set(range(1, head + 1)), 10
+        )
+    events = sorted({e["seq"]: e for e in subscriber.events}.values(), key=lambda e: e["seq"])
+    assert events[-1]["type"] == "gateway.checkpoint"
+    assert events[-1]["data"]["covers_seq"] == events[-2]["seq"]  # covers gateway.stopped
+    received = tmp_path / "received.jsonl"
+    received.write_text("".join(json.dumps(e) + "\n" for e in events))
+    key = str(tmp_path / "state" / "identity.pub")
+
+    clean = run_cli("audit", "verify", str(received), "--gateway-key", key, "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+
+    events[10]["data"]["n"] = 999_999  # an edit somewhere in the middle
+    del events[20]  # and a deletion
+    received.write_text("".join(json.dumps(e) + "\n" for e in events))
+    tampered = run_cli("audit", "verify", str(received), "--gateway-key", key)
+    assert tampered.returncode == 1
+    assert "11" in tampered.stdout and "21" in tampered.stdout, tampered.stdout
