@@ -50,12 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.cli_admin import register_init_command, register_status_command
     from gateway.cli_audit import register_audit_command
     from gateway.cli_pair import register_pair_command
+    from master_station.cli import register_master_command
 
     register_init_command(commands)
     register_status_command(commands)
     register_sim_command(commands)
     register_pair_command(commands)
     register_audit_command(commands)
+    register_master_command(commands)
     return parser
 
 

@@ -1,0 +1,480 @@
+"""`sealgw master listen`: receive gateway events over MQTT 5 into the ledger, and heal gaps.
+
+Threads: paho's network loop (loop_start) only queues what arrives; one worker thread writes
+batches to the ledger, acknowledges them (manual PUBACK, after the commit, so a master that dies
+mid-batch gets the messages again), and runs the periodic chain check and `cmd/resend`.
+
+Sessions are persistent (clean_start False, a session expiry): a short master outage, or a
+broker restart with persistence, loses nothing. With `share_group`, events are subscribed as
+`$share/GROUP/...` so several masters split them; status and seal states are retained, and a
+broker never delivers retained messages to shared subscriptions, so those stay non-shared.
+
+Gap healing (`cmd/resend`) is automatic unless masters share a subscription while each keeps
+its own SQLite ledger: then every ledger holds only part of each chain, its "gaps" are the other
+master's events, and asking for them would only multiply traffic. With a shared (PostgreSQL)
+ledger, gaps are judged on the shared ledger after a grace period, and a claim row in the
+ledger keeps two masters from asking for the same range at once. Details: docs/master.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.errors import ConfigError, TransientError
+from gateway.protocol.canonical import canonical_bytes
+from master_station.ledger import AddOutcome, AddResult, Ledger, LedgerError, SeqRange
+
+__all__ = ["ListenerOptions", "ListenerStats", "MasterListener", "parse_broker_url"]
+
+_log = logging.getLogger(__name__)
+
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_GATEWAY = re.compile(r"^(\+|[A-Za-z0-9_-]{1,64})$")
+MAX_RANGES_PER_TICK = 16
+RETRY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerOptions:
+    """Where to listen and how to heal; `heal` None means automatic (see the module doc)."""
+
+    broker_url: str
+    topic_root: str = "sealgw/v1"
+    gateways: tuple[str, ...] = ("+",)
+    share_group: str | None = None
+    client_id: str = ""
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    session_expiry_s: int = 3600
+    keepalive_s: int = 30
+    heal: bool | None = None
+    gap_grace_s: float = 10.0
+    resend_interval_s: float = 30.0
+    tick_s: float = 1.0
+    batch_max: int = 200
+
+    def resolved_client_id(self) -> str:
+        """The MQTT client id; stable ids (give one) keep the session across restarts."""
+        return self.client_id or f"sealgw-master-{socket.gethostname()}-{os.getpid()}"[:64]
+
+
+@dataclass(slots=True)
+class ListenerStats:
+    """Counters since start; `snapshot()` copies them."""
+
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    conflicts: int = 0
+    invalid: int = 0
+    seal_states: int = 0
+    statuses: int = 0
+    resend_requests: int = 0
+    resend_replies: int = 0
+    resend_requeued: int = 0
+    connects: int = 0
+
+    def snapshot(self) -> ListenerStats:
+        return ListenerStats(**{f.name: getattr(self, f.name) for f in fields(self)})
+
+    def to_json(self) -> dict[str, int]:
+        return {f.name: int(getattr(self, f.name)) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    """One message handed from paho's thread to the worker."""
+
+    kind: str  # events | status | state | reply
+    gateway: str
+    key: str  # the seal for `state`
+    payload: bytes
+    mid: int
+    qos: int
+    correlation: bytes | None = None
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A resend request waiting for its reply."""
+
+    gateway: str
+    span: SeqRange
+
+
+class MasterListener:
+    """Subscribes to gateways, writes what arrives to the ledger, asks for missing events."""
+
+    def __init__(
+        self,
+        options: ListenerOptions,
+        ledger: Ledger,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        _check_options(options)
+        self.options = options
+        self.ledger = ledger
+        self.client_id = options.resolved_client_id()
+        self.healing = options.heal if options.heal is not None else _auto_heal(options, ledger)
+        self._clock = clock
+        self._root = options.topic_root.rstrip("/")
+        self._stats = ListenerStats()
+        self._stats_lock = threading.Lock()
+        self._inbox: queue.Queue[_Inbound] = queue.Queue()
+        self._stop = threading.Event()
+        self._subscribed = threading.Event()
+        self._touched: set[str] = set()
+        self._gap_seen: dict[str, dict[int, float]] = {}
+        self._gone: dict[str, list[SeqRange]] = {}
+        self._pending: dict[str, _Pending] = {}
+        self._request_counter = 0
+        self._worker = threading.Thread(target=self._work, name="master-ledger", daemon=True)
+        self._client = self._make_client()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> MasterListener:
+        """Connect, subscribe and start writing; return once the broker acknowledged."""
+        host, port, tls = parse_broker_url(self.options.broker_url)
+        if tls:
+            self._client.tls_set_context(self._tls_context())
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.options.session_expiry_s
+        self._worker.start()
+        try:
+            self._client.connect(
+                host, port, self.options.keepalive_s, clean_start=False, properties=props
+            )
+        except OSError as exc:
+            self._stop.set()
+            raise TransientError(f"cannot reach broker {host}:{port}: {exc}") from None
+        self._client.loop_start()
+        if not self._subscribed.wait(timeout):
+            self.stop()
+            raise TransientError(f"broker {host}:{port} did not acknowledge the subscriptions")
+        _log.info("master %s listening (healing %s)", self.client_id, self.healing)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Disconnect, write what was received, and stop the worker."""
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._stop.set()
+        if self._worker.is_alive():
+            self._worker.join(timeout)
+
+    def __enter__(self) -> MasterListener:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    @property
+    def stats(self) -> ListenerStats:
+        with self._stats_lock:
+            return self._stats.snapshot()
+
+    def response_topic(self, gateway: str) -> str:
+        """Where gateways answer this master's `cmd/resend` (inside the gateway's subtree)."""
+        return f"{self._root}/{gateway}/reply/resend/{self.client_id}"
+
+    def subscriptions(self) -> list[str]:
+        """The topic filters this listener subscribes to."""
+        share = f"$share/{self.options.share_group}/" if self.options.share_group else ""
+        topics = []
+        for gw in self.options.gateways:
+            base = f"{self._root}/{gw}"
+            topics += [f"{share}{base}/events/#", f"{base}/status", f"{base}/seals/+/state"]
+            topics.append(f"{base}/reply/resend/{self.client_id}")
+        return topics
+
+    # -- paho thread -----------------------------------------------------------------------
+
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=paho.MQTTv5,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(1, 10)
+        if self.options.username is not None:
+            client.username_pw_set(self.options.username, self.options.password)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        return client
+
+    def _tls_context(self) -> ssl.SSLContext:
+        opts = self.options
+        context = ssl.create_default_context(cafile=str(opts.ca_file) if opts.ca_file else None)
+        if opts.cert_file is not None:
+            key = str(opts.key_file) if opts.key_file else None
+            context.load_cert_chain(str(opts.cert_file), key)
+        return context
+
+    def _on_connect(self, client: paho.Client, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
+        if rc.is_failure:
+            _log.warning("broker refused the master's connection: %s", rc)
+            return
+        with self._stats_lock:
+            self._stats.connects += 1
+        _log.info("connected (session present: %s)", flags.session_present)
+        client.subscribe([(topic, 1) for topic in self.subscriptions()])
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, _mid: int, codes: Any, _p: Any) -> None:
+        refused = [code for code in codes if code.is_failure]
+        if refused:
+            _log.error("broker refused %d subscriptions: %s", len(refused), refused)
+        self._subscribed.set()
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+        if not self._stop.is_set():
+            _log.warning("disconnected from the broker (%s); reconnecting", rc)
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        inbound = self._classify(msg)
+        if inbound is None:
+            self._client.ack(msg.mid, msg.qos)
+            return
+        self._inbox.put(inbound)
+
+    def _classify(self, msg: paho.MQTTMessage) -> _Inbound | None:
+        parts = msg.topic[len(self._root) + 1 :].split("/")
+        if not msg.topic.startswith(self._root + "/") or len(parts) < 2:
+            return None
+        gateway, kind, key = parts[0], parts[1], ""
+        if kind == "seals" and len(parts) == 4 and parts[3] == "state":
+            kind, key = "state", parts[2]
+        elif kind == "reply":
+            kind = "reply"
+        elif kind not in ("events", "status"):
+            return None
+        props = getattr(msg, "properties", None)
+        correlation = getattr(props, "CorrelationData", None)
+        return _Inbound(kind, gateway, key, bytes(msg.payload), msg.mid, msg.qos, correlation)
+
+    # -- worker thread ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        next_tick = self._clock() + self.options.tick_s
+        while not (self._stop.is_set() and self._inbox.empty()):
+            batch = self._take(min(self.options.tick_s, max(0.0, next_tick - self._clock())))
+            if batch:
+                self._write(batch)
+            if self._clock() >= next_tick and not self._stop.is_set():
+                self._tick_safely()
+                next_tick = self._clock() + self.options.tick_s
+
+    def _take(self, timeout: float) -> list[_Inbound]:
+        try:
+            batch = [self._inbox.get(timeout=max(timeout, 0.01))]
+        except queue.Empty:
+            return []
+        while len(batch) < self.options.batch_max:
+            try:
+                batch.append(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _write(self, batch: list[_Inbound]) -> None:
+        """Write a batch, retrying while the ledger fails; acknowledge only what is written."""
+        while True:
+            try:
+                self._apply(batch)
+            except LedgerError as exc:
+                _log.error("ledger write failed, retrying: %s", exc)
+                if self._stop.wait(RETRY_S):
+                    return  # unacknowledged: the broker delivers them again next session
+                continue
+            for item in batch:
+                self._client.ack(item.mid, item.qos)
+            return
+
+    def _apply(self, batch: list[_Inbound]) -> None:
+        events = [item for item in batch if item.kind == "events"]
+        if events:
+            results = self.ledger.add_many([e.payload for e in events], [e.gateway for e in events])
+            self._count(results)
+            self._touched.update(e.gateway for e in events)
+        for item in batch:
+            if item.kind == "state":
+                self.ledger.put_seal_state(item.gateway, item.key, item.payload)
+                self._bump("seal_states")
+            elif item.kind == "status":
+                self.ledger.put_status(item.gateway, item.payload)
+                self._bump("statuses")
+            elif item.kind == "reply":
+                self._on_reply(item)
+
+    def _count(self, results: Iterable[AddResult]) -> None:
+        names = {
+            AddOutcome.STORED: "stored",
+            AddOutcome.DUPLICATE: "duplicates",
+            AddOutcome.CONFLICT: "conflicts",
+            AddOutcome.INVALID: "invalid",
+        }
+        with self._stats_lock:
+            for result in results:
+                self._stats.received += 1
+                name = names[result.outcome]
+                setattr(self._stats, name, getattr(self._stats, name) + 1)
+
+    def _bump(self, name: str, amount: int = 1) -> None:
+        with self._stats_lock:
+            setattr(self._stats, name, getattr(self._stats, name) + amount)
+
+    # -- gaps and resends ------------------------------------------------------------------
+
+    def _tick_safely(self) -> None:
+        try:
+            self._tick()
+        except LedgerError as exc:
+            _log.warning("chain check failed: %s", exc)
+
+    def _tick(self) -> None:
+        """Verify the chains that moved, and ask for ranges missing longer than the grace."""
+        watched = self._touched | {gw for gw, seen in self._gap_seen.items() if seen}
+        self._touched = set()
+        now = self._clock()
+        for gateway in sorted(watched):
+            gaps = self.ledger.verify(gateway).gaps
+            due = self._due(gateway, gaps, now)
+            if self.healing:
+                for span in due[:MAX_RANGES_PER_TICK]:
+                    self._request_resend(gateway, span)
+
+    def _due(self, gateway: str, gaps: Iterable[SeqRange], now: float) -> list[SeqRange]:
+        """Gaps open longer than the grace period, minus ranges the gateway no longer has."""
+        seen = self._gap_seen.setdefault(gateway, {})
+        open_gaps = [g for gap in gaps for g in _minus(gap, self._gone.get(gateway, []))]
+        starts = {span[0] for span in open_gaps}
+        for start in list(seen):
+            if start not in starts:
+                del seen[start]
+        for start in starts:
+            seen.setdefault(start, now)
+        return [span for span in open_gaps if now - seen[span[0]] >= self.options.gap_grace_s]
+
+    def _request_resend(self, gateway: str, span: SeqRange) -> None:
+        claimed = self.ledger.claim_resend(
+            gateway,
+            span,
+            requester=self.client_id,
+            now=time.time(),
+            min_interval_s=self.options.resend_interval_s,
+        )
+        if not claimed:
+            return
+        self._request_counter += 1
+        request_id = f"{self.client_id}-{self._request_counter}"
+        body = {"from_seq": span[0], "to_seq": span[1], "id": request_id}
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = self.response_topic(gateway)
+        props.CorrelationData = request_id.encode()
+        props.MessageExpiryInterval = max(1, int(self.options.resend_interval_s))
+        topic = f"{self._root}/{gateway}/cmd/resend"
+        self._client.publish(topic, canonical_bytes(body), qos=1, properties=props)
+        self._pending[request_id] = _Pending(gateway, span)
+        self._bump("resend_requests")
+        _log.info("gateway %s: asked to resend seq %d..%d", gateway, *span)
+
+    def _on_reply(self, item: _Inbound) -> None:
+        reply = _json(item.payload)
+        request_id = reply.get("id")
+        pending = self._pending.pop(str(request_id), None) if request_id is not None else None
+        self._bump("resend_replies")
+        result = reply.get("result") if isinstance(reply.get("result"), dict) else {}
+        requeued = result.get("requeued") if isinstance(result, dict) else None
+        if isinstance(requeued, int):
+            self._bump("resend_requeued", requeued)
+        if not reply.get("ok"):
+            _log.warning("gateway %s refused cmd/resend: %s", item.gateway, reply.get("error"))
+            return
+        if pending is not None and isinstance(result, dict):
+            self._note_gone(pending, result.get("first_available_seq"))
+
+    def _note_gone(self, pending: _Pending, first_available: Any) -> None:
+        """Seqs below the first the gateway still holds are gone: record once, stop asking."""
+        lo, hi = pending.span
+        last_gone = hi if first_available is None else min(hi, int(first_available) - 1)
+        if last_gone < lo:
+            return
+        self._gone.setdefault(pending.gateway, []).append((lo, last_gone))
+        detail = f"gateway no longer holds seq {lo}..{last_gone}"
+        self.ledger.record_problem(pending.gateway, "gone", detail, seq=lo)
+        _log.warning("gateway %s: %s", pending.gateway, detail)
+
+
+def parse_broker_url(url: str) -> tuple[str, int, bool]:
+    """(host, port, tls) of mqtt://host[:port] or mqtts://host[:port]."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError("broker", f"{url!r} is not mqtt://host:port or mqtts://host:port")
+    tls = parts.scheme == "mqtts"
+    try:
+        return parts.hostname, parts.port or (8883 if tls else 1883), tls
+    except ValueError:
+        raise ConfigError("broker", f"{url!r} has a bad port") from None
+
+
+def _check_options(options: ListenerOptions) -> None:
+    parse_broker_url(options.broker_url)
+    if options.client_id and not _CLIENT_ID.match(options.client_id):
+        raise ConfigError("client_id", f"{options.client_id!r} must match {_CLIENT_ID.pattern}")
+    for gateway in options.gateways:
+        if not _GATEWAY.match(gateway):
+            raise ConfigError("gateway", f"{gateway!r} is not a gateway id or '+'")
+    if options.share_group is not None and not _CLIENT_ID.match(options.share_group):
+        raise ConfigError("share_group", f"{options.share_group!r} must match {_CLIENT_ID.pattern}")
+    if not options.gateways:
+        raise ConfigError("gateway", "at least one gateway (or '+') is needed")
+
+
+def _auto_heal(options: ListenerOptions, ledger: Ledger) -> bool:
+    """Heal unless the events are split between masters that each keep their own ledger."""
+    return options.share_group is None or ledger.shared
+
+
+def _minus(span: SeqRange, gone: Iterable[SeqRange]) -> list[SeqRange]:
+    pieces = [span]
+    for lo, hi in gone:
+        pieces = [
+            piece
+            for a, b in pieces
+            for piece in ((a, min(b, lo - 1)), (max(a, hi + 1), b))
+            if piece[0] <= piece[1]
+        ]
+    return pieces
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
