@@ -47,11 +47,7 @@ class Recorder:
 
     def of(self, type_: str, meter: str | None = None) -> list[EventDraft]:
         """Drafts of one type, optionally for one meter."""
-        return [
-            d
-            for d in self.drafts
-            if d.type == type_ and (meter is None or d.subject == meter)
-        ]
+        return [d for d in self.drafts if d.type == type_ and (meter is None or d.subject == meter)]
 
     def clear(self) -> None:
         self.drafts.clear()
