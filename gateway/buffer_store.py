@@ -546,7 +546,7 @@ class BufferStore:
             raise StorageError(f"buffer {self.path} cannot use WAL (journal_mode={mode})")
         conn.execute(f"PRAGMA synchronous = {self.settings.synchronous.upper()}")
         conn.execute("PRAGMA journal_size_limit = 8388608")
-        conn.execute("PRAGMA cache_size = -8192")
+        conn.execute("PRAGMA cache_size = -2048")  # 2 MiB: a Pi has little memory to spare
         self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         conn.execute(f"PRAGMA max_page_count = {max(1, self._hard // self._page_size)}")
         self._slack = max(8 * self._page_size, self._hard // 64)

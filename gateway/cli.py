@@ -99,8 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     configure_logging(args.log_level or config.log.level)
-    asyncio.run(run_daemon(config))
-    return EXIT_OK
+    return asyncio.run(run_daemon(config))
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:

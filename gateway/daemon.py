@@ -16,10 +16,13 @@ from gateway.clock import Clock, SystemClock
 from gateway.commands import CommandDispatcher
 from gateway.config import GatewayConfig
 from gateway.control import ControlServer, control_socket_path
+from gateway.debug_stall import install_debug_stall
 from gateway.errors import GatewayError
 from gateway.events import Event, EventDraft, Priority
+from gateway.health import HealthMonitor, HealthProviders
 from gateway.protocol.canonical import JSONValue
 from gateway.provision import ProvisionError, load_identity
+from gateway.remote import RemoteManagement, install_remote_management
 from gateway.sdnotify import SystemdNotifier
 from gateway.services import build_services
 from gateway.supervisor import Supervisor
@@ -54,6 +57,7 @@ class Gateway:
             dispatcher=self.dispatcher,
             clock=self.clock,
             version=__version__,
+            signed_commands=config.authorization.master_key_file is not None,
         )
         self.supervisor = Supervisor(self.clock)
         self.services = build_services(
@@ -68,6 +72,9 @@ class Gateway:
             {"status": self.status, **self.services.control_handlers()},
         )
         self.checkpointer = self._checkpointer()
+        self.remote = self._remote_management()
+        self.monitor = self._health_monitor()
+        self.exit_code = 0
         self.operations_refused = False
         self._stop = asyncio.Event()
         self._started_mono = time.monotonic()
@@ -87,6 +94,45 @@ class Gateway:
             clock=self.clock,
             interval_s=self.config.audit.checkpoint_interval_s,
         )
+
+    def _remote_management(self) -> RemoteManagement | None:
+        """Signed remote management, when the master station's key is configured."""
+        authorization = self.services.authorization
+        if authorization is None:
+            _LOGGER.warning("no authorization.master_key_file: signed remote management is off")
+            return None
+        return install_remote_management(
+            self.dispatcher,
+            self.config,
+            self.clock,
+            master_key=authorization.trust.master_key,
+            rebirth=self.uplink.rebirth,
+            restart=self.restart,
+            emit=self.emit,
+        )
+
+    def _health_monitor(self) -> HealthMonitor:
+        services = self.services
+        return HealthMonitor(
+            HealthProviders(
+                buffer_depth=self.buffer.depth,
+                acked=lambda: self.uplink.stats.acked,
+                broker_connected=lambda: self.uplink.connected,
+                state_dir=self.config.gateway.state_dir,
+                locks=services.locks.snapshot if services.locks else None,
+                meters=services.meters.snapshot if services.meters else None,
+                extra=lambda: {
+                    "storage_full": self.buffer.storage_full,
+                    "operations_refused": self.operations_refused,
+                },
+            ),
+            self.clock,
+        )
+
+    def restart(self, exit_code: int) -> None:
+        """Stop cleanly, then exit with `exit_code` (systemd Restart=on-failure starts us again)."""
+        self.exit_code = exit_code
+        self.request_stop()
 
     def emit(self, draft: EventDraft) -> asyncio.Future[Event]:
         """Hand an event to the durable buffer; the future resolves at commit."""
@@ -173,27 +219,21 @@ class Gateway:
     async def _health_loop(self) -> None:
         while True:
             await self.clock.sleep(self.config.health.interval_s)
-            self.emit(self.draft("gateway.health", self._subject(), self.health(), Priority.STATE))
+            snapshot = self.monitor.snapshot(mark=True)
+            self.emit(self.draft("gateway.health", self._subject(), snapshot, Priority.STATE))
 
     def health(self) -> dict[str, JSONValue]:
         """A snapshot of the gateway's health, as published in gateway.health."""
-        depth = self.buffer.depth()
-        return {
-            "uptime_s": round(time.monotonic() - self._started_mono, 1),
-            "buffer_depth": {p.wire_name: depth.get(p, 0) for p in Priority},
-            "broker_connected": self.uplink.connected,
-            "storage_full": self.buffer.storage_full,
-            "operations_refused": self.operations_refused,
-            **self.services.snapshot(),
-        }
+        return self.monitor.snapshot()
 
     async def status(self) -> dict[str, Any]:
-        """What `sealgw status` shows: identity plus the health snapshot."""
+        """What `sealgw status` shows: identity, health and the services' detail."""
         return {
             "gateway": self.config.gateway.id,
             "district": self.config.gateway.district,
             "version": __version__,
             **self.health(),
+            "services": self.services.snapshot(),
         }
 
     async def _watchdog_loop(self) -> None:
@@ -218,10 +258,12 @@ def install_signal_handlers(gateway: Gateway) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, gateway.request_stop)
+    install_debug_stall()  # only with SEALGW_DEBUG_STALL=1, for the watchdog test
 
 
-async def run_daemon(config: GatewayConfig) -> None:
-    """Entry point of `sealgw run`."""
+async def run_daemon(config: GatewayConfig) -> int:
+    """Entry point of `sealgw run`; returns the exit code (non-zero after a remote restart)."""
     gateway = Gateway(config)
     install_signal_handlers(gateway)
     await gateway.run()
+    return gateway.exit_code

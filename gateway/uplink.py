@@ -38,6 +38,7 @@ from gateway.events import Event, Priority, format_ts
 from gateway.mqtt_client import ConnackInfo, ConnectFailedError, ConnectParams, MqttConnection
 from gateway.pacing import Backoff, TokenBucket
 from gateway.protocol.canonical import JSONValue, canonical_bytes
+from gateway.remote import command_args
 from gateway.uplink_delivery import AckBatcher, DeliveryWindow, EventSource, PendingLike
 
 __all__ = ["EventSource", "PendingLike", "Uplink", "UplinkStats"]
@@ -79,6 +80,7 @@ class Uplink:
         version: str,
         *,
         rng: random.Random | None = None,
+        signed_commands: bool = False,
     ) -> None:
         self.settings = settings
         self.gateway_id = gateway_id
@@ -113,7 +115,7 @@ class Uplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._warned = ""
-        dispatcher.register("resend", self._cmd_resend)
+        dispatcher.register("resend", self._cmd_resend, signed=signed_commands)
 
     # -- public API --
 
@@ -141,6 +143,15 @@ class Uplink:
             self._woken(urgent)
         else:
             self._loop.call_soon_threadsafe(self._woken, urgent)
+
+    def rebirth(self) -> int:
+        """Republish the online status and every retained value now; returns how many."""
+        if not self._online:
+            return 0
+        self._publish_control(self.topic("status"), self._status(True), retain=True)
+        for suffix, payload in self._retained.items():
+            self._publish_control(self.topic(suffix), payload, retain=True)
+        return 1 + len(self._retained)
 
     def committed(self, events: Sequence[Event]) -> None:
         """The buffer's on_commit hook: wake, urgently when an alarm is among the events."""
@@ -526,8 +537,9 @@ class Uplink:
 
     async def _cmd_resend(self, command: Command) -> Mapping[str, JSONValue]:
         """cmd/resend {"from_seq": N, "to_seq": M?}: requeue published events and resend."""
-        from_seq = _optional_seq(command.payload, "from_seq")
-        to_seq = _optional_seq(command.payload, "to_seq")
+        args = command_args(command)
+        from_seq = _optional_seq(args, "from_seq")
+        to_seq = _optional_seq(args, "to_seq")
         if from_seq is None:
             raise ValueError("from_seq is required")
         if to_seq is not None and to_seq < from_seq:

@@ -163,7 +163,7 @@ async def test_daemon_status_will_events_alarms_and_replies_validate(
     sub = subscriber_factory(broker, [f"{ROOT}/#", REPLY_TOPIC])
     rig = await start_rig(config, sub, master)
     try:
-        await commands_and_alarms(rig.subscriber, rig.gateway)
+        await commands_and_alarms(rig.subscriber, rig.gateway, master)
         proxy.drop_all()  # the broker publishes the Last Will, the gateway reconnects
         await sub.wait_for(lambda ms: any(b'"connection_lost"' in m.payload for m in ms))
         await wait_until(lambda: rig.gateway.uplink.connected, 10, "reconnected")
@@ -195,14 +195,14 @@ async def test_daemon_status_will_events_alarms_and_replies_validate(
     replies = [json.loads(m.payload) for m in by_schema["command_reply.json"]]
     codes = {r.get("error") for r in replies if not r["ok"]}
     assert {"bad_json", "unknown_command", "bad_request", "unsigned"} <= codes
-    assert sorted(r["id"] for r in replies if r["ok"]) == [1, 7]
+    assert [r["id"] for r in replies if r["ok"]] == [None, None]  # signed: no request id
 
 
-async def commands_and_alarms(sub: Any, gateway: Any) -> None:
+async def commands_and_alarms(sub: Any, gateway: Any, master: Ed25519PrivateKey) -> None:
     """Every kind of reply the dispatcher gives, and the out-of-chain storage alarm."""
     key = Ed25519PrivateKey.generate()  # not the master: a forged command
     cases: list[tuple[str, bytes]] = [
-        ("resend", b'{"id": 1, "from_seq": 1}'),
+        ("resend", signed_command(master, "resend", {"from_seq": 1})),
         ("resend", b'{"id": "r-2", "to_seq": 3}'),
         ("resend", b"\xff not json"),
         ("no_such_command", b'{"id": 4}'),
@@ -212,7 +212,8 @@ async def commands_and_alarms(sub: Any, gateway: Any) -> None:
     ]
     for name, payload in cases:
         sub.publish(f"{ROOT}/cmd/{name}", payload, response_topic=REPLY_TOPIC)
-    sub.publish(f"{ROOT}/cmd/resend", b'{"id": 7, "from_seq": 2}')  # 3.1.1-style: reply/resend
+    resend = signed_command(master, "resend", {"from_seq": 2})
+    sub.publish(f"{ROOT}/cmd/resend", resend)  # without a response topic: reply/resend
     await sub.wait_for(lambda ms: len([m for m in ms if m.topic == REPLY_TOPIC]) == len(cases))
     await sub.wait_for(lambda ms: any(m.topic == f"{ROOT}/reply/resend" for m in ms))
     assert gateway.buffer.on_storage_full is not None

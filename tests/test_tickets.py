@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.errors import AuthError, ConfigError, ProtocolError
-from gateway.protocol import certs, signed
+from gateway.protocol import certs, command_doc, signed
 from gateway.protocol import tickets as tk
 from gateway.protocol.canonical import canonical_bytes
 from gateway.protocol.seal_crypto import derive_ticket_key
@@ -281,6 +281,7 @@ def test_fuzz_random_bodies(world: World, body: Any, kind: str) -> None:
         "ticket": tk.decode_ticket,
         "operator_certificate": certs.decode_certificate,
         "revocation_list": certs.decode_revocations,
+        "command": command_doc.decode_command,
     }[kind]
     with pytest.raises((ProtocolError, AuthError)):
         decoder(doc, world.authority.public_key)

@@ -57,6 +57,7 @@ class DocKind(StrEnum):
     TICKET = "ticket"
     OPERATOR_CERTIFICATE = "operator_certificate"
     REVOCATION_LIST = "revocation_list"
+    COMMAND = "command"
 
 
 @dataclass(frozen=True, slots=True)
