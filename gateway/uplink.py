@@ -376,10 +376,18 @@ class Uplink:
         return self.settings.drain_rate_per_s <= 0
 
     async def _fetch_ahead(self, wanted: int) -> bool:
-        """Wait for events to send: the running prefetch, or a fetch of our own."""
-        if self._prefetching is None or self._prefetching.done():
-            limit = max(wanted, 2 * self._delivery.window) if self._reads_ahead else wanted
-            self._prefetching = asyncio.create_task(self._fetch(limit))
+        """Wait for events to send: the running prefetch, then if need be a fetch of our own.
+
+        A prefetch that was already running may have read the buffer before the latest commit,
+        so an empty answer from it proves nothing; only a fetch started now may say "drained".
+        """
+        running = self._prefetching
+        if running is not None and not running.done():
+            await asyncio.shield(running)
+            if self._delivery.ahead:
+                return True
+        limit = max(wanted, 2 * self._delivery.window) if self._reads_ahead else wanted
+        self._prefetching = asyncio.create_task(self._fetch(limit))
         await asyncio.shield(self._prefetching)
         return bool(self._delivery.ahead)
 
