@@ -126,8 +126,13 @@ def lock_summary(snapshot: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
 
 
 def meter_summary(snapshot: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
-    """Meters OK, failing and never read, and the overall read success rate."""
-    per_meter = _per_meter(snapshot.get("meters"))
+    """Meters OK, failing and never read, the read success rate, and per-meter poll counters.
+
+    The counters (`meters.{id}.polls` and `.ok`, cumulative since start) are what a master
+    station differences between snapshots to compute a read success rate over any window.
+    """
+    meters = snapshot.get("meters")
+    per_meter = _per_meter(meters)
     failing = sum(1 for m in per_meter if m.get("failing") is True)
     polled = [m for m in per_meter if _int(m.get("polls")) > 0]
     polls = sum(_int(m.get("polls")) for m in per_meter)
@@ -138,6 +143,17 @@ def meter_summary(snapshot: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
         "failing": failing,
         "never_read": len(per_meter) - len(polled),
         "read_success_rate": round(good / polls, 4) if polls else None,
+        "meters": _counters(meters),
+    }
+
+
+def _counters(meters: JSONValue) -> dict[str, JSONValue]:
+    if not isinstance(meters, dict):
+        return {}
+    return {
+        str(meter_id): {"polls": _int(m.get("polls")), "ok": _int(m.get("ok"))}
+        for meter_id, m in meters.items()
+        if isinstance(m, dict)
     }
 
 

@@ -62,6 +62,11 @@ def test_snapshot_reports_every_figure_and_the_drain_rate(tmp_path: Path) -> Non
         "failing": 1,
         "never_read": 1,
         "read_success_rate": 0.7,
+        "meters": {
+            "M-1": {"polls": 10, "ok": 10},
+            "M-2": {"polls": 10, "ok": 4},
+            "M-3": {"polls": 0, "ok": 0},
+        },
     }
     assert first["cpu_temp_c"] == 48.3
     assert first["rss_mb"] == round(2560 * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
