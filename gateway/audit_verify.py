@@ -10,7 +10,6 @@ Usage and report: docs/audit.md; `sealgw audit verify` (gateway.cli_audit) print
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -31,7 +30,8 @@ from gateway.checkpoint import (
     verify_checkpoint,
 )
 from gateway.errors import GatewayError, ProtocolError
-from gateway.events import EVENT_VERSION
+from gateway.events import EVENT_FIELDS, EVENT_VERSION
+from gateway.protocol.strict_json import loads_strict
 from gateway.provision import public_key_fingerprint
 
 __all__ = [
@@ -61,19 +61,7 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE INDEX IF NOT EXISTS events_by_gateway_seq ON events (gateway, seq);
 """
-_FIELDS: Mapping[str, type] = {
-    "v": int,
-    "id": str,
-    "gateway": str,
-    "seq": int,
-    "ts": str,
-    "type": str,
-    "subject": str,
-    "priority": str,
-    "data": dict,
-    "prev_hash": str,
-    "hash": str,
-}
+_FIELDS: Mapping[str, type] = {"v": int, **EVENT_FIELDS}
 _LEDGER_COLUMNS = ("gateway", "seq", "id")
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RAW_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -325,10 +313,12 @@ def _ledger_rows(conn: sqlite3.Connection, path: Path) -> list[Record]:
 
 
 def _parse_event(payload: bytes) -> dict[str, Any]:
-    try:
-        obj = json.loads(payload, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"not JSON ({exc})") from None
+    obj = loads_strict(
+        payload,
+        not_json="not JSON ({})",
+        duplicate="a member name appears twice",
+        constant="{} is not JSON",
+    )
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")
     for name, kind in _FIELDS.items():
@@ -346,17 +336,6 @@ def _parse_event(payload: bytes) -> dict[str, Any]:
 def _column_mismatch(columns: Mapping[str, Any], obj: Mapping[str, Any]) -> str:
     wrong = [name for name, value in columns.items() if str(value) != str(obj[name])]
     return ", ".join(wrong)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ProtocolError("a member name appears twice")
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ProtocolError(f"{name} is not JSON")
 
 
 # -- checking ---------------------------------------------------------------------------------

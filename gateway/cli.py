@@ -22,6 +22,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one subcommand; return the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return run_handler(parser, args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def run_handler(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the subcommand `args` chose (help without one); gateway errors become exit codes."""
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help()
@@ -34,8 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:

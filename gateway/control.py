@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError, ProtocolError, TransientError
+from gateway.stream_server import listen_unix, stop_serving
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,12 +66,10 @@ class ControlServer:
     async def start(self) -> None:
         """Bind the socket (replacing a stale one) and start serving."""
         _check_path_length(self.path)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         _remove_stale_socket(self.path)
-        self._server = await asyncio.start_unix_server(
-            self._serve_client, path=str(self.path), limit=MAX_LINE
+        self._server = await listen_unix(
+            self.path, self._serve_client, mode=SOCKET_MODE, limit=MAX_LINE
         )
-        os.chmod(self.path, SOCKET_MODE)
         self._inode = self.path.stat().st_ino
         _LOGGER.info("control socket listening on %s", self.path)
 
@@ -78,11 +77,7 @@ class ControlServer:
         """Stop listening, drop connected clients and remove the socket file."""
         if self._server is None:
             return
-        self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        await self._server.wait_closed()
+        await stop_serving(self._server, self._clients)
         self._server = None
         self._unlink_own_socket()
 

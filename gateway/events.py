@@ -20,6 +20,20 @@ from typing import Any
 from gateway.protocol.canonical import JSONValue, canonical_json, encode_basestring
 
 EVENT_VERSION = 1
+EVENT_FIELDS: Mapping[str, type] = {
+    "id": str,
+    "gateway": str,
+    "seq": int,
+    "ts": str,
+    "type": str,
+    "subject": str,
+    "priority": str,
+    "data": dict,
+    "prev_hash": str,
+    "hash": str,
+}
+"""The members of an event payload besides `v`, with their JSON types."""
+
 GENESIS_HASH = "0" * 64
 EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")

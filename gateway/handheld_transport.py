@@ -24,6 +24,7 @@ from gateway.protocol.handheld import (
     encode_frame,
     encode_message,
 )
+from gateway.stream_server import listen_unix, stop_serving
 
 __all__ = ["FrameStream", "HandheldServer", "ListenAddress", "connect", "parse_listen"]
 
@@ -139,11 +140,7 @@ class HandheldServer:
         """Stop accepting, drop the connected handhelds."""
         if self._server is None:
             return
-        self._server.close()
-        for task in list(self._clients):
-            task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
-        await self._server.wait_closed()
+        await stop_serving(self._server, self._clients)
         self._server = None
         if self._listen.scheme == "unix":
             with contextlib.suppress(FileNotFoundError):
@@ -159,9 +156,8 @@ class HandheldServer:
 
     async def _start_unix(self) -> None:
         path = Path(self._listen.path)
-        _prepare_socket_path(path)
-        self._server = await asyncio.start_unix_server(self._serve, path=str(path))
-        os.chmod(path, SOCKET_MODE)
+        _remove_socket_file(path)
+        self._server = await listen_unix(path, self._serve, mode=SOCKET_MODE)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         stream = FrameStream(reader, writer)
@@ -179,8 +175,7 @@ class HandheldServer:
             await stream.close()
 
 
-def _prepare_socket_path(path: Path) -> None:
-    """Create the parent directory and remove a stale socket file."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _remove_socket_file(path: Path) -> None:
+    """Remove a socket file left at the path; this listener always replaces it."""
     with contextlib.suppress(FileNotFoundError):
         path.unlink()

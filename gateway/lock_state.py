@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,7 @@ from gateway.events import format_ts
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.seal_advert import Advert, decode_advert, encode_advert
 from gateway.protocol.seal_frames import LockState, StatusFlags, WireLoop
+from gateway.sqlite_util import execute_script, transaction
 
 __all__ = ["LOCKS_DB_FILE", "LockRecord", "LockSpec", "LockStore", "SealRecord", "SealStates"]
 
@@ -92,8 +92,8 @@ class LockStore:
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise StorageError(f"{path.name} schema {version} is newer than this gateway")
-            with _transaction(conn):
-                _create(conn)
+            with transaction(conn):
+                execute_script(conn, _SCHEMA)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             conn.close()
@@ -130,7 +130,7 @@ class LockStore:
     def advance(self, lock_id: bytes, cursor: int) -> None:
         """Move the cursor forward (never back) and forget emitted marks it passed."""
         key = lock_id.hex()
-        with _transaction(self._conn):
+        with transaction(self._conn):
             self._ensure(key)
             self._conn.execute(
                 "UPDATE locks SET cursor = max(cursor, ?) WHERE lock_id = ?", (cursor, key)
@@ -142,7 +142,7 @@ class LockStore:
     def mark_emitted(self, lock_id: bytes, indexes: Iterable[int]) -> None:
         """Record log indexes whose event was committed ahead of the cursor."""
         key = lock_id.hex()
-        with _transaction(self._conn):
+        with transaction(self._conn):
             self._conn.executemany(
                 "INSERT OR IGNORE INTO emitted VALUES (?, ?)", [(key, i) for i in indexes]
             )
@@ -159,7 +159,7 @@ class LockStore:
         """Open (from, until Unix seconds) or close the authorized-unseal window."""
         since, until = window if window is not None else (None, None)
         key = lock_id.hex()
-        with _transaction(self._conn):
+        with transaction(self._conn):
             self._ensure(key)
             self._conn.execute(
                 "UPDATE locks SET unseal_from = ?, unseal_until = ? WHERE lock_id = ?",
@@ -168,7 +168,7 @@ class LockStore:
 
     def _update(self, lock_id: bytes, statement: str, value: object) -> None:
         key = lock_id.hex()
-        with _transaction(self._conn):
+        with transaction(self._conn):
             self._ensure(key)
             self._conn.execute(statement, (value, key))
 
@@ -291,19 +291,3 @@ def _advert(blob: bytes | None) -> Advert | None:
     except ValueError:
         _log.warning("stored advert is unreadable; the replay mark starts over")
         return None
-
-
-def _create(conn: sqlite3.Connection) -> None:
-    for statement in filter(str.strip, _SCHEMA.split(";")):
-        conn.execute(statement)
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")

@@ -15,8 +15,6 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +44,7 @@ from gateway.protocol.tickets import (
     parse_ticket,
     x25519_public_bytes,
 )
+from gateway.sqlite_util import execute_script, transaction
 
 __all__ = [
     "CREDENTIAL_KEY_FILE",
@@ -149,7 +148,7 @@ class TicketStore:
         ).fetchone()
         if row is not None:
             return _repeat_or_conflict(bytes(row[0]), encoded, f"ticket {ticket.ticket_id}")
-        with _transaction(self._conn):
+        with transaction(self._conn):
             self._conn.execute(
                 "INSERT INTO tickets VALUES (?, ?, ?, ?, ?)",
                 (ticket.ticket_id, ticket.work_order, ticket.operator, ticket.not_after, encoded),
@@ -170,7 +169,7 @@ class TicketStore:
             )
         if current is not None and revocations.serial == current.serial:
             return _repeat_or_conflict(encode_revocations(current), encoded, "revocation list")
-        with _transaction(self._conn):
+        with transaction(self._conn):
             self._conn.execute(
                 "INSERT OR REPLACE INTO revocations VALUES (1, ?, ?)", (revocations.serial, encoded)
             )
@@ -185,7 +184,7 @@ class TicketStore:
         held = self.certificate(cert.operator)
         if held is not None and held.issued_at > cert.issued_at:
             return AcceptResult(False, f"a newer certificate for {cert.operator} is held")
-        with _transaction(self._conn):
+        with transaction(self._conn):
             self._conn.execute(
                 "INSERT OR REPLACE INTO certificates VALUES (?, ?, ?)",
                 (cert.operator, cert.issued_at, encode_certificate(cert)),
@@ -240,7 +239,7 @@ class TicketStore:
         ticket = self.ticket(ticket_id)
         if ticket is None:
             raise AuthError(f"no ticket {ticket_id}", code="unknown_ticket")
-        with _transaction(self._conn):
+        with transaction(self._conn):
             cursor = self._conn.execute(
                 "UPDATE uses SET count = count + 1 WHERE ticket_id = ? AND count < ?",
                 (ticket_id, ticket.max_uses),
@@ -259,7 +258,7 @@ class TicketStore:
     def prune(self) -> int:
         """Delete tickets whose window (plus skew) has passed; return how many."""
         cutoff = int(self._clock.now().timestamp()) - self._skew_s
-        with _transaction(self._conn):
+        with transaction(self._conn):
             expired = self._conn.execute(
                 "SELECT ticket_id FROM tickets WHERE not_after < ?", (cutoff,)
             ).fetchall()
@@ -342,7 +341,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         raise DatabaseCorruptError(f"{path} failed its integrity check", moved_to=str(moved))
     for pragma in ("journal_mode = WAL", "synchronous = FULL", "secure_delete = ON"):
         conn.execute(f"PRAGMA {pragma}")
-    with _transaction(conn):
+    with transaction(conn):
         _create_schema(conn)
     return conn
 
@@ -358,21 +357,8 @@ def _create_schema(conn: sqlite3.Connection) -> None:
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise StorageError(f"tickets.db schema {version} is newer than this gateway knows")
-    for statement in filter(str.strip, _SCHEMA.split(";")):
-        conn.execute(statement)
+    execute_script(conn, _SCHEMA)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def _repeat_or_conflict(held: bytes, received: bytes, what: str) -> AcceptResult:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError
+from gateway.events import EVENT_FIELDS, EVENT_VERSION
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -35,20 +36,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-EVENT_VERSION = 1
 SeqRange = tuple[int, int]
-_FIELDS: Mapping[str, type] = {
-    "id": str,
-    "gateway": str,
-    "seq": int,
-    "ts": str,
-    "type": str,
-    "subject": str,
-    "priority": str,
-    "data": dict,
-    "prev_hash": str,
-    "hash": str,
-}
 
 
 class LedgerError(GatewayError):
@@ -275,7 +263,7 @@ def parse_event(payload: bytes) -> ParsedEvent:
         raise ValueError(f"not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
-    for name, kind in _FIELDS.items():
+    for name, kind in EVENT_FIELDS.items():
         value = obj.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
             raise ValueError(f"not an event: {name!r} missing or not a {kind.__name__}")

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock
+from gateway.drivers.bus_turns import BusTurns, count_failure
 from gateway.drivers.dlt645_lines import (
     DEFAULT_CONNECT_TIMEOUT,
     Dlt645Kind,
@@ -101,19 +102,20 @@ class Dlt645Bus:
             raise ValueError("timeout and frame_silence must be > 0, inter_frame_gap >= 0")
         self.line = line
         self.timeout = timeout
-        self.inter_frame_gap = inter_frame_gap
         self.frame_silence = frame_silence
         self.preamble = preamble
         self.stats = Dlt645BusStats()
-        self._clock: Clock = clock or SystemClock()
-        self._lock = asyncio.Lock()
-        self._ready_at = 0.0
-        self._failing: set[str] = set()
+        self._turns: BusTurns[str] = BusTurns(_log, inter_frame_gap=inter_frame_gap, clock=clock)
 
     @property
     def name(self) -> str:
         """The line's description."""
         return self.line.name
+
+    @property
+    def inter_frame_gap(self) -> float:
+        """Seconds of silence kept after each transaction."""
+        return self._turns.inter_frame_gap
 
     async def read(self, address: str, di: int) -> Reading:
         """Read one data identifier from the meter at `address`."""
@@ -125,7 +127,7 @@ class Dlt645Bus:
             self._count_failure(address, exc)
             raise
         self.stats.ok += 1
-        self._failing.discard(address)
+        self._turns.succeeded(address)
         return reading
 
     async def read_batch(self, address: str, dis: Sequence[int]) -> BatchResult:
@@ -147,25 +149,16 @@ class Dlt645Bus:
 
     async def close(self) -> None:
         """Close the line after the request in progress, if any."""
-        async with self._lock:
+        async with self._turns.lock:
             self.line.close()
 
     async def _transact(self, request: Frame, *, expect_reply: bool = True) -> Frame:
-        async with self._lock:
-            await self._wait_gap()
-            try:
-                if not self.line.connected:
-                    await self.line.connect()
-                self.line.flush()
-                self.line.write(dlt645.encode(request, preamble=self.preamble))
-                return await self._await_reply(request) if expect_reply else request
-            finally:
-                self._ready_at = self._clock.monotonic() + self.inter_frame_gap
-
-    async def _wait_gap(self) -> None:
-        delay = self._ready_at - self._clock.monotonic()
-        if delay > 0:
-            await self._clock.sleep(delay)
+        async with self._turns.turn():
+            if not self.line.connected:
+                await self.line.connect()
+            self.line.flush()
+            self.line.write(dlt645.encode(request, preamble=self.preamble))
+            return await self._await_reply(request) if expect_reply else request
 
     async def _await_reply(self, request: Frame) -> Frame:
         buffer = bytearray()
@@ -223,17 +216,11 @@ class Dlt645Bus:
         self.stats.by_address[address] = self.stats.by_address.get(address, 0) + 1
 
     def _count_failure(self, address: str, exc: GatewayError) -> None:
-        if isinstance(exc, DeviceTimeoutError):
-            self.stats.timeouts += 1
-        elif isinstance(exc, MeterRefusedError):
+        if isinstance(exc, MeterRefusedError):
             self.stats.refused += 1
-        elif isinstance(exc, ProtocolError):
-            self.stats.garbled += 1
-        elif isinstance(exc, LineUnavailableError):
-            self.stats.unavailable += 1
-        level = logging.DEBUG if address in self._failing else logging.WARNING
-        self._failing.add(address)
-        _log.log(level, "%s: %s", self.name, exc)
+        else:
+            count_failure(self.stats, exc, unavailable=LineUnavailableError)
+        self._turns.failed(address, self.name, exc)
 
 
 def open_dlt645_bus(

@@ -26,7 +26,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
-from gateway.clock import Clock, SystemClock
+from gateway.clock import Clock
+from gateway.drivers.bus_turns import BusTurns, count_failure
 from gateway.drivers.modbus_transport import TransportKind, TransportSpec, parse_transport
 from gateway.errors import (
     ConfigError,
@@ -178,34 +179,32 @@ class ModbusBus:
             raise ValueError("timeout must be > 0 and inter_frame_gap >= 0")
         self.transport = transport
         self.timeout = timeout
-        self.inter_frame_gap = inter_frame_gap
         self.stats = BusStats()
-        self._clock: Clock = clock or SystemClock()
-        self._lock = asyncio.Lock()
-        self._ready_at = 0.0
-        self._failing: set[int] = set()
+        self._turns: BusTurns[int] = BusTurns(_log, inter_frame_gap=inter_frame_gap, clock=clock)
 
     @property
     def name(self) -> str:
         """The transport's description."""
         return self.transport.name
 
+    @property
+    def inter_frame_gap(self) -> float:
+        """Seconds of silence kept after each transaction."""
+        return self._turns.inter_frame_gap
+
     async def read(
         self, unit: int, function: RegisterFunction, address: int, count: int
     ) -> list[int]:
         """Read `count` registers from one unit, waiting for the line and the gap."""
-        async with self._lock:
-            await self._wait_gap()
+        async with self._turns.turn():
             try:
                 words = await self._transact(unit, function, address, count)
             except GatewayError as exc:
                 self._count_failure(exc)
-                self._log_failure(unit, exc)
+                self._turns.failed(unit, self.name, exc)
                 raise
-            finally:
-                self._ready_at = self._clock.monotonic() + self.inter_frame_gap
         self.stats.ok += 1
-        self._failing.discard(unit)
+        self._turns.succeeded(unit)
         return words
 
     async def read_plan(self, unit: int, plan: ReadPlan) -> dict[str, Number]:
@@ -226,13 +225,8 @@ class ModbusBus:
 
     async def close(self) -> None:
         """Close the line after the request in progress, if any."""
-        async with self._lock:
+        async with self._turns.lock:
             self.transport.close()
-
-    async def _wait_gap(self) -> None:
-        delay = self._ready_at - self._clock.monotonic()
-        if delay > 0:
-            await self._clock.sleep(delay)
 
     async def _transact(
         self, unit: int, function: RegisterFunction, address: int, count: int
@@ -254,19 +248,10 @@ class ModbusBus:
         return DeviceTimeoutError(f"{device}: no response within {self.timeout:g} s", device=device)
 
     def _count_failure(self, exc: GatewayError) -> None:
-        if isinstance(exc, DeviceTimeoutError):
-            self.stats.timeouts += 1
-        elif isinstance(exc, ModbusExceptionError):
+        if isinstance(exc, ModbusExceptionError):
             self.stats.exceptions += 1
-        elif isinstance(exc, ProtocolError):
-            self.stats.garbled += 1
-        elif isinstance(exc, BusUnavailableError):
-            self.stats.unavailable += 1
-
-    def _log_failure(self, unit: int, exc: GatewayError) -> None:
-        level = logging.DEBUG if unit in self._failing else logging.WARNING
-        self._failing.add(unit)
-        _log.log(level, "%s: %s", self.name, exc)
+        else:
+            count_failure(self.stats, exc, unavailable=BusUnavailableError)
 
 
 class PymodbusTransport:

@@ -8,7 +8,6 @@ the whole protocol is specified in docs/handheld.md.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 from gateway.errors import ProtocolError
 from gateway.protocol.canonical import canonical_bytes
 from gateway.protocol.signed import b64url, b64url_decode
+from gateway.protocol.strict_json import loads_strict
 
 __all__ = [
     "FRAME_HEADER_LEN",
@@ -266,21 +266,12 @@ def _to_json(value: Any) -> Any:
 
 
 def _parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"handheld message is not JSON: {exc}") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ProtocolError("handheld message has a duplicate member")
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ProtocolError(f"handheld message contains {name}")
+    return loads_strict(
+        raw,
+        not_json="handheld message is not JSON: {}",
+        duplicate="handheld message has a duplicate member",
+        constant="handheld message contains {}",
+    )
 
 
 def _bytes(obj: Mapping[str, Any], name: str, length: int) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from gateway.errors import AuthError, ProtocolError
 from gateway.protocol.canonical import canonical_bytes
+from gateway.protocol.strict_json import loads_strict
 
 __all__ = [
     "DOC_VERSION",
@@ -212,18 +212,9 @@ def _need_str(value: Any, name: str) -> str:
 
 
 def _parse_json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"document is not JSON: {exc}") from None
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ProtocolError("document has a duplicate member name")
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ProtocolError(f"document contains {name}, which JSON does not allow")
+    return loads_strict(
+        raw,
+        not_json="document is not JSON: {}",
+        duplicate="document has a duplicate member name",
+        constant="document contains {}, which JSON does not allow",
+    )
