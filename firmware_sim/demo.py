@@ -1,31 +1,45 @@
-"""`sealgw demo`: a private broker, a gateway process and a subscriber, on one machine.
+"""`sealgw demo`: a district on one machine, a scripted day, and a summary checked against a ledger.
 
-This is the store-and-forward stage of the demo: the gateway runs with its synthetic
-telemetry source, survives a broker outage and a restart, and the subscriber checks that the
-chain it received is complete. Locks, meters and the master station join it as they land.
+Processes: a private Mosquitto (unless `--broker`), `sealgw master listen` (ledger in the work
+directory), `sealgw sim` (20 locks, 11 meters on Modbus TCP, Modbus RTU and DL/T 645), and
+`sealgw run` (the gateway, reaching its broker through a relay the demo can cut). An
+independent subscriber in this process records what was published. The day is in
+demo_script.py; this module runs it, always cleans up, and builds the summary:
+
+- from the ledger: events per type, meter readings per protocol, thefts, seq gaps, the chain
+  verified twice (the ledger's own check and `gateway.chain.verify_chain` over its payloads);
+- `ledger_equals_published`: the ledger's event ids equal the subscriber's (repeats merged);
+- the KPIs of `master_station.kpi`, taken just before the gateway's clean stop.
+
+The exit code is 0 only when every step passed, no seq is missing, the chain verifies and the
+ledger equals what was published.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import signal
-import subprocess
+import sqlite3
 import sys
 import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, TextIO
 
-from firmware_sim.mosquitto import MosquittoBroker
+from firmware_sim.demo_day import GATEWAY_ID, Day, Timeline, buffer_head
+from firmware_sim.demo_script import STEPS, StepResult, play
 from gateway.chain import verify_chain
-from master_station.subscriber import EventSubscriber
+from master_station.ledger import open_ledger
 
-GATEWAY_ID = "gw-demo-01"
+__all__ = ["DemoOptions", "run_demo", "summarize"]
+
+MIN_DURATION_S = 30.0
+HEADLINE = (
+    "events_published", "seal_integrity_rate", "lock_online_rate", "meter_read_success_rate",
+    "meter_readings_by_protocol", "theft_suspected", "ledger_seq_gaps", "ledger_chain_verified",
+    "ledger_equals_published", "steps_passed", "steps_failed", "duration_s",
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -35,146 +49,160 @@ class DemoOptions:
     json_output: bool = False
 
 
-@dataclass(slots=True)
-class Timeline:
-    """Prints what happens, for a person watching (silent with --json)."""
-
-    quiet: bool
-    started: float = field(default_factory=time.monotonic)
-
-    def say(self, text: str) -> None:
-        if not self.quiet:
-            print(f"[{time.monotonic() - self.started:6.1f}s] {text}", flush=True)
-
-
 def run_demo(options: DemoOptions) -> int:
-    """Run the scripted demo; return the exit code (0 when the chain arrived whole)."""
-    timeline = Timeline(quiet=options.json_output)
+    """Run the scripted day; print the timeline and a table, or one JSON object with --json."""
+    duration = max(options.duration_s, MIN_DURATION_S)
+    out = sys.stderr if options.json_output else sys.stdout
+    timeline = Timeline(out, total=len(STEPS))
     with tempfile.TemporaryDirectory(prefix="sealgw-demo-") as tmp:
-        work = Path(tmp)
-        broker = None if options.broker_url else MosquittoBroker(work / "broker")
-        if broker is not None:
-            broker.start()
-            timeline.say(f"private Mosquitto listening on {broker.url}")
-        url = options.broker_url or (broker.url if broker else "")
+        day = Day(Path(tmp), duration, timeline, external_broker=options.broker_url)
+        timeline.say(f"sealgw demo: a {duration:.0f} s day in {day.work}")
         try:
-            summary = _play(url, broker, work, options.duration_s, timeline)
+            results = play(day)
+        except KeyboardInterrupt:
+            results = [StepResult("interrupted", False, 0.0, "interrupted")]
         finally:
-            if broker is not None:
-                broker.stop()
+            _shut_down(day)
+        summary = summarize(day, results)
+        if not all(r.ok for r in results):
+            _show_logs(day, sys.stderr)
     if options.json_output:
-        print(json.dumps(summary))
+        print(json.dumps(summary, sort_keys=False))
     else:
-        timeline.say(f"summary: {json.dumps(summary, indent=2)}")
-    return 0 if summary["ledger_chain_verified"] and summary["ledger_seq_gaps"] == 0 else 1
+        print(format_summary(summary))
+    return 0 if passed(summary) else 1
 
 
-def _play(
-    url: str, broker: MosquittoBroker | None, work: Path, duration: float, timeline: Timeline
-) -> dict[str, Any]:
-    parsed = urlparse(url)
-    config = _write_config(work, url)
-    with EventSubscriber(parsed.hostname or "127.0.0.1", parsed.port or 1883) as subscriber:
-        gateway = _start_gateway(config, work, timeline)
-        steps = _script(broker, config, work, timeline)
-        step_every = duration / (len(steps) + 1)
-        for index, step in enumerate(steps, start=1):
-            _wait_showing(subscriber, index * step_every, timeline)
-            gateway = step(gateway)
-        _wait_showing(subscriber, duration, timeline)
-        _heal_gaps(subscriber, timeline)
-        _stop_gateway(gateway, timeline)
-        subscriber.wait_for(lambda: _complete(subscriber), timeout=15)
-        return _summary(subscriber)
-
-
-def _script(
-    broker: MosquittoBroker | None, config: Path, work: Path, timeline: Timeline
-) -> list[Callable[[subprocess.Popen[bytes]], subprocess.Popen[bytes]]]:
-    def outage(gateway: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        if broker is None:
-            timeline.say("external broker: outage step skipped")
-            return gateway
-        timeline.say("broker outage: stopping Mosquitto for 4 s (the gateway buffers)")
-        broker.stop()
-        time.sleep(4)
-        broker.start()
-        timeline.say("broker back: the backlog drains")
-        return gateway
-
-    def restart(gateway: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
-        timeline.say("gateway restart: SIGKILL, then start again from its buffer")
-        gateway.kill()
-        gateway.wait(10)
-        return _start_gateway(config, work, timeline)
-
-    return [outage, restart]
-
-
-def _write_config(work: Path, url: str) -> Path:
-    config = work / "gateway.toml"
-    config.write_text(
-        f'[gateway]\nid = "{GATEWAY_ID}"\nstate_dir = "{work / "state"}"\n'
-        f'[uplink]\nurl = "{url}"\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\n'
-        "drain_rate_per_s = 2000\n[health]\ninterval_s = 5\n"
-        "[synthetic]\nenabled = true\nrate_per_s = 20\n"
+def passed(summary: dict[str, Any]) -> bool:
+    """Every step passed, no seq gap, the chain verified, the ledger equals what was published."""
+    return (
+        summary["steps_failed"] == 0
+        and summary["ledger_seq_gaps"] == 0
+        and summary["ledger_chain_verified"] is True
+        and summary["ledger_equals_published"] is True
     )
-    return config
 
 
-def _start_gateway(config: Path, work: Path, timeline: Timeline) -> subprocess.Popen[bytes]:
-    log = (work / "gateway.log").open("ab")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
-        stdout=log,
-        stderr=log,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+def summarize(day: Day, results: list[StepResult]) -> dict[str, Any]:
+    """The summary object of a finished (or failed) day."""
+    events = _ledger_events(day.ledger)
+    published = {e["id"] for e in day.events()} if day.subscriber else set()
+    heads = [e["seq"] for e in events]
+    missing = _missing(set(heads), max([*heads, _safe_head(day)], default=0))
+    readings = Counter(
+        day.meters.get(e["data"].get("meter", ""), {}).get("protocol", "unknown")
+        for e in events
+        if e["type"] == "meter.reading"
     )
-    timeline.say(f"gateway {GATEWAY_ID} started (pid {process.pid})")
-    return process
-
-
-def _stop_gateway(gateway: subprocess.Popen[bytes], timeline: Timeline) -> None:
-    gateway.send_signal(signal.SIGTERM)
-    code = gateway.wait(20)
-    timeline.say(f"gateway stopped cleanly with SIGTERM (exit {code})")
-
-
-def _wait_showing(subscriber: EventSubscriber, until: float, timeline: Timeline) -> None:
-    deadline = timeline.started + until
-    while (remaining := deadline - time.monotonic()) > 0:
-        time.sleep(min(5.0, remaining))
-        seqs = subscriber.seqs(GATEWAY_ID)
-        timeline.say(f"received {len(seqs)} events, highest seq {max(seqs, default=0)}")
-
-
-def _heal_gaps(subscriber: EventSubscriber, timeline: Timeline) -> None:
-    """Events published while the subscriber was reconnecting are asked for again."""
-    missing = subscriber.missing(GATEWAY_ID)
-    if not missing:
-        return
-    timeline.say(f"{len(missing)} events missed while reconnecting: cmd/resend from {missing[0]}")
-    subscriber.request_resend(GATEWAY_ID, missing[0], missing[-1])
-    subscriber.wait_for(lambda: not subscriber.missing(GATEWAY_ID), timeout=15)
-
-
-def _complete(subscriber: EventSubscriber) -> bool:
-    seqs = set(subscriber.seqs(GATEWAY_ID))
-    return bool(seqs) and seqs == set(range(1, max(seqs) + 1)) and _has_stop(subscriber)
-
-
-def _has_stop(subscriber: EventSubscriber) -> bool:
-    return any(e["type"] == "gateway.stopped" for e in list(subscriber.events))
-
-
-def _summary(subscriber: EventSubscriber) -> dict[str, Any]:
-    events = list(subscriber.events)
-    report = verify_chain(events)
-    unique = {(e["gateway"], e["seq"]): e for e in events}
     return {
-        "events_published": len(unique),
-        "duplicates_received": report.duplicates,
-        "events_per_type": dict(Counter(e["type"] for e in unique.values())),
-        "ledger_seq_gaps": len(report.gaps()),
-        "ledger_chain_verified": report.ok,
+        "events_published": len({e["id"] for e in events}),
+        "events_per_type": dict(sorted(Counter(e["type"] for e in events).items())),
+        "seal_integrity_rate": day.kpi.get("seal_integrity_rate"),
+        "lock_online_rate": day.kpi.get("lock_online_rate"),
+        "meter_read_success_rate": day.kpi.get("meter_read_success_rate"),
+        "meter_read_success_source": day.kpi.get("meter_read_success_source"),
+        "meter_readings_by_protocol": {
+            name: readings.get(name, 0) for name in ("modbus-rtu", "modbus-tcp", "dlt645")
+        },
+        "theft_suspected": sum(1 for e in events if e["type"] == "theft.suspected"),
+        "ledger_seq_gaps": len(missing),
+        "ledger_chain_verified": bool(events) and _chain_verified(day.ledger, events),
+        "ledger_equals_published": bool(events) and published == {e["id"] for e in events},
+        "subscriber_received": len(day.events()) if day.subscriber else 0,
+        "steps": [
+            {"step": r.name, "ok": r.ok, "s": round(r.seconds, 1), "error": r.error}
+            for r in results
+        ],
+        "steps_passed": sum(1 for r in results if r.ok),
+        "steps_failed": len(STEPS) - sum(1 for r in results if r.ok),
+        "duration_s": round(day.timeline.elapsed(), 1),
     }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The final table for a person."""
+    rows = [(key, _show(summary[key])) for key in HEADLINE]
+    rows.insert(1, ("events_per_type", ""))
+    width = max(len(key) for key in [*HEADLINE, *summary["events_per_type"]]) + 2
+    lines = ["", "summary", "-------"]
+    for key, value in rows:
+        lines.append(f"{key:<{width}}  {value}")
+        if key == "events_per_type":
+            lines += [f"  {t:<{width - 2}}  {n}" for t, n in summary["events_per_type"].items()]
+    lines.append("PASS" if passed(summary) else "FAIL")
+    return "\n".join(lines)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _shut_down(day: Day) -> None:
+    """Stop whatever still runs: children (process groups), subscriber, relay, broker."""
+    day.procs.close()
+    if day.subscriber is not None:
+        with contextlib.suppress(Exception):
+            day.subscriber.stop()
+    if day.relay is not None:
+        day.relay.close()
+    if day.broker is not None:
+        day.broker.stop()
+
+
+def _ledger_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        rows = conn.execute(
+            "SELECT payload FROM events WHERE gateway = ? ORDER BY seq", (GATEWAY_ID,)
+        ).fetchall()
+    except sqlite3.OperationalError:
+        rows = []
+    finally:
+        conn.close()
+    return [json.loads(bytes(row[0])) for row in rows]
+
+
+def _chain_verified(path: Path, events: list[dict[str, Any]]) -> bool:
+    ledger = open_ledger(path)
+    try:
+        report = ledger.verify(GATEWAY_ID)
+    finally:
+        ledger.close()
+    return report.ok and verify_chain(events).ok
+
+
+def _missing(seqs: set[int], head: int) -> list[tuple[int, int]]:
+    """Missing seq ranges in 1..head."""
+    ranges: list[tuple[int, int]] = []
+    for seq in range(1, head + 1):
+        if seq in seqs:
+            continue
+        if ranges and ranges[-1][1] == seq - 1:
+            ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
+
+
+def _safe_head(day: Day) -> int:
+    try:
+        return buffer_head(day)
+    except sqlite3.Error:
+        return 0
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return "-" if value is None else str(value)
+
+
+def _show_logs(day: Day, out: TextIO) -> None:
+    """The end of each process log, to say why a step failed."""
+    for log in sorted(day.work.glob("*.log")):
+        tail = log.read_text(errors="replace").strip().splitlines()[-8:]
+        if tail:
+            print(f"--- {log.name} (last lines)", *tail, sep="\n", file=out)

@@ -61,6 +61,7 @@ class SimOptions:
     meters: bool = True
     gateway_id: str = DEFAULT_GATEWAY_ID
     seed: int | None = None
+    meter_poll_s: float = 15.0
 
 
 def register_sim_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,6 +76,9 @@ def register_sim_command(subparsers: argparse._SubParsersAction[argparse.Argumen
     sim.add_argument("--no-meters", action="store_true", help="locks only")
     sim.add_argument("--gateway-id", default=DEFAULT_GATEWAY_ID, help="gateway.id in the config")
     sim.add_argument("--seed", type=int, help="seed of the activity generator")
+    sim.add_argument(
+        "--meter-poll-s", type=float, default=15.0, help="meters' poll_s in the config (default 15)"
+    )
     sim.add_argument("--log-level", default="WARNING", help="simulator log level")
     sim.set_defaults(handler=_cmd_sim)
 
@@ -140,7 +144,7 @@ def gateway_config(options: SimOptions, world: LockWorld, meters: MeterSim | Non
     if meters is not None:
         seal_ids = list(world.locks)
         seals = dict(zip(sorted(meters.meters), seal_ids, strict=False))
-        parts.append(meters.meters_toml(seals=seals))
+        parts.append(meters.meters_toml(seals=seals, poll_s=options.meter_poll_s))
     return "\n".join(parts)
 
 
@@ -171,6 +175,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         meters=not args.no_meters,
         gateway_id=args.gateway_id,
         seed=args.seed,
+        meter_poll_s=args.meter_poll_s,
     )
     asyncio.run(_run_until_signal(options))
     return 0

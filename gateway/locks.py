@@ -34,7 +34,7 @@ from gateway.lock_state import LOCKS_DB_FILE, LockSpec, LockStore, SealRecord, S
 from gateway.pacing import Backoff
 from gateway.policy import GatewayTrust, OperationRequest, RoleTable
 from gateway.protocol.canonical import JSONValue, canonical_bytes
-from gateway.protocol.seal_advert import AdvertObservation, AdvertTracker
+from gateway.protocol.seal_advert import Advert, AdvertObservation, AdvertTracker
 from gateway.protocol.seal_frames import LockState, LogEntry, WireLoop
 from gateway.ticket_store import TicketStore
 
@@ -309,8 +309,8 @@ class LockService:
         was_tamper, was_low = record.tamper, record.battery_low
         record.state, record.flags = advert.state, advert.flags
         record.log_head = max(record.log_head, advert.log_head)
-        if advert.wire_cut:
-            record.wire = WireLoop.BROKEN
+        wire = _advert_wire(advert)
+        record.wire = record.wire if wire is None else wire
         data: dict[str, JSONValue] = {
             "source": "advert",
             "state": advert.state.name.lower(),
@@ -387,6 +387,7 @@ class LockService:
                 self.tracker.restore(lock.lock_id, stored.advert)
                 record.state, record.flags = stored.advert.state, stored.advert.flags
                 record.log_head = stored.advert.log_head
+                record.wire = _advert_wire(stored.advert)
             records.append(record)
         return records
 
@@ -424,6 +425,13 @@ class LockService:
             return
         record.published, record.published_at = key, now
         self._publish(f"seals/{record.seal_id}/state", canonical_bytes(payload))
+
+
+def _advert_wire(advert: Advert) -> WireLoop | None:
+    """What a verified advert says of the wire loop: cut, or closed when sealed, else nothing."""
+    if advert.wire_cut:
+        return WireLoop.BROKEN
+    return WireLoop.INTACT if advert.state is LockState.SEALED else None
 
 
 def _log_failure(future: asyncio.Future[Event]) -> None:

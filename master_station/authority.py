@@ -12,9 +12,10 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -34,6 +35,7 @@ from gateway.protocol.certs import (
     sign_certificate,
     sign_revocations,
 )
+from gateway.protocol.command_doc import CommandBody, encode_command
 from gateway.protocol.seal_crypto import KEY_LEN, derive_ticket_key
 from gateway.protocol.seal_frames import LOCK_ID_LEN
 from gateway.protocol.tickets import (
@@ -205,6 +207,14 @@ class MasterAuthority:
         _write_atomic(self.directory / REVOCATIONS_FILE, encode_revocations(signed))
         _log.info("issued revocation list %d", signed.serial)
         return signed
+
+    def sign_command(
+        self, name: str, gateway: str, args: Mapping[str, Any], lifetime_s: int = 300
+    ) -> bytes:
+        """A signed `cmd/{name}` document for one gateway (docs/remote.md), valid from now."""
+        now = int(time.time())
+        body = CommandBody(name, gateway, now, now + lifetime_s, os.urandom(16).hex(), args)
+        return encode_command(self._signing_key, body)
 
     def last_revocations(self) -> RevocationList | None:
         """The last revocation list issued, or None."""

@@ -24,6 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
+from gateway.cli import EXIT_FAILURE, EXIT_OK, run_handler
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
@@ -35,7 +36,6 @@ __all__ = ["main", "register_master_command"]
 
 _log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 PASSWORD_ENV = "SEALGW_MQTT_PASSWORD"  # noqa: S105 (the variable's name, not a password)
 DEFAULT_LEDGER = "master-ledger.db"
 SEALS_FILE = "seals.json"
@@ -44,7 +44,6 @@ _HEX32 = re.compile(r"^[0-9a-fA-F]{64}$")
 _LOCK_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 
 T = TypeVar("T")
-Handler = Callable[[argparse.Namespace], int]
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
@@ -68,18 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     register_master_command(commands)
     args = parser.parse_args(["master", *(sys.argv[1:] if argv is None else argv)])
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return EXIT_USAGE
-    try:
-        return handler(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except GatewayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    return run_handler(parser, args)
 
 
 # -- parsers ---------------------------------------------------------------------------------
@@ -121,6 +109,7 @@ def _add_listen(sub: SubParsers) -> None:
     heal.add_argument("--no-heal", dest="heal", action="store_false", help="never ask")
     cmd.add_argument("--gap-grace", type=float, default=10.0, help="s before a gap is asked for")
     cmd.add_argument("--resend-interval", type=float, default=30.0, help="s between asks")
+    cmd.add_argument("--master-dir", type=Path, help="sign cmd/resend with this master's key")
     cmd.add_argument("--json", action="store_true", help="print the final counters as JSON")
     cmd.set_defaults(handler=_cmd_listen)
 
@@ -226,6 +215,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     options = _listener_options(args)
+    if args.master_dir is not None:  # gateways holding a master key accept signed resends only
+        signer = _authority(args.master_dir).sign_command
+        options = dataclasses.replace(options, signer=signer)
     ledger = open_ledger(args.ledger)
     try:
         listener = MasterListener(options, ledger).start(args.timeout)

@@ -27,7 +27,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,9 @@ from master_station.ledger import AddOutcome, AddResult, Ledger, LedgerError, Se
 __all__ = ["ListenerOptions", "ListenerStats", "MasterListener", "parse_broker_url"]
 
 _log = logging.getLogger(__name__)
+
+CommandSigner = Callable[[str, str, Mapping[str, Any], int], bytes]
+"""(name, gateway, args, lifetime_s) -> a signed command document (MasterAuthority.sign_command)."""
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _GATEWAY = re.compile(r"^(\+|[A-Za-z0-9_-]{1,64})$")
@@ -73,6 +76,7 @@ class ListenerOptions:
     resend_interval_s: float = 30.0
     tick_s: float = 1.0
     batch_max: int = 200
+    signer: CommandSigner | None = field(default=None, repr=False, compare=False)
 
     def resolved_client_id(self) -> str:
         """The MQTT client id; stable ids (give one) keep the session across restarts."""
@@ -392,13 +396,17 @@ class MasterListener:
             return
         self._request_counter += 1
         request_id = f"{self.client_id}-{self._request_counter}"
-        body = {"from_seq": span[0], "to_seq": span[1], "id": request_id}
+        body: dict[str, Any] = {"from_seq": span[0], "to_seq": span[1], "id": request_id}
+        payload = canonical_bytes(body)
+        if self.options.signer is not None:  # gateways with a master key take signed ones only
+            lifetime = max(60, int(self.options.resend_interval_s))
+            payload = self.options.signer("resend", gateway, body, lifetime)
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = self.response_topic(gateway)
         props.CorrelationData = request_id.encode()
         props.MessageExpiryInterval = max(1, int(self.options.resend_interval_s))
         topic = f"{self._root}/{gateway}/cmd/resend"
-        self._client.publish(topic, canonical_bytes(body), qos=1, properties=props)
+        self._client.publish(topic, payload, qos=1, properties=props)
         self._pending[request_id] = _Pending(gateway, span)
         self._bump("resend_requests")
         _log.info("gateway %s: asked to resend seq %d..%d", gateway, *span)
@@ -406,6 +414,8 @@ class MasterListener:
     def _on_reply(self, item: _Inbound) -> None:
         reply = _json(item.payload)
         request_id = reply.get("id")
+        if request_id is None and item.correlation:  # a signed request carries no top-level id
+            request_id = item.correlation.decode(errors="replace")
         pending = self._pending.pop(str(request_id), None) if request_id is not None else None
         self._bump("resend_replies")
         result = reply.get("result") if isinstance(reply.get("result"), dict) else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -61,13 +61,22 @@ class EventSubscriber:
         seqs = set(self.seqs(gateway))
         return sorted(set(range(1, max(seqs, default=0) + 1)) - seqs)
 
-    def request_resend(self, gateway: str, from_seq: int, to_seq: int | None = None) -> None:
-        """Ask the gateway to publish again from `from_seq` (cmd/resend)."""
+    def request_resend(
+        self,
+        gateway: str,
+        from_seq: int,
+        to_seq: int | None = None,
+        *,
+        signer: Callable[[str, str, Mapping[str, Any], int], bytes] | None = None,
+    ) -> None:
+        """Ask the gateway to publish again from `from_seq` (cmd/resend), signed if a signer
+        (MasterAuthority.sign_command) is given: gateways holding a master key require it."""
         body: dict[str, Any] = {"from_seq": from_seq}
         if to_seq is not None:
             body["to_seq"] = to_seq
         topic = f"{self.topic_root}/{gateway}/cmd/resend"
-        self._client.publish(topic, json.dumps(body), qos=1)
+        payload = signer("resend", gateway, body, 300) if signer else json.dumps(body).encode()
+        self._client.publish(topic, payload, qos=1)
 
     def retained(self, topic: str) -> bytes | None:
         """The last payload seen on `topic`."""

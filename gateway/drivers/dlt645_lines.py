@@ -249,13 +249,15 @@ class SerialLine:
 
     async def connect(self) -> None:
         """Open the port and start reading it from the event loop."""
+        import termios  # pyserial lets termios.error (not an OSError) escape from open()
+
         import serial  # only serial lines need pyserial
 
         self.close()
         self._inbox = _Inbox()
         try:
             self._port = serial.Serial(**self._settings())
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             raise LineUnavailableError(f"{self.name}: cannot open: {exc}") from exc
         self._apply_rs485()
         asyncio.get_running_loop().add_reader(self._port.fileno(), self._on_readable)
