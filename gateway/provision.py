@@ -18,15 +18,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import NameOID
 
 from gateway.errors import ConfigError, GatewayError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -92,6 +94,9 @@ def init_gateway(state_dir: Path, gateway_id: str, *, force: bool = False) -> In
 
 def build_csr(key: ec.EllipticCurvePrivateKey, gateway_id: str) -> x509.CertificateSigningRequest:
     """A CSR for the MQTT client certificate, CN = gateway id, signed with SHA-256."""
+    from cryptography import x509  # 6 MB the daemon does not need: only `sealgw init` does
+    from cryptography.x509.oid import NameOID
+
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
     return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
 
