@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from firmware_sim.demo_procs import Child, DemoStepError, ProcessSet, SimControl, TcpRelay, run_cli
 from firmware_sim.handheld import SimulatedHandheld, load_identity
 from firmware_sim.lock_world import lock_id_for
-from firmware_sim.mosquitto import MosquittoBroker, free_port
+from firmware_sim.mosquitto import MosquittoBroker
 from gateway.protocol.handheld_crypto import ed25519_public_bytes
 from gateway.protocol.tickets import x25519_public_bytes
 from master_station.subscriber import EventSubscriber
@@ -179,7 +179,7 @@ def _start_sim(day: Day) -> None:
     ], control=True)  # fmt: skip
     day.sim = SimControl(child)
     day.sim.wait_line("sim ready", 40)
-    day.handheld_address = f"tcp:127.0.0.1:{free_port()}"
+    day.handheld_address = f"unix:{day.work / 'handheld.sock'}"  # no free-port race
     _tune_config(day.config, day.handheld_address)
     day.meters = _meter_layout(day.config)
     day.timeline.say(f"simulator up (pid {child.pid}): {LOCKS} locks, {len(day.meters)} meters")

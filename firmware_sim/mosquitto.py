@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import getpass
 import os
 import shutil
@@ -62,6 +61,7 @@ class MosquittoBroker:
         self.workdir = workdir
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self._may_move = not port  # a port we picked may be taken before mosquitto binds it
         self.tls = tls
         self.users = dict(users or {})
         self.acl = acl
@@ -79,7 +79,25 @@ class MosquittoBroker:
         return self._process is not None and self._process.poll() is None
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the broker and wait until it accepts connections."""
+        """Start the broker and wait until it accepts connections.
+
+        On its first start, a broker whose port we picked moves to another free port when the
+        picked one was taken in the meantime; a restart always keeps its port.
+        """
+        for _attempt in range(3 if self._may_move else 1):
+            try:
+                self._start_once(timeout)
+            except GatewayError:
+                if not self._may_move:
+                    raise
+                self.port = free_port()
+            else:
+                self._may_move = False
+                return
+        self._start_once(timeout)
+        self._may_move = False
+
+    def _start_once(self, timeout: float) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "mosquitto.conf"
         config.write_text(self._config_text())
@@ -164,15 +182,25 @@ class MosquittoBroker:
         return path
 
     def _wait_listening(self, timeout: float) -> None:
+        """Wait until this mosquitto says it runs and its port answers (not someone else's)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process is not None and self._process.poll() is not None:
-                raise GatewayError(f"mosquitto exited at start:\n{self.log_text()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection((self.host, self.port), 0.2),
-            ):
+                self._process = None
+                raise GatewayError(f"mosquitto exited at start:\n{self.log_text()[-2000:]}")
+            if self._says_running() and self._port_answers():
                 return
             time.sleep(0.02)
         self.stop()
         raise GatewayError(f"mosquitto did not listen on {self.host}:{self.port}")
+
+    def _says_running(self) -> bool:
+        """The log of the latest start says "running" (it appends across restarts)."""
+        return " running" in self.log_text().rsplit(" starting", 1)[-1]
+
+    def _port_answers(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), 0.2):
+                return True
+        except OSError:
+            return False
