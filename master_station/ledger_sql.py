@@ -32,6 +32,15 @@ from master_station.ledger import (
     VerifyReport,
     parse_event,
 )
+from master_station.ledger_schema import (
+    CLAIM,
+    EVENT_COLUMNS,
+    GAPS,
+    INSERT_EVENT,
+    INSERT_PROBLEM,
+    UPSERT_HEAD,
+    schema_statements,
+)
 
 __all__ = ["Db", "SqlLedger", "Tx", "schema_statements"]
 
@@ -40,103 +49,6 @@ _log = logging.getLogger(__name__)
 EVICTED_TYPE = "gateway.telemetry_evicted"
 CHECKPOINT_TYPE = "gateway.checkpoint"
 VERIFY_BATCH = 1000
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events (
-    id TEXT PRIMARY KEY,
-    gateway TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    payload {blob} NOT NULL,
-    type TEXT NOT NULL,
-    ts TEXT NOT NULL,
-    priority TEXT NOT NULL,
-    subject TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    received_at TEXT NOT NULL,
-    repeats BIGINT NOT NULL DEFAULT 0,
-    UNIQUE (gateway, seq)
-);
-CREATE INDEX IF NOT EXISTS events_by_type_ts ON events (type, ts);
-CREATE INDEX IF NOT EXISTS events_by_ts ON events (ts);
-CREATE TABLE IF NOT EXISTS seal_state (
-    gateway TEXT NOT NULL,
-    seal TEXT NOT NULL,
-    payload {blob} NOT NULL,
-    updated_at TEXT NOT NULL,
-    PRIMARY KEY (gateway, seal)
-);
-CREATE TABLE IF NOT EXISTS gateway_status (
-    gateway TEXT PRIMARY KEY,
-    state TEXT NOT NULL,
-    payload {blob} NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS chain_head (
-    gateway TEXT PRIMARY KEY,
-    verified_seq BIGINT NOT NULL,
-    verified_hash TEXT NOT NULL,
-    verified_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS problems (
-    gateway TEXT NOT NULL,
-    seq BIGINT,
-    kind TEXT NOT NULL,
-    event_id TEXT,
-    detail TEXT NOT NULL,
-    payload {blob},
-    received_at TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS problems_by_gateway ON problems (gateway, kind, seq);
-CREATE TABLE IF NOT EXISTS resend_claims (
-    gateway TEXT NOT NULL,
-    from_seq BIGINT NOT NULL,
-    to_seq BIGINT NOT NULL,
-    requester TEXT NOT NULL,
-    requested_at {real} NOT NULL,
-    requests BIGINT NOT NULL DEFAULT 1,
-    PRIMARY KEY (gateway, from_seq)
-);
-CREATE TABLE IF NOT EXISTS tickets (
-    ticket_id TEXT PRIMARY KEY,
-    gateway TEXT NOT NULL,
-    flow TEXT NOT NULL,
-    work_order TEXT NOT NULL,
-    operator TEXT NOT NULL,
-    role TEXT NOT NULL,
-    not_before BIGINT NOT NULL,
-    not_after BIGINT NOT NULL,
-    issued_at BIGINT NOT NULL
-)
-"""
-_EVENT_COLUMNS = "gateway, seq, id, type, ts, priority, subject, payload"
-_INSERT_EVENT = (
-    "INSERT INTO events (id, gateway, seq, payload, type, ts, priority, subject, hash,"
-    " prev_hash, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
-)
-_INSERT_PROBLEM = (
-    "INSERT INTO problems (gateway, seq, kind, event_id, detail, payload, received_at)"
-    " SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM problems WHERE gateway = ?"
-    " AND COALESCE(seq, -1) = COALESCE(?, -1) AND kind = ? AND COALESCE(event_id, '') = ?)"
-)
-_GAPS = (
-    "SELECT prev + 1, seq - 1 FROM (SELECT seq, LAG(seq, 1, CAST(? AS BIGINT)) OVER"
-    " (ORDER BY seq) AS prev FROM events WHERE gateway = ? AND seq > ?) AS t"
-    " WHERE seq > prev + 1 ORDER BY seq"
-)
-_CLAIM = (
-    "INSERT INTO resend_claims (gateway, from_seq, to_seq, requester, requested_at)"
-    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (gateway, from_seq) DO UPDATE SET"
-    " to_seq = excluded.to_seq, requester = excluded.requester,"
-    " requested_at = excluded.requested_at, requests = resend_claims.requests + 1"
-    " WHERE resend_claims.requested_at <= ? OR resend_claims.to_seq < excluded.to_seq"
-)
-_UPSERT_HEAD = (
-    "INSERT INTO chain_head (gateway, verified_seq, verified_hash, verified_at)"
-    " VALUES (?, ?, ?, ?) ON CONFLICT (gateway) DO UPDATE SET"
-    " verified_seq = excluded.verified_seq, verified_hash = excluded.verified_hash,"
-    " verified_at = excluded.verified_at WHERE chain_head.verified_seq < excluded.verified_seq"
-)
 
 
 class Tx(Protocol):
@@ -160,12 +72,6 @@ class Db(Protocol):
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
     def close(self) -> None: ...
-
-
-def schema_statements(blob: str, real: str) -> list[str]:
-    """The schema's statements with the backend's binary and floating-point column types."""
-    text = _SCHEMA.format(blob=blob, real=real)
-    return [s.strip() for s in text.split(";") if s.strip()]
 
 
 class SqlLedger:
@@ -235,7 +141,7 @@ class SqlLedger:
         """True when this master may ask for `span` now: nobody asked within the interval."""
         params = (gateway, span[0], span[1], requester, now, now - min_interval_s)
         with self._db.transaction() as tx:
-            return tx.execute(_CLAIM, params) == 1
+            return tx.execute(CLAIM, params) == 1
 
     def record_ticket(self, ticket: TicketRecord) -> None:
         """Remember an issued ticket's flow and work order (for operations per flow)."""
@@ -256,7 +162,7 @@ class SqlLedger:
     def gaps(self, gateway: str) -> list[SeqRange]:
         """Missing seq ranges up to the highest stored seq, minus announced evictions."""
         floor = self._head(gateway)[0]
-        rows = self._db.query(_GAPS, (floor, gateway, floor))
+        rows = self._db.query(GAPS, (floor, gateway, floor))
         evicted = self._evicted(gateway)
         return [r for a, b in rows for r in _subtract((int(a), int(b)), evicted)]
 
@@ -327,7 +233,7 @@ class SqlLedger:
         """Events matching every filter given, by gateway then seq; `until` is exclusive."""
         where, params = _where(gateway=gateway, types=types, priority=priority, since=since,
                                until=until)  # fmt: skip
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events{where} ORDER BY gateway, seq"  # noqa: S608
+        sql = f"SELECT {EVENT_COLUMNS} FROM events{where} ORDER BY gateway, seq"  # noqa: S608
         rows = self._db.query(sql, params)
         return [_stored(row) for row in rows]
 
@@ -380,7 +286,7 @@ class SqlLedger:
                 tx, event.gateway, detail, payload=payload, received=received, event=event,
                 kind="edited",
             )  # fmt: skip
-        if tx.execute(_INSERT_EVENT, _event_row(event, received)) == 1:
+        if tx.execute(INSERT_EVENT, _event_row(event, received)) == 1:
             return AddResult(AddOutcome.STORED, event.gateway, event.seq, event.id)
         return self._classify(tx, event, received)
 
@@ -432,7 +338,7 @@ class SqlLedger:
         received: str,
     ) -> None:
         tx.execute(
-            _INSERT_PROBLEM,
+            INSERT_PROBLEM,
             (gateway, seq, kind, event_id, detail, payload, received,
              gateway, seq, kind, event_id or ""),
         )  # fmt: skip
@@ -503,7 +409,7 @@ class SqlLedger:
         now = format_ts(self._now())
         with self._db.transaction() as tx:
             if head != start:
-                tx.execute(_UPSERT_HEAD, (gateway, head[0], head[1], now))
+                tx.execute(UPSERT_HEAD, (gateway, head[0], head[1], now))
             for seq, kind, detail in findings:
                 self._problem(tx, gateway, kind, detail, seq=seq, received=now)
                 _log.warning("gateway %s: chain problem at seq %d: %s", gateway, seq, detail)
