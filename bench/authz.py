@@ -30,11 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-import gateway.policy
-from gateway.audit_verify import GatewayKeys, audit_events
-from gateway.checkpoint import CHECKPOINT_TYPE, checkpoint_data, verify_checkpoint
-from gateway.events import GENESIS_HASH, EventDraft, Priority, seal_event
-from gateway.policy import DEFAULT_TABLE, GatewayTrust, OperationRequest, decide
+import gateway.auth.policy
+from gateway.audit.checkpointer import CHECKPOINT_TYPE, checkpoint_data, verify_checkpoint
+from gateway.audit.verify import GatewayKeys, audit_events
+from gateway.auth.policy import DEFAULT_TABLE, GatewayTrust, OperationRequest, decide
+from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, seal_event
 from gateway.protocol.seal_frames import LockState
 from gateway.protocol.tickets import Ticket, decode_ticket, encode_ticket, x25519_public_bytes
 from master_station.authority import MasterAuthority
@@ -55,7 +55,7 @@ def run(*, quick: bool = False, verbose: bool = True) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="sealgw-bench-authz-") as tmp:
         world = _World.build(Path(tmp))
         decide_us = _per_op_us(world.decide_once, batch, rounds)
-        with mock.patch.object(gateway.policy, "_signed_by_master", _signed):
+        with mock.patch.object(gateway.auth.policy, "_signed_by_master", _signed):
             logic_us = _per_op_us(world.decide_once, batch * 10, rounds)
     ticket_us = _per_op_us(world.verify_ticket_once, batch, rounds)
     sign_us, verify_us = _checkpoint_us(batch, rounds)

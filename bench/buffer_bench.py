@@ -1,4 +1,4 @@
-"""Benchmark of gateway.buffer: ingest throughput, commit latency, drain rate, open time.
+"""Benchmark of gateway.store.buffer: ingest throughput, commit latency, drain rate, open time.
 
 Run: .venv/bin/python -m bench.buffer_bench [--events 100000] [--rate 20000] [--sync full]
 """
@@ -14,10 +14,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.buffer import EventBuffer
-from gateway.clock import SystemClock
-from gateway.config import MIB, BufferSection
-from gateway.events import Event, EventDraft, Priority
+from gateway.config.model import MIB, BufferSection
+from gateway.protocol.clock import SystemClock
+from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.store.buffer import EventBuffer
 
 
 def draft(i: int) -> EventDraft:

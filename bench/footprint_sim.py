@@ -13,12 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from firmware_sim.dlt645_meter import SimMeter
-from firmware_sim.lock_world import LockWorld
-from firmware_sim.meters_sim import PROFILES_DIR
-from firmware_sim.modbus_meter import ModbusLine, ModbusSimMeter
-from gateway.clock import SystemClock
-from gateway.meter_profiles import load_profiles
+from firmware_sim.locks.world import LockWorld
+from firmware_sim.meters.dlt645 import SimMeter
+from firmware_sim.meters.fleet import PROFILES_DIR
+from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
+from gateway.meters.profiles import load_profiles
+from gateway.protocol.clock import SystemClock
 
 PROFILE = "dds-single-phase"
 METERS_PER_BUS = 16

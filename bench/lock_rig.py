@@ -23,18 +23,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from bench.att_tap import AttTap
-from firmware_sim.lock_world import LockWorld, address_for
-from gateway.buffer import EventBuffer
-from gateway.clock import SystemClock
-from gateway.config import BufferSection
-from gateway.config_ble import BleSection, LockEntry
-from gateway.drivers.ble import BleAdapters
-from gateway.events import Event
-from gateway.locks import LockService
-from gateway.policy import DEFAULT_TABLE, GatewayTrust, OperationRequest
+from firmware_sim.locks.world import LockWorld, address_for
+from gateway.auth.policy import DEFAULT_TABLE, GatewayTrust, OperationRequest
+from gateway.auth.ticket_store import TicketStore
+from gateway.config.model import BufferSection
+from gateway.drivers.ble.adapters import BleAdapters
+from gateway.locks.config import BleSection, LockEntry
+from gateway.locks.service import LockService
 from gateway.protocol.certs import OperatorCertificate, encode_certificate
+from gateway.protocol.clock import SystemClock
+from gateway.protocol.events import Event
 from gateway.protocol.tickets import MAX_USES, Ticket, encode_ticket, x25519_public_bytes
-from gateway.ticket_store import TicketStore
+from gateway.store.buffer import EventBuffer
 from master_station.authority import MasterAuthority
 
 __all__ = ["GATEWAY_ID", "WAIT_S", "LockRig", "lock_rig"]

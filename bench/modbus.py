@@ -1,6 +1,6 @@
 """Modbus read bench: what one poll cycle of a three-phase meter costs on the bus, and how fast.
 
-One process, real pymodbus servers around the simulated meter (firmware_sim.modbus_meter),
+One process, real pymodbus servers around the simulated meter (firmware_sim.meters.modbus),
 the gateway's own ModbusBus and read plan as the client:
 
 - the bytes of a cycle are counted on the wire by a TCP proxy between the bus and the server,
@@ -31,13 +31,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from firmware_sim.dlt645_meter import SimMeter
-from firmware_sim.meters_sim import PROFILES_DIR
-from firmware_sim.modbus_meter import ModbusLine, ModbusSimMeter
-from gateway.clock import SystemClock
-from gateway.drivers.modbus import ModbusBus, open_bus
-from gateway.meter_plan import ReadPlan, ReadRequest, RegisterSlice, plan_reads
-from gateway.meter_profiles import MAX_READ_REGISTERS, MeterProfile, RegisterSpec, load_profiles
+from firmware_sim.meters.dlt645 import SimMeter
+from firmware_sim.meters.fleet import PROFILES_DIR
+from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
+from gateway.drivers.modbus.bus import ModbusBus, open_bus
+from gateway.meters.plan import ReadPlan, ReadRequest, RegisterSlice, plan_reads
+from gateway.meters.profiles import MAX_READ_REGISTERS, MeterProfile, RegisterSpec, load_profiles
+from gateway.protocol.clock import SystemClock
 
 PROFILE = "dtsu666"
 COMPARE = "sdm630"

@@ -23,12 +23,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.mosquitto import MosquittoBroker
-from gateway.buffer import EventBuffer
-from gateway.clock import SystemClock
-from gateway.commands import CommandDispatcher
-from gateway.config import BufferSection, UplinkSection
-from gateway.events import EventDraft, Priority
-from gateway.uplink import Uplink
+from gateway.config.model import BufferSection, UplinkSection
+from gateway.protocol.clock import SystemClock
+from gateway.protocol.events import EventDraft, Priority
+from gateway.store.buffer import EventBuffer
+from gateway.uplink.commands import CommandDispatcher
+from gateway.uplink.uplink import Uplink
 
 GATEWAY = "gw-bench"
 MAX_INFLIGHT = 100

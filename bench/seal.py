@@ -42,10 +42,10 @@ from bench.att_tap import (
     turns,
 )
 from bench.lock_rig import WAIT_S, LockRig, lock_rig
-from firmware_sim.lock_peripheral import ADVERTISING_INTERVAL_MS
-from firmware_sim.lock_world import address_for
-from gateway.lock_scheduler import Urgency
-from gateway.lock_session import LockSession
+from firmware_sim.locks.peripheral import ADVERTISING_INTERVAL_MS
+from firmware_sim.locks.world import address_for
+from gateway.locks.scheduler import Urgency
+from gateway.locks.session import LockSession
 
 BUDGET = 5
 OP_LOCKS = 4

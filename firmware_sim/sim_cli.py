@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware_sim.lock_world import LockWorld
-from firmware_sim.meters_sim import MeterSim
+from firmware_sim.locks.world import LockWorld
+from firmware_sim.meters.fleet import MeterSim
 from firmware_sim.sim_control import serve_stdin
 
 __all__ = ["ACTIVITY", "SimOptions", "main", "register_sim_command", "run_sim"]

@@ -13,8 +13,8 @@ import asyncio
 import logging
 import sys
 
-from firmware_sim.lock_world import LockWorld
-from firmware_sim.meters_sim import MeterSim
+from firmware_sim.locks.world import LockWorld
+from firmware_sim.meters.fleet import MeterSim
 
 _log = logging.getLogger(__name__)
 

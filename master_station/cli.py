@@ -1,6 +1,6 @@
 """`sealgw master ...`: the reference master station's command line.
 
-Registered by gateway/cli.py with `register_master_command(commands)`; also runnable alone as
+Registered by gateway/cli/main.py with `register_master_command(commands)`; also runnable alone as
 `python -m master_station ...`. Key material lives in the master directory (0700, files 0600)
 and is never printed. Exit codes: 0 ok, 1 failure (or a gateway refused), 2 usage or config.
 """
@@ -24,7 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from gateway.cli import EXIT_FAILURE, EXIT_OK, run_handler
+from gateway.cli.main import EXIT_FAILURE, EXIT_OK, run_handler
 from gateway.errors import ConfigError, GatewayError
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
-    from master_station.ledger import open_ledger
+    from master_station.ledger.base import open_ledger
     from master_station.listener import MasterListener
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -300,9 +300,9 @@ def _cmd_provision(args: argparse.Namespace) -> int:
 
 
 def _cmd_kpi(args: argparse.Namespace) -> int:
-    from master_station.kpi import compute_kpis, format_table, load_inputs
-    from master_station.kpi_chart import load_day_chart, render_html
-    from master_station.ledger import open_ledger
+    from master_station.kpi.chart import load_day_chart, render_html
+    from master_station.kpi.report import compute_kpis, format_table, load_inputs
+    from master_station.ledger.base import open_ledger
 
     day = _day_arg(args.day)
     ledger = open_ledger(args.ledger)
@@ -318,7 +318,7 @@ def _cmd_kpi(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from master_station.ledger import open_ledger
+    from master_station.ledger.base import open_ledger
 
     ledger = open_ledger(args.ledger)
     try:
@@ -442,7 +442,7 @@ def _record_seal(master_dir: Path, seal: str, lock_hex: str) -> None:
 
 def _index_ticket(args: argparse.Namespace, ticket: Any) -> None:
     """Remember the ticket's flow (operations per flow need it): master dir, and a ledger."""
-    from master_station.ledger import TicketRecord, open_ledger
+    from master_station.ledger.base import TicketRecord, open_ledger
 
     record = TicketRecord(
         ticket.ticket_id, ticket.gateway, ticket.flow, ticket.work_order, ticket.operator,

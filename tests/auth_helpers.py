@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.policy import DEFAULT_TABLE, Decision, GatewayTrust, OperationRequest, decide
+from gateway.auth.policy import DEFAULT_TABLE, Decision, GatewayTrust, OperationRequest, decide
 from gateway.protocol.certs import OperatorCertificate, RevocationList, sign_revocations
 from gateway.protocol.seal_frames import LockState
 from gateway.protocol.tickets import Ticket, x25519_public_bytes

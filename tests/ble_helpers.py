@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gateway import config_loader
-from gateway.config_ble import BleSection
+from gateway.config import loader as config_loader
+from gateway.locks.config import BleSection
 
 
 def ble_section(table: Mapping[str, Any], base_dir: Path) -> BleSection:

@@ -10,22 +10,22 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_sim.handheld import HandheldIdentity, SimulatedHandheld
-from gateway.clock import ManualClock
-from gateway.config_handheld import HandheldSection
+from firmware_sim.handheld.client import HandheldIdentity, SimulatedHandheld
+from gateway.auth.policy import OperationRequest
 from gateway.errors import StorageFullError
-from gateway.events import EventDraft
-from gateway.handheld_backend import (
+from gateway.handheld.api import (
     OperationOutcome,
     OperationStatus,
     SealStatus,
     TicketSummary,
 )
-from gateway.handheld_service import HandheldService
-from gateway.handheld_store import PairedDeviceStore
-from gateway.handheld_transport import HandheldServer
-from gateway.policy import OperationRequest
+from gateway.handheld.config import HandheldSection
+from gateway.handheld.service import HandheldService
+from gateway.handheld.store import PairedDeviceStore
+from gateway.handheld.transport import HandheldServer
 from gateway.protocol.certs import OperatorCertificate, RevocationList, encode_certificate
+from gateway.protocol.clock import ManualClock
+from gateway.protocol.events import EventDraft
 from gateway.protocol.tickets import Ticket
 from tests.auth_helpers import HOUR, T0, World, at, make_world
 

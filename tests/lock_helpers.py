@@ -15,18 +15,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from firmware_sim.lock_world import LockWorld, address_for, seal_id_for
-from gateway.buffer import EventBuffer
-from gateway.clock import ManualClock
-from gateway.config import BufferSection
-from gateway.config_ble import BleSection, LockEntry
-from gateway.drivers.ble import BleAdapters
-from gateway.events import Event, Priority
-from gateway.locks import LockService
-from gateway.policy import DEFAULT_TABLE, OperationRequest
+from firmware_sim.locks.world import LockWorld, address_for, seal_id_for
+from gateway.auth.policy import DEFAULT_TABLE, OperationRequest
+from gateway.auth.ticket_store import TicketStore
+from gateway.config.model import BufferSection
+from gateway.drivers.ble.adapters import BleAdapters
+from gateway.locks.config import BleSection, LockEntry
+from gateway.locks.service import LockService
 from gateway.protocol.certs import encode_certificate
+from gateway.protocol.clock import ManualClock
+from gateway.protocol.events import Event, Priority
 from gateway.protocol.tickets import Ticket, encode_ticket
-from gateway.ticket_store import TicketStore
+from gateway.store.buffer import EventBuffer
 from tests.auth_helpers import GATEWAY_ID, HOUR, T0, World, at, make_world
 
 WAIT_S = 10.0

@@ -12,7 +12,7 @@ from urllib.parse import quote
 
 import pytest
 
-from gateway.events import GENESIS_HASH, Event, EventDraft, Priority, seal_event
+from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority, seal_event
 
 ADMIN_DSN = os.environ.get("SEALGW_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)

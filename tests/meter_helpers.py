@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 # the loader's section builder; parse_config covers [meters] once GatewayConfig has it
-from gateway.config_loader import parse_config
-from gateway.config_meters import MetersSection, TheftSection
-from gateway.events import Event, EventDraft
+from gateway.config.loader import parse_config
+from gateway.meters.config import MetersSection, TheftSection
+from gateway.protocol.events import Event, EventDraft
 
 REPO = Path(__file__).resolve().parent.parent
 PROFILES = REPO / "config" / "profiles"

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from firmware_sim.mosquitto import MosquittoBroker
-from gateway.config_loader import load_config
-from gateway.daemon import Gateway
+from gateway.config.loader import load_config
+from gateway.daemon.app import Gateway
 from gateway.protocol.command_doc import CommandBody, encode_command
 from tests.fixtures.mosquitto import Received, Subscriber, wait_until
 

@@ -19,11 +19,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.audit_verify import LEDGER_SCHEMA, GatewayKeys, audit_events, verify_file
-from gateway.checkpoint import CHECKPOINT_TYPE, checkpoint_data
-from gateway.cli_audit import main as audit_main
-from gateway.events import GENESIS_HASH, EventDraft, Priority, event_hash, seal_event
-from gateway.provision import public_key_fingerprint
+from gateway.audit.checkpointer import CHECKPOINT_TYPE, checkpoint_data
+from gateway.audit.verify import LEDGER_SCHEMA, GatewayKeys, audit_events, verify_file
+from gateway.auth.provision import public_key_fingerprint
+from gateway.cli.audit import main as audit_main
+from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, event_hash, seal_event
 
 REPO = Path(__file__).resolve().parents[1]
 GATEWAY = "gw-0001"
@@ -352,13 +352,13 @@ def test_sqlite_file_without_an_events_table_is_a_usage_error(
 
 def audit_command() -> list[str]:
     """`python -m gateway audit` once the lead wires it into sealgw, else the module's own."""
-    from gateway.cli import build_parser
+    from gateway.cli.main import build_parser
 
     wired = any(
         isinstance(action, argparse._SubParsersAction) and "audit" in action.choices
         for action in build_parser()._actions
     )
-    return [sys.executable, "-m", "gateway" if wired else "gateway.cli_audit", "audit"]
+    return [sys.executable, "-m", "gateway" if wired else "gateway.cli.audit", "audit"]
 
 
 def test_cli_detects_a_tampered_chain(

@@ -10,14 +10,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.authorization import CREDENTIAL_KEY_FILE, Authorization
-from gateway.clock import SystemClock
-from gateway.commands import Command, CommandDispatcher
-from gateway.config_loader import parse_config
+from gateway.auth.authorization import CREDENTIAL_KEY_FILE, Authorization
+from gateway.auth.ticket_store import load_or_create_credential_key
+from gateway.config.loader import parse_config
 from gateway.errors import ConfigError
 from gateway.protocol.certs import encode_certificate, encode_revocations
+from gateway.protocol.clock import SystemClock
 from gateway.protocol.tickets import encode_ticket
-from gateway.ticket_store import load_or_create_credential_key
+from gateway.uplink.commands import Command, CommandDispatcher
 from master_station.authority import MasterAuthority
 
 GATEWAY = "gw-0001"

@@ -24,11 +24,11 @@ from bumble.hci import Address
 from bumble.host import Host
 from bumble.link import LocalLink
 
-from firmware_sim.virtual_radio import HciServer, SpecController, attach_host, serve_controller
-from gateway.drivers.ble import BleAdapters
-from gateway.drivers.ble_bumble import BumbleAdapter, BumbleTransport
-from gateway.drivers.ble_bumble_client import CANCEL_GRACE_S
-from gateway.drivers.ble_bumble_scanner import advertisement_data
+from firmware_sim.radio import HciServer, SpecController, attach_host, serve_controller
+from gateway.drivers.ble.adapters import BleAdapters
+from gateway.drivers.ble.bumble.backend import BumbleAdapter, BumbleTransport
+from gateway.drivers.ble.bumble.client import CANCEL_GRACE_S
+from gateway.drivers.ble.bumble.scanner import advertisement_data
 from gateway.errors import DeviceTimeoutError, TransientError
 
 SERVICE = "5ea1f000-0000-4000-8000-00000000a001"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from bleak.backends import BleakBackend
 
-from gateway.drivers.ble import (
+from gateway.drivers.ble.adapters import (
     ADAPTER_KEY,
     AdapterSpec,
     BleAdapters,
@@ -23,7 +23,7 @@ from gateway.drivers.ble import (
     open_ble_transport,
     parse_adapter,
 )
-from gateway.drivers.ble_bumble import BumbleTransport
+from gateway.drivers.ble.bumble.backend import BumbleTransport
 from gateway.errors import ConfigError
 
 linux_only = pytest.mark.skipif(platform.system() != "Linux", reason="bleak picks BlueZ on Linux")
@@ -143,7 +143,7 @@ async def test_registry_shares_one_transport_per_adapter_and_closes_them() -> No
 
 def test_selecting_bluez_does_not_import_bumble() -> None:
     code = (
-        "import sys; from gateway.drivers.ble import open_ble_transport; "
+        "import sys; from gateway.drivers.ble.adapters import open_ble_transport; "
         "open_ble_transport('bluez:hci0'); print('bumble' in sys.modules)"
     )
     out = subprocess.run(

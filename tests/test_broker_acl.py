@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.mosquitto import BrokerTls, MosquittoBroker
-from gateway.config_loader import load_config
-from gateway.daemon import Gateway
+from gateway.config.loader import load_config
+from gateway.daemon.app import Gateway
 from gateway.errors import GatewayError
 from tests.fixtures.mosquitto import (
     Pki,

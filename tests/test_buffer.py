@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from gateway.buffer import EventBuffer
-from gateway.buffer_file import load_migrations
-from gateway.clock import ManualClock
-from gateway.config import BufferSection
+from gateway.config.model import BufferSection
 from gateway.errors import StorageError, StorageFullError
-from gateway.events import GENESIS_HASH, Event, EventDraft, Priority, event_hash
+from gateway.protocol.clock import ManualClock
+from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority, event_hash
+from gateway.store.buffer import EventBuffer
+from gateway.store.buffer_file import load_migrations
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = BufferSection(max_bytes=256 * 1024, audit_reserve_bytes=64 * 1024)
@@ -395,10 +395,10 @@ CHILD = """
 import asyncio, sys
 from datetime import UTC, datetime
 from pathlib import Path
-from gateway.buffer import EventBuffer
-from gateway.clock import SystemClock
-from gateway.config import BufferSection
-from gateway.events import EventDraft, Priority
+from gateway.store.buffer import EventBuffer
+from gateway.protocol.clock import SystemClock
+from gateway.config.model import BufferSection
+from gateway.protocol.events import EventDraft, Priority
 
 def report(future):
     sys.stdout.write(f"{future.result().seq}\\n")

@@ -7,8 +7,8 @@ import random
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.chain import verify_chain
-from gateway.events import GENESIS_HASH, EventDraft, Priority, event_hash, seal_event
+from gateway.protocol.chain import verify_chain
+from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, event_hash, seal_event
 
 NOW = datetime(2026, 11, 22, tzinfo=UTC)
 

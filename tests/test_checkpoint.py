@@ -13,23 +13,23 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit_verify import GatewayKeys, audit_events
-from gateway.buffer import EventBuffer
-from gateway.checkpoint import (
+from gateway.audit.checkpointer import (
     CHECKPOINT_TYPE,
     Checkpointer,
     checkpoint_data,
     checkpoint_message,
     verify_checkpoint,
 )
-from gateway.clock import ManualClock
-from gateway.config import BufferSection
-from gateway.config_audit import AuditSection
-from gateway.config_loader import _build
+from gateway.audit.config import AuditSection
+from gateway.audit.verify import GatewayKeys, audit_events
+from gateway.auth.provision import public_key_fingerprint
+from gateway.config.loader import _build
+from gateway.config.model import BufferSection
 from gateway.errors import ConfigError, StorageFullError
-from gateway.events import GENESIS_HASH, Event, EventDraft, Priority, seal_event
+from gateway.protocol.clock import ManualClock
+from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority, seal_event
 from gateway.protocol.signed import b64url
-from gateway.provision import public_key_fingerprint
+from gateway.store.buffer import EventBuffer
 
 GATEWAY = "gw-0001"
 INTERVAL = 300.0

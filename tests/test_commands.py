@@ -8,10 +8,10 @@ from collections.abc import Mapping
 
 import pytest
 
-from gateway.commands import Command, CommandDispatcher
 from gateway.errors import AuthError, ConfigError
-from gateway.events import Priority
 from gateway.protocol.canonical import JSONValue
+from gateway.protocol.events import Priority
+from gateway.uplink.commands import Command, CommandDispatcher
 from tests.fixtures.fake_buffer import FakeEventBuffer
 from tests.fixtures.mosquitto import Broker, SubscriberFactory, wait_until
 from tests.uplink_helpers import ROOT, make_uplink, running, seqs_of

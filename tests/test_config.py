@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config_loader import load_config
+from gateway.config.loader import load_config
 from gateway.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from firmware_sim.lock_world import LockWorld
-from gateway.config_ble import read_key_file
+from firmware_sim.locks.world import LockWorld
 from gateway.errors import ConfigError
+from gateway.locks.config import read_key_file
 from tests.ble_helpers import ble_section
 
 KEY_HEX = "11" * 32

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.lock_model import LockModel
-from gateway.clock import ManualClock
+from firmware_sim.locks.model import LockModel
+from gateway.auth.policy import Reason
+from gateway.auth.ticket_store import TicketStore, load_or_create_credential_key
 from gateway.errors import AuthError
-from gateway.policy import Reason
 from gateway.protocol import seal_exchange as exchange
 from gateway.protocol.certs import encode_revocations
+from gateway.protocol.clock import ManualClock
 from gateway.protocol.seal_crypto import command_mac
 from gateway.protocol.seal_frames import (
     MAC_LEN,
@@ -41,7 +42,6 @@ from gateway.protocol.seal_frames import (
 )
 from gateway.protocol.signed import b64url
 from gateway.protocol.tickets import Ticket, encode_ticket, open_credential, parse_ticket
-from gateway.ticket_store import TicketStore, load_or_create_credential_key
 from tests.auth_helpers import HOUR, LOCKS, T0, World, at, make_world
 
 SKEW = 120

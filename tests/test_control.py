@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from gateway.cli_admin import cmd_status, format_table, register_status_command
-from gateway.control import (
+from gateway.cli.admin import cmd_status, format_table, register_status_command
+from gateway.daemon.control import (
     MAX_LINE,
     ControlError,
     ControlServer,

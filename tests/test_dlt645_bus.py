@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.dlt645_meter import Dlt645TcpServer, MeterBus, SimMeter
-from firmware_sim.meters_sim import Dlt645SerialServer, PtyPair
-from gateway.clock import ManualClock
-from gateway.drivers.dlt645_bus import (
+from firmware_sim.meters.dlt645 import Dlt645TcpServer, MeterBus, SimMeter
+from firmware_sim.meters.fleet import Dlt645SerialServer, PtyPair
+from gateway.drivers.dlt645.bus import (
     Dlt645Bus,
     Dlt645Kind,
     GarbledReplyError,
@@ -24,6 +23,7 @@ from gateway.drivers.dlt645_bus import (
 )
 from gateway.errors import ConfigError, DeviceTimeoutError, ProtocolError
 from gateway.protocol import dlt645
+from gateway.protocol.clock import ManualClock
 from gateway.protocol.dlt645 import DI_BY_NAME, ErrorFlags, MeterRefusedError
 
 ONE, TWO = "000000000001", "000000000002"

@@ -9,10 +9,10 @@ from decimal import Decimal
 
 import pytest
 
-from firmware_sim.dlt645_meter import Dlt645TcpServer, MeterBus, SimMeter
-from gateway.clock import ManualClock
+from firmware_sim.meters.dlt645 import Dlt645TcpServer, MeterBus, SimMeter
 from gateway.errors import FrameError
 from gateway.protocol import dlt645
+from gateway.protocol.clock import ManualClock
 from gateway.protocol.dlt645 import (
     METER_TZ,
     ErrorFlags,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.mosquitto import MosquittoBroker
-from gateway.chain import verify_chain
+from gateway.protocol.chain import verify_chain
 from master_station.subscriber import EventSubscriber
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.events import (
+from gateway.protocol.canonical import canonical_json, format_number
+from gateway.protocol.events import (
     GENESIS_HASH,
     Event,
     EventDraft,
@@ -20,7 +21,6 @@ from gateway.events import (
     new_event_id,
     seal_event,
 )
-from gateway.protocol.canonical import canonical_json, format_number
 
 # Number vectors from RFC 8785 appendix B: IEEE 754 bits -> ECMAScript text.
 RFC8785_NUMBERS = [

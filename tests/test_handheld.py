@@ -19,13 +19,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware_sim import handheld_cli
-from firmware_sim.handheld import HandheldRefusedError, SimulatedHandheld
-from gateway.cli_pair import cmd_pair, format_code, register_pair_command
-from gateway.control import ControlServer
+from firmware_sim.handheld import cli as handheld_cli
+from firmware_sim.handheld.client import HandheldRefusedError, SimulatedHandheld
+from gateway.cli.pair import cmd_pair, format_code, register_pair_command
+from gateway.daemon.control import ControlServer
 from gateway.errors import AuthError, ConfigError, ProtocolError
-from gateway.handheld_store import PairedDeviceStore
-from gateway.handheld_transport import connect, parse_listen
+from gateway.handheld.store import PairedDeviceStore
+from gateway.handheld.transport import connect, parse_listen
 from gateway.protocol.handheld import (
     MAX_FRAME,
     Message,
@@ -551,7 +551,7 @@ def _tamper_certificate(bench: Bench) -> SimulatedHandheld:
     handheld = bench.handheld()
     doc = json.loads(handheld.identity.certificate)
     doc["body"]["roles"] = ["district_manager"]
-    from firmware_sim.handheld import HandheldIdentity
+    from firmware_sim.handheld.client import HandheldIdentity
 
     text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
     return SimulatedHandheld(HandheldIdentity(text, bench.world.handheld))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gateway.clock import ManualClock
-from gateway.events import Priority
-from gateway.health import HealthMonitor, HealthProviders, cpu_temperature_c, rss_mb
+from gateway.daemon.health import HealthMonitor, HealthProviders, cpu_temperature_c, rss_mb
 from gateway.protocol.canonical import JSONValue, canonical_json
+from gateway.protocol.clock import ManualClock
+from gateway.protocol.events import Priority
 
 
 def meters_snapshot() -> dict[str, JSONValue]:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.events import Event
+from gateway.protocol.events import Event
 from master_station.cli import main as master_main
-from master_station.kpi import KpiInputs, compute_kpis, format_table, load_inputs
-from master_station.kpi_chart import load_day_chart, render_html
-from master_station.ledger import RetainedState, StoredEvent, TicketRecord, open_ledger
+from master_station.kpi.chart import load_day_chart, render_html
+from master_station.kpi.report import KpiInputs, compute_kpis, format_table, load_inputs
+from master_station.ledger.base import RetainedState, StoredEvent, TicketRecord, open_ledger
 from tests.master_helpers import T0, ChainBuilder
 
 T1 = "11" * 16
@@ -187,7 +187,7 @@ def test_cli_verify_reports_each_chain(
 
 
 def test_day_bounds_follow_the_event_ts_format() -> None:
-    from master_station.kpi import day_bounds
+    from master_station.kpi.report import day_bounds
 
     since, until = day_bounds(date(2026, 11, 22))
     assert (since, until) == ("2026-11-22T00:00:00.000Z", "2026-11-23T00:00:00.000Z")

@@ -10,14 +10,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firmware_sim.lock_model import LockModel
-from gateway.clock import ManualClock
+from firmware_sim.locks.model import LockModel
 from gateway.errors import AuthError, ProtocolError
 from gateway.protocol import seal_advert as adv
 from gateway.protocol import seal_crypto as crypto
 from gateway.protocol import seal_exchange as exchange
 from gateway.protocol import seal_fragments as frag
 from gateway.protocol import seal_frames as sf
+from gateway.protocol.clock import ManualClock
 
 K_LOCK = bytes(range(32))
 LOCK_ID = bytes.fromhex("5ea1000000000001")

@@ -21,15 +21,15 @@ from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakGATTProtocolError
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from firmware_sim.lock_world import LockWorld
-from gateway.clock import ManualClock
-from gateway.config_ble import read_key_file
-from gateway.drivers.ble import BleAdapters, BleTransport
+from firmware_sim.locks.world import LockWorld
+from gateway.drivers.ble.adapters import BleAdapters, BleTransport
 from gateway.errors import AuthError
+from gateway.locks.config import read_key_file
 from gateway.protocol import seal_advert as adv
 from gateway.protocol import seal_exchange as ex
 from gateway.protocol import seal_fragments as fr
 from gateway.protocol import seal_frames as sf
+from gateway.protocol.clock import ManualClock
 from gateway.protocol.seal_crypto import SessionContext
 from gateway.protocol.tickets import open_credential, x25519_public_bytes
 

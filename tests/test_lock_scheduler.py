@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.clock import ManualClock
 from gateway.errors import GatewayError, TransientError
-from gateway.lock_scheduler import (
+from gateway.locks.scheduler import (
     ConnectionScheduler,
     PriorityGate,
     RetryableError,
     SchedulerSettings,
     Urgency,
 )
+from gateway.protocol.clock import ManualClock
 
 WAIT_S = 5.0
 

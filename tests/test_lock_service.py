@@ -8,12 +8,12 @@ import os
 import sqlite3
 from pathlib import Path
 
-from firmware_sim.lock_model import LockModel
-from firmware_sim.lock_peripheral import LockPeripheral
-from firmware_sim.lock_world import lock_id_for
-from gateway.lock_backend import LockBackend
-from gateway.lock_scheduler import Urgency
-from gateway.lock_session import LockSession
+from firmware_sim.locks.model import LockModel
+from firmware_sim.locks.peripheral import LockPeripheral
+from firmware_sim.locks.world import lock_id_for
+from gateway.locks.backend import LockBackend
+from gateway.locks.scheduler import Urgency
+from gateway.locks.session import LockSession
 from gateway.protocol.seal_exchange import (
     build_command,
     challenge_request,

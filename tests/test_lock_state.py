@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.events import EventDraft
-from gateway.lock_reconcile import entry_draft, lock_event_id
-from gateway.lock_state import LockSpec, LockStore, SealRecord, SealStates
+from gateway.locks.reconcile import entry_draft, lock_event_id
+from gateway.locks.state import LockSpec, LockStore, SealRecord, SealStates
+from gateway.protocol.events import EventDraft
 from gateway.protocol.seal_advert import Advert
 from gateway.protocol.seal_frames import LockState, LogEntry, LogEvent, ResultCode, WireLoop
 

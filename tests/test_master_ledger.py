@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.audit_verify import verify_file
-from gateway.events import GENESIS_HASH, EventDraft, Priority, seal_event
-from master_station.ledger import AddOutcome, Ledger, TicketRecord, open_ledger
+from gateway.audit.verify import verify_file
+from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, seal_event
+from master_station.ledger.base import AddOutcome, Ledger, TicketRecord, open_ledger
 from tests.master_helpers import T0, ChainBuilder, chain, schema_dsn, scratch_database
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.events import Event
-from master_station.ledger import Ledger, open_ledger
+from gateway.protocol.events import Event
+from master_station.ledger.base import Ledger, open_ledger
 from master_station.listener import ListenerOptions, MasterListener
 from tests.fixtures.mosquitto import Broker, SubscriberFactory, wait_until
 from tests.master_helpers import chain

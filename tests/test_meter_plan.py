@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.meter_plan import ReadPlan, describe, plan_profile, plan_reads
-from gateway.meter_profiles import (
+from gateway.meters.plan import ReadPlan, describe, plan_profile, plan_reads
+from gateway.meters.profiles import (
     RegisterFunction,
     RegisterSpec,
     ValueKind,

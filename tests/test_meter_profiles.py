@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.meter_profiles import (
+from gateway.meters.profiles import (
     MeterProtocol,
     ProfileError,
     RegisterFunction,

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from firmware_sim.dlt645_meter import Dlt645TcpServer, MeterBus, SimMeter
-from firmware_sim.modbus_meter import ModbusLine, ModbusSimMeter
-from gateway.clock import ManualClock
-from gateway.config_meters import TheftSection
+from firmware_sim.meters.dlt645 import Dlt645TcpServer, MeterBus, SimMeter
+from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
 from gateway.errors import ConfigError
-from gateway.events import Priority
-from gateway.meter_profiles import ProfileError, load_profiles, parse_profile
-from gateway.meters import MeterService
+from gateway.meters.config import TheftSection
+from gateway.meters.profiles import ProfileError, load_profiles, parse_profile
+from gateway.meters.service import MeterService
+from gateway.protocol.clock import ManualClock
+from gateway.protocol.events import Priority
 from tests.meter_helpers import PROFILES, FakeSeals, Recorder, meters_section, theft_section
 
 START = datetime(2026, 1, 1, 4, 0, tzinfo=UTC)  # 12:00 meter time: a steady 0.6 kW

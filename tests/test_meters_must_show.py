@@ -27,15 +27,13 @@ import pytest
 
 from bench import modbus as bench_modbus
 from bench.modbus import min_rtu_bytes, per_value_plan
-from firmware_sim.dlt645_meter import MeterBus, SimMeter
-from firmware_sim.meters_sim import Dlt645SerialServer, PtyPair
-from firmware_sim.modbus_meter import ModbusLine, ModbusSimMeter
-from gateway.clock import ManualClock
-from gateway.config_meters import TheftSection
-from gateway.drivers.modbus import open_bus
-from gateway.events import EventDraft, Priority
-from gateway.meter_plan import plan_profile
-from gateway.meter_profiles import (
+from firmware_sim.meters.dlt645 import MeterBus, SimMeter
+from firmware_sim.meters.fleet import Dlt645SerialServer, PtyPair
+from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
+from gateway.drivers.modbus.bus import open_bus
+from gateway.meters.config import TheftSection
+from gateway.meters.plan import plan_profile
+from gateway.meters.profiles import (
     MeterProfile,
     MeterProtocol,
     RegisterFunction,
@@ -43,7 +41,9 @@ from gateway.meter_profiles import (
     ValueKind,
     load_profiles,
 )
-from gateway.meters import MeterService
+from gateway.meters.service import MeterService
+from gateway.protocol.clock import ManualClock
+from gateway.protocol.events import EventDraft, Priority
 from gateway.protocol.modbus_values import ValueFormat, ValueType
 from tests.meter_helpers import PROFILES, FakeSeals, Recorder, meters_section
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from firmware_sim.meters_sim import FAULTS, MeterSim
-from gateway.clock import ManualClock
-from gateway.config_meters import TheftSection
-from gateway.meters import MeterService
+from firmware_sim.meters.fleet import FAULTS, MeterSim
+from gateway.meters.config import TheftSection
+from gateway.meters.service import MeterService
+from gateway.protocol.clock import ManualClock
 from tests.meter_helpers import FakeSeals, Recorder, meters_section
 
 START = datetime(2026, 1, 1, 10, 0, tzinfo=UTC)  # 18:00 meter time: the evening peak, 2 kW

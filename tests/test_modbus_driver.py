@@ -14,8 +14,7 @@ import pytest
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from gateway.clock import ManualClock
-from gateway.drivers.modbus import (
+from gateway.drivers.modbus.bus import (
     BusUnavailableError,
     GarbledResponseError,
     ModbusBus,
@@ -25,15 +24,16 @@ from gateway.drivers.modbus import (
     open_bus,
     parse_transport,
 )
-from gateway.drivers.modbus_transport import TransportKind
+from gateway.drivers.modbus.transport import TransportKind
 from gateway.errors import ConfigError, DeviceTimeoutError, ProtocolError, TransientError
-from gateway.meter_plan import plan_profile
-from gateway.meter_profiles import (
+from gateway.meters.plan import plan_profile
+from gateway.meters.profiles import (
     MeterProfile,
     RegisterFunction,
     StatusEvent,
     load_profile,
 )
+from gateway.protocol.clock import ManualClock
 from gateway.protocol.modbus_values import Number
 
 PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"

@@ -22,26 +22,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
-from firmware_sim.dlt645_meter import Dlt645TcpServer, MeterBus, SimMeter
-from firmware_sim.handheld import HandheldRefusedError, PairedGateway, SimulatedHandheld
-from gateway.buffer import EventBuffer
-from gateway.checkpoint import Checkpointer
-from gateway.clock import ManualClock
-from gateway.config import BufferSection
-from gateway.config_meters import TheftSection
-from gateway.events import GENESIS_HASH, Event, EventDraft, Priority, seal_event
-from gateway.lock_reconcile import PendingOutcome, entry_draft, gap_draft, outcome_draft
-from gateway.lock_state import LockSpec
-from gateway.meter_model import Measurement, MeterReading
-from gateway.meter_profiles import ValueKind
-from gateway.meters import MeterService
-from gateway.policy import Decision, Reason, op_decided, op_requested
+from firmware_sim.handheld.client import HandheldRefusedError, PairedGateway, SimulatedHandheld
+from firmware_sim.meters.dlt645 import Dlt645TcpServer, MeterBus, SimMeter
+from gateway.audit.checkpointer import Checkpointer
+from gateway.auth.policy import Decision, Reason, op_decided, op_requested
+from gateway.config.model import BufferSection
+from gateway.locks.reconcile import PendingOutcome, entry_draft, gap_draft, outcome_draft
+from gateway.locks.state import LockSpec
+from gateway.meters.config import TheftSection
+from gateway.meters.model import Measurement, MeterReading
+from gateway.meters.profiles import ValueKind
+from gateway.meters.service import MeterService
+from gateway.meters.theft import TheftCorrelator
 from gateway.protocol.certs import encode_certificate, encode_revocations
+from gateway.protocol.clock import ManualClock
 from gateway.protocol.command_doc import CommandBody, encode_command
+from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority, seal_event
 from gateway.protocol.handheld_crypto import ed25519_public_bytes
 from gateway.protocol.seal_frames import LockState, LogEntry, LogEvent, ResultCode, WireLoop
 from gateway.protocol.tickets import encode_ticket
-from gateway.theft import TheftCorrelator
+from gateway.store.buffer import EventBuffer
 from tests.auth_helpers import GATEWAY_ID, HOUR, T0, at, make_world
 from tests.fixtures.mosquitto import BrokerFactory, Received, SubscriberFactory, wait_until
 from tests.fixtures.mqtt_proxy import MqttProxy

@@ -9,11 +9,8 @@ from typing import Any
 
 import pytest
 
-from gateway.config_authorization import AuthorizationSection, RoleGrant
-from gateway.config_loader import _build
-from gateway.errors import ConfigError
-from gateway.events import Priority
-from gateway.policy import (
+from gateway.auth.config import AuthorizationSection, RoleGrant
+from gateway.auth.policy import (
     DEFAULT_TABLE,
     Decision,
     OperationRequest,
@@ -23,6 +20,9 @@ from gateway.policy import (
     op_requested,
     role_table,
 )
+from gateway.config.loader import _build
+from gateway.errors import ConfigError
+from gateway.protocol.events import Priority
 from gateway.protocol.seal_frames import LockState, ResultCode
 from gateway.protocol.tickets import Ticket
 from master_station.authority import MasterAuthority

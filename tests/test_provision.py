@@ -17,14 +17,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from gateway.cli_admin import cmd_init, register_init_command
-from gateway.errors import ConfigError
-from gateway.provision import (
+from gateway.auth.provision import (
     ProvisionError,
     init_gateway,
     load_identity,
     public_key_fingerprint,
 )
+from gateway.cli.admin import cmd_init, register_init_command
+from gateway.errors import ConfigError
 from tests.fixtures.mosquitto import BrokerFactory, Pki
 
 

@@ -15,8 +15,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_sim.mosquitto import MosquittoBroker
-from gateway.events import EventDraft, Priority
-from gateway.remote import EXIT_RESTART
+from gateway.protocol.events import EventDraft, Priority
+from gateway.remote.service import EXIT_RESTART
 from tests.fixtures.mosquitto import SubscriberFactory, wait_until
 from tests.remote_helpers import (
     GATEWAY,

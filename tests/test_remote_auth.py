@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.clock import ManualClock
-from gateway.commands import Command, CommandDispatcher
-from gateway.config_loader import load_config
+from gateway.config.loader import load_config
 from gateway.errors import AuthError, ConfigError
-from gateway.remote_auth import CommandVerifier, ReplayCache
-from gateway.remote_config import merge_patch, prepare_config, render_toml, write_atomically
+from gateway.protocol.clock import ManualClock
+from gateway.remote.auth import CommandVerifier, ReplayCache
+from gateway.remote.config_update import merge_patch, prepare_config, render_toml, write_atomically
+from gateway.uplink.commands import Command, CommandDispatcher
 from tests.remote_helpers import GATEWAY, signed_command
 
 KEY = Ed25519PrivateKey.generate()

@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from gateway import config_loader
-from gateway.config_ble import BleSection, read_key_file
+from gateway.config import loader as config_loader
+from gateway.locks.config import BleSection, read_key_file
 
 LOCKS = 4
 STARTUP_S = 30.0

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sdnotify import SystemdNotifier
+from gateway.daemon.sdnotify import SystemdNotifier
 
 REPO = Path(__file__).resolve().parent.parent
 SYSTEMD = REPO / "systemd"

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from gateway.events import Priority
-from gateway.meter_model import Measurement, MeterEvent, MeterEventKind, MeterReading
-from gateway.meter_profiles import ValueKind
-from gateway.theft import TheftCorrelator
+from gateway.meters.model import Measurement, MeterEvent, MeterEventKind, MeterReading
+from gateway.meters.profiles import ValueKind
+from gateway.meters.theft import TheftCorrelator
+from gateway.protocol.events import Priority
 from tests.meter_helpers import FakeSeals, theft_section
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

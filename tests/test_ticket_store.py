@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import ManualClock
+from gateway.auth.policy import Reason
+from gateway.auth.ticket_store import TicketStore, load_or_create_credential_key
 from gateway.errors import AuthError, DatabaseCorruptError, ProtocolError
-from gateway.policy import Reason
 from gateway.protocol.certs import encode_certificate, encode_revocations
+from gateway.protocol.clock import ManualClock
 from gateway.protocol.seal_crypto import derive_ticket_key
 from gateway.protocol.tickets import encode_ticket, ticket_header
-from gateway.ticket_store import TicketStore, load_or_create_credential_key
 from tests.auth_helpers import HOUR, OPERATOR, T0, World, at, make_world
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.clock import ManualClock
-from gateway.events import Priority
-from gateway.pacing import Backoff, TokenBucket
+from gateway.drivers.pacing import Backoff, TokenBucket
+from gateway.protocol.clock import ManualClock
+from gateway.protocol.events import Priority
 from tests.fixtures.fake_buffer import FakeEventBuffer
 from tests.fixtures.mosquitto import Broker, BrokerFactory, Pki, SubscriberFactory, wait_until
 from tests.fixtures.mqtt_proxy import MqttProxy

@@ -1,7 +1,7 @@
 """The systemd watchdog: pings come from the event loop, so a stuck loop stops them.
 
 The daemon runs as a real process with NOTIFY_SOCKET and WATCHDOG_USEC. The debug stall hook
-(SEALGW_DEBUG_STALL=1, gateway/debug_stall.py) makes SIGUSR2 block the loop in time.sleep,
+(SEALGW_DEBUG_STALL=1, gateway/daemon/debug_stall.py) makes SIGUSR2 block the loop in time.sleep,
 exactly like a stuck loop; systemd would then miss WATCHDOG=1 and kill the process.
 """
 
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.debug_stall import install_debug_stall
+from gateway.daemon.debug_stall import install_debug_stall
 
 REPO = Path(__file__).resolve().parent.parent
 PING_INTERVAL_S = 0.1  # WATCHDOG_USEC / 2

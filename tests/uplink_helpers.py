@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from gateway.clock import Clock, ManualClock, SystemClock
-from gateway.commands import CommandDispatcher
-from gateway.config import UplinkSection
-from gateway.uplink import Uplink
+from gateway.config.model import UplinkSection
+from gateway.protocol.clock import Clock, ManualClock, SystemClock
+from gateway.uplink.commands import CommandDispatcher
+from gateway.uplink.uplink import Uplink
 from tests.fixtures.fake_buffer import FakeEventBuffer
 from tests.fixtures.mosquitto import Received, wait_until
 

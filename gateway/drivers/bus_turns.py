@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
 from typing import Generic, Protocol, TypeVar
 
-from gateway.clock import Clock, SystemClock
 from gateway.errors import DeviceTimeoutError, ProtocolError
+from gateway.protocol.clock import Clock, SystemClock
 
 __all__ = ["BusCounters", "BusTurns", "count_failure"]
 

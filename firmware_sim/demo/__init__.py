@@ -1,0 +1,1 @@
+"""`sealgw demo`: a scripted district day across broker, master, simulator and gateway processes."""

@@ -1,0 +1,1 @@
+"""The tamper-evident trail: signed checkpoints and the offline verifier (`sealgw audit verify`)."""

@@ -1,0 +1,4 @@
+"""The daemon.
+
+Assembly of the services, the supervisor, health events, the control socket and sd_notify.
+"""

@@ -1,0 +1,190 @@
+"""The daemon's optional services, built from the config: authorization, locks, meters, handhelds.
+
+Each is built only when its section asks for it, and its heavy modules (bleak, bumble,
+pymodbus) are imported only then, which keeps a minimal gateway's start-up fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.config.model import GatewayConfig
+from gateway.daemon.supervisor import Supervisor
+from gateway.errors import ConfigError
+from gateway.locks.view import NoSealsKnown, SealStateView
+from gateway.protocol.canonical import JSONValue
+from gateway.protocol.clock import Clock
+from gateway.protocol.events import Event, EventDraft
+from gateway.store.buffer import EventBuffer
+from gateway.uplink.commands import CommandDispatcher
+from gateway.uplink.uplink import Uplink
+
+if TYPE_CHECKING:
+    from gateway.auth.authorization import Authorization
+    from gateway.drivers.ble.adapters import BleAdapters
+    from gateway.handheld.service import HandheldService
+    from gateway.handheld.transport import HandheldServer
+    from gateway.locks.service import LockService
+    from gateway.meters.service import MeterService
+
+Emit = Callable[[EventDraft], "asyncio.Future[Event]"]
+ControlHandler = Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(slots=True)
+class Services:
+    """What this gateway runs besides its buffer and uplink."""
+
+    authorization: Authorization | None = None
+    ble_adapters: BleAdapters | None = None
+    locks: LockService | None = None
+    meters: MeterService | None = None
+    handheld: HandheldService | None = None
+    handheld_server: HandheldServer | None = None
+
+    @property
+    def seals(self) -> SealStateView:
+        return self.locks if self.locks is not None else NoSealsKnown()
+
+    def start(self, supervisor: Supervisor) -> None:
+        """Run each service under the supervisor."""
+        if self.locks is not None:
+            supervisor.start("locks", self.locks.run)
+        if self.meters is not None:
+            supervisor.start("meters", self.meters.run)
+        if self.handheld_server is not None:
+            supervisor.start("handheld", self.handheld_server.run)
+
+    def control_handlers(self) -> dict[str, ControlHandler]:
+        """Extra commands on the local control socket."""
+        return {"pair": self.handheld.pair_command} if self.handheld is not None else {}
+
+    def snapshot(self) -> dict[str, JSONValue]:
+        """The services' part of gateway.health."""
+        return {
+            "locks": self.locks.snapshot() if self.locks is not None else {},
+            "meters": self.meters.snapshot() if self.meters is not None else {},
+        }
+
+    async def close(self) -> None:
+        """Release devices and files after the supervisor stopped the tasks."""
+        if self.handheld_server is not None:
+            await self.handheld_server.stop()
+        if self.locks is not None:
+            self.locks.close()
+        if self.ble_adapters is not None:
+            await self.ble_adapters.close()
+        if self.meters is not None:
+            await self.meters.close()
+        if self.authorization is not None:
+            self.authorization.close()
+
+
+def build_services(
+    config: GatewayConfig,
+    *,
+    clock: Clock,
+    buffer: EventBuffer,
+    uplink: Uplink,
+    dispatcher: CommandDispatcher,
+) -> Services:
+    """Build the services the config asks for, in dependency order."""
+    services = Services()
+    services.authorization = _authorization(config, clock, dispatcher)
+    if config.ble.locks:
+        _add_locks(services, config, clock, buffer, uplink)
+    services.meters = _meters(config, clock, buffer.submit, services.seals)
+    if config.handheld.enabled:
+        _add_handheld(services, config, clock, buffer.append)
+    return services
+
+
+def _authorization(
+    config: GatewayConfig, clock: Clock, dispatcher: CommandDispatcher
+) -> Authorization | None:
+    if config.authorization.master_key_file is None:
+        return None
+    from gateway.auth.authorization import Authorization
+
+    authorization = Authorization(config, clock)
+    authorization.register(dispatcher)
+    return authorization
+
+
+def _require_authorization(services: Services, what: str) -> Authorization:
+    if services.authorization is None:
+        raise ConfigError("authorization.master_key_file", f"needed to serve {what}")
+    return services.authorization
+
+
+def _add_locks(
+    services: Services, config: GatewayConfig, clock: Clock, buffer: EventBuffer, uplink: Uplink
+) -> None:
+    from gateway.drivers.ble.adapters import BleAdapters
+    from gateway.locks.service import LockService
+
+    authorization = _require_authorization(services, "seal locks")
+    services.ble_adapters = BleAdapters()
+    services.locks = LockService(
+        config.ble,
+        gateway_id=config.gateway.id,
+        transport=services.ble_adapters.get(config.ble.adapter),
+        events=buffer,
+        tickets=authorization.tickets,
+        trust=authorization.trust,
+        table=authorization.table,
+        skew_s=authorization.skew_s,
+        clock=clock,
+        state_dir=config.gateway.state_dir,
+        publish_state=uplink.set_retained,
+    )
+
+
+def _meters(
+    config: GatewayConfig, clock: Clock, emit: Emit, seals: SealStateView
+) -> MeterService | None:
+    if not config.meters.meters:
+        return None
+    from gateway.meters.service import MeterService
+
+    return MeterService(
+        config.meters,
+        emit,
+        clock,
+        seals,
+        district=config.gateway.district,
+        theft=config.theft,
+    )
+
+
+def _add_handheld(
+    services: Services,
+    config: GatewayConfig,
+    clock: Clock,
+    emit: Callable[[EventDraft], Awaitable[Event]],
+) -> None:
+    from gateway.auth.provision import load_identity
+    from gateway.handheld.service import HandheldService
+    from gateway.handheld.store import HANDHELDS_FILE, PairedDeviceStore
+    from gateway.handheld.transport import HandheldServer
+    from gateway.locks.backend import LockBackend
+
+    authorization = _require_authorization(services, "handhelds")
+    if services.locks is None:
+        raise ConfigError("handheld.enabled", "handhelds need seal locks ([[ble.locks]])")
+    state_dir = config.gateway.state_dir
+    services.handheld = HandheldService(
+        config.handheld,
+        identity=load_identity(state_dir),
+        trust=authorization.trust,
+        store=PairedDeviceStore.open(state_dir / HANDHELDS_FILE),
+        backend=LockBackend(services.locks, authorization.tickets),
+        emit=emit,
+        clock=clock,
+        skew_s=authorization.skew_s,
+        revocations=authorization.tickets.revocations,
+    )
+    services.handheld_server = HandheldServer(config.handheld.listen, services.handheld.handle)

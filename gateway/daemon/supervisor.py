@@ -1,0 +1,70 @@
+"""Owns the daemon's long-running tasks: restarts a crashed one with backoff, stops all cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gateway.protocol.clock import Clock
+
+_LOGGER = logging.getLogger(__name__)
+
+TaskFactory = Callable[[], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Component:
+    name: str
+    factory: TaskFactory
+    restarts: int = 0
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class Supervisor:
+    """Runs components until stopped; a component that raises is restarted after a backoff."""
+
+    def __init__(self, clock: Clock, *, backoff_min_s: float = 1.0, backoff_max_s: float = 60.0):
+        self._clock = clock
+        self._backoff = (backoff_min_s, backoff_max_s)
+        self._components: dict[str, _Component] = {}
+        self._stopping = False
+
+    def start(self, name: str, factory: TaskFactory) -> None:
+        """Start `factory()` as component `name`, restarting it if it fails."""
+        component = _Component(name, factory)
+        self._components[name] = component
+        component.task = asyncio.create_task(self._keep_running(component), name=name)
+
+    def restarts(self) -> dict[str, int]:
+        """How often each component was restarted after a failure."""
+        return {name: comp.restarts for name, comp in self._components.items()}
+
+    async def stop(self, *names: str) -> None:
+        """Cancel the named components (all when none named) and wait for them."""
+        if not names:
+            self._stopping = True
+        chosen = [c for n, c in self._components.items() if not names or n in names]
+        tasks = [comp.task for comp in chosen if comp.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _keep_running(self, component: _Component) -> None:
+        while not self._stopping:
+            try:
+                await component.factory()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _LOGGER.exception("component %s failed; restarting", component.name)
+            else:
+                return
+            component.restarts += 1
+            await self._clock.sleep(self._delay(component.restarts))
+
+    def _delay(self, attempt: int) -> float:
+        low, high = self._backoff
+        return float(min(high, low * 2 ** min(attempt - 1, 16)) * random.uniform(0.5, 1.0))

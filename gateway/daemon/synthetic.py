@@ -1,0 +1,40 @@
+"""A synthetic telemetry source for demos, benches and crash tests (off by default)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from gateway.config.model import SyntheticSection
+from gateway.protocol.clock import Clock
+from gateway.protocol.events import Event, EventDraft, Priority
+
+_LOGGER = logging.getLogger(__name__)
+
+Submit = Callable[[EventDraft], "asyncio.Future[Event]"]
+
+
+async def run_synthetic_source(settings: SyntheticSection, submit: Submit, clock: Clock) -> None:
+    """Submit `synthetic.sample` events at the configured rate until cancelled."""
+    priority = Priority.from_wire(settings.priority)
+    period = 1.0 / settings.rate_per_s
+    counter = 0
+    next_due = clock.monotonic()
+    while True:
+        counter += 1
+        draft = EventDraft(
+            type="synthetic.sample",
+            subject="SYNTHETIC",
+            data={"n": counter},
+            priority=priority,
+            ts=clock.now(),
+        )
+        submit(draft).add_done_callback(_log_failure)
+        next_due += period
+        await clock.sleep(max(0.0, next_due - clock.monotonic()))
+
+
+def _log_failure(future: asyncio.Future[Event]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        _LOGGER.debug("synthetic event not stored: %s", future.exception())

@@ -1,0 +1,1 @@
+"""Modbus RTU/TCP through pymodbus: the bus owner and its transports."""

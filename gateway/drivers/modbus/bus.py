@@ -1,0 +1,418 @@
+"""Modbus transports and the bus that owns one of them; pymodbus does the framing.
+
+A transport is chosen by a config string (see docs/meters.md):
+
+- `modbus-tcp://host:502`: Modbus TCP (MBAP framing);
+- `rtu:///dev/ttyUSB0?baud=9600&parity=N&stopbits=1`: Modbus RTU on a serial port; `rs485=1`
+  asks the kernel driver to drive the RS-485 direction line (RTS), `echo=1` drops the local
+  echo some adapters return;
+- `rtu-over-tcp://host:port`: RTU frames through a transparent Ethernet-to-serial converter.
+
+A ModbusBus is the single owner of one line. It serializes requests from every meter on the
+line, keeps the inter-frame gap, applies the per-request timeout and maps failures to the
+gateway's exception tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any, Protocol
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.framer import FramerType
+
+from gateway.drivers.bus_turns import BusTurns, count_failure
+from gateway.drivers.modbus.transport import TransportKind, TransportSpec, parse_transport
+from gateway.errors import (
+    ConfigError,
+    DeviceTimeoutError,
+    GatewayError,
+    ProtocolError,
+    TransientError,
+)
+from gateway.meters.plan import ReadPlan
+from gateway.meters.profiles import RegisterFunction
+from gateway.protocol.clock import Clock
+from gateway.protocol.modbus_values import Number
+
+__all__ = [
+    "BusStats",
+    "BusUnavailableError",
+    "GarbledResponseError",
+    "ModbusBus",
+    "ModbusBusyError",
+    "ModbusExceptionCode",
+    "ModbusExceptionError",
+    "ModbusTransport",
+    "PymodbusTransport",
+    "TransportKind",
+    "TransportSpec",
+    "open_bus",
+    "parse_transport",
+]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 1.0
+DEFAULT_CONNECT_TIMEOUT = 3.0
+
+
+class ModbusExceptionCode(IntEnum):
+    """Exception codes of the Modbus Application Protocol, section 7."""
+
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_DATA_ADDRESS = 0x02
+    ILLEGAL_DATA_VALUE = 0x03
+    SERVER_DEVICE_FAILURE = 0x04
+    ACKNOWLEDGE = 0x05
+    SERVER_DEVICE_BUSY = 0x06
+    MEMORY_PARITY_ERROR = 0x08
+    GATEWAY_PATH_UNAVAILABLE = 0x0A
+    GATEWAY_TARGET_NO_RESPONSE = 0x0B
+
+    @classmethod
+    def from_wire(cls, code: int) -> ModbusExceptionCode | None:
+        """The known code, or None for one a newer device invented."""
+        try:
+            return cls(code)
+        except ValueError:
+            return None
+
+
+_RETRYABLE_CODES = frozenset(
+    {
+        ModbusExceptionCode.ACKNOWLEDGE,
+        ModbusExceptionCode.SERVER_DEVICE_BUSY,
+        ModbusExceptionCode.GATEWAY_PATH_UNAVAILABLE,
+        ModbusExceptionCode.GATEWAY_TARGET_NO_RESPONSE,
+    }
+)
+
+
+class ModbusExceptionError(GatewayError):
+    """The device answered with a Modbus exception response; `code` is its exception code."""
+
+    def __init__(self, message: str, *, code: int, unit: int, function: int, address: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.exception = ModbusExceptionCode.from_wire(code)
+        self.unit = unit
+        self.function = function
+        self.address = address
+
+
+class ModbusBusyError(ModbusExceptionError, TransientError):
+    """An exception response that says "try later" (busy, acknowledge, gateway trouble)."""
+
+
+class GarbledResponseError(ProtocolError):
+    """Bytes came back, but no valid frame for the request (CRC, framing, wrong unit)."""
+
+
+class BusUnavailableError(TransientError):
+    """The line itself cannot be opened or reached (port missing, TCP refused)."""
+
+
+class ModbusTransport(Protocol):
+    """What a ModbusBus needs from a line: connect, read registers, close."""
+
+    @property
+    def name(self) -> str:
+        """A short description for logs."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """True while the line is open."""
+        ...
+
+    async def connect(self) -> None:
+        """Open the line; BusUnavailableError if it cannot."""
+        ...
+
+    @property
+    def heard_reply(self) -> bool:
+        """True if any byte arrived since the last request was sent."""
+        ...
+
+    async def read_registers(
+        self, function: RegisterFunction, address: int, count: int, unit: int
+    ) -> list[int]:
+        """One read request, without a deadline of its own; the bus cancels it on timeout."""
+        ...
+
+    def close(self) -> None:
+        """Close the line; safe to call twice."""
+        ...
+
+
+@dataclass(slots=True)
+class BusStats:
+    """Counters for the meter read success KPI."""
+
+    requests: int = 0
+    ok: int = 0
+    timeouts: int = 0
+    exceptions: int = 0
+    garbled: int = 0
+    unavailable: int = 0
+    by_unit: dict[int, int] = field(default_factory=dict)
+
+
+class ModbusBus:
+    """The single owner of one Modbus line; serializes every request on it."""
+
+    def __init__(
+        self,
+        transport: ModbusTransport,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        inter_frame_gap: float = 0.0,
+        clock: Clock | None = None,
+    ) -> None:
+        if timeout <= 0 or inter_frame_gap < 0:
+            raise ValueError("timeout must be > 0 and inter_frame_gap >= 0")
+        self.transport = transport
+        self.timeout = timeout
+        self.stats = BusStats()
+        self._turns: BusTurns[int] = BusTurns(_log, inter_frame_gap=inter_frame_gap, clock=clock)
+
+    @property
+    def name(self) -> str:
+        """The transport's description."""
+        return self.transport.name
+
+    @property
+    def inter_frame_gap(self) -> float:
+        """Seconds of silence kept after each transaction."""
+        return self._turns.inter_frame_gap
+
+    async def read(
+        self, unit: int, function: RegisterFunction, address: int, count: int
+    ) -> list[int]:
+        """Read `count` registers from one unit, waiting for the line and the gap."""
+        async with self._turns.turn():
+            try:
+                words = await self._transact(unit, function, address, count)
+            except GatewayError as exc:
+                self._count_failure(exc)
+                self._turns.failed(unit, self.name, exc)
+                raise
+        self.stats.ok += 1
+        self._turns.succeeded(unit)
+        return words
+
+    async def read_plan(self, unit: int, plan: ReadPlan) -> dict[str, Number]:
+        """Read a meter's whole plan and return scaled values by register name."""
+        responses: list[Sequence[int]] = []
+        for request in plan.requests:
+            words = await self.read(unit, request.function, request.address, request.count)
+            responses.append(words)
+        return plan.decode(responses)
+
+    async def read_plan_raw(self, unit: int, plan: ReadPlan) -> dict[str, tuple[int, ...]]:
+        """Read a plan and return each register's raw words, for status bits and debugging."""
+        raw: dict[str, tuple[int, ...]] = {}
+        for request in plan.requests:
+            words = await self.read(unit, request.function, request.address, request.count)
+            raw.update(request.raw_words(words))
+        return raw
+
+    async def close(self) -> None:
+        """Close the line after the request in progress, if any."""
+        async with self._turns.lock:
+            self.transport.close()
+
+    async def _transact(
+        self, unit: int, function: RegisterFunction, address: int, count: int
+    ) -> list[int]:
+        self.stats.requests += 1
+        self.stats.by_unit[unit] = self.stats.by_unit.get(unit, 0) + 1
+        if not self.transport.connected:
+            await self.transport.connect()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self.transport.read_registers(function, address, count, unit)
+        except TimeoutError:
+            raise self._timeout_error(unit) from None
+
+    def _timeout_error(self, unit: int) -> GatewayError:
+        device = f"{self.name}#{unit}"
+        if self.transport.heard_reply:
+            return GarbledResponseError(f"{device}: bytes received but no valid response frame")
+        return DeviceTimeoutError(f"{device}: no response within {self.timeout:g} s", device=device)
+
+    def _count_failure(self, exc: GatewayError) -> None:
+        if isinstance(exc, ModbusExceptionError):
+            self.stats.exceptions += 1
+        else:
+            count_failure(self.stats, exc, unavailable=BusUnavailableError)
+
+
+class PymodbusTransport:
+    """A ModbusTransport on pymodbus's asyncio clients (TCP, RTU, RTU over TCP)."""
+
+    def __init__(
+        self, spec: TransportSpec, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    ) -> None:
+        self.spec = spec
+        self.connect_timeout = connect_timeout
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._received = False
+
+    @property
+    def name(self) -> str:
+        """The transport string without options."""
+        return self.spec.describe()
+
+    @property
+    def connected(self) -> bool:
+        """True while pymodbus holds an open transport."""
+        return self._client is not None and self._client.connected
+
+    async def connect(self) -> None:
+        """Open the line, applying RS-485 settings to a serial port."""
+        self.close()
+        self._client = self._build_client()
+        try:
+            ok = await asyncio.wait_for(self._client.connect(), self.connect_timeout)
+        except TimeoutError:
+            ok = False
+        if not ok:
+            self.close()
+            raise BusUnavailableError(f"{self.name}: cannot connect")
+        self._apply_rs485()
+        _log.info("%s: connected", self.name)
+
+    @property
+    def heard_reply(self) -> bool:
+        """True if pymodbus saw any byte since the last request."""
+        return self._received
+
+    async def read_registers(
+        self, function: RegisterFunction, address: int, count: int, unit: int
+    ) -> list[int]:
+        """One read; pymodbus retries are off, so the bus's deadline is the whole budget."""
+        client = self._client
+        if client is None:
+            raise BusUnavailableError(f"{self.name}: not connected")
+        self._received = False
+        try:
+            response = await self._call(client, function, address, count, unit)
+        except ConnectionException as exc:
+            self.close()
+            raise BusUnavailableError(f"{self.name}: {exc}") from exc
+        except ModbusException as exc:
+            raise GarbledResponseError(f"{self.name} unit {unit}: {exc}") from exc
+        return _registers(response, unit, function, address, count)
+
+    def close(self) -> None:
+        """Close the pymodbus client."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _build_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        spec = self.spec
+        # Retries and reconnects are the bus owner's and the supervisor's job, not pymodbus's;
+        # its own timeout is set past ours so that our wait_for always decides.
+        common: dict[str, Any] = {
+            "name": spec.describe(),
+            "reconnect_delay": 0,
+            "timeout": self.connect_timeout + 3600.0,
+            "retries": 0,
+            "trace_packet": self._trace_packet,
+        }
+        if spec.kind is TransportKind.RTU:
+            return AsyncModbusSerialClient(
+                spec.device,
+                framer=FramerType.RTU,
+                baudrate=spec.baud,
+                bytesize=spec.bytesize,
+                parity=spec.parity,
+                stopbits=spec.stopbits,
+                handle_local_echo=spec.echo,
+                **common,
+            )
+        framer = FramerType.RTU if spec.kind is TransportKind.RTU_OVER_TCP else FramerType.SOCKET
+        return AsyncModbusTcpClient(spec.host, port=spec.port, framer=framer, **common)
+
+    @staticmethod
+    async def _call(
+        client: AsyncModbusTcpClient | AsyncModbusSerialClient,
+        function: RegisterFunction,
+        address: int,
+        count: int,
+        unit: int,
+    ) -> Any:
+        if function is RegisterFunction.HOLDING:
+            return await client.read_holding_registers(address, count=count, device_id=unit)
+        return await client.read_input_registers(address, count=count, device_id=unit)
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending and data:
+            self._received = True
+        return data
+
+    def _apply_rs485(self) -> None:
+        if not self.spec.rs485 or self._client is None:
+            return
+        port = getattr(self._client.ctx.transport, "sync_serial", None)
+        if port is None:
+            return
+        import serial.rs485  # only serial lines need it
+
+        tx_high = not self.spec.rs485_invert
+        try:
+            port.rs485_mode = serial.rs485.RS485Settings(
+                rts_level_for_tx=tx_high, rts_level_for_rx=not tx_high
+            )
+        except (ValueError, OSError) as exc:
+            self.close()
+            raise ConfigError(
+                f"{self.spec.key}.rs485", f"the port refused RS-485 mode: {exc}"
+            ) from exc
+
+
+def open_bus(
+    text: str,
+    *,
+    key: str = "transport",
+    timeout: float = DEFAULT_TIMEOUT,
+    inter_frame_gap: float | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    clock: Clock | None = None,
+) -> ModbusBus:
+    """A bus for a transport string; the gap defaults to 3.5 characters on serial lines."""
+    spec = parse_transport(text, key=key)
+    gap = spec.default_gap() if inter_frame_gap is None else inter_frame_gap
+    transport = PymodbusTransport(spec, connect_timeout=connect_timeout)
+    return ModbusBus(transport, timeout=timeout, inter_frame_gap=gap, clock=clock)
+
+
+def _registers(
+    response: Any, unit: int, function: RegisterFunction, address: int, count: int
+) -> list[int]:
+    if response.isError():
+        raise _exception_error(response.exception_code, unit, function, address)
+    registers = list(response.registers)
+    if len(registers) != count:
+        raise GarbledResponseError(
+            f"unit {unit}: asked for {count} registers at {address}, got {len(registers)}"
+        )
+    return registers
+
+
+def _exception_error(
+    code: int, unit: int, function: RegisterFunction, address: int
+) -> ModbusExceptionError:
+    known = ModbusExceptionCode.from_wire(code)
+    label = known.name.lower() if known else f"code 0x{code:02X}"
+    message = f"unit {unit}: {function.label} read at {address} refused: {label}"
+    cls = ModbusBusyError if known in _RETRYABLE_CODES else ModbusExceptionError
+    return cls(message, code=code, unit=unit, function=int(function), address=address)

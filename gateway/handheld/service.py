@@ -1,0 +1,441 @@
+"""The gateway side of handheld terminals: pairing codes, pairing, sessions, request dispatch.
+
+One connection is either a pairing or a session (docs/handheld.md). Pairing proves the MS
+certificate, possession of its device key and knowledge of the one-time code shown on the
+console; sessions prove both identities again and then carry AEAD records whose requests go to
+the OperationsBackend. Every attempt, success, denial and request is an audit event, committed
+through `emit` before the gateway acts on it. Codes never appear in events or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.auth.config import DEFAULT_SKEW_S
+from gateway.auth.policy import GatewayTrust, OperationRequest
+from gateway.errors import AuthError, GatewayError, ProtocolError, StorageError
+from gateway.handheld.api import OperationsBackend
+from gateway.handheld.config import HandheldSection
+from gateway.handheld.store import PairedDevice, PairedDeviceStore
+from gateway.handheld.transport import FrameStream
+from gateway.protocol.canonical import JSONValue
+from gateway.protocol.certs import OperatorCertificate, RevocationList, decode_certificate
+from gateway.protocol.clock import Clock
+from gateway.protocol.events import EventDraft, Priority, make_draft
+from gateway.protocol.handheld import (
+    HandheldReason,
+    Message,
+    PairHello,
+    PairProof,
+    Record,
+    Refusal,
+    SessionConfirm,
+    SessionHello,
+)
+from gateway.protocol.handheld_crypto import (
+    Channel,
+    GatewayHandshake,
+    GatewayPairing,
+    ed25519_public_bytes,
+    key_fingerprint,
+)
+
+__all__ = ["CODE_DIGITS", "Emit", "HandheldService", "IssuedCode"]
+
+_log = logging.getLogger(__name__)
+
+CODE_DIGITS = 8
+Emit = Callable[[EventDraft], Awaitable[object]]
+Revocations = Callable[[], RevocationList | None]
+M = TypeVar("M")
+_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_TICKET_ID = re.compile(r"^[0-9a-f]{32}$")
+_LOCK_OPS = ("unseal", "seal")
+_AUDITED_ARGS = ("seal_id", "work_order", "ticket_id", "op_id")
+
+
+class _RefusedError(GatewayError):
+    """Internal: end the exchange with `reason` (already decided, to be audited)."""
+
+    def __init__(self, reason: HandheldReason | str, detail: str = "") -> None:
+        super().__init__(detail or str(reason))
+        self.reason = str(reason)
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCode:
+    """A pairing code for the console: the digits, when it expires, how many tries it allows."""
+
+    code: str
+    expires_at: datetime
+    ttl_s: float
+    max_attempts: int
+
+
+@dataclass(slots=True)
+class _CodeState:
+    code: str
+    expires_mono: float
+    max_attempts: int
+    failures: int = 0
+    used: bool = False
+
+
+class HandheldService:
+    """Serves handheld connections (pairing or session) for one gateway."""
+
+    def __init__(
+        self,
+        section: HandheldSection,
+        *,
+        identity: Ed25519PrivateKey,
+        trust: GatewayTrust,
+        store: PairedDeviceStore,
+        backend: OperationsBackend,
+        emit: Emit,
+        clock: Clock,
+        skew_s: int = DEFAULT_SKEW_S,
+        revocations: Revocations = lambda: None,
+    ) -> None:
+        self.section = section
+        self._identity = identity
+        self._trust = trust
+        self._store = store
+        self._backend = backend
+        self._emit = emit
+        self._clock = clock
+        self._skew_s = skew_s
+        self._revocations = revocations
+        self._code: _CodeState | None = None
+
+    # -- pairing codes (console) ---------------------------------------------------------
+
+    async def issue_pairing_code(self, ttl_s: float | None = None) -> IssuedCode:
+        """A fresh one-time code, replacing any earlier one; audited without the digits."""
+        ttl = float(ttl_s if ttl_s is not None else self.section.code_ttl_s)
+        code = f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+        attempts = self.section.max_attempts
+        expires_at = self._clock.now() + timedelta(seconds=ttl)
+        data: dict[str, JSONValue] = {"ttl_s": ttl, "max_attempts": attempts}
+        await self._audit("handheld.pairing_code_issued", self._trust.gateway_id, data)
+        self._code = _CodeState(code, self._clock.monotonic() + ttl, attempts)
+        _log.info("pairing code issued, valid %g s", ttl)
+        return IssuedCode(code, expires_at, ttl, attempts)
+
+    async def pair_command(self) -> dict[str, Any]:
+        """The control socket's `pair` handler: a fresh code for `sealgw pair` to print."""
+        issued = await self.issue_pairing_code()
+        return {
+            "code": issued.code,
+            "expires_at": issued.expires_at.astimezone(UTC).isoformat(timespec="seconds"),
+            "ttl_s": issued.ttl_s,
+            "max_attempts": issued.max_attempts,
+            "gateway": self._trust.gateway_id,
+            "gateway_key": key_fingerprint(ed25519_public_bytes(self._identity)),
+        }
+
+    # -- connections ---------------------------------------------------------------------
+
+    async def handle(self, stream: FrameStream) -> None:
+        """Serve one connection: a pairing or a session, then close."""
+        try:
+            first = await self._read(stream, object, self.section.handshake_timeout_s)
+        except _RefusedError as refused:
+            if refused.reason == HandheldReason.TIMEOUT:  # said nothing: not a session attempt
+                _log.debug("silent handheld connection closed")
+                return
+            await self._deny_session(stream, refused, self._trust.gateway_id, {})
+            return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        if isinstance(first, PairHello):
+            await self._guard(stream, self._pair(stream, first))
+        elif isinstance(first, SessionHello):
+            await self._guard(stream, self._session(stream, first))
+        else:
+            unexpected = _RefusedError(HandheldReason.UNEXPECTED_MESSAGE, type(first).__name__)
+            await self._deny_session(stream, unexpected, self._trust.gateway_id, {})
+
+    async def _guard(self, stream: FrameStream, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except (asyncio.IncompleteReadError, ConnectionError):
+            _log.debug("handheld went away")
+        except StorageError as exc:
+            _log.warning("handheld refused, audit events cannot be stored: %s", exc)
+            await _send_refusal(stream, _RefusedError(HandheldReason.STORAGE_FULL))
+
+    # -- pairing -------------------------------------------------------------------------
+
+    async def _pair(self, stream: FrameStream, hello: PairHello) -> None:
+        subject, data = self._trust.gateway_id, {}
+        try:
+            cert = _parse_cert(hello.certificate, self._trust)
+            subject, data = cert.operator, _cert_data(cert)
+            await self._audit("handheld.pairing_attempt", subject, data)
+            self._check_cert(cert)
+            pairing = GatewayPairing(self._identity, self._trust.gateway_id, hello)
+            await stream.write(pairing.challenge())
+            proof = await self._read(stream, PairProof, self.section.handshake_timeout_s)
+            code = self._check_proof(pairing, proof, cert)
+        except _RefusedError as refused:
+            if subject == self._trust.gateway_id:
+                await self._audit("handheld.pairing_attempt", subject, data)
+            await self._audit("handheld.pairing_failed", subject, _refusal_data(refused, data))
+            await _send_refusal(stream, refused)
+            return
+        await self._complete_pairing(stream, pairing, proof, code, cert)
+
+    async def _complete_pairing(
+        self,
+        stream: FrameStream,
+        pairing: GatewayPairing,
+        proof: PairProof,
+        code: str,
+        cert: OperatorCertificate,
+    ) -> None:
+        paired_at = int(self._clock.now().timestamp())
+        device = PairedDevice(
+            cert.operator, cert.device_key, cert.serial, paired_at, pairing.hello.certificate
+        )
+        await self._audit("handheld.paired", cert.operator, {**_cert_data(cert), "at": paired_at})
+        self._store.add(device)
+        _log.info("handheld of %s paired (certificate %s)", cert.operator, cert.serial)
+        await stream.write(pairing.done(proof, code, paired_at))
+
+    def _check_cert(self, cert: OperatorCertificate) -> None:
+        moment = self._clock.now().timestamp()
+        if moment < cert.not_before - self._skew_s:
+            raise _RefusedError(HandheldReason.CERTIFICATE_NOT_YET_VALID, f"{cert.not_before}")
+        if moment > cert.not_after + self._skew_s:
+            raise _RefusedError(HandheldReason.CERTIFICATE_EXPIRED, f"{cert.not_after}")
+        revocations = self._revocations()
+        if revocations is not None and (
+            revocations.revokes_certificate(cert.serial)
+            or revocations.revokes_operator(cert.operator)
+        ):
+            raise _RefusedError(HandheldReason.CERTIFICATE_REVOKED, cert.serial)
+        if self._trust.district not in cert.districts:
+            raise _RefusedError(HandheldReason.DISTRICT_OUT_OF_SCOPE, self._trust.district)
+
+    def _check_proof(
+        self, pairing: GatewayPairing, proof: PairProof, cert: OperatorCertificate
+    ) -> str:
+        """Device signature first, then the code's state, then the code; return the code."""
+        if not pairing.device_signed(proof, cert.device_key):
+            raise _RefusedError(HandheldReason.STOLEN_CERTIFICATE_NO_KEY, "device signature")
+        state = self._live_code()
+        if not pairing.code_matches(proof, state.code):
+            state.failures += 1
+            left = state.max_attempts - state.failures
+            raise _RefusedError(HandheldReason.BAD_CODE, f"{left} attempts left")
+        state.used = True
+        return state.code
+
+    def _live_code(self) -> _CodeState:
+        state = self._code
+        if state is None:
+            raise _RefusedError(HandheldReason.NO_CODE, "run `sealgw pair` on the gateway")
+        if state.used:
+            raise _RefusedError(HandheldReason.CODE_USED, "the code was already used")
+        if self._clock.monotonic() >= state.expires_mono:
+            raise _RefusedError(HandheldReason.CODE_EXPIRED, "ask for a new code")
+        if state.failures >= state.max_attempts:
+            raise _RefusedError(HandheldReason.TOO_MANY_ATTEMPTS, "ask for a new code")
+        return state
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def _session(self, stream: FrameStream, hello: SessionHello) -> None:
+        device = self._store.get(hello.device_key)
+        subject = device.operator if device else self._trust.gateway_id
+        data: dict[str, JSONValue] = {"device": key_fingerprint(hello.device_key)}
+        try:
+            device = self._check_device(device)
+            handshake = GatewayHandshake(self._identity, self._trust.gateway_id, hello)
+            await stream.write(handshake.accept())
+            confirm = await self._read(stream, SessionConfirm, self.section.handshake_timeout_s)
+            channel = _confirm(handshake, confirm)
+        except _RefusedError as refused:
+            await self._deny_session(stream, refused, subject, data)
+            return
+        data["session"] = channel.session_id.hex()
+        await self._audit("handheld.session_opened", device.operator, data)
+        await stream.write(channel.seal_ready({"operator": device.operator}))
+        await self._serve_records(stream, channel, device, data)
+
+    def _check_device(self, device: PairedDevice | None) -> PairedDevice:
+        if device is None:
+            raise _RefusedError(HandheldReason.UNPAIRED_DEVICE, "pair with a code first")
+        try:
+            cert = _parse_cert(device.certificate, self._trust)
+        except _RefusedError:
+            raise _RefusedError(HandheldReason.BAD_CERTIFICATE, device.cert_serial) from None
+        self._check_cert(cert)
+        return device
+
+    async def _serve_records(
+        self,
+        stream: FrameStream,
+        channel: Channel,
+        device: PairedDevice,
+        data: dict[str, JSONValue],
+    ) -> None:
+        count = 0
+        while True:
+            try:
+                record = await self._read(stream, Record, self.section.idle_timeout_s)
+                body = _open(channel, record)
+            except _RefusedError as refused:
+                if refused.reason != HandheldReason.TIMEOUT:
+                    await self._deny_session(stream, refused, device.operator, data)
+                    return
+                break
+            except asyncio.IncompleteReadError:
+                break
+            count += 1
+            answer = await self._dispatch(device, body, record.ctr, data)
+            await stream.write(channel.seal_response(answer, record))
+        await self._audit("handheld.session_closed", device.operator, {**data, "requests": count})
+
+    async def _deny_session(
+        self,
+        stream: FrameStream,
+        refused: _RefusedError,
+        subject: str,
+        data: Mapping[str, JSONValue],
+    ) -> None:
+        _log.info("handheld session denied: %s", refused.reason)
+        await self._audit("handheld.session_denied", subject, _refusal_data(refused, data))
+        await _send_refusal(stream, refused)
+
+    # -- requests ------------------------------------------------------------------------
+
+    async def _dispatch(
+        self,
+        device: PairedDevice,
+        body: Mapping[str, Any],
+        ctr: int,
+        session: Mapping[str, JSONValue],
+    ) -> dict[str, JSONValue]:
+        op = body.get("op")
+        args = {k: str(body[k])[:64] for k in _AUDITED_ARGS if k in body}
+        audit: dict[str, JSONValue] = {**session, "op": str(op)[:32], "ctr": ctr, **args}
+        await self._audit("handheld.request", device.operator, audit)
+        try:
+            return await self._answer(device, op, body)
+        except ProtocolError as exc:
+            return {"ok": False, "error": "bad_request", "detail": str(exc)[:200]}
+
+    async def _answer(
+        self, device: PairedDevice, op: Any, body: Mapping[str, Any]
+    ) -> dict[str, JSONValue]:
+        if op == "list_tickets":
+            tickets = await self._backend.list_tickets(device.operator)
+            return {"ok": True, "tickets": [t.to_json() for t in tickets]}
+        if op == "seal_state":
+            status = await self._backend.seal_state(_need(body, "seal_id", _ID))
+            return {"ok": True, "seal": status.to_json()} if status else _unknown("seal")
+        if op in _LOCK_OPS:
+            outcome = await self._backend.execute(_operation(device, str(op), body))
+            return {"ok": True, "operation": outcome.to_json()}
+        if op == "result":
+            found = await self._backend.result(_need(body, "op_id", _ID))
+            if found is None or found.operator != device.operator:
+                return _unknown("operation")
+            return {"ok": True, "operation": found.to_json()}
+        raise ProtocolError(f"unknown op {str(op)[:32]!r}")
+
+    # -- helpers -------------------------------------------------------------------------
+
+    async def _read(self, stream: FrameStream, kind: type[M], limit_s: float) -> M:
+        try:
+            async with asyncio.timeout(limit_s):
+                message: Message = await stream.read()
+        except TimeoutError:
+            raise _RefusedError(HandheldReason.TIMEOUT, f"nothing within {limit_s:g} s") from None
+        except ProtocolError as exc:
+            raise _RefusedError(HandheldReason.MALFORMED, str(exc)[:200]) from None
+        if not isinstance(message, kind):
+            raise _RefusedError(HandheldReason.UNEXPECTED_MESSAGE, type(message).__name__)
+        return message
+
+    async def _audit(self, kind: str, subject: str, data: Mapping[str, JSONValue]) -> None:
+        await self._emit(make_draft(self._clock.now(), kind, subject, dict(data), Priority.AUDIT))
+
+
+# -- module helpers ---------------------------------------------------------------------------
+
+
+def _parse_cert(document: str, trust: GatewayTrust) -> OperatorCertificate:
+    try:
+        return decode_certificate(document, trust.master_key)
+    except (ProtocolError, AuthError) as exc:
+        raise _RefusedError(HandheldReason.BAD_CERTIFICATE, str(exc)[:200]) from None
+
+
+def _confirm(handshake: GatewayHandshake, confirm: SessionConfirm) -> Channel:
+    try:
+        return handshake.on_confirm(confirm)
+    except AuthError as exc:
+        raise _RefusedError(exc.code, str(exc)) from None
+
+
+def _open(channel: Channel, record: Record) -> dict[str, Any]:
+    try:
+        return channel.open_request(record)
+    except AuthError as exc:
+        raise _RefusedError(exc.code, str(exc)) from None
+    except ProtocolError as exc:
+        raise _RefusedError(HandheldReason.MALFORMED, str(exc)[:200]) from None
+
+
+def _operation(device: PairedDevice, op: str, body: Mapping[str, Any]) -> OperationRequest:
+    return OperationRequest(
+        operator=device.operator,
+        device_key=device.device_key,
+        ticket_id=_need(body, "ticket_id", _TICKET_ID),
+        work_order=_need(body, "work_order", _ID),
+        seal_id=_need(body, "seal_id", _ID),
+        op=op,
+    )
+
+
+def _need(body: Mapping[str, Any], name: str, pattern: re.Pattern[str]) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise ProtocolError(f"{name} is missing or malformed")
+    return value
+
+
+def _unknown(what: str) -> dict[str, JSONValue]:
+    return {"ok": False, "error": f"unknown_{what}", "detail": ""}
+
+
+def _cert_data(cert: OperatorCertificate) -> dict[str, JSONValue]:
+    return {
+        "operator": cert.operator,
+        "cert_serial": cert.serial,
+        "device": key_fingerprint(cert.device_key),
+    }
+
+
+def _refusal_data(refused: _RefusedError, data: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
+    return {**data, "reason": refused.reason, "detail": refused.detail[:200]}
+
+
+async def _send_refusal(stream: FrameStream, refused: _RefusedError) -> None:
+    try:
+        await stream.write(Refusal(refused.reason, refused.detail[:200]))
+    except (ConnectionError, OSError):
+        _log.debug("handheld gone before the refusal")

@@ -1,0 +1,4 @@
+"""Seal locks.
+
+The lock service, the one operations path, scheduler, sessions, reconciliation and state.
+"""

@@ -1,0 +1,316 @@
+"""One BLE session with a seal lock: fragments over GATT, request-response, verified answers.
+
+The session writes fragments to the command characteristic and reassembles notifications of
+the response characteristic (docs/protocol.md, sections 2-5). The pure steps of an exchange
+come from gateway.protocol.seal_exchange; this layer adds I/O, timeouts and error meaning:
+
+- before a COMMAND is written, a failure is `RetryableError` (nothing changed on the lock);
+- once a COMMAND is written, any failure is `OutcomeUnknownError`: the lock may or may not
+  have acted, and only its log (reconciliation) can tell; an outcome is never invented;
+- a bad fragment, a malformed message or a failed MAC on a log answer is a broken or fake
+  lock: `ProtocolError` / `AuthError`, and the session is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from bleak import BleakClient
+from bleak.exc import BleakError
+
+from gateway.drivers.ble.adapters import BleTransport
+from gateway.errors import AuthError, GatewayError, ProtocolError
+from gateway.locks.scheduler import RetryableError
+from gateway.locks.state import LockSpec
+from gateway.protocol.seal_crypto import ticket_tag
+from gateway.protocol.seal_exchange import (
+    LogBatch,
+    TicketCredential,
+    build_command,
+    challenge_request,
+    check_challenge,
+    log_fetch,
+    verify_log_entries,
+    verify_result,
+)
+from gateway.protocol.seal_fragments import (
+    ATT_OVERHEAD,
+    COMMAND_CHAR_UUID,
+    MIN_ATT_MTU,
+    RESPONSE_CHAR_UUID,
+    STATE_CHAR_UUID,
+    Reassembler,
+    fragment,
+)
+from gateway.protocol.seal_frames import (
+    MAX_LOG_ENTRIES,
+    Challenge,
+    CommandResult,
+    ErrorCode,
+    ErrorFrame,
+    Frame,
+    LogEntries,
+    Operation,
+    UnknownFrame,
+    decode_message,
+    encode,
+)
+
+__all__ = [
+    "AnswerTimeoutError",
+    "BleLockConnector",
+    "CommandOutcome",
+    "LinkLostError",
+    "LockSession",
+    "OutcomeUnknownError",
+]
+
+_log = logging.getLogger(__name__)
+
+MAX_ATT_MTU = 517
+MAX_UNKNOWN_SKIPPED = 4  # unknown message types skipped while waiting for one answer
+
+
+class LinkLostError(RetryableError):
+    """The link went down (or was never usable) before anything state-changing was sent."""
+
+
+class AnswerTimeoutError(LinkLostError):
+    """The lock did not answer within the per-operation timeout."""
+
+
+class OutcomeUnknownError(GatewayError):
+    """A COMMAND was sent but no verified answer came back; `reason` says why."""
+
+    def __init__(self, message: str, *, reason: str, ticket_tag: bytes = b"") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.ticket_tag = ticket_tag
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """A verified answer and the challenge counter it consumed (persisted as a high-water mark)."""
+
+    result: CommandResult
+    counter: int
+
+
+class _Lost:
+    """Sentinel queued when the link drops."""
+
+
+class LockSession:
+    """Request-response messaging with one lock over one bleak client."""
+
+    def __init__(self, lock_id: bytes, *, op_timeout_s: float) -> None:
+        self.lock_id = lock_id
+        self.op_timeout_s = op_timeout_s
+        self._client: BleakClient | None = None
+        self._reassembler = Reassembler()
+        self._inbox: asyncio.Queue[bytes | _Lost | ProtocolError] = asyncio.Queue()
+        self._att_mtu = MIN_ATT_MTU
+        self.lost = False
+
+    # -- link lifecycle -----------------------------------------------------------------------
+
+    async def open(self, client: BleakClient) -> None:
+        """Subscribe to answers and size fragments; raise LinkLostError when that fails."""
+        self._client = client
+        try:
+            command = client.services.get_characteristic(COMMAND_CHAR_UUID)
+            if command is None or client.services.get_characteristic(RESPONSE_CHAR_UUID) is None:
+                raise ProtocolError("peer lacks the seal service characteristics")
+            room = int(command.max_write_without_response_size)
+            self._att_mtu = max(MIN_ATT_MTU, min(MAX_ATT_MTU, room + ATT_OVERHEAD))
+            await client.start_notify(RESPONSE_CHAR_UUID, self._on_notify)
+        except (BleakError, TimeoutError) as exc:
+            raise LinkLostError(f"lock {self.lock_id.hex()}: session setup failed: {exc}") from exc
+
+    async def close(self) -> None:
+        """Disconnect (idempotent; a link already gone is fine)."""
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                await client.disconnect()
+        except (BleakError, TimeoutError) as exc:
+            _log.debug("lock %s: disconnect failed: %s", self.lock_id.hex(), exc)
+
+    def link_lost(self, _client: object = None) -> None:
+        """Disconnected callback: wake whoever waits for an answer."""
+        self.lost = True
+        self._reassembler.reset()
+        self._inbox.put_nowait(_Lost())
+
+    @property
+    def att_mtu(self) -> int:
+        """The ATT MTU fragments are sized for."""
+        return self._att_mtu
+
+    # -- operations ---------------------------------------------------------------------------
+
+    async def read_state(self) -> bytes:
+        """The state characteristic: the lock's authenticated 21-byte advert payload."""
+        client = self._require_client()
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                return bytes(await client.read_gatt_char(STATE_CHAR_UUID))
+        except (BleakError, TimeoutError) as exc:
+            raise LinkLostError(f"lock {self.lock_id.hex()}: state read failed: {exc}") from exc
+
+    async def command(
+        self,
+        credential: TicketCredential,
+        op: Operation,
+        last_counter: int | None,
+        arg: int = 0,
+    ) -> CommandOutcome:
+        """Challenge, then command; return the answer only once its MAC and echo are verified."""
+        request = challenge_request()
+        challenge = await self.request(request)
+        if not isinstance(challenge, Challenge):
+            raise _unexpected(challenge, "CHALLENGE")
+        ctx = check_challenge(request, challenge, self.lock_id, last_counter)
+        command = build_command(credential, ctx, challenge.counter, op, arg)
+        tag = _ticket_tag(credential)
+        try:
+            answer = await self.request(command)
+        except (RetryableError, ProtocolError) as exc:
+            raise OutcomeUnknownError(str(exc), reason=_reason(exc), ticket_tag=tag) from exc
+        if not isinstance(answer, CommandResult):
+            reason = "lock_error" if isinstance(answer, ErrorFrame) else "unexpected_answer"
+            raise OutcomeUnknownError(f"no COMMAND_RESULT: {answer}", reason=reason, ticket_tag=tag)
+        try:
+            verified = verify_result(credential, ctx, command, answer)
+        except AuthError as exc:
+            _log.warning("lock %s: answer failed verification (%s)", self.lock_id.hex(), exc.code)
+            raise OutcomeUnknownError(str(exc), reason=exc.code, ticket_tag=tag) from exc
+        return CommandOutcome(verified, challenge.counter)
+
+    async def fetch_log(self, k_log: bytes, after: int) -> LogBatch:
+        """One verified batch of log entries with index > `after`."""
+        request = log_fetch(after, MAX_LOG_ENTRIES)
+        answer = await self.request(request)
+        if not isinstance(answer, LogEntries):
+            raise _unexpected(answer, "LOG_ENTRIES")
+        return verify_log_entries(k_log, self.lock_id, request, answer)
+
+    async def request(self, frame: Frame) -> Frame:
+        """Send one message and return the lock's answer (unknown message types are skipped)."""
+        self._drain()
+        await self._send(encode(frame))
+        for _ in range(MAX_UNKNOWN_SKIPPED):
+            answer = decode_message(await self._receive())
+            if not isinstance(answer, UnknownFrame):
+                return answer
+            _log.debug("lock %s: skipped message type %#04x", self.lock_id.hex(), answer.type)
+        raise ProtocolError("lock keeps sending unknown message types")
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _require_client(self) -> BleakClient:
+        if self._client is None or self.lost:
+            raise LinkLostError(f"lock {self.lock_id.hex()}: no link")
+        return self._client
+
+    async def _send(self, message: bytes) -> None:
+        client = self._require_client()
+        try:
+            for part in fragment(message, self._att_mtu):
+                async with asyncio.timeout(self.op_timeout_s):
+                    await client.write_gatt_char(COMMAND_CHAR_UUID, part, response=True)
+        except (BleakError, TimeoutError) as exc:
+            raise LinkLostError(f"lock {self.lock_id.hex()}: write failed: {exc}") from exc
+
+    async def _receive(self) -> bytes:
+        try:
+            async with asyncio.timeout(self.op_timeout_s):
+                item = await self._inbox.get()
+        except TimeoutError:
+            raise AnswerTimeoutError(f"lock {self.lock_id.hex()}: no answer in time") from None
+        if isinstance(item, _Lost):
+            raise LinkLostError(f"lock {self.lock_id.hex()}: link lost")
+        if isinstance(item, ProtocolError):
+            raise item
+        return item
+
+    def _drain(self) -> None:
+        """Drop stale answers (a late reply to a timed-out request) before a new request."""
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if isinstance(item, _Lost):
+                self._inbox.put_nowait(item)
+                return
+
+    def _on_notify(self, _characteristic: object, data: bytearray) -> None:
+        try:
+            message = self._reassembler.feed(bytes(data), time.monotonic())
+        except ProtocolError as exc:
+            self._inbox.put_nowait(ProtocolError(f"lock sent a bad fragment: {exc}"))
+            return
+        if message is not None:
+            self._inbox.put_nowait(message)
+
+
+def _unexpected(answer: Frame, wanted: str) -> GatewayError:
+    if isinstance(answer, ErrorFrame) and answer.code is ErrorCode.BUSY:
+        return RetryableError(f"lock is busy (wanted {wanted})")
+    return ProtocolError(f"wanted {wanted}, lock answered {answer}")
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, AnswerTimeoutError):
+        return "timeout"
+    return "link_lost" if isinstance(exc, RetryableError) else "bad_answer"
+
+
+def _ticket_tag(credential: TicketCredential) -> bytes:
+    return ticket_tag(credential.header)
+
+
+class BleLockConnector:
+    """Opens LockSessions through bleak on one adapter (the scheduler's Connector)."""
+
+    def __init__(
+        self,
+        transport: BleTransport,
+        locks: Mapping[str, LockSpec],
+        *,
+        op_timeout_s: float,
+        addresses: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self._transport = transport
+        self._locks = locks
+        self._op_timeout_s = op_timeout_s
+        self._addresses = addresses
+
+    async def connect(self, seal_id: str, timeout_s: float) -> LockSession:
+        """Connect to the seal's lock and subscribe to its answers."""
+        lock = self._locks[seal_id]
+        address = lock.address or (self._addresses(seal_id) if self._addresses else None)
+        if not address:
+            raise LinkLostError(f"seal {seal_id}: address unknown until its advert is seen")
+        session = LockSession(lock.lock_id, op_timeout_s=self._op_timeout_s)
+        client = self._transport.make_client(
+            address, disconnected_callback=session.link_lost, timeout=timeout_s
+        )
+        try:
+            await client.connect()
+        except BleakError as exc:
+            raise LinkLostError(f"seal {seal_id}: connect failed: {exc}") from exc
+        try:
+            await session.open(client)
+        except BaseException:
+            await session.close()
+            raise
+        return session
+
+    async def disconnect(self, link: LockSession) -> None:
+        """Disconnect the session's client."""
+        await link.close()

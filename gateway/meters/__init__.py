@@ -1,0 +1,4 @@
+"""Meters.
+
+The meter service, readers, read plans, profiles, status tracking and theft correlation.
+"""

@@ -1,0 +1,166 @@
+"""The Modbus read optimizer: coalesce a register map into the fewest read requests.
+
+Rules (see docs/meters.md):
+- registers are grouped by function code; a request never mixes holding and input registers;
+- within a function, registers are taken in address order and appended to the open request
+  while the unused registers between them (the gap) are at most `max_gap` and the request
+  stays within `max_registers` (125 by the Modbus specification, less for some meters);
+- otherwise a new request starts. Because any run of consecutive registers that fits in one
+  request also fits when shortened, this greedy packing gives the fewest requests.
+
+The plan also says how to slice each response back into named values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import groupby
+
+from gateway.meters.profiles import (
+    MAX_READ_REGISTERS,
+    MeterProfile,
+    RegisterFunction,
+    RegisterSpec,
+)
+from gateway.protocol.modbus_values import Number
+
+__all__ = ["ReadPlan", "ReadRequest", "RegisterSlice", "describe", "plan_profile", "plan_reads"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterSlice:
+    """Where one register's words sit in a response: words[offset : offset + spec.words]."""
+
+    spec: RegisterSpec
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadRequest:
+    """One read of `count` registers from `address` with one function code."""
+
+    function: RegisterFunction
+    address: int
+    count: int
+    slices: tuple[RegisterSlice, ...]
+
+    @property
+    def unused(self) -> int:
+        """Registers read only to bridge gaps."""
+        return self.count - sum(item.spec.words for item in self.slices)
+
+    def raw_words(self, words: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """Each register's words from a response, by register name."""
+        self._check(words)
+        return {
+            item.spec.name: tuple(words[item.offset : item.offset + item.spec.words])
+            for item in self.slices
+        }
+
+    def decode(self, words: Sequence[int]) -> dict[str, Number]:
+        """Each register's scaled value from a response, by register name."""
+        self._check(words)
+        return {
+            item.spec.name: item.spec.decode(words[item.offset : item.offset + item.spec.words])
+            for item in self.slices
+        }
+
+    def _check(self, words: Sequence[int]) -> None:
+        if len(words) != self.count:
+            raise ValueError(f"expected {self.count} registers, got {len(words)}")
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    """The requests that read a whole register map."""
+
+    requests: tuple[ReadRequest, ...]
+
+    @property
+    def register_count(self) -> int:
+        """Registers read in total, gaps included."""
+        return sum(request.count for request in self.requests)
+
+    def decode(self, responses: Sequence[Sequence[int]]) -> dict[str, Number]:
+        """Values by register name from one response per request, in plan order."""
+        if len(responses) != len(self.requests):
+            raise ValueError(f"expected {len(self.requests)} responses, got {len(responses)}")
+        values: dict[str, Number] = {}
+        for request, words in zip(self.requests, responses, strict=True):
+            values.update(request.decode(words))
+        return values
+
+
+def plan_profile(profile: MeterProfile) -> ReadPlan:
+    """The read plan for a Modbus profile, with the profile's own read limits."""
+    return plan_reads(
+        profile.registers,
+        max_gap=profile.read.max_gap,
+        max_registers=profile.read.max_registers,
+    )
+
+
+def plan_reads(
+    registers: Iterable[RegisterSpec],
+    *,
+    max_gap: int,
+    max_registers: int = MAX_READ_REGISTERS,
+) -> ReadPlan:
+    """Coalesce registers into the fewest requests; ValueError on overlaps or bad limits."""
+    if not 1 <= max_registers <= MAX_READ_REGISTERS:
+        raise ValueError(f"max_registers must be 1..{MAX_READ_REGISTERS}, got {max_registers}")
+    if max_gap < 0:
+        raise ValueError(f"max_gap must be >= 0, got {max_gap}")
+    ordered = sorted(registers, key=lambda spec: (spec.function, spec.address))
+    requests: list[ReadRequest] = []
+    for _, group in groupby(ordered, key=lambda spec: spec.function):
+        requests.extend(_pack(list(group), max_gap, max_registers))
+    return ReadPlan(tuple(requests))
+
+
+def describe(plan: ReadPlan) -> Mapping[str, object]:
+    """A JSON-ready summary of a plan for logs and `config check`."""
+    return {
+        "requests": [
+            {
+                "function": request.function.label,
+                "address": request.address,
+                "count": request.count,
+                "registers": [item.spec.name for item in request.slices],
+            }
+            for request in plan.requests
+        ],
+        "register_count": plan.register_count,
+    }
+
+
+def _pack(specs: Sequence[RegisterSpec], max_gap: int, max_registers: int) -> list[ReadRequest]:
+    """Greedy packing of one function's registers, sorted by address."""
+    blocks: list[list[RegisterSpec]] = []
+    for spec in specs:
+        if spec.words > max_registers:
+            raise ValueError(f"{spec.name} is wider than max_registers={max_registers}")
+        if blocks and _fits(blocks[-1], spec, max_gap, max_registers):
+            blocks[-1].append(spec)
+        else:
+            blocks.append([spec])
+    return [_request(block) for block in blocks]
+
+
+def _fits(block: Sequence[RegisterSpec], spec: RegisterSpec, max_gap: int, limit: int) -> bool:
+    end = max(item.end for item in block)
+    if spec.address < end:
+        raise ValueError(f"{spec.name} overlaps {_overlapping(block, spec)}")
+    return spec.address - end <= max_gap and spec.end - block[0].address <= limit
+
+
+def _overlapping(block: Sequence[RegisterSpec], spec: RegisterSpec) -> str:
+    return next(item.name for item in block if item.end > spec.address)
+
+
+def _request(block: Sequence[RegisterSpec]) -> ReadRequest:
+    start = block[0].address
+    count = max(item.end for item in block) - start
+    slices = tuple(RegisterSlice(item, item.address - start) for item in block)
+    return ReadRequest(block[0].function, start, count, slices)

@@ -1,0 +1,249 @@
+"""Meter readers: one poll of one meter through its bus, as a protocol-neutral Sample.
+
+- Modbus: the profile's read plan (coalesced requests), status registers to conditions.
+- DL/T 645: the profile's identifiers read in one batch, status words 1 and 7 to conditions,
+  the cover and power-down counters to counters. Identifiers a meter refuses are left out;
+  if it refuses them all, the poll fails with MeterRefusedError.
+
+`failure_reason` names a failed poll for meter.read_failed. Buses are built by `open_buses`,
+which imports pymodbus only when a Modbus bus is configured.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TYPE_CHECKING, Protocol
+
+from gateway.drivers.dlt645.bus import Dlt645Bus, open_dlt645_bus
+from gateway.errors import ConfigError, DeviceTimeoutError, GatewayError, ProtocolError
+from gateway.meters.config import BusConfig, MeterConfig
+from gateway.meters.model import EVENT_FOR_STATUS, Measurement, MeterEventKind, Sample
+from gateway.meters.plan import ReadPlan, plan_profile
+from gateway.meters.profiles import MeterProfile, MeterProtocol, RegisterSpec, ValueKind
+from gateway.protocol.clock import Clock
+from gateway.protocol.dlt645 import (
+    DATA_ITEMS,
+    DI_BY_NAME,
+    ErrorFlags,
+    Function,
+    MeterRefusedError,
+    StatusWord7,
+    Value,
+)
+
+if TYPE_CHECKING:
+    from gateway.drivers.modbus.bus import ModbusBus
+
+__all__ = [
+    "Dlt645Reader",
+    "MeterReader",
+    "ModbusReader",
+    "failure_reason",
+    "make_reader",
+    "open_buses",
+]
+
+_log = logging.getLogger(__name__)
+
+_UNIT_KINDS = {
+    "kWh": ValueKind.ENERGY,
+    "V": ValueKind.VOLTAGE,
+    "A": ValueKind.CURRENT,
+    "kW": ValueKind.POWER,
+    "Hz": ValueKind.FREQUENCY,
+}
+_STATUS_BITS: Mapping[str, tuple[tuple[int, MeterEventKind], ...]] = {
+    "status_word_1": ((0x0010, MeterEventKind.REVERSE_ENERGY),),
+    "status_word_7": (
+        (int(StatusWord7.METER_COVER_OPEN), MeterEventKind.COVER_OPENED),
+        (int(StatusWord7.TERMINAL_COVER_OPEN), MeterEventKind.TERMINAL_COVER_OPENED),
+        (int(StatusWord7.POWER_DOWN), MeterEventKind.POWER_DOWN),
+    ),
+}
+"""DL/T 645-2007 status word bits the service watches: word 1 bit 4 is reverse active power."""
+_COUNTERS: Mapping[str, MeterEventKind] = {
+    "meter_cover_open_count": MeterEventKind.COVER_OPENED,
+    "terminal_cover_open_count": MeterEventKind.TERMINAL_COVER_OPENED,
+    "power_down_count": MeterEventKind.POWER_DOWN,
+}
+
+
+class MeterReader(Protocol):
+    """Reads one meter."""
+
+    @property
+    def protocol(self) -> str:
+        """`modbus` or `dlt645`."""
+        ...
+
+    async def read(self) -> Sample:
+        """Poll the meter once; GatewayError subclasses when it fails."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ModbusReader:
+    """A Modbus meter: its unit id, profile and read plan on a ModbusBus."""
+
+    bus: ModbusBus
+    unit: int
+    profile: MeterProfile
+    plan: ReadPlan
+    protocol: str = "modbus"
+
+    async def read(self) -> Sample:
+        """Read the whole plan and derive the status conditions."""
+        values = await self.bus.read_plan(self.unit, self.plan)
+        measurements: list[Measurement] = []
+        active: set[MeterEventKind] = set()
+        for spec in self.profile.registers:
+            value = values[spec.name]
+            if isinstance(value, float) and not math.isfinite(value):
+                _log.debug("unit %d: %s is %s, dropped", self.unit, spec.name, value)
+                continue
+            measurements.append(Measurement(spec.name, _tidy(spec, value), spec.unit, spec.kind))
+            if spec.kind is ValueKind.STATUS:
+                active |= {EVENT_FOR_STATUS[event] for event in spec.events(int(value))}
+        return Sample(tuple(measurements), frozenset(active))
+
+
+@dataclass(frozen=True, slots=True)
+class Dlt645Reader:
+    """A DL/T 645 meter: its address and the identifiers its profile names."""
+
+    bus: Dlt645Bus
+    address: str
+    names: tuple[str, ...]
+    protocol: str = "dlt645"
+
+    @property
+    def identifiers(self) -> tuple[int, ...]:
+        """The data identifiers, in profile order."""
+        return tuple(DI_BY_NAME[name] for name in self.names)
+
+    async def read(self) -> Sample:
+        """Read every identifier in one batch; refusals drop values, refusing all fails."""
+        batch = await self.bus.read_batch(self.address, self.identifiers)
+        if not batch.values and batch.refused:
+            flags = next(iter(batch.refused.values()), ErrorFlags.OTHER)
+            raise MeterRefusedError(self.address, Function.READ_DATA, flags)
+        measurements: list[Measurement] = []
+        active: set[MeterEventKind] = set()
+        counters: dict[MeterEventKind, int] = {}
+        for di, value in batch.values.items():
+            name = DATA_ITEMS[di].name
+            measurements.extend(_measurements(di, value))
+            active |= _conditions(name, value)
+            if name in _COUNTERS and isinstance(value, int):
+                counters[_COUNTERS[name]] = value
+        return Sample(tuple(measurements), frozenset(active), counters)
+
+
+def make_reader(
+    meter: MeterConfig,
+    profile: MeterProfile,
+    bus: ModbusBus | Dlt645Bus,
+    *,
+    key: str = "meters.meters.profile",
+) -> MeterReader:
+    """The reader for one meter; ConfigError naming `key` when profile and bus disagree."""
+    if profile.protocol is MeterProtocol.DLT645:
+        if not isinstance(bus, Dlt645Bus):
+            raise ConfigError(key, f"{meter.id}: a dlt645 profile on a Modbus bus")
+        unknown = [name for name in profile.identifiers if name not in DI_BY_NAME]
+        if unknown:
+            raise ConfigError(key, f"{profile.source}: unknown identifier {unknown[0]}")
+        return Dlt645Reader(bus, meter.address, profile.identifiers)
+    if isinstance(bus, Dlt645Bus):
+        raise ConfigError(key, f"{meter.id}: a modbus profile on a DL/T 645 bus")
+    return ModbusReader(bus, meter.unit, profile, plan_profile(profile))
+
+
+def open_buses(
+    buses: Iterable[BusConfig], clock: Clock | None = None
+) -> dict[str, ModbusBus | Dlt645Bus]:
+    """A bus owner for every configured bus; nothing is opened until the first request."""
+    opened: dict[str, ModbusBus | Dlt645Bus] = {}
+    for index, bus in enumerate(buses):
+        key = f"meters.buses[{index}].transport"
+        if bus.protocol == "dlt645":
+            opened[bus.name] = open_dlt645_bus(
+                bus.transport,
+                key=key,
+                timeout=bus.timeout_s,
+                inter_frame_gap=bus.gap_s,
+                clock=clock,
+            )
+        else:
+            from gateway.drivers.modbus.bus import open_bus
+
+            opened[bus.name] = open_bus(
+                bus.transport,
+                key=key,
+                timeout=bus.timeout_s,
+                inter_frame_gap=bus.gap_s,
+                clock=clock,
+            )
+    return opened
+
+
+def failure_reason(exc: GatewayError) -> str:
+    """timeout, crc, exception:<code>, refused or unavailable."""
+    if isinstance(exc, DeviceTimeoutError):
+        return "timeout"
+    if isinstance(exc, MeterRefusedError):
+        return "refused"
+    if isinstance(exc, ProtocolError):
+        return "crc"
+    modbus = sys.modules.get("gateway.drivers.modbus.bus")
+    if modbus is not None and isinstance(exc, modbus.ModbusExceptionError):
+        return f"exception:{getattr(exc, 'code', 0)}"
+    return "unavailable"
+
+
+def _tidy(spec: RegisterSpec, value: int | float) -> int | float:
+    """Drop float noise: f32 to 7 significant digits, scaled integers to the scale's decimals."""
+    if isinstance(value, int):
+        return value
+    if not spec.format.type.is_integer:
+        return float(f"{value:.7g}")
+    exponent = Decimal(repr(spec.scale)).normalize().as_tuple().exponent
+    return round(value, max(0, -exponent) if isinstance(exponent, int) else 6)
+
+
+def _measurements(di: int, value: Value) -> list[Measurement]:
+    item = DATA_ITEMS[di]
+    if item.name == "status_word_block" and isinstance(value, tuple):
+        return [
+            Measurement(f"status_word_{n}", int(word), "", ValueKind.STATUS)
+            for n, word in enumerate(value, start=1)
+        ]
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        return []  # dates, times, records and blocks are not readings
+    kind = _kind(item.name, item.unit)
+    number: int | float = value if isinstance(value, int) else float(value)
+    return [Measurement(item.name, number, item.unit, kind)]
+
+
+def _kind(name: str, unit: str) -> ValueKind:
+    if name.startswith("power_factor"):
+        return ValueKind.POWER_FACTOR
+    return _UNIT_KINDS.get(unit, ValueKind.STATUS)
+
+
+def _conditions(name: str, value: Value) -> set[MeterEventKind]:
+    if name == "status_word_block" and isinstance(value, tuple):
+        words = {f"status_word_{n}": int(word) for n, word in enumerate(value, start=1)}
+        return {kind for word, raw in words.items() for kind in _bits(word, raw)}
+    if isinstance(value, int):
+        return _bits(name, value)
+    return set()
+
+
+def _bits(name: str, raw: int) -> set[MeterEventKind]:
+    return {kind for mask, kind in _STATUS_BITS.get(name, ()) if raw & mask}

@@ -1,0 +1,1 @@
+"""Signed remote management from the master station (config, log level, time, rebirth, restart)."""

@@ -1,0 +1,1 @@
+"""The MQTT uplink: connection, reconnect supervisor, delivery, publisher and command dispatch."""

@@ -1,0 +1,170 @@
+"""Commands from the master station: parsing, a registry of handlers, and replies.
+
+Every command gets exactly one reply, success or a stable error code, so the master station
+never waits on a command that died silently:
+
+    {"ok": true, "result": {...}, "id": ...}
+    {"ok": false, "error": "bad_json" | "bad_request" | "unknown_command" | "internal_error"
+                           | <AuthError.code>, "detail": "...", "id": ...}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.errors import AuthError, ConfigError, ProtocolError
+from gateway.protocol.canonical import JSONValue
+from gateway.protocol.command_doc import CommandBody, parse_command
+
+__all__ = [
+    "Command",
+    "CommandDispatcher",
+    "CommandHandler",
+    "Reply",
+    "Verifier",
+    "command_args",
+    "signed_body",
+]
+
+log = logging.getLogger(__name__)
+
+Reply = dict[str, JSONValue]
+CommandHandler = Callable[["Command"], Awaitable[Mapping[str, JSONValue]]]
+Verifier = Callable[["Command"], None]
+
+MAX_DETAIL = 200
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-./")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command message: `name` is the topic part after cmd/."""
+
+    name: str
+    payload: Mapping[str, JSONValue]
+    raw: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    request_id: JSONValue = None
+    parse_error: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def parse(
+        cls,
+        name: str,
+        raw: bytes,
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+    ) -> Command:
+        """Build a command from a message; never raises, a bad payload is kept in parse_error."""
+        payload, error = _decode_payload(raw)
+        request_id = payload.get("id") if isinstance(payload.get("id"), str | int) else None
+        return cls(
+            name=name,
+            payload=payload,
+            raw=raw,
+            response_topic=response_topic or None,
+            correlation_data=correlation_data,
+            request_id=request_id,
+            parse_error=error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Registration:
+    handler: CommandHandler
+    signed: bool
+
+
+class CommandDispatcher:
+    """Routes commands to registered handlers and turns every outcome into a reply."""
+
+    def __init__(self, verifier: Verifier | None = None) -> None:
+        self.verifier = verifier
+        self._handlers: dict[str, _Registration] = {}
+
+    def register(self, name: str, handler: CommandHandler, *, signed: bool = False) -> None:
+        """Route cmd/`name` to `handler`; `signed` handlers run only after the verifier passes."""
+        if not name or not set(name) <= NAME_CHARS:
+            raise ValueError(f"command name {name!r} is not lowercase [a-z0-9_./-]")
+        if name in self._handlers:
+            raise ValueError(f"command {name!r} is already registered")
+        self._handlers[name] = _Registration(handler, signed)
+
+    def names(self) -> list[str]:
+        """The registered command names, sorted."""
+        return sorted(self._handlers)
+
+    async def dispatch(self, command: Command) -> Reply:
+        """Run the command and return its reply; never raises (except on cancellation)."""
+        if command.parse_error is not None:
+            return error_reply(command, "bad_json", command.parse_error)
+        registration = self._handlers.get(command.name)
+        if registration is None:
+            return error_reply(command, "unknown_command", f"no command {command.name!r}")
+        try:
+            if registration.signed:
+                self._verify(command)
+            result = await registration.handler(command)
+        except AuthError as exc:
+            log.warning("command %s refused: %s (%s)", command.name, exc.code, exc)
+            return error_reply(command, exc.code, str(exc))
+        except ValueError as exc:  # ConfigError and ProtocolError are ValueErrors too
+            return error_reply(command, "bad_request", _describe(exc))
+        except Exception as exc:
+            log.exception("command %s failed", command.name)
+            return error_reply(command, "internal_error", type(exc).__name__)
+        return {"ok": True, "result": dict(result), "id": command.request_id}
+
+    def _verify(self, command: Command) -> None:
+        if self.verifier is None:
+            raise AuthError("no signature verifier is installed", code="verifier_missing")
+        self.verifier(command)
+
+
+def error_reply(command: Command, code: str, detail: str) -> Reply:
+    """A failure reply with a stable `code` and a short human `detail`."""
+    return {"ok": False, "error": code, "detail": detail[:MAX_DETAIL], "id": command.request_id}
+
+
+def encode_reply(reply: Reply) -> bytes:
+    """Compact JSON bytes for a reply."""
+    return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _decode_payload(raw: bytes) -> tuple[dict[str, JSONValue], str | None]:
+    if not raw.strip():
+        return {}, None
+    try:
+        obj: Any = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return {}, f"payload is not JSON: {exc}"
+    if not isinstance(obj, dict):
+        return {}, "payload is not a JSON object"
+    return obj, None
+
+
+def _describe(exc: ValueError) -> str:
+    if isinstance(exc, ConfigError):
+        return f"{exc.key}: {exc.reason}" if exc.key else exc.reason
+    return str(exc) or type(exc).__name__
+
+
+def signed_body(command: Command) -> CommandBody:
+    """The body of a command the verifier already accepted (handlers read args from it)."""
+    try:
+        return parse_command(command.raw).body
+    except ProtocolError as exc:
+        raise AuthError(f"malformed command document: {exc}", code="malformed") from None
+
+
+def command_args(command: Command) -> Mapping[str, Any]:
+    """The arguments of a command: the signed body's args, or (unsigned) the payload itself."""
+    if "sig" in command.payload:
+        return signed_body(command).args
+    return command.payload

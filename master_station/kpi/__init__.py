@@ -1,0 +1,1 @@
+"""KPIs from the ledger: tables, JSON and the HTML page."""

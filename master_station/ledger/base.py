@@ -1,0 +1,274 @@
+"""The master station's ledger: every event received exactly once, chain checks, retained state.
+
+Two backends share one SQL implementation (`ledger_sql.SqlLedger`): SQLite, a file and the
+default, and PostgreSQL, chosen by a `postgresql://` DSN and shareable by several master
+processes. The `events` table (gateway, seq, id, payload, ...) is what `sealgw audit verify`
+reads. Design, schema and KPI definitions: docs/master.md.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.errors import GatewayError
+from gateway.protocol.events import EVENT_FIELDS, EVENT_VERSION
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "AddOutcome",
+    "AddResult",
+    "Ledger",
+    "LedgerError",
+    "ParsedEvent",
+    "Problem",
+    "RetainedState",
+    "StoredEvent",
+    "TicketRecord",
+    "VerifyReport",
+    "is_postgres_dsn",
+    "open_ledger",
+    "parse_event",
+]
+
+SCHEMA_VERSION = 1
+SeqRange = tuple[int, int]
+
+
+class LedgerError(GatewayError):
+    """The ledger cannot be opened, read or written."""
+
+
+class AddOutcome(StrEnum):
+    """What happened to one received event."""
+
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # the same event again: counted, not stored twice
+    CONFLICT = "conflict"  # same id or same (gateway, seq) but different content: a problem
+    INVALID = "invalid"  # not an event, or its own hash does not match: a problem
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    """The outcome of `Ledger.add` for one payload."""
+
+    outcome: AddOutcome
+    gateway: str | None = None
+    seq: int | None = None
+    id: str | None = None
+    detail: str = ""
+
+    @property
+    def stored(self) -> bool:
+        return self.outcome is AddOutcome.STORED
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedEvent:
+    """A received payload parsed and type-checked (the hash is not yet compared)."""
+
+    obj: Mapping[str, Any]
+    payload: bytes
+
+    @property
+    def id(self) -> str:
+        return str(self.obj["id"])
+
+    @property
+    def gateway(self) -> str:
+        return str(self.obj["gateway"])
+
+    @property
+    def seq(self) -> int:
+        return int(self.obj["seq"])
+
+    @property
+    def hash(self) -> str:
+        return str(self.obj["hash"])
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event row, with its data parsed; what KPI queries return."""
+
+    gateway: str
+    seq: int
+    id: str
+    type: str
+    ts: str
+    priority: str
+    subject: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A finding kept in the ledger: conflict, invalid, edited, broken_link, checkpoint, gone."""
+
+    gateway: str
+    seq: int | None
+    kind: str
+    event_id: str | None
+    detail: str
+    received_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RetainedState:
+    """The latest retained document of a gateway (`key` "") or of one of its seals."""
+
+    gateway: str
+    key: str
+    payload: Mapping[str, Any]
+    updated_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class TicketRecord:
+    """What KPIs need to know about an issued ticket (no credentials)."""
+
+    ticket_id: str
+    gateway: str
+    flow: str
+    work_order: str
+    operator: str
+    role: str
+    not_before: int
+    not_after: int
+    issued_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    """A gateway's chain as the ledger holds it."""
+
+    gateway: str
+    events: int
+    head_seq: int
+    verified_seq: int
+    verified_hash: str
+    gaps: tuple[SeqRange, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    duplicates: int = 0
+    checkpoints: int = 0
+    evicted: tuple[SeqRange, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.gaps and not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready summary."""
+        return {
+            "gateway": self.gateway,
+            "events": self.events,
+            "head_seq": self.head_seq,
+            "verified_seq": self.verified_seq,
+            "gaps": [list(r) for r in self.gaps],
+            "duplicates": self.duplicates,
+            "checkpoints": self.checkpoints,
+            "problems": [{"kind": p.kind, "seq": p.seq, "detail": p.detail} for p in self.problems],
+            "ok": self.ok,
+        }
+
+
+class Ledger(Protocol):
+    """What the listener, the KPIs and the CLI use; both backends implement it."""
+
+    location: str
+    shared: bool  # True when several master processes may write to it (PostgreSQL)
+
+    def add(self, payload: bytes, *, topic_gateway: str | None = None) -> AddResult: ...
+
+    def add_many(
+        self, payloads: Sequence[bytes], topic_gateways: Sequence[str | None] | None = None
+    ) -> list[AddResult]: ...
+
+    def put_seal_state(self, gateway: str, seal: str, payload: bytes) -> None: ...
+
+    def put_status(self, gateway: str, payload: bytes) -> None: ...
+
+    def gateways(self) -> list[str]: ...
+
+    def count(self, gateway: str | None = None) -> int: ...
+
+    def event_ids(self, gateway: str | None = None) -> set[str]: ...
+
+    def gaps(self, gateway: str) -> list[SeqRange]: ...
+
+    def verify(self, gateway: str, *, full: bool = False) -> VerifyReport: ...
+
+    def problems(self, gateway: str | None = None) -> list[Problem]: ...
+
+    def record_problem(
+        self, gateway: str, kind: str, detail: str, *, seq: int | None = None
+    ) -> None: ...
+
+    def claim_resend(
+        self, gateway: str, span: SeqRange, *, requester: str, now: float, min_interval_s: float
+    ) -> bool: ...
+
+    def record_ticket(self, ticket: TicketRecord) -> None: ...
+
+    def ticket_flows(self) -> dict[str, str]: ...
+
+    def events(
+        self,
+        *,
+        types: Sequence[str] | None = None,
+        priority: str | None = None,
+        gateway: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+    ) -> list[StoredEvent]: ...
+
+    def hourly_counts(self, since: str, until: str) -> list[tuple[str, int, str, int]]: ...
+
+    def newest_ts(self) -> str | None: ...
+
+    def seal_states(self) -> list[RetainedState]: ...
+
+    def statuses(self) -> list[RetainedState]: ...
+
+    def close(self) -> None: ...
+
+
+def is_postgres_dsn(target: str | Path) -> bool:
+    """True for `postgresql://...` and `postgres://...` targets."""
+    return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
+
+
+def open_ledger(target: str | Path) -> Ledger:
+    """A SQLite ledger at a path, or a PostgreSQL ledger for a DSN; create the schema."""
+    from master_station.ledger.sql import SqlLedger
+
+    if is_postgres_dsn(target):
+        from master_station.ledger.postgres import PostgresDb
+
+        return SqlLedger(PostgresDb(str(target)))
+    from master_station.ledger.sqlite import SqliteDb
+
+    return SqlLedger(SqliteDb(Path(target)))
+
+
+def parse_event(payload: bytes) -> ParsedEvent:
+    """Parse and type-check an event payload; raise ValueError when it is not an event."""
+    try:
+        obj = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise ValueError("not a JSON object")
+    for name, kind in EVENT_FIELDS.items():
+        value = obj.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"not an event: {name!r} missing or not a {kind.__name__}")
+    if obj.get("v") != EVENT_VERSION:
+        raise ValueError(f"unsupported event version {obj.get('v')!r}")
+    if obj["seq"] < 1:
+        raise ValueError(f"seq {obj['seq']} is not positive")
+    return ParsedEvent(obj, bytes(payload))

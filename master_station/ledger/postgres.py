@@ -1,0 +1,100 @@
+"""The PostgreSQL ledger backend (psycopg 3): one database shared by several master processes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from master_station.ledger.base import LedgerError
+
+__all__ = ["PostgresDb", "redact_dsn"]
+
+_log = logging.getLogger(__name__)
+
+SCHEMA_LOCK_KEY = 0x5EA1_6A7E  # pg_advisory_xact_lock key: one master creates the schema at a time
+
+
+class PostgresDb:
+    """A psycopg connection (autocommit; explicit transactions) behind one lock."""
+
+    blob_type = "BYTEA"
+    real_type = "DOUBLE PRECISION"
+    shared = True
+
+    def __init__(self, dsn: str, *, connect_timeout_s: int = 10) -> None:
+        self.location = redact_dsn(dsn)
+        self._lock = threading.RLock()
+        try:
+            self._conn = psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout_s)
+        except psycopg.Error as exc:
+            raise LedgerError(
+                f"cannot connect to ledger {self.location}: {_first_line(exc)}"
+            ) from None
+        _log.debug("opened ledger %s", self.location)
+
+    def create_schema(self, statements: Sequence[str]) -> None:
+        """Create missing tables under an advisory lock, so concurrent masters do not race."""
+        with self.transaction() as tx:
+            tx.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK_KEY,))
+            for statement in statements:
+                tx.execute(statement)
+
+    @contextmanager
+    def transaction(self) -> Iterator[_PostgresTx]:
+        """One transaction; rolled back on any error."""
+        with self._lock:
+            try:
+                with self._conn.transaction():
+                    yield _PostgresTx(self._conn)
+            except psycopg.Error as exc:
+                raise LedgerError(f"ledger {self.location}: {_first_line(exc)}") from exc
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of one read statement."""
+        with self._lock:
+            try:
+                return self._conn.execute(_pg(sql), tuple(params)).fetchall()
+            except psycopg.Error as exc:
+                raise LedgerError(f"ledger {self.location}: {_first_line(exc)}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+class _PostgresTx:
+    """Statements inside a PostgreSQL transaction."""
+
+    def __init__(self, conn: psycopg.Connection[tuple[Any, ...]]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._conn.execute(_pg(sql), tuple(params)).rowcount
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._conn.execute(_pg(sql), tuple(params)).fetchall()
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN without its password, for messages and logs."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _pg(sql: str) -> str:
+    """psycopg placeholders; the shared SQL uses `?` and never contains `%`."""
+    return sql.replace("?", "%s")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
