@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck bench clean deps
+.PHONY: test test-unit demo lint typecheck bench clean deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,9 +19,14 @@ lint: deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The fast, pure part: no process, socket or pty (tests/unit/conftest.py enforces it).
+test-unit: deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 demo: deps
 	$(BIN)/sealgw demo --duration 60

@@ -31,9 +31,9 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 import gateway.auth.policy
-from gateway.audit.checkpointer import CHECKPOINT_TYPE, checkpoint_data, verify_checkpoint
 from gateway.audit.verify import GatewayKeys, audit_events
 from gateway.auth.policy import DEFAULT_TABLE, GatewayTrust, OperationRequest, decide
+from gateway.protocol.checkpoint import CHECKPOINT_TYPE, checkpoint_data, verify_checkpoint
 from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, seal_event
 from gateway.protocol.seal_frames import LockState
 from gateway.protocol.tickets import Ticket, decode_ticket, encode_ticket, x25519_public_bytes

@@ -22,15 +22,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.audit.chain_windows import verify_sparse_chain
-from gateway.audit.checkpointer import (
+from gateway.errors import GatewayError, ProtocolError
+from gateway.protocol.chain import ChainReport
+from gateway.protocol.checkpoint import (
     CHECKPOINT_TYPE,
     CheckpointClaim,
     parse_checkpoint,
+    public_key_fingerprint,
     verify_checkpoint,
 )
-from gateway.auth.provision import public_key_fingerprint
-from gateway.errors import GatewayError, ProtocolError
-from gateway.protocol.chain import ChainReport
 from gateway.protocol.events import EVENT_FIELDS, EVENT_VERSION
 from gateway.protocol.strict_json import loads_strict
 

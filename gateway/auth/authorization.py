@@ -12,14 +12,14 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from gateway.auth.config import AuthorizationSection
 from gateway.auth.policy import GatewayTrust, RoleTable, role_table
 from gateway.auth.ticket_store import AcceptResult, TicketStore, load_or_create_credential_key
-from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
@@ -33,16 +33,28 @@ TICKETS_FILE = "tickets.db"
 CREDENTIAL_KEY_FILE = "credential.key"
 
 
+class GatewayIdentity(Protocol):
+    """What authorization needs to know of the gateway: its id, district and state folder."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def district(self) -> str: ...
+    @property
+    def state_dir(self) -> Path: ...
+
+
 class Authorization:
     """Trust anchor, role table and ticket store of one gateway."""
 
-    def __init__(self, config: GatewayConfig, clock: Clock) -> None:
-        section = config.authorization
+    def __init__(
+        self, identity: GatewayIdentity, section: AuthorizationSection, clock: Clock
+    ) -> None:
         if section.master_key_file is None:
             raise ConfigError("authorization.master_key_file", "needed to accept tickets")
-        state_dir = config.gateway.state_dir
+        state_dir = identity.state_dir
         self.trust = GatewayTrust(
-            config.gateway.id, config.gateway.district, load_master_key(section.master_key_file)
+            identity.id, identity.district, load_master_key(section.master_key_file)
         )
         self.table: RoleTable = role_table(section)
         self.skew_s = section.skew_s

@@ -8,7 +8,6 @@ All file operations are relative to one open directory descriptor.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -23,9 +22,9 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 
 from gateway.errors import ConfigError, GatewayError
+from gateway.protocol.checkpoint import public_key_fingerprint
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -99,14 +98,6 @@ def build_csr(key: ec.EllipticCurvePrivateKey, gateway_id: str) -> x509.Certific
 
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
     return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-
-
-def public_key_fingerprint(public_key: CertificatePublicKeyTypes) -> str:
-    """`sha256:` + hex SHA-256 of the DER SubjectPublicKeyInfo (what openssl pkey -pubout gives)."""
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
 def load_identity(state_dir: Path) -> Ed25519PrivateKey:

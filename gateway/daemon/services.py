@@ -109,7 +109,7 @@ def _authorization(
         return None
     from gateway.auth.authorization import Authorization
 
-    authorization = Authorization(config, clock)
+    authorization = Authorization(config.gateway, config.authorization, clock)
     authorization.register(dispatcher)
     return authorization
 

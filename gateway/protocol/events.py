@@ -14,10 +14,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from enum import IntEnum
-from typing import Any
+from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway.protocol.canonical import JSONValue, canonical_json, encode_basestring
+
+if TYPE_CHECKING:
+    import asyncio
 
 EVENT_VERSION = 1
 EVENT_FIELDS: Mapping[str, type] = {
@@ -38,6 +41,55 @@ GENESIS_HASH = "0" * 64
 EVENT_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 SUBJECT_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+class EventType(StrEnum):
+    """Every event type the gateway emits; docs/events.md lists the same set (a test checks).
+
+    A StrEnum, so a member is the dotted wire string itself. Readers of events (the master, an
+    audit) must still accept names they do not know: newer gateways add types.
+    """
+
+    GATEWAY_STARTED = "gateway.started"
+    GATEWAY_STOPPED = "gateway.stopped"
+    GATEWAY_HEALTH = "gateway.health"
+    GATEWAY_CHECKPOINT = "gateway.checkpoint"
+    GATEWAY_COMMAND = "gateway.command"
+    GATEWAY_TELEMETRY_EVICTED = "gateway.telemetry_evicted"
+    GATEWAY_BUFFER_RECOVERED = "gateway.buffer_recovered"
+    GATEWAY_STORAGE_FULL = "gateway.storage_full"
+    SEAL_SEALED = "seal.sealed"
+    SEAL_UNSEALED = "seal.unsealed"
+    SEAL_TIME_SET = "seal.time_set"
+    SEAL_OP_REQUESTED = "seal.op_requested"
+    SEAL_OP_ALLOWED = "seal.op_allowed"
+    SEAL_OP_DENIED = "seal.op_denied"
+    SEAL_OP_FAILED = "seal.op_failed"
+    SEAL_OP_UNCONFIRMED = "seal.op_unconfirmed"
+    SEAL_OP_REJECTED = "seal.op_rejected"
+    SEAL_TAMPER = "seal.tamper"
+    SEAL_BATTERY_LOW = "seal.battery_low"
+    SEAL_FAULT = "seal.fault"
+    SEAL_BOOT = "seal.boot"
+    SEAL_LOG_ENTRY = "seal.log_entry"
+    SEAL_LOG_GAP = "seal.log_gap"
+    SEAL_OFFLINE = "seal.offline"
+    SEAL_ONLINE = "seal.online"
+    METER_READING = "meter.reading"
+    METER_EVENT = "meter.event"
+    METER_READ_FAILED = "meter.read_failed"
+    METER_READ_RECOVERED = "meter.read_recovered"
+    THEFT_SUSPECTED = "theft.suspected"
+    OPERATOR_CERT = "operator.cert"
+    HANDHELD_PAIRING_CODE_ISSUED = "handheld.pairing_code_issued"
+    HANDHELD_PAIRING_ATTEMPT = "handheld.pairing_attempt"
+    HANDHELD_PAIRING_FAILED = "handheld.pairing_failed"
+    HANDHELD_PAIRED = "handheld.paired"
+    HANDHELD_SESSION_OPENED = "handheld.session_opened"
+    HANDHELD_SESSION_DENIED = "handheld.session_denied"
+    HANDHELD_SESSION_CLOSED = "handheld.session_closed"
+    HANDHELD_REQUEST = "handheld.request"
+    SYNTHETIC_SAMPLE = "synthetic.sample"
 
 
 class Priority(IntEnum):
@@ -123,6 +175,17 @@ class Event:
             )
         except KeyError as exc:
             raise ValueError(f"event payload lacks {exc.args[0]!r}") from None
+
+
+class Emit(Protocol):
+    """How every service records an event: hand a draft to the buffer, get the commit's future.
+
+    The future resolves to the sealed `Event` once it is durable, or fails with StorageError.
+    This is the one signature every producer (locks, meters, handheld, audit, remote, health)
+    is given; the daemon passes the buffer's `submit`.
+    """
+
+    def __call__(self, draft: EventDraft, /) -> asyncio.Future[Event]: ...
 
 
 def make_draft(

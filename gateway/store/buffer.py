@@ -19,7 +19,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.config.model import BufferSection
 from gateway.errors import StorageError, StorageFullError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Event, EventDraft, Priority
@@ -31,6 +30,7 @@ from gateway.store.buffer_store import (
     LatencyHistogram,
     PendingEvent,
 )
+from gateway.store.config import BufferSection
 
 __all__ = ["BufferStats", "EventBuffer", "LatencyHistogram", "PendingEvent"]
 

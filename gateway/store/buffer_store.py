@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.config.model import BufferSection
 from gateway.errors import (
     DatabaseCorruptError,
     DuplicateEventError,
@@ -27,6 +26,7 @@ from gateway.errors import (
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Event, EventDraft, Priority, seal_event
 from gateway.store.buffer_file import connect_checked, migrate, prepare_file
+from gateway.store.config import BufferSection
 
 __all__ = [
     "BatchOutcome",

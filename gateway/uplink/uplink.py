@@ -30,13 +30,13 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as paho
 from paho.mqtt.properties import Properties
 
-from gateway.config.model import UplinkSection
 from gateway.drivers.pacing import Backoff, TokenBucket
 from gateway.errors import ConfigError, TransientError
 from gateway.protocol.canonical import JSONValue, canonical_bytes
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Event, Priority, format_ts
 from gateway.uplink.commands import Command, CommandDispatcher, command_args, encode_reply
+from gateway.uplink.config import UplinkSection
 from gateway.uplink.delivery import AckBatcher, DeliveryWindow, EventSource, PendingLike
 from gateway.uplink.mqtt_client import (
     ConnackInfo,

@@ -14,9 +14,9 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from gateway.audit.checkpointer import parse_checkpoint
 from gateway.errors import ProtocolError
 from gateway.protocol.chain import verify_chain
+from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.events import GENESIS_HASH, event_hash, format_ts
 from master_station.ledger.base import (
     SCHEMA_VERSION,

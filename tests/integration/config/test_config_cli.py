@@ -1,0 +1,40 @@
+"""Config loading: good files load, every kind of bad key is named."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLE = REPO / "config" / "gateway.example.toml"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gw.toml"
+    path.write_text(text)
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+
+
+def test_config_check_cli_names_the_key_and_exits_nonzero(tmp_path: Path) -> None:
+    bad = write(tmp_path, '[gateway]\nid = "gw"\n[buffer]\nsynchronous = "sometimes"\n')
+    result = run_cli("config", "check", str(bad))
+    assert result.returncode == 2
+    assert "buffer.synchronous" in result.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[gateway]\nid = "gw"\n')
+    result = run_cli("config", "check", str(good))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout

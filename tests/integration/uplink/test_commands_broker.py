@@ -1,0 +1,94 @@
+"""Commands: the dispatcher on its own, then over a real broker through the uplink."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from gateway.errors import AuthError, ConfigError
+from gateway.protocol.canonical import JSONValue
+from gateway.protocol.events import Priority
+from gateway.uplink.commands import Command, CommandDispatcher
+from tests.fixtures.fake_buffer import FakeEventBuffer
+from tests.fixtures.mosquitto import Broker, SubscriberFactory, wait_until
+from tests.fixtures.uplink import ROOT, make_uplink, running, seqs_of
+
+SECRET = "hunter2-do-not-log"
+
+
+async def _echo(command: Command) -> Mapping[str, JSONValue]:
+    return {"echo": command.payload.get("x")}
+
+
+async def _raise(exc: Exception) -> Mapping[str, JSONValue]:
+    raise exc
+
+
+def _dispatcher() -> CommandDispatcher:
+    dispatcher = CommandDispatcher()
+    dispatcher.register("echo", _echo)
+    dispatcher.register("denied", lambda _c: _raise(AuthError("operator revoked", code="revoked")))
+    dispatcher.register("badcfg", lambda _c: _raise(ConfigError("uplink.url", "bad scheme")))
+    dispatcher.register("badval", lambda _c: _raise(ValueError("window must be positive")))
+    dispatcher.register("boom", lambda _c: _raise(RuntimeError(f"token={SECRET}")))
+    dispatcher.register("ticket.install", _echo, signed=True)
+    return dispatcher
+
+
+# -- over the broker --
+
+
+async def test_error_replies_go_to_the_reply_topic(
+    mosquitto: Broker, subscriber_factory: SubscriberFactory
+) -> None:
+    sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
+    uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=_dispatcher())
+    async with running(uplink):
+        sub.publish(f"{ROOT}/cmd/nope", b'{"id": "a"}')
+        sub.publish(f"{ROOT}/cmd/echo", b'{"id": "b", oops')
+        await sub.wait_for(lambda m: len(m) >= 2)
+    (unknown,) = sub.on(f"{ROOT}/reply/nope")
+    (bad,) = sub.on(f"{ROOT}/reply/echo")
+    assert json.loads(unknown.payload)["error"] == "unknown_command"
+    assert json.loads(unknown.payload)["id"] == "a"
+    assert json.loads(bad.payload)["error"] == "bad_json"
+    assert not unknown.retain and unknown.qos == 1
+
+
+async def test_response_topic_and_correlation_data_are_honoured(
+    mosquitto: Broker, subscriber_factory: SubscriberFactory
+) -> None:
+    sub = await subscriber_factory(mosquitto, ["ms/responses/#", f"{ROOT}/reply/#"]).start()
+    uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=_dispatcher())
+    async with running(uplink):
+        sub.publish(
+            f"{ROOT}/cmd/echo",
+            b'{"id": 77, "x": "hi"}',
+            response_topic="ms/responses/gw-test",
+            correlation_data=b"\x00corr-77",
+        )
+        (reply,) = await sub.wait_for(lambda m: len(m) >= 1)
+    assert reply.topic == "ms/responses/gw-test"
+    assert reply.correlation_data == b"\x00corr-77"
+    assert json.loads(reply.payload) == {"ok": True, "result": {"echo": "hi"}, "id": 77}
+
+
+async def test_resend_requeues_and_republishes(
+    mosquitto: Broker, subscriber_factory: SubscriberFactory
+) -> None:
+    buf = FakeEventBuffer()
+    buf.add_many(Priority.TELEMETRY, 8)
+    sub = await subscriber_factory(mosquitto, [f"{ROOT}/events/#", f"{ROOT}/reply/#"]).start()
+    uplink = make_uplink(mosquitto.url, buf)
+    async with running(uplink):
+        await wait_until(lambda: len(buf.published) == 8, 10, "all published")
+        await sub.wait_for(lambda m: len(m) >= 8)
+        sub.clear()
+        sub.publish(f"{ROOT}/cmd/resend", b'{"id": "rs", "from_seq": 3, "to_seq": 5}')
+        sub.publish(f"{ROOT}/cmd/resend", b'{"from_seq": -1}')
+        messages = await sub.wait_for(lambda m: len(m) >= 5)
+        await wait_until(lambda: len(buf.published) == 8, 10, "republished and acked")
+    replies = [json.loads(m.payload) for m in sub.on(f"{ROOT}/reply/resend")]
+    assert {"ok": True, "result": {"requeued": 3, "first_available_seq": 1}, "id": "rs"} in replies
+    assert any(r.get("error") == "bad_request" for r in replies)
+    assert seqs_of(messages) == [3, 4, 5]
