@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
-from gateway.handheld.config import DEFAULT_LISTEN
+from gateway.protocol.handheld import DEFAULT_LISTEN
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -19,8 +19,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from firmware_sim.handheld.transport import HandheldStream, connect
 from gateway.errors import AuthError, ProtocolError
-from gateway.handheld.transport import FrameStream, connect
 from gateway.protocol.certs import encode_certificate
 from gateway.protocol.handheld import (
     Message,
@@ -183,7 +183,7 @@ class SimulatedHandheld:
 class HandheldSession:
     """An open session: one request at a time, each answered by its bound response."""
 
-    def __init__(self, stream: FrameStream, channel: Channel, operator: str) -> None:
+    def __init__(self, stream: HandheldStream, channel: Channel, operator: str) -> None:
         self.stream = stream
         self.channel = channel
         self.operator = operator

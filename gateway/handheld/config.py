@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.config.spec import spec
+from gateway.protocol.handheld import DEFAULT_LISTEN
 
 __all__ = ["DEFAULT_LISTEN", "HandheldSection"]
 
-DEFAULT_LISTEN = "tcp:127.0.0.1:7421"
 _LISTEN = r"^(tcp:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}|unix:/.+)$"
 
 

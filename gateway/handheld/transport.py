@@ -1,8 +1,9 @@
 """The bench transport of the handheld protocol: length-prefixed frames over TCP or a Unix socket.
 
-Chosen by a string: `tcp:HOST:PORT` or `unix:PATH`. The same FrameStream serves the gateway
-(HandheldServer) and the simulated handheld (`connect`). A production handheld carries the
-same frames over BLE GATT (docs/handheld.md); only this module would change.
+Chosen by a string: `tcp:HOST:PORT` or `unix:PATH`. FrameStream serves the gateway
+(HandheldServer) and local clients (`connect`); the simulated handheld has its own client in
+firmware_sim/handheld/transport.py over the same codec. A production handheld carries the same
+frames over BLE GATT (docs/handheld.md); only this module would change.
 """
 
 from __future__ import annotations

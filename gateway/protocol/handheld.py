@@ -20,6 +20,7 @@ from gateway.protocol.signed import b64url, b64url_decode
 from gateway.protocol.strict_json import loads_strict
 
 __all__ = [
+    "DEFAULT_LISTEN",
     "FRAME_HEADER_LEN",
     "MAX_FRAME",
     "PROTOCOL_VERSION",
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = 1
+DEFAULT_LISTEN = "tcp:127.0.0.1:7421"
+"""Where the gateway listens for handhelds unless `handheld.listen` says otherwise."""
 FRAME_HEADER_LEN = 4
 MAX_FRAME = 64 * 1024
 KEY_LEN = 32
