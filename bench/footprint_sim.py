@@ -15,9 +15,9 @@ from pathlib import Path
 
 from firmware_sim.locks.world import LockWorld
 from firmware_sim.meters.dlt645 import SimMeter
-from firmware_sim.meters.fleet import PROFILES_DIR
+from firmware_sim.meters.fleet import PROFILE_MODELS, PROFILES_DIR
+from firmware_sim.meters.maps import MAPS
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
-from gateway.meters.profiles import load_profiles
 from gateway.protocol.clock import SystemClock
 
 PROFILE = "dds-single-phase"
@@ -27,10 +27,10 @@ ADVERT_MS = 1000.0
 
 async def serve(count: int, locks: int, state_dir: Path) -> None:
     """Serve `count` meters and `locks` locks until stdin closes."""
-    profile = load_profiles(PROFILES_DIR)[PROFILE]
+    regmap = MAPS[PROFILE_MODELS[PROFILE]]
     clock = SystemClock()
     meters = [
-        ModbusSimMeter(unit, profile, SimMeter(f"{900000000000 + unit:012d}", clock))
+        ModbusSimMeter(unit, regmap, SimMeter(f"{900000000000 + unit:012d}", clock))
         for unit in range(1, count + 1)
     ]
     line = ModbusLine(meters)

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from firmware_sim.meters.dlt645 import SimMeter
-from firmware_sim.meters.fleet import PROFILES_DIR
+from firmware_sim.meters.fleet import PROFILE_MODELS, PROFILES_DIR
+from firmware_sim.meters.maps import MAPS
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
 from gateway.drivers.modbus.bus import ModbusBus, open_bus
 from gateway.meters.plan import ReadPlan, ReadRequest, RegisterSlice, plan_reads
@@ -157,7 +158,7 @@ class _Rig:
 
     def __init__(self, profile: MeterProfile) -> None:
         meter = SimMeter("900000000001", SystemClock(), phases=3)
-        self.sim = ModbusSimMeter(UNIT, profile, meter)
+        self.sim = ModbusSimMeter(UNIT, MAPS[PROFILE_MODELS[profile.name]], meter)
         self.tcp = ModbusLine([self.sim])
         self.rtu = ModbusLine([self.sim], rtu_framing=True)
         self.tcp_proxy: CountingProxy | None = None

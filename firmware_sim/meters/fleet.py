@@ -2,18 +2,21 @@
 
 `MeterSim(state_dir)` starts, on `start()`:
 
-- `sim-tcp`: a pymodbus TCP server on a free port with M-SDM-1 (sdm630, unit 1), M-DDS-1
-  (dds-single-phase, unit 2) and M-DTSU-1 (dtsu666, unit 3);
+- `sim-tcp`: a pymodbus TCP server on a free port with M-SDM-1 (SDM630, unit 1), M-DDS-1
+  (DDS238-2, unit 2) and M-DTSU-1 (DTSU666, unit 3);
 - `sim-rtu`: a pymodbus RTU server on one end of a socat pty pair (links in `state_dir`) with
-  M-DDS-2 (dds-single-phase, unit 1), M-SDM-2 (sdm630, unit 2) and M-DDS-3 (unit 3); the
-  gateway opens the other end;
+  M-DDS-2 (DDS238-2, unit 1), M-SDM-2 (SDM630, unit 2) and M-DDS-3 (unit 3); the gateway opens
+  the other end;
 - `sim-645`: a DL/T 645 TCP server with M-645-1, M-645-2 and M-645-4 (addresses 00000000000N);
 - `sim-645s`: a DL/T 645 serial line on a second pty pair with M-645-3 and M-645-5, 2400 8E1.
 
 Energy advances on a load curve with the injected clock. Faults go through `inject(meter, name)`
 or the named methods; every meter event they generate is appended to the truth file as a JSON
 line with `"kind": "meter_event"` (faults that are not meter events as `"kind": "meter_fault"`).
-`meters_toml()` returns the gateway's `[meters]` fragment pointing at these buses.
+`meters_toml()` returns the gateway's `[meters]` fragment pointing at these buses, naming for
+each meter the shipped gateway profile meant for its model (PROFILE_MODELS). The simulated
+meters' registers come from the vendors' maps in firmware_sim/meters/maps.py, never from those
+profiles, so the simulator checks them instead of echoing them.
 """
 
 from __future__ import annotations
@@ -33,18 +36,30 @@ from firmware_sim.meters.dlt645 import (
     SimMeter,
     residential_load,
 )
+from firmware_sim.meters.maps import MAPS, Condition
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
 from gateway.errors import FrameError
-from gateway.meters.profiles import MeterProfile, load_profiles
 from gateway.protocol import dlt645
 from gateway.protocol.clock import Clock, SystemClock
 from gateway.protocol.events import format_ts
 
-__all__ = ["FAULTS", "PROFILES_DIR", "Dlt645SerialServer", "MeterSim", "PtyPair", "SimMeterInfo"]
+__all__ = [
+    "FAULTS",
+    "PROFILES_DIR",
+    "PROFILE_MODELS",
+    "Dlt645SerialServer",
+    "MeterSim",
+    "PtyPair",
+    "SimMeterInfo",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
 PROFILES_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
+"""The gateway's shipped profiles, named in `meters_toml()`; the simulator never reads them."""
+
+PROFILE_MODELS = {"sdm630": "sdm630", "dtsu666": "dtsu666", "dds-single-phase": "dds238-2"}
+"""Shipped gateway profile -> the simulated meter model (maps.MAPS) it is written for."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +193,12 @@ class MeterSim:
         self.clock: Clock = clock or SystemClock()
         self.truth = truth
         self.profiles_dir = profiles_dir
-        self.profiles: dict[str, MeterProfile] = load_profiles(profiles_dir)
         self.info = {item.id: item for item in _LAYOUT}
         self.meters = {item.id: self._sim_meter(i, item, load) for i, item in enumerate(_LAYOUT)}
         self.modbus = {
-            item.id: ModbusSimMeter(item.unit, self.profiles[item.profile], self.meters[item.id])
+            item.id: ModbusSimMeter(
+                item.unit, MAPS[PROFILE_MODELS[item.profile]], self.meters[item.id]
+            )
             for item in _LAYOUT
             if not item.address
         }
@@ -262,7 +278,7 @@ class MeterSim:
         self._fault(meter_id, "garble" if garbled else "clean")
 
     def set_magnetic(self, meter_id: str, on: bool = True) -> None:
-        """Raise (or clear) magnetic interference on a Modbus meter with that status bit."""
+        """Raise (or clear) magnetic interference near a Modbus meter."""
         meter = self.modbus[meter_id]
         if on and not meter.magnetic:
             self._event(meter_id, "magnetic_interference")
@@ -310,7 +326,8 @@ class MeterSim:
 
     def _sim_meter(self, index: int, item: SimMeterInfo, load: LoadCurve) -> SimMeter:
         address = item.address or f"{900000000000 + index:012d}"  # Modbus meters: unused
-        phases = 3 if item.profile == "sdm630" else 1
+        model = MAPS.get(PROFILE_MODELS.get(item.profile, ""))
+        phases = model.phases if model is not None else 1
         return SimMeter(address, self.clock, load=load, phases=phases)
 
     def _modbus_on(self, bus: str) -> list[ModbusSimMeter]:
@@ -319,8 +336,19 @@ class MeterSim:
     def _dlt645_on(self, bus: str) -> list[SimMeter]:
         return [self.meters[mid] for mid, item in self.info.items() if item.bus == bus]
 
+    def senses(self, meter_id: str, event: str) -> bool:
+        """Whether the meter itself reports `event`, so a gateway can see it at all."""
+        condition = _CONDITIONS[event]
+        if self.info[meter_id].address:  # DL/T 645: status words 1 and 7 and event counters
+            return condition is not Condition.MAGNETIC_INTERFERENCE
+        regmap = self.modbus[meter_id].regmap
+        return any(condition in register.bits.values() for register in regmap.registers)
+
     def _event(self, meter_id: str, event: str) -> None:
-        self._write({"kind": "meter_event", "meter": meter_id, "event": event})
+        if self.senses(meter_id, event):
+            self._write({"kind": "meter_event", "meter": meter_id, "event": event})
+        else:  # it happened, but this meter model has no sensor or status bit for it
+            self._fault(meter_id, event)
 
     def _fault(self, meter_id: str, fault: str) -> None:
         self._write({"kind": "meter_fault", "meter": meter_id, "fault": fault})
@@ -333,6 +361,14 @@ class MeterSim:
             return
         with self.truth.open("a", encoding="utf-8") as out:
             out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+_CONDITIONS = {
+    "cover_opened": Condition.METER_COVER_OPEN,
+    "terminal_cover_opened": Condition.TERMINAL_COVER_OPEN,
+    "power_down": Condition.POWER_DOWN,
+    "magnetic_interference": Condition.MAGNETIC_INTERFERENCE,
+}
 
 
 def _q(text: str) -> str:

@@ -1,13 +1,16 @@
-"""Simulated Modbus meters: shipped profiles' register maps filled from a live meter model.
+"""Simulated Modbus meters: the vendors' register maps (maps.py) filled from a live meter model.
 
 Each `ModbusSimMeter` wraps a `SimMeter` from firmware_sim.meters.dlt645 for the physics (energy
-integrated from a load curve, covers, outages, faults) and lays its values out in the registers
-of a profile (sdm630, dds-single-phase). A pymodbus server refreshes the image on every read
-through the simulator's action hook, so energy advances between polls.
+integrated from a load curve, covers, outages, faults), works out every quantity its register
+map holds (`truth()`, in volts, amperes, watts, kWh), and lays the values out in the map's
+registers. A pymodbus server refreshes the image on every read through the simulator's action
+hook, so energy advances between polls. `PhaseBalance` sets per-phase voltages, load shares
+and power factors; the default is a balanced 230 V load at PF 0.95.
 
 Faults: `meter.dead` makes the unit silent, `meter.garble` corrupts its replies (RTU: the CRC;
 TCP: the MBAP protocol id). A powered-down Modbus meter keeps answering, as meters with an
-auxiliary supply do, with zero voltage and current and the power_down status bit set.
+auxiliary supply do, with zero voltage and current (and the power_down status bit, on a map
+that has one).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import math
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,113 +30,154 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from firmware_sim.meters.dlt645 import SimMeter
-from gateway.meters.profiles import (
-    MeterProfile,
-    RegisterFunction,
-    StatusBit,
-    StatusEvent,
-    ValueKind,
-)
+from firmware_sim.meters.maps import Condition, RegisterMap, SimRegister, Table
 
-__all__ = ["ModbusLine", "ModbusSimMeter"]
+__all__ = ["ModbusLine", "ModbusSimMeter", "PhaseBalance"]
 
 _LOGGER = logging.getLogger(__name__)
 
-_VOLTS = 230.0
-_PF = 0.95
-_VAR_PER_W = math.tan(math.acos(_PF))
-_LINE_TO_LINE = ("_l1_l2", "_l2_l3", "_l3_l1")
-_HOLDING, _INPUT = 3, 4
+_HZ = 50.0
+_INPUT = 4
+_PAIRS = {"l1_l2": (0, 1), "l2_l3": (1, 2), "l3_l1": (2, 0)}
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseBalance:
+    """Per-phase supply voltage, share of the load and power factor (a single phase uses [0])."""
+
+    volts: tuple[float, float, float] = (230.0, 230.0, 230.0)
+    shares: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)
+    power_factors: tuple[float, float, float] = (0.95, 0.95, 0.95)
 
 
 class ModbusSimMeter:
-    """One Modbus unit whose registers follow `profile` and whose values come from `meter`."""
+    """One Modbus unit whose registers follow `regmap` and whose values come from `meter`."""
 
-    def __init__(self, unit: int, profile: MeterProfile, meter: SimMeter) -> None:
+    def __init__(
+        self,
+        unit: int,
+        regmap: RegisterMap,
+        meter: SimMeter,
+        *,
+        balance: PhaseBalance = PhaseBalance(),
+    ) -> None:
         self.unit = unit
-        self.profile = profile
+        self.regmap = regmap
         self.meter = meter
+        self.balance = balance
         self.magnetic = False
-        self.size = max(spec.end for spec in profile.registers) + 1
+        self.size = regmap.size() + 1
 
-    def conditions(self) -> frozenset[StatusEvent]:
+    def conditions(self) -> frozenset[Condition]:
         """Status conditions present now."""
         present = {
-            StatusEvent.METER_COVER_OPEN: self.meter.meter_cover.open_now,
-            StatusEvent.TERMINAL_COVER_OPEN: self.meter.terminal_cover.open_now,
-            StatusEvent.POWER_DOWN: not self.meter.powered,
-            StatusEvent.MAGNETIC_INTERFERENCE: self.magnetic,
-            StatusEvent.REVERSE_ENERGY: False,
+            Condition.METER_COVER_OPEN: self.meter.meter_cover.open_now,
+            Condition.TERMINAL_COVER_OPEN: self.meter.terminal_cover.open_now,
+            Condition.POWER_DOWN: not self.meter.powered,
+            Condition.MAGNETIC_INTERFERENCE: self.magnetic,
+            Condition.REVERSE_ENERGY: False,
         }
-        return frozenset(event for event, on in present.items() if on)
+        return frozenset(condition for condition, on in present.items() if on)
 
-    def image(self, function: RegisterFunction) -> list[int]:
-        """Every register of one table, as the meter holds them now."""
+    def truth(self) -> dict[str, float]:
+        """Every quantity the map holds, in physical units, as the meter measures it now."""
         self.meter.advance()
+        values = _Physics(self.meter, self.balance, self.regmap.phases).values()
+        return {r.name: values[r.name] for r in self.regmap.registers if not r.bits}
+
+    def image(self, table: Table) -> list[int]:
+        """Every register of one table, as the meter holds them now."""
+        truth = self.truth()
+        present = self.conditions()
         words = [0] * self.size
-        for spec in self.profile.registers:
-            if spec.function is function:
-                raw = self._raw(spec.name, spec.kind, spec.scale, spec.bits)
-                words[spec.address : spec.end] = spec.format.encode(raw)
+        for register in self.regmap.registers:
+            if register.table is table:
+                raw = _raw(register, truth, present)
+                words[register.address : register.end] = register.format.encode(raw)
         return words
 
     def device(self) -> SimDevice:
         """The pymodbus simulator device for this unit, refreshed on every access."""
         bits = [SimData(0, values=False, datatype=DataType.BITS)]
         tables = {
-            function: [SimData(0, values=self.image(function), datatype=DataType.REGISTERS)]
-            for function in RegisterFunction
+            table: [SimData(0, values=self.image(table), datatype=DataType.REGISTERS)]
+            for table in Table
         }
         return SimDevice(
             self.unit,
-            simdata=(
-                bits,
-                list(bits),
-                tables[RegisterFunction.HOLDING],
-                tables[RegisterFunction.INPUT],
-            ),
+            simdata=(bits, list(bits), tables[Table.HOLDING], tables[Table.INPUT]),
             action=partial(_refresh, self),
         )
 
-    def _raw(
-        self, name: str, kind: ValueKind, scale: float, bits: tuple[StatusBit, ...]
-    ) -> int | float:
-        if kind is ValueKind.STATUS:
-            present = self.conditions()
-            return sum(1 << item.bit for item in bits if item.event in present)
-        value = self._value(name, kind)
-        scaled = value / scale
-        return scaled if self._is_float(name) else round(scaled)
 
-    def _is_float(self, name: str) -> bool:
-        return not self.profile.register(name).format.type.is_integer
+def _raw(register: SimRegister, truth: dict[str, float], present: frozenset[Condition]) -> float:
+    if register.bits:
+        return sum(1 << bit for bit, cond in register.bits.items() if cond in present)
+    scaled = truth[register.name] / register.scale
+    return round(scaled) if register.format.type.is_integer else scaled
 
-    def _value(self, name: str, kind: ValueKind) -> float:
-        meter = self.meter
+
+class _Physics:
+    """The quantities of one moment: per-phase voltage, current, power, and the energies."""
+
+    def __init__(self, meter: SimMeter, balance: PhaseBalance, phases: int) -> None:
+        self.meter = meter
+        self.phases = phases
         powered = meter.powered
         watts = meter.power_kw() * 1000.0
-        phases = meter.phases
-        if kind is ValueKind.ENERGY:
-            return _energy(name, meter)
-        if kind is ValueKind.VOLTAGE:
-            volts = _VOLTS * math.sqrt(3) if name.endswith(_LINE_TO_LINE) else _VOLTS
-            return volts if powered else 0.0
-        if kind is ValueKind.CURRENT:
-            return watts / _VOLTS / _PF / phases if powered else 0.0
-        if kind is ValueKind.POWER:
-            share = watts / phases if name.endswith(("_l1", "_l2", "_l3")) else watts
-            return share * _VAR_PER_W if name.startswith("reactive") else share
-        if kind is ValueKind.POWER_FACTOR:
-            return _PF
-        return 50.0 if powered else 0.0
+        shares = balance.shares if phases == 3 else (1.0,)
+        self.volts = [v if powered else 0.0 for v in balance.volts[:phases]]
+        self.pf = list(balance.power_factors[:phases])
+        self.power = [watts * share for share in shares]
+        self.reactive = [
+            p * math.tan(math.acos(pf)) for p, pf in zip(self.power, self.pf, strict=True)
+        ]
+        self.current = [
+            p / (v * pf) if v else 0.0
+            for p, v, pf in zip(self.power, self.volts, self.pf, strict=True)
+        ]
+        self.hz = _HZ if powered else 0.0
 
+    def values(self) -> dict[str, float]:
+        meter = self.meter
+        values = {
+            "frequency": self.hz,
+            "energy_import": meter.forward_kwh[0],
+            "energy_export": meter.reverse_kwh[0],
+            "energy_total": meter.forward_kwh[0] + meter.reverse_kwh[0],
+        }
+        if self.phases == 1:
+            return values | self._single()
+        return values | self._three()
 
-def _energy(name: str, meter: SimMeter) -> float:
-    if name.endswith("export"):
-        return meter.reverse_kwh[0]
-    if name.endswith("total"):
-        return meter.forward_kwh[0] + meter.reverse_kwh[0]
-    return meter.forward_kwh[0]
+    def _single(self) -> dict[str, float]:
+        return {
+            "voltage": self.volts[0],
+            "current": self.current[0],
+            "power": self.power[0],
+            "reactive_power": self.reactive[0],
+            "power_factor": self.pf[0],
+        }
+
+    def _three(self) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for n in range(3):
+            tag = f"l{n + 1}"
+            values[f"voltage_{tag}"] = self.volts[n]
+            values[f"current_{tag}"] = self.current[n]
+            values[f"power_{tag}"] = self.power[n]
+            values[f"reactive_power_{tag}"] = self.reactive[n]
+            values[f"apparent_power_{tag}"] = math.hypot(self.power[n], self.reactive[n])
+            values[f"power_factor_{tag}"] = self.pf[n]
+        for pair, (a, b) in _PAIRS.items():  # phasors 120 degrees apart
+            va, vb = self.volts[a], self.volts[b]
+            values[f"voltage_{pair}"] = math.sqrt(va * va + vb * vb + va * vb)
+        p, q = sum(self.power), sum(self.reactive)
+        values["power_total"] = p
+        values["reactive_power_total"] = q
+        values["apparent_power_total"] = math.hypot(p, q)
+        values["power_factor_total"] = p / math.hypot(p, q) if p else sum(self.pf) / 3
+        return values
 
 
 async def _refresh(  # noqa: PLR0917 - the signature is pymodbus's action hook
@@ -145,8 +190,8 @@ async def _refresh(  # noqa: PLR0917 - the signature is pymodbus's action hook
     set_values: Any,
 ) -> None:
     """pymodbus action hook: rewrite the table just before the server answers."""
-    function = RegisterFunction.INPUT if function_code == _INPUT else RegisterFunction.HOLDING
-    image = sim.image(function)
+    table = Table.INPUT if function_code == _INPUT else Table.HOLDING
+    image = sim.image(table)
     current_registers[: len(image)] = image
 
 

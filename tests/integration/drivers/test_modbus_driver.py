@@ -30,7 +30,6 @@ from gateway.meters.plan import plan_profile
 from gateway.meters.profiles import (
     MeterProfile,
     RegisterFunction,
-    StatusEvent,
     load_profile,
 )
 from gateway.protocol.clock import ManualClock
@@ -64,6 +63,7 @@ SDM_VALUES: dict[str, Number] = {
     "energy_total": 12357.75,
 }
 DDS_RAW: dict[str, int] = {
+    "energy_total": 1_234_656,  # 12346.56 kWh
     "energy_import": 1_234_567,  # 12345.67 kWh
     "energy_export": 89,
     "voltage": 2305,
@@ -71,7 +71,6 @@ DDS_RAW: dict[str, int] = {
     "power": -1180,
     "power_factor": 985,
     "frequency": 4998,
-    "status": 0b10101,  # meter cover open, power down, reverse energy
 }
 
 
@@ -200,21 +199,18 @@ async def test_tcp_reads_every_profile_value(tcp_port: int, sdm630: MeterProfile
     assert bus.stats.ok == 2
 
 
-async def test_tcp_scaled_integers_and_status(tcp_port: int, dds: MeterProfile) -> None:
+async def test_tcp_scaled_integers(tcp_port: int, dds: MeterProfile) -> None:
     bus = open_bus(f"modbus-tcp://127.0.0.1:{tcp_port}", timeout=1.0)
     try:
         values = await bus.read_plan(DDS_UNIT, plan_profile(dds))
     finally:
         await bus.close()
+    assert values["energy_total"] == pytest.approx(12346.56)
     assert values["energy_import"] == pytest.approx(12345.67)
+    assert values["energy_export"] == pytest.approx(0.89)
     assert values["voltage"] == pytest.approx(230.5)
     assert values["power"] == -1180
     assert values["frequency"] == pytest.approx(49.98)
-    assert dds.register("status").events(int(values["status"])) == {
-        StatusEvent.METER_COVER_OPEN,
-        StatusEvent.POWER_DOWN,
-        StatusEvent.REVERSE_ENERGY,
-    }
 
 
 async def test_illegal_address_becomes_typed_error(tcp_port: int) -> None:

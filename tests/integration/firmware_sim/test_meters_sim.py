@@ -57,7 +57,7 @@ async def test_every_sim_bus_is_readable_end_to_end(
         await svc.wait_for_polls(len(svc.meters))
         assert svc.time_syncs == 2  # both DL/T 645 buses (TCP and serial)
         sim.open_cover("M-645-3")  # on the DL/T 645 serial line, sealed
-        sim.open_cover("M-DDS-2", terminal=True)  # Modbus RTU on the pty, sealed
+        sim.open_cover("M-DDS-2", terminal=True)  # Modbus RTU, sealed: a DDS238-2 can't tell
         sim.set_dead("M-SDM-1")
         assert isinstance(sim.clock, ManualClock)
         sim.clock.advance(30)
@@ -69,8 +69,10 @@ async def test_every_sim_bus_is_readable_end_to_end(
     first_readings = {d.subject for d in recorder.of("meter.reading")}
     assert first_readings == set(sim.info)
     events = {(d.subject, d.data["event"]) for d in recorder.of("meter.event")}
-    assert events == {("M-645-3", "cover_opened"), ("M-DDS-2", "terminal_cover_opened")}
-    assert {d.data["seal"] for d in recorder.of("theft.suspected")} == {"SL-2", "SL-3"}
+    assert events == {("M-645-3", "cover_opened")}
+    assert {d.data["seal"] for d in recorder.of("theft.suspected")} == {"SL-3"}
+    truth = {(r["meter"], r["kind"]) for r in truth_lines(sim) if r["meter"] != "M-SDM-1"}
+    assert truth == {("M-645-3", "meter_event"), ("M-DDS-2", "meter_fault")}
     [failed] = recorder.of("meter.read_failed")
     assert (failed.subject, failed.data["reason"]) == ("M-SDM-1", "timeout")
     polls = 2 * len(sim.info)  # two polls each, one of them failed
@@ -88,14 +90,13 @@ async def test_truth_file_records_generated_meter_events(sim: MeterSim) -> None:
     sim.inject("M-DDS-1", "garble")
     lines = truth_lines(sim)
     events = [(line["meter"], line["event"]) for line in lines if line["kind"] == "meter_event"]
-    assert events == [
-        ("M-645-1", "cover_opened"),
-        ("M-645-1", "terminal_cover_opened"),
-        ("M-DDS-1", "power_down"),
-        ("M-DDS-1", "magnetic_interference"),
-    ]
+    assert events == [("M-645-1", "cover_opened"), ("M-645-1", "terminal_cover_opened")]
     faults = [line["fault"] for line in lines if line["kind"] == "meter_fault"]
-    assert faults == ["garble"]
+    assert faults == ["power_down", "magnetic_interference", "garble"]  # no DDS238-2 sensor
+    assert sim.senses("M-645-1", "power_down") and not sim.senses(
+        "M-645-1", "magnetic_interference"
+    )
+    assert not sim.senses("M-SDM-1", "cover_opened")
     assert lines[0]["ts"] == "2026-01-01T10:00:00.000Z" and lines[0]["bus"] == "sim-645"
     with pytest.raises(KeyError):
         sim.inject("M-645-1", "explode")

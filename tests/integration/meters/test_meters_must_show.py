@@ -28,7 +28,8 @@ import pytest
 from bench import modbus as bench_modbus
 from bench.modbus import min_rtu_bytes, per_value_plan
 from firmware_sim.meters.dlt645 import MeterBus, SimMeter
-from firmware_sim.meters.fleet import Dlt645SerialServer, PtyPair
+from firmware_sim.meters.fleet import PROFILE_MODELS, Dlt645SerialServer, PtyPair
+from firmware_sim.meters.maps import DDS238_2, MAPS, Condition, RegisterMap, SimRegister, Table
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
 from gateway.drivers.modbus.bus import open_bus
 from gateway.meters.config import TheftSection
@@ -84,6 +85,7 @@ DTSU666_VALUES: dict[str, float] = {
     "energy_export": 0.0,
 }
 DDS_VALUES: dict[str, float] = {
+    "energy_total": 1000.0,
     "energy_import": 1000.0,
     "energy_export": 0.0,
     "voltage": 230.0,
@@ -91,7 +93,6 @@ DDS_VALUES: dict[str, float] = {
     "power": 600,
     "power_factor": 0.95,
     "frequency": 50.0,
-    "status": 0,
 }
 DLT645_VALUES: dict[str, float] = {
     "forward_active_energy_total": 1000.0,
@@ -111,6 +112,53 @@ def flat_load(_when: datetime) -> float:
     return LOAD_KW
 
 
+# No published map of the shipped Modbus meters has a status word, so the status-bit path is
+# shown with a meter of this test's own: DDS238-2 registers plus a u16 event word at 0x0020.
+STATUS_PROFILE = "test-status-meter"
+STATUS_MAP = RegisterMap(
+    STATUS_PROFILE,
+    phases=1,
+    source="this test",
+    registers=(
+        *DDS238_2.registers,
+        SimRegister(
+            "status",
+            0x0020,
+            Table.HOLDING,
+            ValueFormat(ValueType.U16),
+            bits={0: Condition.METER_COVER_OPEN, 2: Condition.POWER_DOWN},
+        ),
+    ),
+)
+STATUS_TOML = f"""
+name = "{STATUS_PROFILE}"
+protocol = "modbus"
+[defaults]
+function = "holding"
+[[registers]]
+name = "voltage"
+address = 0x000C
+type = "u16"
+scale = 0.1
+kind = "voltage"
+[[registers]]
+name = "status"
+address = 0x0020
+type = "u16"
+kind = "status"
+bits = {{ 0 = "meter_cover_open", 2 = "power_down" }}
+"""
+
+
+def _profiles_with_status_meter(directory: Path) -> Path:
+    """The shipped profiles plus the status meter's, in a directory of their own."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for shipped in PROFILES.glob("*.toml"):
+        (directory / shipped.name).write_text(shipped.read_text(encoding="utf-8"), "utf-8")
+    (directory / f"{STATUS_PROFILE}.toml").write_text(STATUS_TOML, encoding="utf-8")
+    return directory
+
+
 @dataclass
 class Line:
     """One simulated bus with four meters: two healthy, one to silence, one to garble."""
@@ -121,6 +169,7 @@ class Line:
     entries: dict[str, dict[str, Any]]
     modbus: ModbusLine | None = None
     profiles: dict[str, MeterProfile] = field(default_factory=dict)
+    profiles_dir: Path = PROFILES
 
     @property
     def healthy(self) -> tuple[str, str]:
@@ -129,8 +178,8 @@ class Line:
 
     @property
     def cover_meter(self) -> str:
-        """A meter that reports covers: the DDS status word, or DL/T 645 status word 7."""
-        return "DDS" if self.modbus is not None else "A645"
+        """A meter that reports covers: a status word (STATUS_MAP), or DL/T 645 status word 7."""
+        return "STATUS" if self.modbus is not None else "A645"
 
 
 @pytest.fixture
@@ -160,24 +209,29 @@ async def _open_line(kind: str, tmp_path: Path, clock: ManualClock) -> AsyncIter
             async for opened in _dlt645_line(pty, clock):
                 yield opened
         else:
-            async for opened in _modbus_line(kind, pty, clock):
+            async for opened in _modbus_line(kind, pty, clock, tmp_path):
                 yield opened
     finally:
         if pty is not None:
             await pty.close()
 
 
-async def _modbus_line(kind: str, pty: PtyPair | None, clock: ManualClock) -> AsyncIterator[Line]:
-    profiles = load_profiles(PROFILES)
+async def _modbus_line(
+    kind: str, pty: PtyPair | None, clock: ManualClock, tmp_path: Path
+) -> AsyncIterator[Line]:
+    profiles_dir = _profiles_with_status_meter(tmp_path / "profiles")
+    profiles = load_profiles(profiles_dir)
     layout = {"SDM": (1, "sdm630", 3), "DDS": (2, "dds-single-phase", 1)}
     layout |= {"DEAD": (3, "dds-single-phase", 1), "GARBLED": (4, "dds-single-phase", 1)}
     layout["DTSU"] = (5, "dtsu666", 3)
+    layout["STATUS"] = (6, STATUS_PROFILE, 1)
     sims: dict[str, SimMeter] = {}
     units: list[ModbusSimMeter] = []
     entries: dict[str, dict[str, Any]] = {}
     for meter_id, (unit, profile, phases) in layout.items():
         sims[meter_id] = SimMeter(f"9000000000{unit:02d}", clock, load=flat_load, phases=phases)
-        units.append(ModbusSimMeter(unit, profiles[profile], sims[meter_id]))
+        regmap = STATUS_MAP if profile == STATUS_PROFILE else MAPS[PROFILE_MODELS[profile]]
+        units.append(ModbusSimMeter(unit, regmap, sims[meter_id]))
         entries[meter_id] = {"id": meter_id, "profile": profile, "unit": unit}
     serial = pty.server_end if pty is not None else None
     server = ModbusLine(units, serial=serial, rtu_framing=kind == "rtu-over-tcp")
@@ -189,7 +243,7 @@ async def _modbus_line(kind: str, pty: PtyPair | None, clock: ManualClock) -> As
             transport = (
                 f"{'rtu-over-tcp' if server.rtu else 'modbus-tcp'}://127.0.0.1:{server.port}"
             )
-        yield Line(kind, transport, sims, entries, server, profiles)
+        yield Line(kind, transport, sims, entries, server, profiles, profiles_dir)
     finally:
         await server.close()
 
@@ -220,7 +274,7 @@ def make_service(
 ) -> tuple[MeterService, Recorder]:
     """A meter service (with theft rules) on one bus; meters map to seal SL-<id>."""
     table = {
-        "profiles_dir": str(PROFILES),
+        "profiles_dir": str(line.profiles_dir),
         "time_sync_s": 0,
         "heartbeat_polls": heartbeat_polls,
         "buses": [
@@ -260,7 +314,9 @@ async def test_every_modbus_profile_reads_end_to_end(modbus_line: Line, clock: M
     assert values(dds) == pytest.approx(DDS_VALUES, rel=1e-9)
     assert sdm.data["values"]["energy_import"] == {"value": 1000.0, "unit": "kWh"}
     assert dds.data["protocol"] == "modbus" and dds.data["seal"] == "SL-DDS"
-    shipped = {p.name for p in modbus_line.profiles.values() if p.protocol is MeterProtocol.MODBUS}
+    shipped = {
+        p.name for p in load_profiles(PROFILES).values() if p.protocol is MeterProtocol.MODBUS
+    }
     assert shipped == {"sdm630", "dds-single-phase", "dtsu666"}  # every one is read above
 
 

@@ -136,4 +136,4 @@ def test_shipped_sdm630_plan() -> None:
 
 def test_shipped_dds_plan_is_one_request() -> None:
     plan = plan_profile(load_profile(PROFILES / "dds-single-phase.toml"))
-    assert spans(plan) == [(3, 0, 0x21)]
+    assert spans(plan) == [(3, 0, 0x12)]  # 0x0000..0x0011, the gaps filled

@@ -76,8 +76,12 @@ def test_shipped_profiles_load() -> None:
     )
     assert {spec.kind for spec in sdm.registers} >= {ValueKind.VOLTAGE, ValueKind.ENERGY}
     dds = profiles["dds-single-phase"]
-    assert {bit.event for bit in dds.register("status").bits} == set(StatusEvent)
-    assert dds.status_registers == (dds.register("status"),)
+    assert dds.register("energy_total").address == 0x0000  # DDS238-2: 0x0000 is total energy
+    assert (dds.register("energy_export").address, dds.register("energy_import").address) == (
+        0x0008,
+        0x000A,
+    )
+    assert dds.status_registers == ()  # the DDS238-2 has no status word
     dlt = profiles["dlt645-residential"]
     assert dlt.protocol is MeterProtocol.DLT645
     assert "meter_cover_open_count" in dlt.identifiers and len(dlt.identifiers) == 10
