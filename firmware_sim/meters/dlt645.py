@@ -3,6 +3,18 @@
 The protocol logic (`MeterBus.handle`, bytes in and bytes out) knows nothing of the transport,
 so the same bus can later sit on a pseudo-terminal. `Dlt645TcpServer` is the TCP transport.
 Time comes from an injected clock (`Clock`), so tests advance energy without sleeping.
+
+The data identifiers a meter answers (`SimMeter._read`) are written from DL/T 645-2007
+"Multi-function watt-hour meter communication protocol", Appendix A (data identifier tables),
+not from the gateway's profiles: A.1 energy (00 00 xx 00 combined active, 00 01 xx 00 forward,
+00 02 xx 00 reverse; xx = 00 total, 01-04 tariffs, FF the block), A.3 variables (02 01 ph 00
+voltage, 02 02 ph 00 current, 02 03 ph 00 active power, 02 06 ph 00 power factor, ph = 00 total
+or 01-03 phase A-C; 02 80 00 02 frequency), A.4 event records (03 11 00 00/01 power-down count
+and last record, 03 30 0D 00/01 meter cover, 03 30 0E 00/01 terminal cover) and A.5 parameters
+(04 00 01 01/02 date and time, 04 00 05 01-07 status words 1-7, 04 00 05 FF their block).
+Only the frame and value codec (gateway.protocol.dlt645) is shared with the gateway. Not sure:
+that every meter answers the 04 00 05 FF status-word block (some answer only single words),
+and the exact layout of the cover records beyond the start/end times and the two energies.
 """
 
 from __future__ import annotations
