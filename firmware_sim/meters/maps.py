@@ -16,10 +16,9 @@ Sources, written from memory of the published documents (no vendor file is in th
 - `dtsu666`: CHINT DTSU666 three-phase four-wire meter user manual, Modbus communication
   address table: holding registers (function 03), float32, high word first, in the manual's
   units (0.1 V, 0.001 A, 0.1 W, 0.1 var, 0.001 PF, 0.01 Hz; energies in kWh).
-  Not sure: the energy block base. The CHINT manual as remembered lists ImpEp at 0x101E and
-  ExpEp at 0x1028; some third-party transcriptions (and older versions of this project's
-  profile) use 0x401E/0x4028, which may be another firmware or a rebadged variant
-  (DTSU666-H, the Huawei meter, has a different map again). 0x2022-0x2028 (apparent power
+  Energies: ImpEp (import active energy) at 0x401E and ExpEp at 0x4028; 0x4020-0x4027
+  between them are reserved (a strict meter refuses reads there). The DTSU666-H (the
+  Huawei meter) has a different map. 0x2022-0x2028 (apparent power
   in some tables) are left out.
 - `dds238-2`: Hiking DDS238-2 ZN/S single-phase meter, "Modbus holding registers" table
   published with the meter: 0x0000 total energy (u32, 0.01 kWh), 0x0008 export energy,
@@ -166,8 +165,8 @@ DTSU666 = RegisterMap(
     registers=_f32(
         Table.HOLDING,
         (
-            ("energy_import", 0x101E, 1.0),  # ImpEp, kWh (see the module docstring)
-            ("energy_export", 0x1028, 1.0),  # ExpEp, kWh
+            ("energy_import", 0x401E, 1.0),  # ImpEp, kWh
+            ("energy_export", 0x4028, 1.0),  # ExpEp, kWh
             ("voltage_l1_l2", 0x2000, 0.1),  # Uab
             ("voltage_l2_l3", 0x2002, 0.1),
             ("voltage_l3_l1", 0x2004, 0.1),

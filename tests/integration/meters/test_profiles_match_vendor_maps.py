@@ -127,7 +127,7 @@ async def test_profile_reads_what_the_vendor_map_holds(line: ModbusLine, name: s
         ("dds-single-phase", "energy_import", {"address": 0x0000}),  # the old profile's bug
         ("sdm630", "voltage_l2", {"address": 0x0000}),
         ("sdm630", "power_total", {"function": RegisterFunction.HOLDING}),
-        ("dtsu666", "energy_import", {"address": 0x401E}),
+        ("dtsu666", "energy_import", {"address": 0x101E}),
         ("dtsu666", "current_l1", {"scale": 0.01}),
     ],
 )

@@ -33,7 +33,7 @@ def test_published_anchors() -> None:
     assert SDM630.register("voltage_l1").address == 0x0000
     assert {r.table for r in DTSU666.registers} == {Table.HOLDING}
     assert DTSU666.register("voltage_l1_l2").address == 0x2000
-    assert DTSU666.register("energy_import").address == 0x101E
+    assert DTSU666.register("energy_import").address == 0x401E
     assert set(PROFILE_MODELS.values()) <= set(MAPS)
 
 
