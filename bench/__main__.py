@@ -1,4 +1,9 @@
-"""`python -m bench NAME [--json]`: run one benchmark; each prints one JSON object."""
+"""`python -m bench NAME [--json]`: run one benchmark; each prints one JSON object.
+
+Run it from the checkout (bench is not installed). SIGTERM, SIGHUP and SIGINT end a bench
+through its cleanup, so no broker, gateway or simulator it started is left running
+(firmware_sim/children.py).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import argparse
 import importlib
 import json
 import sys
+
+from firmware_sim.children import exit_on_signals
 
 BENCHES = {
     "authz": "bench.authz",
@@ -22,6 +29,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print only the JSON result")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for smoke tests")
     args = parser.parse_args()
+    exit_on_signals()
     module = importlib.import_module(BENCHES[args.name])
     result = module.run(quick=args.quick, verbose=not args.json)
     print(json.dumps(result, indent=None if args.json else 2))

@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.footprint_sim import meters_toml
+from firmware_sim.children import die_with_parent
 from firmware_sim.mosquitto import MosquittoBroker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -255,9 +256,14 @@ class _DeviceSim:
             stderr=subprocess.DEVNULL,
             text=True,
             env=_env(),
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 (lock-free; see children.py)
         )
         assert self._process.stdout is not None
-        self.info = json.loads(self._process.stdout.readline())
+        try:
+            self.info = json.loads(self._process.stdout.readline())
+        except BaseException:  # SIGTERM while starting, or a broken simulator: stop it
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -283,6 +289,7 @@ def _start(config: Path) -> subprocess.Popen[bytes]:
             env=_env(),
             stdout=subprocess.DEVNULL,
             stderr=log,
+            preexec_fn=die_with_parent(),  # noqa: PLW1509 (lock-free; see children.py)
         )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from firmware_sim.children import die_with_parent
 from gateway.errors import GatewayError
 
 MOSQUITTO_PATHS = ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto")
@@ -88,6 +89,7 @@ class MosquittoBroker:
             try:
                 self._start_once(timeout)
             except GatewayError:
+                self.stop()
                 if not self._may_move:
                     raise
                 self.port = free_port()
@@ -106,6 +108,7 @@ class MosquittoBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent(signal.SIGKILL),  # noqa: PLW1509 (lock-free, children.py)
         )
         self._wait_listening(timeout)
 
@@ -131,7 +134,11 @@ class MosquittoBroker:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
     def __enter__(self) -> MosquittoBroker:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # a failed or interrupted start leaves no broker behind
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *_exc: object) -> None:

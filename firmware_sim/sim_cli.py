@@ -4,8 +4,9 @@ It starts a `LockWorld` (locks reachable over TCP HCI) and, unless `--no-meters`
 meters (`MeterSim`, meters mapped to the first seals), writes a complete gateway config, prints
 one ready line (`sim ready: config=... adapter=...`), generates random lock activity (tamper,
 wire cut, low battery, ...) for `--activity-seconds`, prints `sim quiet: ...`, then stays up
-quietly until SIGTERM or SIGINT. Every lock log entry and
-meter event goes to `--truth` as JSON lines.
+quietly until SIGTERM, SIGINT or SIGHUP, and stops its children (socat) on the way out; they
+also die with it if it is killed (firmware_sim/children.py). Every lock log entry and meter
+event goes to `--truth` as JSON lines.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 async def _run_until_signal(options: SimOptions) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     await run_sim(options, stop)
 

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
+
 
 class GatewayError(Exception):
     """Root of every error sealgw raises on purpose."""
@@ -86,3 +88,18 @@ class DeviceRejectedError(GatewayError):
         super().__init__(message)
         self.device = device
         self.code = code
+
+
+class ExitCode(IntEnum):
+    """Exit codes of every sealgw command and plug-in (systemd's unit relies on USAGE = 2)."""
+
+    OK = 0
+    FAILURE = 1  # the command ran and failed, or a gateway refused
+    USAGE = 2  # bad arguments or config: fix them, do not restart
+    INTERRUPTED = 130  # SIGINT (128 + 2)
+    TERMINATED = 143  # SIGTERM (128 + 15)
+
+
+def exit_code_for(exc: GatewayError) -> ExitCode:
+    """USAGE for a ConfigError, FAILURE for any other GatewayError."""
+    return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.FAILURE

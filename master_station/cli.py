@@ -1,8 +1,8 @@
 """`sealgw master ...`: the reference master station's command line.
 
-Registered by gateway/cli/main.py with `register_master_command(commands)`; also runnable alone as
-`python -m master_station ...`. Key material lives in the master directory (0700, files 0600)
-and is never printed. Exit codes: 0 ok, 1 failure (or a gateway refused), 2 usage or config.
+Registered through the `sealgw.commands` entry point (master_station/command.py); also runnable
+alone as `python -m master_station ...`. Key material lives in the master directory (0700, files
+0600) and is never printed. Exit codes: 0 ok, 1 failure (or a gateway refused), 2 usage or config.
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
-from gateway.cli.main import EXIT_FAILURE, EXIT_OK, run_handler
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, ExitCode, GatewayError, exit_code_for
 
 if TYPE_CHECKING:
     from master_station.authority import MasterAuthority
@@ -43,13 +42,17 @@ TICKETS_INDEX = "tickets.jsonl"
 _HEX32 = re.compile(r"^[0-9a-fA-F]{64}$")
 _LOCK_ID = re.compile(r"^[0-9a-fA-F]{16}$")
 
+EXIT_OK = ExitCode.OK
+EXIT_FAILURE = ExitCode.FAILURE
 T = TypeVar("T")
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
-def register_master_command(commands: SubParsers) -> None:
+def register_master_command(
+    commands: SubParsers, *, help_line: str = "the reference master station"
+) -> None:
     """Add `master` and its subcommands to the `sealgw` parser."""
-    master = commands.add_parser("master", help="the reference master station")
+    master = commands.add_parser("master", help=help_line)
     sub = master.add_subparsers(title="master commands", metavar="COMMAND")
     _add_init(sub)
     _add_listen(sub)
@@ -68,6 +71,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_master_command(commands)
     args = parser.parse_args(["master", *(sys.argv[1:] if argv is None else argv)])
     return run_handler(parser, args)
+
+
+def run_handler(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the chosen subcommand (help without one); gateway errors become exit codes."""
+    handler: Callable[[argparse.Namespace], int] | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return ExitCode.USAGE
+    try:
+        return handler(args)
+    except GatewayError as exc:
+        label = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"{label}: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        return ExitCode.INTERRUPTED
 
 
 # -- parsers ---------------------------------------------------------------------------------
@@ -209,7 +228,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
-    from master_station.ledger.base import open_ledger
+    from master_station.ledger.factory import open_ledger
     from master_station.listener import MasterListener
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -302,7 +321,7 @@ def _cmd_provision(args: argparse.Namespace) -> int:
 def _cmd_kpi(args: argparse.Namespace) -> int:
     from master_station.kpi.chart import load_day_chart, render_html
     from master_station.kpi.report import compute_kpis, format_table, load_inputs
-    from master_station.ledger.base import open_ledger
+    from master_station.ledger.factory import open_ledger
 
     day = _day_arg(args.day)
     ledger = open_ledger(args.ledger)
@@ -318,7 +337,7 @@ def _cmd_kpi(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from master_station.ledger.base import open_ledger
+    from master_station.ledger.factory import open_ledger
 
     ledger = open_ledger(args.ledger)
     try:
@@ -442,7 +461,8 @@ def _record_seal(master_dir: Path, seal: str, lock_hex: str) -> None:
 
 def _index_ticket(args: argparse.Namespace, ticket: Any) -> None:
     """Remember the ticket's flow (operations per flow need it): master dir, and a ledger."""
-    from master_station.ledger.base import TicketRecord, open_ledger
+    from master_station.ledger.factory import open_ledger
+    from master_station.ledger.models import TicketRecord
 
     record = TicketRecord(
         ticket.ticket_id, ticket.gateway, ticket.flow, ticket.work_order, ticket.operator,

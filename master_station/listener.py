@@ -40,7 +40,7 @@ from paho.mqtt.properties import Properties
 
 from gateway.errors import ConfigError, TransientError
 from gateway.protocol.canonical import canonical_bytes
-from master_station.ledger.base import AddOutcome, AddResult, Ledger, LedgerError, SeqRange
+from master_station.ledger.models import AddOutcome, AddResult, Ledger, LedgerError, SeqRange
 
 __all__ = ["ListenerOptions", "ListenerStats", "MasterListener", "parse_broker_url"]
 

@@ -2,7 +2,9 @@
 and the TCP relay the gateway reaches its broker through (cut to make an outage).
 
 Every child runs in a new session (`start_new_session`), so stopping it stops its whole process
-group; `ProcessSet.close()` in a `finally` leaves no orphans.
+group; `ProcessSet.close()` in a `finally` leaves no orphans, and `sealgw demo` turns SIGTERM
+into that cleanup. Each child also gets SIGTERM from the kernel if the demo dies abruptly
+(`firmware_sim.children.die_with_parent`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from firmware_sim.children import die_with_parent
 from gateway.errors import GatewayError
 
 __all__ = ["Child", "DemoStepError", "ProcessSet", "SimControl", "TcpRelay", "run_cli"]
@@ -53,6 +56,7 @@ def run_cli(
             env=child_env(),
             check=False,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
     except subprocess.TimeoutExpired:
         raise DemoStepError(f"`sealgw {args[0]} {args[1]}` took over {timeout:.0f} s") from None
@@ -76,6 +80,7 @@ class Child:
                 stderr=out,
                 env=child_env(),
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 (lock-free; see children.py)
             )
 
     @property

@@ -30,7 +30,7 @@ from typing import Any, TextIO
 from firmware_sim.demo.day import GATEWAY_ID, Day, Timeline, buffer_head
 from firmware_sim.demo.script import STEPS, StepResult, play
 from gateway.protocol.chain import verify_chain
-from master_station.ledger.base import open_ledger
+from master_station.ledger.factory import open_ledger
 
 __all__ = ["DemoOptions", "run_demo", "summarize"]
 

@@ -38,7 +38,7 @@ from firmware_sim.demo.day import (
 from firmware_sim.demo.procs import DemoStepError
 from master_station.authority import MasterAuthority
 from master_station.kpi.report import compute_kpis, load_inputs
-from master_station.ledger.base import open_ledger
+from master_station.ledger.factory import open_ledger
 
 __all__ = ["STEPS", "StepResult", "play"]
 

@@ -24,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from firmware_sim.children import die_with_parent
 from firmware_sim.meters.dlt645 import (
     Dlt645TcpServer,
     LoadCurve,
@@ -105,6 +107,7 @@ class PtyPair:
             f"pty,raw,echo=0,link={self.server_end}",
             f"pty,raw,echo=0,link={self.client_end}",
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=die_with_parent(signal.SIGKILL),  # gone with the simulator, even SIGKILLed
         )  # fmt: skip
         assert self._proc.stderr is not None
         async for line in self._proc.stderr:

@@ -1,4 +1,9 @@
-"""The `sealgw` command line. Subcommands import their modules lazily to keep start-up fast."""
+"""The `sealgw` command line. Subcommands import their modules lazily to keep start-up fast.
+
+Built-in commands (run, config, init, status, pair, audit) live in gateway/cli/. `master`, `sim`
+and `demo` are plug-ins of the `sealgw.commands` entry-point group (gateway/cli/plugins.py), read
+only when the command asked for is not a built-in one.
+"""
 
 from __future__ import annotations
 
@@ -9,23 +14,36 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, ExitCode, GatewayError, exit_code_for
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
+EXIT_OK = ExitCode.OK
+EXIT_FAILURE = ExitCode.FAILURE
+EXIT_USAGE = ExitCode.USAGE
+BUILT_IN = ("run", "config", "init", "status", "pair", "audit")
 
 Handler = Callable[[argparse.Namespace], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run one subcommand; return the process exit code."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        parser = build_parser(command_of(argv))
+    except GatewayError as exc:
+        from gateway.cli.plugins import UnknownCommandError
+
+        print(f"sealgw: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, UnknownCommandError) else exit_code_for(exc)
     args = parser.parse_args(argv)
     try:
         return run_handler(parser, args)
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
+
+
+def command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand `argv` names (its first word not an option), or None."""
+    return next((word for word in argv if not word.startswith("-")), None)
 
 
 def run_handler(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
@@ -36,34 +54,35 @@ def run_handler(parser: argparse.ArgumentParser, args: argparse.Namespace) -> in
         return EXIT_USAGE
     try:
         return handler(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except GatewayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        label = "config error" if isinstance(exc, ConfigError) else "error"
+        print(f"{label}: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with every subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every built-in command, and the plug-ins unless `command` is built in.
+
+    Plug-ins are listed by name and help line; only `command` itself is registered fully, so
+    only its module is imported. PluginError when `command` is unknown or its plug-in is broken.
+    """
     parser = argparse.ArgumentParser(prog="sealgw", description="Meter seal and meter gateway")
     parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_run(commands)
     _add_config(commands)
-    _add_demo(commands)
-    from firmware_sim.sim_cli import register_sim_command
     from gateway.cli.admin import register_init_command, register_status_command
     from gateway.cli.audit import register_audit_command
     from gateway.cli.pair import register_pair_command
-    from master_station.cli import register_master_command
 
     register_init_command(commands)
     register_status_command(commands)
-    register_sim_command(commands)
     register_pair_command(commands)
     register_audit_command(commands)
-    register_master_command(commands)
+    if command not in BUILT_IN:
+        from gateway.cli.plugins import add_plugin_commands
+
+        add_plugin_commands(commands, command, BUILT_IN)
     return parser
 
 
@@ -80,23 +99,6 @@ def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     check = sub.add_parser("check", help="validate a config file; names the bad key")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_cmd_config_check)
-
-
-def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    demo = commands.add_parser("demo", help="run the bench demo on this machine")
-    demo.add_argument(
-        "--broker", help="use this broker (mqtt://host:port) instead of a private one"
-    )
-    demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
-    demo.add_argument("--json", action="store_true", help="print one summary object at the end")
-    demo.set_defaults(handler=_cmd_demo)
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from firmware_sim.demo.run import DemoOptions, run_demo
-
-    logging.basicConfig(level=logging.WARNING)
-    return run_demo(DemoOptions(args.broker, args.duration, args.json))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from datetime import date
 from html import escape
 
 from master_station.kpi.report import KpiReport, KpiRow, day_bounds
-from master_station.ledger.base import Ledger
+from master_station.ledger.models import Ledger
 
 __all__ = ["AlarmMark", "DayChart", "load_day_chart", "render_html"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from master_station.ledger.base import Ledger, RetainedState, StoredEvent
+from master_station.ledger.models import Ledger, RetainedState, StoredEvent
 
 __all__ = [
     "KPI_TYPES",

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from master_station.ledger.base import LedgerError
+from master_station.ledger.models import LedgerError
 
 __all__ = ["PostgresDb", "redact_dsn"]
 

@@ -1,6 +1,6 @@
 """The ledger's SQL, shared by the SQLite and PostgreSQL backends (placeholders are `?`).
 
-A backend (`ledger_sqlite.SqliteDb`, `ledger_postgres.PostgresDb`) supplies connections,
+A backend (`sqlite.SqliteDb`, `postgres.PostgresDb`) supplies connections,
 transactions and its column types; everything else, including idempotency and the incremental
 chain check, lives here once. Schema and design: docs/master.md.
 """
@@ -18,7 +18,7 @@ from gateway.errors import ProtocolError
 from gateway.protocol.chain import verify_chain
 from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.events import GENESIS_HASH, event_hash, format_ts
-from master_station.ledger.base import (
+from master_station.ledger.models import (
     SCHEMA_VERSION,
     AddOutcome,
     AddResult,
@@ -75,7 +75,7 @@ class Db(Protocol):
 
 
 class SqlLedger:
-    """The ledger over a `Db` backend; implements `master_station.ledger.base.Ledger`."""
+    """The ledger over a `Db` backend; implements `master_station.ledger.models.Ledger`."""
 
     def __init__(self, db: Db, *, now: Callable[[], datetime] | None = None) -> None:
         self._db = db

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from master_station.ledger.base import LedgerError
+from master_station.ledger.models import LedgerError
 
 __all__ = ["SqliteDb"]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ REPO = Path(__file__).resolve().parents[3]
 def test_authz_bench_reports_decisions_and_ticket_verification() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "authz", "--json", "--quick"],
-        cwd=REPO,
+        cwd=REPO,  # bench is not installed: it runs from the checkout
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=120,

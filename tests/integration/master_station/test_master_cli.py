@@ -18,7 +18,7 @@ from paho.mqtt.properties import Properties
 from gateway.protocol.certs import decode_certificate, decode_revocations
 from gateway.protocol.tickets import decode_ticket
 from master_station.cli import main
-from master_station.ledger.base import open_ledger
+from master_station.ledger.factory import open_ledger
 from tests.fixtures.mosquitto import Broker
 
 

@@ -10,7 +10,8 @@ import pytest
 
 from gateway.audit.verify import verify_file
 from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, seal_event
-from master_station.ledger.base import AddOutcome, Ledger, TicketRecord, open_ledger
+from master_station.ledger.factory import open_ledger
+from master_station.ledger.models import AddOutcome, Ledger, TicketRecord
 from tests.fixtures.master import T0, ChainBuilder, chain, schema_dsn, scratch_database
 
 

@@ -16,7 +16,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.protocol.events import Event
-from master_station.ledger.base import Ledger, open_ledger
+from master_station.ledger.factory import open_ledger
+from master_station.ledger.models import Ledger
 from master_station.listener import ListenerOptions, MasterListener
 from tests.fixtures.master import chain
 from tests.fixtures.mosquitto import Broker, SubscriberFactory, wait_until

@@ -12,7 +12,8 @@ from gateway.protocol.events import Event
 from master_station.cli import main as master_main
 from master_station.kpi.chart import load_day_chart, render_html
 from master_station.kpi.report import KpiInputs, compute_kpis, format_table, load_inputs
-from master_station.ledger.base import RetainedState, StoredEvent, TicketRecord, open_ledger
+from master_station.ledger.factory import open_ledger
+from master_station.ledger.models import RetainedState, StoredEvent, TicketRecord
 from tests.fixtures.master import T0, ChainBuilder
 
 T1 = "11" * 16

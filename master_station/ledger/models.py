@@ -1,9 +1,7 @@
-"""The master station's ledger: every event received exactly once, chain checks, retained state.
+"""The ledger's models: results, rows and reports, the `Ledger` protocol, and `parse_event`.
 
-Two backends share one SQL implementation (`ledger_sql.SqlLedger`): SQLite, a file and the
-default, and PostgreSQL, chosen by a `postgresql://` DSN and shareable by several master
-processes. The `events` table (gateway, seq, id, payload, ...) is what `sealgw audit verify`
-reads. Design, schema and KPI definitions: docs/master.md.
+The bottom of master_station/ledger/: models <- schema, sqlite, postgres <- sql <- factory
+(`open_ledger`). Nothing here imports a backend. Design and schema: docs/master.md.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ __all__ = [
     "TicketRecord",
     "VerifyReport",
     "is_postgres_dsn",
-    "open_ledger",
     "parse_event",
 ]
 
@@ -240,19 +237,6 @@ class Ledger(Protocol):
 def is_postgres_dsn(target: str | Path) -> bool:
     """True for `postgresql://...` and `postgres://...` targets."""
     return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
-
-
-def open_ledger(target: str | Path) -> Ledger:
-    """A SQLite ledger at a path, or a PostgreSQL ledger for a DSN; create the schema."""
-    from master_station.ledger.sql import SqlLedger
-
-    if is_postgres_dsn(target):
-        from master_station.ledger.postgres import PostgresDb
-
-        return SqlLedger(PostgresDb(str(target)))
-    from master_station.ledger.sqlite import SqliteDb
-
-    return SqlLedger(SqliteDb(Path(target)))
 
 
 def parse_event(payload: bytes) -> ParsedEvent:

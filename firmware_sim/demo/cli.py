@@ -1,0 +1,28 @@
+"""`sealgw demo [--broker URL] [--duration S] [--json]`: the demo's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+__all__ = ["register_demo_command"]
+
+
+def register_demo_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `demo` to the sealgw command line."""
+    demo = commands.add_parser("demo", help="run the bench demo on this machine")
+    demo.add_argument(
+        "--broker", help="use this broker (mqtt://host:port) instead of a private one"
+    )
+    demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    demo.add_argument("--json", action="store_true", help="print one summary object at the end")
+    demo.set_defaults(handler=_cmd_demo)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from firmware_sim.children import exit_on_signals
+    from firmware_sim.demo.run import DemoOptions, run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    exit_on_signals()
+    return run_demo(DemoOptions(args.broker, args.duration, args.json))

@@ -1,0 +1,24 @@
+"""`open_ledger`: a SQLite ledger for a path, a PostgreSQL ledger for a `postgresql://` DSN.
+
+The top of master_station/ledger/. psycopg is an optional dependency (`sealgw[master]`), so the
+PostgreSQL backend is imported only when a DSN asks for it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from master_station.ledger.models import Ledger, is_postgres_dsn
+from master_station.ledger.sql import SqlLedger
+from master_station.ledger.sqlite import SqliteDb
+
+__all__ = ["open_ledger"]
+
+
+def open_ledger(target: str | Path) -> Ledger:
+    """A SQLite ledger at a path, or a PostgreSQL ledger for a DSN; create the schema."""
+    if is_postgres_dsn(target):
+        from master_station.ledger.postgres import PostgresDb
+
+        return SqlLedger(PostgresDb(str(target)))
+    return SqlLedger(SqliteDb(Path(target)))
