@@ -56,7 +56,7 @@ from gateway.protocol.seal_exchange import TicketCredential
 from gateway.protocol.seal_frames import Operation, ResultCode
 from gateway.protocol.tickets import LOCK_OPS, Op
 
-__all__ = ["MAX_REMEMBERED", "OpStats", "Policy", "SealOperations"]
+__all__ = ["MAX_REMEMBERED", "OpStats", "PolicySettings", "SealOperations"]
 
 _log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class OpStats:
 
 
 @dataclass(frozen=True, slots=True)
-class Policy:
+class PolicySettings:
     """What `policy.decide` needs besides the request and the held documents."""
 
     trust: GatewayTrust
@@ -96,7 +96,7 @@ class SealOperations:
         log_sync: LogSync,
         reconciler: Reconciler,
         tickets: TicketStore,
-        policy: Policy,
+        policy: PolicySettings,
         emit: Emit,
         storage_full: Callable[[], bool],
         clock: Clock,

@@ -32,7 +32,7 @@ from gateway.drivers.ble.adapters import BleTransport
 from gateway.locks.beliefs import PublishState, SealBeliefs
 from gateway.locks.config import BleSection, read_key_file
 from gateway.locks.log_sync import LogSync
-from gateway.locks.operations import Policy, SealOperations
+from gateway.locks.operations import PolicySettings, SealOperations
 from gateway.locks.reconcile import Reconciler
 from gateway.locks.scheduler import ConnectionScheduler, SchedulerSettings
 from gateway.locks.session import BleLockConnector, LockSession
@@ -112,7 +112,7 @@ class LockService:
             log_sync=self.log_sync,
             reconciler=self.reconciler,
             tickets=tickets,
-            policy=Policy(trust, table, skew_s),
+            policy=PolicySettings(trust, table, skew_s),
             emit=emit,
             storage_full=storage_full,
             clock=clock,
