@@ -1,6 +1,6 @@
 """A lock rig for benches: N LockWorld locks on a bumble radio and a running gateway LockService.
 
-Everything is the real stack, set up as tests/lock_helpers.py does: locks are LockPeripherals
+Everything is the real stack, set up as tests/fixtures/locks.py does: locks are LockPeripherals
 on a virtual LocalLink whose gateway controller is served over TCP HCI, the gateway reaches them
 through our bleak backend, events are committed to a real SQLite EventBuffer, and operations
 run under tickets the MasterAuthority issued for the gateway's X25519 credential key. An
@@ -28,6 +28,7 @@ from gateway.auth.policy import DEFAULT_TABLE, GatewayTrust, OperationRequest
 from gateway.auth.ticket_store import TicketStore
 from gateway.config.model import BufferSection
 from gateway.drivers.ble.adapters import BleAdapters
+from gateway.handheld.api import OperationOutcome
 from gateway.locks.config import BleSection, LockEntry
 from gateway.locks.service import LockService
 from gateway.protocol.certs import OperatorCertificate, encode_certificate
@@ -59,13 +60,14 @@ class LockRig:
     credential_key: X25519PrivateKey
     handheld: Ed25519PrivateKey
     tap: AttTap
+    clock: SystemClock
     started: float = 0.0
     committed: list[Event] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def issue(self, seal_ids: Sequence[str], max_uses: int = MAX_USES) -> Ticket:
         """A meter_replace ticket (unseal, seal) for these seals, held by the gateway."""
-        now = int(self.service.clock.now().timestamp())
+        now = int(self.clock.now().timestamp())
         ticket = self.authority.issue_ticket(
             work_order="WO-BENCH",
             flow="meter_replace",
@@ -82,6 +84,15 @@ class LockRig:
         )
         self.tickets.accept_ticket(encode_ticket(ticket))
         return ticket
+
+    async def run(self, request: OperationRequest) -> OperationOutcome:
+        """Run an operation the daemon's way: execute, then wait for its settled outcome."""
+        operations = self.service.operations
+        started = await operations.execute(request)
+        outcome = await operations.wait(started.op_id)
+        if outcome is None:
+            raise RuntimeError(f"operation {started.op_id} was forgotten")
+        return outcome
 
     def request(self, ticket: Ticket, seal_id: str, op: str) -> OperationRequest:
         """The operator's handheld asking for `op` on `seal_id` under `ticket`."""
@@ -123,7 +134,8 @@ async def lock_rig(directory: Path, count: int, **settings: Any) -> AsyncIterato
         _section(locks, settings),
         gateway_id=GATEWAY_ID,
         transport=adapters.get(locks.adapter),
-        events=buffer,
+        emit=buffer.submit,
+        storage_full=lambda: buffer.storage_full,
         tickets=tickets,
         trust=trust,
         table=DEFAULT_TABLE,
@@ -132,7 +144,7 @@ async def lock_rig(directory: Path, count: int, **settings: Any) -> AsyncIterato
         state_dir=gw,
     )
     tap = AttTap(locks.server.controller.link, locks.server.controller)
-    rig = LockRig(locks, service, buffer, tickets, authority, credential_key, handheld, tap)
+    rig = LockRig(locks, service, buffer, tickets, authority, credential_key, handheld, tap, clock)
     buffer.on_commit = rig._on_commit
     rig.started = time.perf_counter()
     task = asyncio.create_task(service.run(), name="bench-lock-service")

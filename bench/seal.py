@@ -7,8 +7,9 @@ connection budget at 5, waits for the boot reconciliation of every lock, then me
 - sweep: the scheduler runs what a background reconciliation runs (connect, read the verified
   state, LOG_FETCH, disconnect) for every lock at once; `locks_swept_per_min` extrapolates it.
   The peak of simultaneous LE links is sampled on the wire and must stay within the budget;
-- ops: alternating unseal/seal on a few locks, one at a time, each `LockService.execute` timed
-  from the call to its return (the outcome event is then durably committed). The in-session
+- ops: alternating unseal/seal on a few locks, one at a time, each run the daemon's way
+  (`SealOperations.execute`, then `wait` for the settled outcome) and timed from the call until
+  the outcome is settled (its event is then durably committed). The in-session
   part is the scheduler action (link up and subscribed, until the disconnect starts);
 - round trips: counted on the wire by `bench.att_tap`, not inferred. An ATT round trip is a run
   of gateway PDUs answered by the lock. The seal operation itself is CHALLENGE_REQUEST and
@@ -198,7 +199,7 @@ async def _ops(rig: LockRig, spy: _SessionSpy, r: _Round, count: int) -> None:
         spy.durations.clear()
         mark = tap.mark()
         began = time.perf_counter()
-        result = await service.execute(rig.request(ticket, seals[number - 1], op))
+        result = await rig.run(rig.request(ticket, seals[number - 1], op))
         r.op_ms.append((time.perf_counter() - began) * 1000)
         if not result.ok:
             raise RuntimeError(f"{op} on {seals[number - 1]} failed: {result}")
@@ -211,7 +212,7 @@ async def _ops(rig: LockRig, spy: _SessionSpy, r: _Round, count: int) -> None:
 def _reconcile(rig: LockRig, seal_id: str) -> Callable[[LockSession], Awaitable[None]]:
     """What a background reconciliation does on its link: verified state, then the log."""
     lock = rig.service.locks[seal_id]
-    return lambda session: rig.service.session_common(lock, session)
+    return lambda session: rig.service.log_sync.refresh(lock, session)
 
 
 def _count_op(pdus: list[AttPdu], handles: SealHandles, r: _Round) -> None:

@@ -103,3 +103,27 @@ class ExitCode(IntEnum):
 def exit_code_for(exc: GatewayError) -> ExitCode:
     """USAGE for a ConfigError, FAILURE for any other GatewayError."""
     return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.FAILURE
+
+
+# -- seal locks (gateway/locks) ------------------------------------------------------------------
+
+
+class RetryableError(TransientError):
+    """A lock session failed before anything state-changing reached the lock: safe to retry."""
+
+
+class LinkLostError(RetryableError):
+    """The link went down (or was never usable) before anything state-changing was sent."""
+
+
+class AnswerTimeoutError(LinkLostError):
+    """The lock did not answer within the per-operation timeout."""
+
+
+class OutcomeUnknownError(GatewayError):
+    """A COMMAND was sent but no verified answer came back; `reason` says why."""
+
+    def __init__(self, message: str, *, reason: str, ticket_tag: bytes = b"") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.ticket_tag = ticket_tag

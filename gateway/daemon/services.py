@@ -132,7 +132,8 @@ def _add_locks(
         config.ble,
         gateway_id=config.gateway.id,
         transport=services.ble_adapters.get(config.ble.adapter),
-        events=buffer,
+        emit=buffer.submit,
+        storage_full=lambda: buffer.storage_full,
         tickets=authorization.tickets,
         trust=authorization.trust,
         table=authorization.table,
@@ -170,7 +171,6 @@ def _add_handheld(
     from gateway.handheld.service import HandheldService
     from gateway.handheld.store import HANDHELDS_FILE, PairedDeviceStore
     from gateway.handheld.transport import HandheldServer
-    from gateway.locks.backend import LockBackend
 
     authorization = _require_authorization(services, "handhelds")
     if services.locks is None:
@@ -181,7 +181,7 @@ def _add_handheld(
         identity=load_identity(state_dir),
         trust=authorization.trust,
         store=PairedDeviceStore.open(state_dir / HANDHELDS_FILE),
-        backend=LockBackend(services.locks, authorization.tickets),
+        backend=services.locks.operations,
         emit=emit,
         clock=clock,
         skew_s=authorization.skew_s,

@@ -25,12 +25,22 @@ __all__ = [
 
 
 class OperationStatus(StrEnum):
-    """Where an unseal or seal stands, as the handheld sees it."""
+    """Where a seal operation stands: accepted, done, denied, failed, or unknown until the log.
+
+    UNKNOWN (the command went out, no verified answer came back) reaches the handheld as
+    status `failed` with result `unknown`: the wire predates the distinction (docs/handheld.md).
+    """
 
     PENDING = "pending"
     DONE = "done"
     DENIED = "denied"
     FAILED = "failed"
+    UNKNOWN = "unknown"
+
+    @property
+    def reported(self) -> OperationStatus:
+        """The status the handheld protocol carries."""
+        return OperationStatus.FAILED if self is OperationStatus.UNKNOWN else self
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +95,11 @@ class SealStatus:
 
 @dataclass(frozen=True, slots=True)
 class OperationOutcome:
-    """An unseal or seal: accepted (pending), denied with a policy reason, done or failed."""
+    """A seal operation as it stands: the one result type from the lock path to the handheld.
+
+    `reason` is the policy reason of a denial, or why it failed or is unknown; `state`, `wire`
+    and `log_index` come from the lock's verified answer or log entry.
+    """
 
     op_id: str
     operator: str
@@ -93,19 +107,30 @@ class OperationOutcome:
     seal_id: str
     status: OperationStatus
     reason: str = ""
-    result: str = ""
     state: str = ""
+    wire: str = ""
     log_index: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the lock did what was asked."""
+        return self.status is OperationStatus.DONE
+
+    @property
+    def settled(self) -> bool:
+        """True once the operation will not change any more (anything but pending)."""
+        return self.status is not OperationStatus.PENDING
 
     def to_json(self) -> dict[str, JSONValue]:
         """The JSON object sent to the handheld."""
+        failed = self.settled and not self.ok
         return {
             "op_id": self.op_id,
             "op": self.op,
             "seal_id": self.seal_id,
-            "status": self.status.value,
-            "reason": self.reason,
-            "result": self.result,
+            "status": self.status.reported.value,
+            "reason": self.reason or (self.status.value if failed else ""),
+            "result": self.status.value if self.settled else "",
             "state": self.state,
             "log_index": self.log_index,
         }

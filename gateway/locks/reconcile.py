@@ -31,7 +31,7 @@ from gateway.errors import DuplicateEventError
 from gateway.locks.state import LockSpec, LockStore
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.protocol.events import Emit, EventDraft, EventType, Priority
 from gateway.protocol.seal_exchange import LogBatch
 from gateway.protocol.seal_frames import CommandResult, LogEntry, LogEvent, encode_log_entry
 
@@ -48,22 +48,21 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-Submit = Callable[[EventDraft], "asyncio.Future[Event]"]
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ID_LABEL = b"sealgw/v1 lock event\x00"
 
-ENTRY_TYPES: Mapping[LogEvent, tuple[str, Priority]] = {
-    LogEvent.BOOT: ("seal.boot", Priority.STATE),
-    LogEvent.SEALED: ("seal.sealed", Priority.AUDIT),
-    LogEvent.UNSEALED: ("seal.unsealed", Priority.AUDIT),
-    LogEvent.OP_REJECTED: ("seal.op_rejected", Priority.AUDIT),
-    LogEvent.TAMPER_WIRE_CUT: ("seal.tamper", Priority.ALARM),
-    LogEvent.TAMPER_SHELL_OPEN: ("seal.tamper", Priority.ALARM),
-    LogEvent.BATTERY_LOW: ("seal.battery_low", Priority.STATE),
-    LogEvent.FAULT: ("seal.fault", Priority.ALARM),
-    LogEvent.TIME_SET: ("seal.time_set", Priority.AUDIT),
+ENTRY_TYPES: Mapping[LogEvent, tuple[EventType, Priority]] = {
+    LogEvent.BOOT: (EventType.SEAL_BOOT, Priority.STATE),
+    LogEvent.SEALED: (EventType.SEAL_SEALED, Priority.AUDIT),
+    LogEvent.UNSEALED: (EventType.SEAL_UNSEALED, Priority.AUDIT),
+    LogEvent.OP_REJECTED: (EventType.SEAL_OP_REJECTED, Priority.AUDIT),
+    LogEvent.TAMPER_WIRE_CUT: (EventType.SEAL_TAMPER, Priority.ALARM),
+    LogEvent.TAMPER_SHELL_OPEN: (EventType.SEAL_TAMPER, Priority.ALARM),
+    LogEvent.BATTERY_LOW: (EventType.SEAL_BATTERY_LOW, Priority.STATE),
+    LogEvent.FAULT: (EventType.SEAL_FAULT, Priority.ALARM),
+    LogEvent.TIME_SET: (EventType.SEAL_TIME_SET, Priority.AUDIT),
 }
-_UNKNOWN_ENTRY = ("seal.log_entry", Priority.AUDIT)
+_UNKNOWN_ENTRY = (EventType.SEAL_LOG_ENTRY, Priority.AUDIT)
 _TAMPER_CAUSES = {LogEvent.TAMPER_WIRE_CUT: "wire_cut", LogEvent.TAMPER_SHELL_OPEN: "shell_open"}
 
 
@@ -156,7 +155,7 @@ def gap_draft(gateway: str, lock: LockSpec, span: tuple[int, int], now: datetime
     first, last = span
     data: dict[str, JSONValue] = {"lock_id": lock.lock_id.hex(), "first": first, "last": last}
     return EventDraft(
-        "seal.log_gap",
+        EventType.SEAL_LOG_GAP,
         lock.seal_id,
         data,
         Priority.ALARM,
@@ -187,11 +186,11 @@ def entry_data(lock_id: bytes, entry: LogEntry) -> dict[str, JSONValue]:
 class Reconciler:
     """Turns fetched log entries into committed events and moves the durable cursor."""
 
-    def __init__(self, gateway: str, store: LockStore, submit: Submit, clock: Clock) -> None:
+    def __init__(self, gateway: str, store: LockStore, emit: Emit, clock: Clock) -> None:
         self._gateway = gateway
         self._clock = clock
         self._store = store
-        self._submit = submit
+        self._emit = emit
         self.entries = 0
         self.duplicates = 0
 
@@ -221,7 +220,7 @@ class Reconciler:
 
     async def commit(self, drafts: Sequence[EventDraft]) -> None:
         """Submit and wait for the durable commit; an id already stored counts as committed."""
-        futures = [self._submit(draft) for draft in drafts]
+        futures = [self._emit(draft) for draft in drafts]
         for result in await asyncio.gather(*futures, return_exceptions=True):
             if isinstance(result, DuplicateEventError):
                 self.duplicates += 1

@@ -21,14 +21,13 @@ from enum import IntEnum
 from typing import Generic, Protocol, TypeVar
 
 from gateway.drivers.pacing import Backoff
-from gateway.errors import GatewayError, TransientError
+from gateway.errors import GatewayError, RetryableError, TransientError
 from gateway.protocol.clock import Clock
 
 __all__ = [
     "ConnectionScheduler",
     "Connector",
     "PriorityGate",
-    "RetryableError",
     "SchedulerSettings",
     "SchedulerStats",
     "Urgency",
@@ -47,10 +46,6 @@ class Urgency(IntEnum):
     HANDHELD = 0
     ALARM = 1
     BACKGROUND = 2
-
-
-class RetryableError(TransientError):
-    """The session failed before anything state-changing reached the lock: safe to retry."""
 
 
 class Connector(Protocol[LinkT]):

@@ -23,8 +23,15 @@ from bleak import BleakClient
 from bleak.exc import BleakError
 
 from gateway.drivers.ble.adapters import BleTransport
-from gateway.errors import AuthError, GatewayError, ProtocolError
-from gateway.locks.scheduler import RetryableError
+from gateway.errors import (
+    AnswerTimeoutError,
+    AuthError,
+    GatewayError,
+    LinkLostError,
+    OutcomeUnknownError,
+    ProtocolError,
+    RetryableError,
+)
 from gateway.locks.state import LockSpec
 from gateway.protocol.seal_crypto import ticket_tag
 from gateway.protocol.seal_exchange import (
@@ -61,35 +68,15 @@ from gateway.protocol.seal_frames import (
 )
 
 __all__ = [
-    "AnswerTimeoutError",
     "BleLockConnector",
     "CommandOutcome",
-    "LinkLostError",
     "LockSession",
-    "OutcomeUnknownError",
 ]
 
 _log = logging.getLogger(__name__)
 
 MAX_ATT_MTU = 517
 MAX_UNKNOWN_SKIPPED = 4  # unknown message types skipped while waiting for one answer
-
-
-class LinkLostError(RetryableError):
-    """The link went down (or was never usable) before anything state-changing was sent."""
-
-
-class AnswerTimeoutError(LinkLostError):
-    """The lock did not answer within the per-operation timeout."""
-
-
-class OutcomeUnknownError(GatewayError):
-    """A COMMAND was sent but no verified answer came back; `reason` says why."""
-
-    def __init__(self, message: str, *, reason: str, ticket_tag: bytes = b"") -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.ticket_tag = ticket_tag
 
 
 @dataclass(frozen=True, slots=True)

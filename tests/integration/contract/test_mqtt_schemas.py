@@ -288,17 +288,17 @@ async def test_lock_service_events_and_retained_state_validate(tmp_path: Path) -
         assert b.service is not None
         await b.wait_events(lambda e: e.type == "seal.boot", count=3)
         ticket = b.issue()
-        assert (await b.service.execute(b.request(ticket, op="unseal"))).ok
-        assert (await b.service.execute(b.request(ticket, op="seal"))).ok
-        denied = await b.service.execute(b.request(ticket, seal_id="SL-0003"))
-        assert denied.outcome == "denied"
+        assert (await b.run(b.request(ticket, op="unseal"))).ok
+        assert (await b.run(b.request(ticket, op="seal"))).ok
+        denied = await b.run(b.request(ticket, seal_id="SL-0003"))
+        assert denied.status == "denied"
         b.locks.inject("SL-0002", "drop_link")
-        unknown = await b.service.execute(b.request(ticket, seal_id="SL-0002"))
-        assert unknown.outcome == "unknown"
+        unknown = await b.run(b.request(ticket, seal_id="SL-0002"))
+        assert unknown.status == "unknown"
         await b.wait_events(lambda e: e.type == "seal.unsealed" and e.subject == "SL-0002")
         b.locks.inject("SL-0001", "mechanical_failure")
-        failed = await b.service.execute(b.request(ticket, op="unseal"))
-        assert failed.outcome == "failed"
+        failed = await b.run(b.request(ticket, op="unseal"))
+        assert failed.status == "failed"
         b.locks.inject("SL-0003", "wire_cut")
         await b.wait_events(lambda e: e.type == "seal.tamper", count=2)
         b.locks.inject("SL-0003", "low_battery")
@@ -323,8 +323,8 @@ async def test_unreachable_offline_and_online_seal_events_validate(tmp_path: Pat
         await peripheral.device.stop_advertising()
         b.clock.advance(6.0)
         await b.wait_events(lambda e: e.type == "seal.offline")
-        result = await b.service.execute(b.request(ticket, op="unseal"))
-        assert (result.outcome, result.reason) == ("failed", "unreachable")
+        result = await b.run(b.request(ticket, op="unseal"))
+        assert (result.status, result.reason) == ("failed", "unreachable")
         await peripheral.device.start_advertising(
             auto_restart=True,
             advertising_data=peripheral.device.advertising_data,

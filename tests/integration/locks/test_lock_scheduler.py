@@ -8,11 +8,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gateway.errors import GatewayError, TransientError
+from gateway.errors import GatewayError, RetryableError, TransientError
 from gateway.locks.scheduler import (
     ConnectionScheduler,
     PriorityGate,
-    RetryableError,
     SchedulerSettings,
     Urgency,
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sqlite3
@@ -11,7 +10,7 @@ from pathlib import Path
 from firmware_sim.locks.model import LockModel
 from firmware_sim.locks.peripheral import LockPeripheral
 from firmware_sim.locks.world import lock_id_for
-from gateway.locks.backend import LockBackend
+from gateway.handheld.api import OperationsBackend
 from gateway.locks.scheduler import Urgency
 from gateway.locks.session import LockSession
 from gateway.protocol.seal_exchange import (
@@ -52,10 +51,10 @@ async def test_unseal_then_seal_end_to_end(tmp_path: Path) -> None:
         ticket = b.issue()
         lock = b.locks.locks["SL-0001"].model
 
-        result = await b.service.execute(b.request(ticket, op="unseal"))
+        result = await b.run(b.request(ticket, op="unseal"))
 
         assert result.ok, result
-        assert (result.outcome, result.state, result.log_index) == ("done", "unsealed", 2)
+        assert (result.status, result.state, result.log_index) == ("done", "unsealed", 2)
         assert lock.state is LockState.UNSEALED
         events = await b.events()
         kinds = [e.type for e in events if e.subject == "SL-0001" and e.priority.name == "AUDIT"]
@@ -69,7 +68,7 @@ async def test_unseal_then_seal_end_to_end(tmp_path: Path) -> None:
         assert b.service.unseal_authorized("SL-0001", b.clock.now())
         assert b.tickets.uses(ticket.ticket_id) == 1
 
-        result = await b.service.execute(b.request(ticket, op="seal"))
+        result = await b.run(b.request(ticket, op="seal"))
 
         assert result.ok, result
         assert (result.state, result.wire, result.log_index) == ("sealed", "intact", 3)
@@ -129,7 +128,7 @@ async def test_spoofed_and_replayed_adverts_are_rejected_and_counted(tmp_path: P
             await b.wait_for(lambda: b.service.rejected["bad_advert_mac"] >= 3)
         finally:
             await rogue.close()
-        assert b.service.observe_payload(old_payload, source="advert") is None  # replayed
+        assert b.service.beliefs.observe_payload(old_payload, source="advert") is None  # replay
         assert b.service.rejected["advert_replay"] == 1
         snap = b.service.snapshot()
         assert snap["spoofed_adverts"] >= 4
@@ -164,7 +163,7 @@ async def test_replayed_command_frame_is_rejected_by_the_lock_and_logged(tmp_pat
             replayed = await session.request(command)  # the same bytes, an old challenge
             assert isinstance(replayed, CommandResult)
             answers.append(verify_result(credential, ctx2, command, replayed))
-            await service.reconcile_on(lock, session)
+            await service.log_sync.reconcile_on(lock, session)
 
         await service.scheduler.run("SL-0001", Urgency.HANDHELD, replay)
 
@@ -182,9 +181,9 @@ async def test_forged_answer_is_detected_and_the_truth_comes_from_the_log(tmp_pa
         ticket = b.issue()
         b.locks.inject("SL-0001", "corrupt")
 
-        result = await b.service.execute(b.request(ticket, op="unseal"))
+        result = await b.run(b.request(ticket, op="unseal"))
 
-        assert (result.ok, result.outcome, result.reason) == (False, "unknown", "bad_answer_mac")
+        assert (result.ok, result.status, result.reason) == (False, "unknown", "bad_answer_mac")
         events = await b.events()
         assert [e.type for e in events if e.type == "seal.unsealed"] == []
         unconfirmed = [e for e in events if e.type == "seal.op_unconfirmed"]
@@ -210,8 +209,8 @@ async def test_operations_outside_ticket_scope_or_window_are_denied(tmp_path: Pa
             (b.request(ticket, seal_id="SL-0099"), "seal_out_of_scope"),
         ]
         for request, reason in cases:
-            result = await b.service.execute(request)
-            assert (result.ok, result.outcome, result.reason) == (False, "denied", reason)
+            result = await b.run(request)
+            assert (result.ok, result.status, result.reason) == (False, "denied", reason)
         denied = [e.data["reason"] for e in await b.events() if e.type == "seal.op_denied"]
         assert denied == [reason for _, reason in cases]
         assert b.service.scheduler.stats.connects == 3  # the boot reconciliations only
@@ -225,9 +224,9 @@ async def test_link_dropped_mid_command_gives_no_false_done(tmp_path: Path) -> N
         ticket = b.issue()
         b.locks.inject("SL-0002", "drop_link")
 
-        result = await b.service.execute(b.request(ticket, seal_id="SL-0002"))
+        result = await b.run(b.request(ticket, seal_id="SL-0002"))
 
-        assert (result.ok, result.outcome, result.reason) == (False, "unknown", "link_lost")
+        assert (result.ok, result.status, result.reason) == (False, "unknown", "link_lost")
         assert b.locks.locks["SL-0002"].model.state is LockState.UNSEALED  # it did act
         assert [e for e in await b.events() if e.type == "seal.unsealed"] == []
         recovered = await b.wait_events(lambda e: e.type == "seal.unsealed")
@@ -242,7 +241,7 @@ async def test_reconciliation_is_exactly_once_across_a_restart(tmp_path: Path) -
         assert b.service is not None
         await b.wait_events(lambda e: e.type == "seal.boot", count=3)
         ticket = b.issue()
-        assert (await b.service.execute(b.request(ticket, seal_id="SL-0002"))).ok
+        assert (await b.run(b.request(ticket, seal_id="SL-0002"))).ok
         b.locks.inject("SL-0001", "low_battery")
         b.locks.inject("SL-0001", "shell_open")
         await b.wait_events(lambda e: e.type == "seal.tamper" and "log_index" in e.data)
@@ -295,20 +294,36 @@ async def test_handheld_backend_denies_at_once_and_reports_the_outcome(tmp_path:
     async with bench(tmp_path) as b:
         assert b.service is not None
         await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        backend = LockBackend(b.service, b.tickets)
+        backend: OperationsBackend = b.service.operations  # what the daemon hands the handheld
         ticket = b.issue()
         assert [t.ticket_id for t in await backend.list_tickets("op-0042")] == [ticket.ticket_id]
 
         denied = await backend.execute(b.request(ticket, seal_id="SL-0003"))
-        assert (denied.status.value, denied.reason) == ("denied", "seal_out_of_scope")
+        assert denied.to_json() == {
+            "op_id": denied.op_id,
+            "op": "unseal",
+            "seal_id": "SL-0003",
+            "status": "denied",
+            "reason": "seal_out_of_scope",
+            "result": "denied",
+            "state": "",
+            "log_index": None,
+        }
 
         pending = await backend.execute(b.request(ticket))
-        assert pending.status.value == "pending"
-        await asyncio.wait_for(asyncio.gather(*backend._tasks), 10.0)  # the running command
-        done = await backend.result(pending.op_id)
-        assert done is not None
-        assert (done.state, done.log_index) == ("unsealed", 2)
+        assert pending.to_json()["status"] == "pending"
+        await b.service.operations.wait(pending.op_id)  # the command running in the background
+        found = await backend.result(pending.op_id)
+        assert found is not None
+        assert {k: v for k, v in found.to_json().items() if k != "op_id"} == {
+            "op": "unseal",
+            "seal_id": "SL-0001",
+            "status": "done",
+            "reason": "",
+            "result": "done",
+            "state": "unsealed",
+            "log_index": 2,
+        }
         status = await backend.seal_state("SL-0001")
         assert status is not None
         assert status.state == "unsealed"
-        await backend.close()
