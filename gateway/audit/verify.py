@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.audit.chain_windows import verify_sparse_chain
-from gateway.errors import GatewayError, ProtocolError
+from gateway.errors import AuditInputError, ProtocolError
 from gateway.protocol.chain import ChainReport
 from gateway.protocol.checkpoint import (
     CHECKPOINT_TYPE,
@@ -36,7 +36,6 @@ from gateway.protocol.strict_json import loads_strict
 
 __all__ = [
     "LEDGER_SCHEMA",
-    "AuditInputError",
     "AuditProblem",
     "AuditReport",
     "CheckpointSummary",
@@ -67,10 +66,6 @@ _GATEWAY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RAW_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 
 EventObj = Mapping[str, Any]
-
-
-class AuditInputError(GatewayError):
-    """The input or a key cannot be read at all (a usage or I/O error, not a finding)."""
 
 
 @dataclass(frozen=True, slots=True)

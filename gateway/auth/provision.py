@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, ProvisionError
 from gateway.protocol.checkpoint import public_key_fingerprint
 
 if TYPE_CHECKING:
@@ -39,14 +39,6 @@ STATE_DIR_MODE = 0o700
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class ProvisionError(GatewayError):
-    """Provisioning could not complete; `paths` names the files involved."""
-
-    def __init__(self, message: str, *, paths: tuple[Path, ...] = ()) -> None:
-        super().__init__(message)
-        self.paths = paths
 
 
 @dataclass(frozen=True, slots=True)

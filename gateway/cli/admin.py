@@ -56,7 +56,8 @@ def register_status_command(
 
 def cmd_init(args: argparse.Namespace) -> int:
     """Run `sealgw init`."""
-    from gateway.auth.provision import ProvisionError, init_gateway
+    from gateway.auth.provision import init_gateway
+    from gateway.errors import ProvisionError
 
     state_dir, gateway_id = _init_target(args)
     try:
@@ -77,7 +78,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Run `sealgw status`."""
-    from gateway.daemon.control import GatewayNotRunningError, control_socket_path, query_status
+    from gateway.daemon.control import control_socket_path, query_status
+    from gateway.errors import GatewayNotRunningError
 
     path = args.socket or control_socket_path(_gateway_table(args.config)[0])
     try:

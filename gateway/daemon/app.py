@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.audit.checkpointer import Checkpointer
-from gateway.auth.provision import ProvisionError, load_identity
+from gateway.auth.provision import load_identity
 from gateway.config.model import GatewayConfig
 from gateway.daemon.control import ControlServer, control_socket_path
 from gateway.daemon.debug_stall import install_debug_stall
@@ -20,7 +20,7 @@ from gateway.daemon.sdnotify import SystemdNotifier
 from gateway.daemon.services import build_services
 from gateway.daemon.supervisor import Supervisor
 from gateway.daemon.synthetic import run_synthetic_source
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ProvisionError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock, SystemClock
 from gateway.protocol.events import Event, EventDraft, Priority

@@ -18,7 +18,7 @@ from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import ConfigError
+from gateway.errors import ProfileError
 from gateway.protocol.modbus_values import (
     ByteOrder,
     Number,
@@ -32,7 +32,6 @@ __all__ = [
     "MAX_READ_REGISTERS",
     "MeterProfile",
     "MeterProtocol",
-    "ProfileError",
     "ReadLimits",
     "RegisterFunction",
     "RegisterSpec",
@@ -94,15 +93,6 @@ class StatusEvent(StrEnum):
     POWER_DOWN = "power_down"
     MAGNETIC_INTERFERENCE = "magnetic_interference"
     REVERSE_ENERGY = "reverse_energy"
-
-
-class ProfileError(ConfigError):
-    """A profile is invalid; `source` names the file and `key` the dotted key inside it."""
-
-    def __init__(self, source: str, key: str, reason: str) -> None:
-        super().__init__(key, reason)
-        self.source = source
-        self.args = (f"{source}: {key}: {reason}" if key else f"{source}: {reason}",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,11 +21,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from gateway.drivers.dlt645.bus import Dlt645Bus
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ProfileError
 from gateway.locks.view import SealStateView
 from gateway.meters.config import MeterConfig, MetersSection, TheftSection
 from gateway.meters.model import MeterEvent, MeterReading, Sample
-from gateway.meters.profiles import MeterProfile, ProfileError, load_profiles
+from gateway.meters.profiles import MeterProfile, load_profiles
 from gateway.meters.readers import MeterReader, failure_reason, make_reader, open_buses
 from gateway.meters.theft import TheftCorrelator
 from gateway.meters.tracker import MeterTracker, PollOutcome
@@ -208,7 +208,7 @@ class MeterService:
 
     def _on_failure(self, meter: MeterConfig, exc: Exception, ts: datetime) -> None:
         tracker = self.trackers[meter.id]
-        reason = failure_reason(exc) if isinstance(exc, GatewayError) else "crc"
+        reason = failure_reason(exc)
         if not tracker.on_failure(reason):
             _log.debug("meter %s: still failing (%s)", meter.id, reason)
             return

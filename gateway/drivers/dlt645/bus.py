@@ -25,15 +25,22 @@ from gateway.drivers.dlt645.lines import (
     Dlt645Kind,
     Dlt645Line,
     Dlt645LineSpec,
-    LineUnavailableError,
     SerialLine,
     TcpLine,
     parse_dlt645_transport,
 )
-from gateway.errors import DeviceTimeoutError, FrameError, GatewayError, ProtocolError
+from gateway.errors import (
+    DeviceTimeoutError,
+    FrameError,
+    GarbledReplyError,
+    GatewayError,
+    LineUnavailableError,
+    MeterRefusedError,
+    ProtocolError,
+)
 from gateway.protocol import dlt645
 from gateway.protocol.clock import Clock
-from gateway.protocol.dlt645 import ErrorFlags, Frame, MeterRefusedError, Reading, Value
+from gateway.protocol.dlt645 import ErrorFlags, Frame, Reading, Value
 
 __all__ = [
     "BatchResult",
@@ -42,8 +49,6 @@ __all__ = [
     "Dlt645Kind",
     "Dlt645Line",
     "Dlt645LineSpec",
-    "GarbledReplyError",
-    "LineUnavailableError",
     "SerialLine",
     "TcpLine",
     "open_dlt645_bus",
@@ -57,10 +62,6 @@ DEFAULT_GAP = 0.02
 """DL/T 645 asks for at least 20 ms after a reply (or a broadcast) before the next request."""
 FRAME_SILENCE = 0.5
 """DL/T 645: at most 500 ms between the bytes of one frame."""
-
-
-class GarbledReplyError(ProtocolError):
-    """Bytes came back but no valid reply frame (bad checksum, end byte or length)."""
 
 
 @dataclass(slots=True)

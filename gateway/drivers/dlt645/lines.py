@@ -19,14 +19,13 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.drivers.modbus.transport import TransportKind, TransportSpec, parse_transport
-from gateway.errors import ConfigError, TransientError
+from gateway.errors import ConfigError, LineUnavailableError
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "Dlt645Kind",
     "Dlt645Line",
     "Dlt645LineSpec",
-    "LineUnavailableError",
     "SerialLine",
     "TcpLine",
     "parse_dlt645_transport",
@@ -36,10 +35,6 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 3.0
 _SERIAL_DEFAULTS = (("baud", "2400"), ("parity", "E"))
-
-
-class LineUnavailableError(TransientError):
-    """The serial port or TCP socket cannot be opened, or it closed under us."""
 
 
 class Dlt645Kind(StrEnum):

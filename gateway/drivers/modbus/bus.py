@@ -19,7 +19,6 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Protocol
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
@@ -29,11 +28,14 @@ from pymodbus.framer import FramerType
 from gateway.drivers.bus_turns import BusTurns, count_failure
 from gateway.drivers.modbus.transport import TransportKind, TransportSpec, parse_transport
 from gateway.errors import (
+    BusUnavailableError,
     ConfigError,
     DeviceTimeoutError,
+    GarbledResponseError,
     GatewayError,
-    ProtocolError,
-    TransientError,
+    ModbusBusyError,
+    ModbusExceptionCode,
+    ModbusExceptionError,
 )
 from gateway.meters.plan import ReadPlan
 from gateway.meters.profiles import RegisterFunction
@@ -42,12 +44,7 @@ from gateway.protocol.modbus_values import Number
 
 __all__ = [
     "BusStats",
-    "BusUnavailableError",
-    "GarbledResponseError",
     "ModbusBus",
-    "ModbusBusyError",
-    "ModbusExceptionCode",
-    "ModbusExceptionError",
     "ModbusTransport",
     "PymodbusTransport",
     "TransportKind",
@@ -62,28 +59,6 @@ DEFAULT_TIMEOUT = 1.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
 
 
-class ModbusExceptionCode(IntEnum):
-    """Exception codes of the Modbus Application Protocol, section 7."""
-
-    ILLEGAL_FUNCTION = 0x01
-    ILLEGAL_DATA_ADDRESS = 0x02
-    ILLEGAL_DATA_VALUE = 0x03
-    SERVER_DEVICE_FAILURE = 0x04
-    ACKNOWLEDGE = 0x05
-    SERVER_DEVICE_BUSY = 0x06
-    MEMORY_PARITY_ERROR = 0x08
-    GATEWAY_PATH_UNAVAILABLE = 0x0A
-    GATEWAY_TARGET_NO_RESPONSE = 0x0B
-
-    @classmethod
-    def from_wire(cls, code: int) -> ModbusExceptionCode | None:
-        """The known code, or None for one a newer device invented."""
-        try:
-            return cls(code)
-        except ValueError:
-            return None
-
-
 _RETRYABLE_CODES = frozenset(
     {
         ModbusExceptionCode.ACKNOWLEDGE,
@@ -92,30 +67,6 @@ _RETRYABLE_CODES = frozenset(
         ModbusExceptionCode.GATEWAY_TARGET_NO_RESPONSE,
     }
 )
-
-
-class ModbusExceptionError(GatewayError):
-    """The device answered with a Modbus exception response; `code` is its exception code."""
-
-    def __init__(self, message: str, *, code: int, unit: int, function: int, address: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.exception = ModbusExceptionCode.from_wire(code)
-        self.unit = unit
-        self.function = function
-        self.address = address
-
-
-class ModbusBusyError(ModbusExceptionError, TransientError):
-    """An exception response that says "try later" (busy, acknowledge, gateway trouble)."""
-
-
-class GarbledResponseError(ProtocolError):
-    """Bytes came back, but no valid frame for the request (CRC, framing, wrong unit)."""
-
-
-class BusUnavailableError(TransientError):
-    """The line itself cannot be opened or reached (port missing, TCP refused)."""
 
 
 class ModbusTransport(Protocol):

@@ -14,18 +14,19 @@ import pytest
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from gateway.drivers.modbus.bus import (
+from gateway.drivers.modbus.bus import ModbusBus, open_bus, parse_transport
+from gateway.drivers.modbus.transport import TransportKind
+from gateway.errors import (
     BusUnavailableError,
+    ConfigError,
+    DeviceTimeoutError,
     GarbledResponseError,
-    ModbusBus,
     ModbusBusyError,
     ModbusExceptionCode,
     ModbusExceptionError,
-    open_bus,
-    parse_transport,
+    ProtocolError,
+    TransientError,
 )
-from gateway.drivers.modbus.transport import TransportKind
-from gateway.errors import ConfigError, DeviceTimeoutError, ProtocolError, TransientError
 from gateway.meters.plan import plan_profile
 from gateway.meters.profiles import (
     MeterProfile,

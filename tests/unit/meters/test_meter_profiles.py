@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ProfileError
 from gateway.meters.profiles import (
     MeterProtocol,
-    ProfileError,
     RegisterFunction,
     StatusEvent,
     ValueKind,
