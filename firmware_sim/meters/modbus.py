@@ -26,13 +26,8 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from firmware_sim.meters.dlt645 import SimMeter
-from gateway.meters.profiles import (
-    MeterProfile,
-    RegisterFunction,
-    StatusBit,
-    StatusEvent,
-    ValueKind,
-)
+from gateway.meters.profiles import MeterProfile, StatusBit, StatusEvent, ValueKind
+from gateway.protocol.modbus_values import RegisterFunction
 
 __all__ = ["ModbusLine", "ModbusSimMeter"]
 

@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,6 +22,7 @@ from gateway.errors import ProfileError
 from gateway.protocol.modbus_values import (
     ByteOrder,
     Number,
+    RegisterFunction,
     ValueFormat,
     ValueType,
     WordOrder,
@@ -33,7 +34,6 @@ __all__ = [
     "MeterProfile",
     "MeterProtocol",
     "ReadLimits",
-    "RegisterFunction",
     "RegisterSpec",
     "StatusBit",
     "StatusEvent",
@@ -59,18 +59,6 @@ class MeterProtocol(StrEnum):
 
     MODBUS = "modbus"
     DLT645 = "dlt645"
-
-
-class RegisterFunction(IntEnum):
-    """Modbus read function codes, named as profiles name them."""
-
-    HOLDING = 0x03
-    INPUT = 0x04
-
-    @property
-    def label(self) -> str:
-        """The name used in profiles: holding or input."""
-        return self.name.lower()
 
 
 class ValueKind(StrEnum):

@@ -30,7 +30,7 @@ from gateway.errors import (
 )
 from gateway.meters.config import BusConfig, MeterConfig
 from gateway.meters.model import EVENT_FOR_STATUS, Measurement, MeterEventKind, Sample
-from gateway.meters.plan import ReadPlan, plan_profile
+from gateway.meters.plan import ReadPlan, plan_profile, read_plan
 from gateway.meters.profiles import MeterProfile, MeterProtocol, RegisterSpec, ValueKind
 from gateway.protocol.clock import Clock
 from gateway.protocol.dlt645 import DATA_ITEMS, DI_BY_NAME, ErrorFlags, Function, StatusWord7, Value
@@ -112,7 +112,7 @@ class ModbusReader:
 
     async def read(self) -> Sample:
         """Read the whole plan and derive the status conditions."""
-        values = await self.bus.read_plan(self.unit, self.plan)
+        values = await read_plan(self.bus, self.unit, self.plan)
         measurements: list[Measurement] = []
         active: set[MeterEventKind] = set()
         for spec in self.profile.registers:

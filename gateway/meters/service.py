@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from gateway.drivers.bus import Bus
 from gateway.drivers.dlt645.bus import Dlt645Bus
 from gateway.errors import GatewayError, ProfileError
 from gateway.locks.view import SealStateView
@@ -284,7 +285,7 @@ class MeterService:
         }
 
 
-def _bus_health(bus: ModbusBus | Dlt645Bus) -> dict[str, JSONValue]:
+def _bus_health(bus: Bus) -> dict[str, JSONValue]:
     stats = bus.stats
     return {
         "requests": stats.requests,

@@ -8,24 +8,24 @@ A transport is chosen by a config string (see docs/meters.md):
   echo some adapters return;
 - `rtu-over-tcp://host:port`: RTU frames through a transparent Ethernet-to-serial converter.
 
-A ModbusBus is the single owner of one line. It serializes requests from every meter on the
-line, keeps the inter-frame gap, applies the per-request timeout and maps failures to the
-gateway's exception tree.
+A ModbusBus (a gateway.drivers.bus.Bus) is the single owner of one line; it reads raw
+registers, and gateway.meters.plan turns a meter's read plan into such reads. It serializes
+requests from every meter on the line, keeps the inter-frame gap, applies the per-request
+timeout and maps failures to the gateway's exception tree.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
-from gateway.drivers.bus_turns import BusTurns, count_failure
+from gateway.drivers.bus import BusStats
+from gateway.drivers.bus_turns import BusTurns
 from gateway.drivers.modbus.transport import TransportKind, TransportSpec, parse_transport
 from gateway.errors import (
     BusUnavailableError,
@@ -37,13 +37,10 @@ from gateway.errors import (
     ModbusExceptionCode,
     ModbusExceptionError,
 )
-from gateway.meters.plan import ReadPlan
-from gateway.meters.profiles import RegisterFunction
 from gateway.protocol.clock import Clock
-from gateway.protocol.modbus_values import Number
+from gateway.protocol.modbus_values import RegisterFunction
 
 __all__ = [
-    "BusStats",
     "ModbusBus",
     "ModbusTransport",
     "PymodbusTransport",
@@ -102,19 +99,6 @@ class ModbusTransport(Protocol):
         ...
 
 
-@dataclass(slots=True)
-class BusStats:
-    """Counters for the meter read success KPI."""
-
-    requests: int = 0
-    ok: int = 0
-    timeouts: int = 0
-    exceptions: int = 0
-    garbled: int = 0
-    unavailable: int = 0
-    by_unit: dict[int, int] = field(default_factory=dict)
-
-
 class ModbusBus:
     """The single owner of one Modbus line; serializes every request on it."""
 
@@ -151,28 +135,12 @@ class ModbusBus:
             try:
                 words = await self._transact(unit, function, address, count)
             except GatewayError as exc:
-                self._count_failure(exc)
+                self.stats.count_failure(exc)
                 self._turns.failed(unit, self.name, exc)
                 raise
         self.stats.ok += 1
         self._turns.succeeded(unit)
         return words
-
-    async def read_plan(self, unit: int, plan: ReadPlan) -> dict[str, Number]:
-        """Read a meter's whole plan and return scaled values by register name."""
-        responses: list[Sequence[int]] = []
-        for request in plan.requests:
-            words = await self.read(unit, request.function, request.address, request.count)
-            responses.append(words)
-        return plan.decode(responses)
-
-    async def read_plan_raw(self, unit: int, plan: ReadPlan) -> dict[str, tuple[int, ...]]:
-        """Read a plan and return each register's raw words, for status bits and debugging."""
-        raw: dict[str, tuple[int, ...]] = {}
-        for request in plan.requests:
-            words = await self.read(unit, request.function, request.address, request.count)
-            raw.update(request.raw_words(words))
-        return raw
 
     async def close(self) -> None:
         """Close the line after the request in progress, if any."""
@@ -182,8 +150,7 @@ class ModbusBus:
     async def _transact(
         self, unit: int, function: RegisterFunction, address: int, count: int
     ) -> list[int]:
-        self.stats.requests += 1
-        self.stats.by_unit[unit] = self.stats.by_unit.get(unit, 0) + 1
+        self.stats.count_request(str(unit))
         if not self.transport.connected:
             await self.transport.connect()
         try:
@@ -197,12 +164,6 @@ class ModbusBus:
         if self.transport.heard_reply:
             return GarbledResponseError(f"{device}: bytes received but no valid response frame")
         return DeviceTimeoutError(f"{device}: no response within {self.timeout:g} s", device=device)
-
-    def _count_failure(self, exc: GatewayError) -> None:
-        if isinstance(exc, ModbusExceptionError):
-            self.stats.exceptions += 1
-        else:
-            count_failure(self.stats, exc, unavailable=BusUnavailableError)
 
 
 class PymodbusTransport:

@@ -9,13 +9,12 @@ import pytest
 from gateway.errors import ConfigError, ProfileError
 from gateway.meters.profiles import (
     MeterProtocol,
-    RegisterFunction,
     StatusEvent,
     ValueKind,
     load_profile,
     load_profiles,
 )
-from gateway.protocol.modbus_values import ByteOrder, ValueType, WordOrder
+from gateway.protocol.modbus_values import ByteOrder, RegisterFunction, ValueType, WordOrder
 
 PROFILES = Path(__file__).resolve().parents[3] / "config" / "profiles"
 
