@@ -6,7 +6,6 @@ pymodbus) are imported only then, which keeps a minimal gateway's start-up fast.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from gateway.errors import ConfigError
 from gateway.locks.view import NoSealsKnown, SealStateView
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft
+from gateway.protocol.events import Emit
 from gateway.store.buffer import EventBuffer
 from gateway.uplink.commands import CommandDispatcher
 from gateway.uplink.uplink import Uplink
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from gateway.locks.service import LockService
     from gateway.meters.service import MeterService
 
-Emit = Callable[[EventDraft], "asyncio.Future[Event]"]
 ControlHandler = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -98,7 +96,7 @@ def build_services(
         _add_locks(services, config, clock, buffer, uplink)
     services.meters = _meters(config, clock, buffer.submit, services.seals)
     if config.handheld.enabled:
-        _add_handheld(services, config, clock, buffer.append)
+        _add_handheld(services, config, clock, buffer.submit)
     return services
 
 
@@ -164,7 +162,7 @@ def _add_handheld(
     services: Services,
     config: GatewayConfig,
     clock: Clock,
-    emit: Callable[[EventDraft], Awaitable[Event]],
+    emit: Emit,
 ) -> None:
     from gateway.auth.provision import load_identity
     from gateway.handheld.service import HandheldService

@@ -30,7 +30,7 @@ from gateway.handheld.transport import FrameStream
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.certs import OperatorCertificate, RevocationList, decode_certificate
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import EventDraft, Priority, make_draft
+from gateway.protocol.events import Emit, Priority, make_draft
 from gateway.protocol.handheld import (
     HandheldReason,
     Message,
@@ -49,12 +49,11 @@ from gateway.protocol.handheld_crypto import (
     key_fingerprint,
 )
 
-__all__ = ["CODE_DIGITS", "Emit", "HandheldService", "IssuedCode"]
+__all__ = ["CODE_DIGITS", "HandheldService", "IssuedCode"]
 
 _log = logging.getLogger(__name__)
 
 CODE_DIGITS = 8
-Emit = Callable[[EventDraft], Awaitable[object]]
 Revocations = Callable[[], RevocationList | None]
 M = TypeVar("M")
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")

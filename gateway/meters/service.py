@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -32,16 +32,14 @@ from gateway.meters.theft import TheftCorrelator
 from gateway.meters.tracker import MeterTracker, PollOutcome
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.protocol.events import Emit, Event, EventDraft, Priority
 
 if TYPE_CHECKING:
     from gateway.drivers.modbus.bus import ModbusBus
 
-__all__ = ["Emit", "MeterService", "SealStateView", "SuccessRates"]
+__all__ = ["MeterService", "SealStateView", "SuccessRates"]
 
 _log = logging.getLogger(__name__)
-
-Emit = Callable[[EventDraft], "asyncio.Future[Event]"]
 
 
 @dataclass(frozen=True, slots=True)
