@@ -7,7 +7,7 @@ import logging
 
 from gateway.config.model import SyntheticSection
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Emit, Event, EventDraft, Priority
+from gateway.protocol.events import Emit, Event, EventDraft, EventType, Priority
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -21,7 +21,7 @@ async def run_synthetic_source(settings: SyntheticSection, submit: Emit, clock: 
     while True:
         counter += 1
         draft = EventDraft(
-            type="synthetic.sample",
+            type=EventType.SYNTHETIC_SAMPLE,
             subject="SYNTHETIC",
             data={"n": counter},
             priority=priority,

@@ -32,7 +32,7 @@ from gateway.meters.theft import TheftCorrelator
 from gateway.meters.tracker import MeterTracker, PollOutcome
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Emit, Event, EventDraft, Priority
+from gateway.protocol.events import Emit, Event, EventDraft, EventType, Priority
 
 if TYPE_CHECKING:
     from gateway.drivers.modbus.bus import ModbusBus
@@ -197,12 +197,12 @@ class MeterService:
                 "meter": meter.id,
                 "failed_polls": outcome.recovered_after,
             }
-            self._send("meter.read_recovered", meter, data, Priority.STATE, ts)
+            self._send(EventType.METER_READ_RECOVERED, meter, data, Priority.STATE, ts)
         for event in self._events(meter, outcome, ts):
-            self._send("meter.event", meter, event.to_data(), Priority.AUDIT, ts)
+            self._send(EventType.METER_EVENT, meter, event.to_data(), Priority.AUDIT, ts)
             self._correlate(event)
         if outcome.report:
-            self._send("meter.reading", meter, reading.to_data(), Priority.TELEMETRY, ts)
+            self._send(EventType.METER_READING, meter, reading.to_data(), Priority.TELEMETRY, ts)
         self._correlate(reading)
 
     def _on_failure(self, meter: MeterConfig, exc: Exception, ts: datetime) -> None:
@@ -219,7 +219,7 @@ class MeterService:
             "detail": str(exc)[:200],
             "failed_polls": tracker.failed_polls,
         }
-        self._send("meter.read_failed", meter, data, Priority.STATE, ts)
+        self._send(EventType.METER_READ_FAILED, meter, data, Priority.STATE, ts)
 
     def _events(self, meter: MeterConfig, outcome: PollOutcome, ts: datetime) -> list[MeterEvent]:
         return [
@@ -237,7 +237,7 @@ class MeterService:
 
     def _send(
         self,
-        type_: str,
+        type_: EventType,
         meter: MeterConfig,
         data: dict[str, JSONValue],
         priority: Priority,

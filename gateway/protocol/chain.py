@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.protocol.events import GENESIS_HASH, event_hash
+from gateway.protocol.events import GENESIS_HASH, EventType, event_hash
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ def _announced_evictions(chain: Mapping[int, Mapping[str, Any]]) -> list[range]:
     """The seq ranges gateway.telemetry_evicted events announced (kept as ranges, not sets)."""
     ranges = []
     for obj in chain.values():
-        if obj.get("type") == "gateway.telemetry_evicted":
+        if obj.get("type") == EventType.GATEWAY_TELEMETRY_EVICTED:
             data = obj.get("data") or {}
             ranges.append(range(int(data.get("first_seq", 0)), int(data.get("last_seq", -1)) + 1))
     return ranges
