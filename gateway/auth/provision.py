@@ -85,8 +85,8 @@ def init_gateway(state_dir: Path, gateway_id: str, *, force: bool = False) -> In
 
 def build_csr(key: ec.EllipticCurvePrivateKey, gateway_id: str) -> x509.CertificateSigningRequest:
     """A CSR for the MQTT client certificate, CN = gateway id, signed with SHA-256."""
-    from cryptography import x509  # 6 MB the daemon does not need: only `sealgw init` does
-    from cryptography.x509.oid import NameOID
+    from cryptography import x509  # noqa: PLC0415 - 6 MB only `sealgw init` needs, not the daemon
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 - as above
 
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
     return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())

@@ -64,7 +64,7 @@ def register_audit_command(
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Run `sealgw audit verify`."""
-    from gateway.audit.verify import parse_key_args, verify_file
+    from gateway.audit.verify import parse_key_args, verify_file  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     try:
         report = verify_file(args.file, parse_key_args(args.gateway_key))

@@ -9,6 +9,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gateway import __version__
+from gateway.cli.admin import register_init_command, register_status_command
+from gateway.cli.audit import register_audit_command
+from gateway.cli.pair import register_pair_command
 from gateway.errors import ConfigError, GatewayError
 
 EXIT_OK = 0
@@ -52,11 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_config(commands)
     _add_demo(commands)
-    from firmware_sim.sim_cli import register_sim_command
-    from gateway.cli.admin import register_init_command, register_status_command
-    from gateway.cli.audit import register_audit_command
-    from gateway.cli.pair import register_pair_command
-    from master_station.cli import register_master_command
+    from firmware_sim.sim_cli import register_sim_command  # noqa: PLC0415 - the simulator, not the gateway
+    from master_station.cli import register_master_command  # noqa: PLC0415 - master_station.cli imports this module
 
     register_init_command(commands)
     register_status_command(commands)
@@ -93,15 +94,15 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from firmware_sim.demo.run import DemoOptions, run_demo
+    from firmware_sim.demo.run import DemoOptions, run_demo  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     logging.basicConfig(level=logging.WARNING)
     return run_demo(DemoOptions(args.broker, args.duration, args.json))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateway.config.loader import load_config
-    from gateway.daemon.app import run_daemon
+    from gateway.config.loader import load_config  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from gateway.daemon.app import run_daemon  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     config = load_config(args.config)
     configure_logging(args.log_level or config.log.level)
@@ -109,7 +110,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from gateway.config.loader import load_config
+    from gateway.config.loader import load_config  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     config = load_config(args.file)
     print(
@@ -129,8 +130,6 @@ def configure_logging(level: str) -> None:
 
 
 def _version() -> str:
-    from gateway import __version__
-
     return f"sealgw {__version__}"
 
 

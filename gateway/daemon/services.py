@@ -1,7 +1,8 @@
 """The daemon's optional services, built from the config: authorization, locks, meters, handhelds.
 
-Each is built only when its section asks for it, and its heavy modules (bleak, bumble,
-pymodbus) are imported only then, which keeps a minimal gateway's start-up fast.
+Each is built only when its section asks for it. Optional dependencies are imported only
+then: bleak (and bumble) when locks are configured here, pymodbus when a Modbus bus is
+(gateway.meters.readers), so a minimal gateway neither needs nor loads them.
 """
 
 from __future__ import annotations
@@ -10,10 +11,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.auth.authorization import Authorization
+from gateway.auth.provision import load_identity
 from gateway.config.model import GatewayConfig
 from gateway.daemon.supervisor import Supervisor
 from gateway.errors import ConfigError
+from gateway.handheld.service import HandheldService
+from gateway.handheld.store import HANDHELDS_FILE, PairedDeviceStore
+from gateway.handheld.transport import HandheldServer
 from gateway.locks.view import NoSealsKnown, SealStateView
+from gateway.meters.service import MeterService
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Emit
@@ -22,12 +29,8 @@ from gateway.uplink.commands import CommandDispatcher
 from gateway.uplink.uplink import Uplink
 
 if TYPE_CHECKING:
-    from gateway.auth.authorization import Authorization
     from gateway.drivers.ble.adapters import BleAdapters
-    from gateway.handheld.service import HandheldService
-    from gateway.handheld.transport import HandheldServer
     from gateway.locks.service import LockService
-    from gateway.meters.service import MeterService
 
 ControlHandler = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -105,8 +108,6 @@ def _authorization(
 ) -> Authorization | None:
     if config.authorization.master_key_file is None:
         return None
-    from gateway.auth.authorization import Authorization
-
     authorization = Authorization(config.gateway, config.authorization, clock)
     authorization.register(dispatcher)
     return authorization
@@ -121,8 +122,8 @@ def _require_authorization(services: Services, what: str) -> Authorization:
 def _add_locks(
     services: Services, config: GatewayConfig, clock: Clock, buffer: EventBuffer, uplink: Uplink
 ) -> None:
-    from gateway.drivers.ble.adapters import BleAdapters
-    from gateway.locks.service import LockService
+    from gateway.drivers.ble.adapters import BleAdapters  # noqa: PLC0415 - bleak is optional (the ble extra)
+    from gateway.locks.service import LockService  # noqa: PLC0415 - bleak is optional (the ble extra)
 
     authorization = _require_authorization(services, "seal locks")
     services.ble_adapters = BleAdapters()
@@ -146,8 +147,6 @@ def _meters(
 ) -> MeterService | None:
     if not config.meters.meters:
         return None
-    from gateway.meters.service import MeterService
-
     return MeterService(
         config.meters,
         emit,
@@ -164,11 +163,7 @@ def _add_handheld(
     clock: Clock,
     emit: Emit,
 ) -> None:
-    from gateway.auth.provision import load_identity
-    from gateway.handheld.service import HandheldService
-    from gateway.handheld.store import HANDHELDS_FILE, PairedDeviceStore
-    from gateway.handheld.transport import HandheldServer
-    from gateway.locks.backend import LockBackend
+    from gateway.locks.backend import LockBackend  # noqa: PLC0415 - bleak is optional (the ble extra)
 
     authorization = _require_authorization(services, "handhelds")
     if services.locks is None:

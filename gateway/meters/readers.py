@@ -194,7 +194,7 @@ def open_buses(
                 clock=clock,
             )
         else:
-            from gateway.drivers.modbus.bus import open_bus
+            from gateway.drivers.modbus.bus import open_bus  # noqa: PLC0415 - pymodbus is optional
 
             opened[bus.name] = open_bus(
                 bus.transport,

@@ -244,13 +244,13 @@ def is_postgres_dsn(target: str | Path) -> bool:
 
 def open_ledger(target: str | Path) -> Ledger:
     """A SQLite ledger at a path, or a PostgreSQL ledger for a DSN; create the schema."""
-    from master_station.ledger.sql import SqlLedger
+    from master_station.ledger.sql import SqlLedger  # noqa: PLC0415 - sql imports this module
 
     if is_postgres_dsn(target):
-        from master_station.ledger.postgres import PostgresDb
+        from master_station.ledger.postgres import PostgresDb  # noqa: PLC0415 - psycopg is optional
 
         return SqlLedger(PostgresDb(str(target)))
-    from master_station.ledger.sqlite import SqliteDb
+    from master_station.ledger.sqlite import SqliteDb  # noqa: PLC0415 - sqlite imports this module
 
     return SqlLedger(SqliteDb(Path(target)))
 

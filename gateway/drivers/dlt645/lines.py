@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import termios  # pyserial lets termios.error (not an OSError) escape from open()
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -244,9 +245,7 @@ class SerialLine:
 
     async def connect(self) -> None:
         """Open the port and start reading it from the event loop."""
-        import termios  # pyserial lets termios.error (not an OSError) escape from open()
-
-        import serial  # only serial lines need pyserial
+        import serial  # noqa: PLC0415 - pyserial is optional (the meters extra)
 
         self.close()
         self._inbox = _Inbox()
@@ -319,7 +318,7 @@ class SerialLine:
     def _apply_rs485(self) -> None:
         if not self.spec.rs485:
             return
-        import serial.rs485
+        import serial.rs485  # noqa: PLC0415 - pyserial is optional (the meters extra)
 
         tx_high = not self.spec.rs485_invert
         try:

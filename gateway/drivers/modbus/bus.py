@@ -277,7 +277,7 @@ class PymodbusTransport:
         port = getattr(self._client.ctx.transport, "sync_serial", None)
         if port is None:
             return
-        import serial.rs485  # only serial lines need it
+        import serial.rs485  # noqa: PLC0415 - pyserial is optional; only serial lines need it
 
         tx_high = not self.spec.rs485_invert
         try:
