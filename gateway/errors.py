@@ -16,7 +16,7 @@ handle a whole subtree. Errors of gateway.locks and gateway.uplink join them lat
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuditInputError",
+    "AuthCode",
     "AuthError",
     "BusUnavailableError",
     "ConfigError",
@@ -92,10 +93,55 @@ class GatewayNotRunningError(TransientError, ConnectionError):
 # --- AuthError: never retried --------------------------------------------------------------
 
 
-class AuthError(GatewayError):
-    """An authentication, signature or authorization check failed. Never retried."""
+class AuthCode(StrEnum):
+    """Why an AuthError was raised; the values are the wire strings of refusals and events.
 
-    def __init__(self, message: str, *, code: str = "auth_failed") -> None:
+    Handheld sessions use gateway.protocol.handheld.HandheldReason for their own codes.
+    """
+
+    AUTH_FAILED = "auth_failed"
+    BAD_SIGNATURE = "bad_signature"
+    UNSIGNED = "unsigned"
+    MALFORMED = "malformed"
+    BAD_CREDENTIAL = "bad_credential"
+    BAD_KEY = "bad_key"
+    WRONG_GATEWAY = "wrong_gateway"
+    WRONG_RECIPIENT = "wrong_recipient"
+    WRONG_LOCK = "wrong_lock"
+    WRONG_COMMAND = "wrong_command"
+    UNKNOWN_TICKET = "unknown_ticket"
+    USES_EXHAUSTED = "uses_exhausted"
+    TICKET_EXPIRED = "ticket_expired"
+    TICKET_REVOKED = "ticket_revoked"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    LIFETIME_TOO_LONG = "lifetime_too_long"
+    STALE_REVOCATION_LIST = "stale_revocation_list"
+    CONFLICT = "conflict"
+    REPLAYED = "replayed"
+    VERIFIER_MISSING = "verifier_missing"
+    BAD_MAC = "bad_mac"
+    BAD_ANSWER_MAC = "bad_answer_mac"
+    BAD_ENTRY_TAG = "bad_entry_tag"
+    BAD_AUDIT_TAG = "bad_audit_tag"
+    BAD_LOG_MAC = "bad_log_mac"
+    BAD_ADVERT_MAC = "bad_advert_mac"
+    ADVERT_WRONG_LOCK = "advert_wrong_lock"
+    ADVERT_CONFLICT = "advert_conflict"
+    ADVERT_REPLAY = "advert_replay"
+    COUNTER_ROLLBACK = "counter_rollback"
+    ANSWER_MISMATCH = "answer_mismatch"
+    BAD_GATEWAY = "bad_gateway"
+    GATEWAY_MISMATCH = "gateway_mismatch"
+
+
+class AuthError(GatewayError):
+    """An authentication, signature or authorization check failed. Never retried.
+
+    `code` is an AuthCode (or a HandheldReason); a plain string is still accepted.
+    """
+
+    def __init__(self, message: str, *, code: str = AuthCode.AUTH_FAILED) -> None:
         super().__init__(message)
         self.code = code
 
