@@ -19,7 +19,7 @@ class _SimCommand:
 
     def register(self, commands: SubParsers) -> None:
         """Add `sim`."""
-        from firmware_sim.sim_cli import register_sim_command
+        from firmware_sim.sim_cli import register_sim_command  # noqa: PLC0415 - a plug-in loads its command module only when that command runs
 
         register_sim_command(commands)
 
@@ -29,7 +29,7 @@ class _DemoCommand:
 
     def register(self, commands: SubParsers) -> None:
         """Add `demo`."""
-        from firmware_sim.demo.cli import register_demo_command
+        from firmware_sim.demo.cli import register_demo_command  # noqa: PLC0415 - a plug-in loads its command module only when that command runs
 
         register_demo_command(commands)
 

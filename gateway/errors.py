@@ -1,19 +1,70 @@
 """The one exception root of sealgw and the subtrees that tell a caller what to do.
 
-- TransientError: the operation may succeed if retried later (timeouts, lost links).
+- TransientError: the operation may succeed if retried later (timeouts, lost links, busy
+  devices, a daemon not yet running).
 - AuthError: a signature, MAC, certificate or policy check failed; do not retry.
 - ProtocolError: a peer sent something malformed; drop it, count it, reset the session.
 - ConfigError: the configuration is wrong; fix it, do not retry.
 - StorageError: the durable buffer cannot take or keep data.
+- DeviceRejectedError, ModbusExceptionError: a device understood and refused; do not retry
+  (except ModbusBusyError, which is also a TransientError).
+- ProvisionError, ControlError, AuditInputError: a command-line operation cannot go on; report.
+
+Every class a module raises on purpose is defined here, so a caller needs one import to
+handle a whole subtree. Errors of gateway.locks and gateway.uplink join them later.
 """
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import IntEnum, StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from gateway.protocol.dlt645 import ErrorFlags, Function
+
+__all__ = [
+    "AnswerTimeoutError",
+    "AuditInputError",
+    "AuthCode",
+    "AuthError",
+    "BusUnavailableError",
+    "ConfigError",
+    "ControlError",
+    "DatabaseCorruptError",
+    "DeviceRejectedError",
+    "DeviceTimeoutError",
+    "DuplicateEventError",
+    "ExitCode",
+    "FrameError",
+    "GarbledReplyError",
+    "GarbledResponseError",
+    "GatewayError",
+    "GatewayNotRunningError",
+    "LineUnavailableError",
+    "LinkLostError",
+    "MeterRefusedError",
+    "ModbusBusyError",
+    "ModbusExceptionCode",
+    "ModbusExceptionError",
+    "OutcomeUnknownError",
+    "ProfileError",
+    "ProtocolError",
+    "ProvisionError",
+    "RetryableError",
+    "StorageError",
+    "StorageFullError",
+    "TransientError",
+    "exit_code_for",
+]
 
 
 class GatewayError(Exception):
     """Root of every error sealgw raises on purpose."""
+
+
+# --- TransientError: retry later -----------------------------------------------------------
 
 
 class TransientError(GatewayError):
@@ -28,16 +79,103 @@ class DeviceTimeoutError(TransientError, TimeoutError):
         self.device = device
 
 
-class AuthError(GatewayError):
-    """An authentication, signature or authorization check failed. Never retried."""
+class BusUnavailableError(TransientError):
+    """A Modbus line itself cannot be opened or reached (port missing, TCP refused)."""
 
-    def __init__(self, message: str, *, code: str = "auth_failed") -> None:
+
+class LineUnavailableError(TransientError):
+    """A DL/T 645 serial port or TCP socket cannot be opened, or it closed under us."""
+
+
+class GatewayNotRunningError(TransientError, ConnectionError):
+    """Nothing answers on the control socket at `path`."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"no gateway running: cannot connect to {path} ({reason})")
+        self.path = path
+        self.reason = reason
+
+
+# --- AuthError: never retried --------------------------------------------------------------
+
+
+class AuthCode(StrEnum):
+    """Why an AuthError was raised; the values are the wire strings of refusals and events.
+
+    Handheld sessions use gateway.protocol.handheld.HandheldReason for their own codes.
+    """
+
+    AUTH_FAILED = "auth_failed"
+    BAD_SIGNATURE = "bad_signature"
+    UNSIGNED = "unsigned"
+    MALFORMED = "malformed"
+    BAD_CREDENTIAL = "bad_credential"
+    BAD_KEY = "bad_key"
+    WRONG_GATEWAY = "wrong_gateway"
+    WRONG_RECIPIENT = "wrong_recipient"
+    WRONG_LOCK = "wrong_lock"
+    WRONG_COMMAND = "wrong_command"
+    UNKNOWN_TICKET = "unknown_ticket"
+    USES_EXHAUSTED = "uses_exhausted"
+    TICKET_EXPIRED = "ticket_expired"
+    TICKET_REVOKED = "ticket_revoked"
+    NOT_YET_VALID = "not_yet_valid"
+    EXPIRED = "expired"
+    LIFETIME_TOO_LONG = "lifetime_too_long"
+    STALE_REVOCATION_LIST = "stale_revocation_list"
+    CONFLICT = "conflict"
+    REPLAYED = "replayed"
+    VERIFIER_MISSING = "verifier_missing"
+    BAD_MAC = "bad_mac"
+    BAD_ANSWER_MAC = "bad_answer_mac"
+    BAD_ENTRY_TAG = "bad_entry_tag"
+    BAD_AUDIT_TAG = "bad_audit_tag"
+    BAD_LOG_MAC = "bad_log_mac"
+    BAD_ADVERT_MAC = "bad_advert_mac"
+    ADVERT_WRONG_LOCK = "advert_wrong_lock"
+    ADVERT_CONFLICT = "advert_conflict"
+    ADVERT_REPLAY = "advert_replay"
+    COUNTER_ROLLBACK = "counter_rollback"
+    ANSWER_MISMATCH = "answer_mismatch"
+    BAD_GATEWAY = "bad_gateway"
+    GATEWAY_MISMATCH = "gateway_mismatch"
+
+
+class AuthError(GatewayError):
+    """An authentication, signature or authorization check failed. Never retried.
+
+    `code` is an AuthCode (or a HandheldReason); a plain string is still accepted.
+    """
+
+    def __init__(self, message: str, *, code: str = AuthCode.AUTH_FAILED) -> None:
         super().__init__(message)
         self.code = code
 
 
+# --- ProtocolError: drop, count, reset -----------------------------------------------------
+
+
 class ProtocolError(GatewayError, ValueError):
     """A peer sent bytes that do not follow the protocol."""
+
+
+class FrameError(ProtocolError):
+    """A complete but invalid frame; the caller drops `consumed` bytes and decodes again."""
+
+    def __init__(self, message: str, *, consumed: int) -> None:
+        super().__init__(message)
+        self.consumed = consumed
+
+
+class GarbledResponseError(ProtocolError):
+    """Modbus: bytes came back, but no valid frame for the request (CRC, framing, wrong unit)."""
+
+
+class GarbledReplyError(ProtocolError):
+    """DL/T 645: bytes came back but no valid reply frame (bad checksum, end byte or length)."""
+
+
+# --- ConfigError: fix the configuration ----------------------------------------------------
 
 
 class ConfigError(GatewayError, ValueError):
@@ -47,6 +185,18 @@ class ConfigError(GatewayError, ValueError):
         super().__init__(f"{key}: {reason}" if key else reason)
         self.key = key
         self.reason = reason
+
+
+class ProfileError(ConfigError):
+    """A profile is invalid; `source` names the file and `key` the dotted key inside it."""
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(key, reason)
+        self.source = source
+        self.args = (f"{source}: {key}: {reason}" if key else f"{source}: {reason}",)
+
+
+# --- StorageError: the buffer cannot take or keep data -------------------------------------
 
 
 class StorageError(GatewayError):
@@ -73,12 +223,7 @@ class DatabaseCorruptError(StorageError):
         self.moved_to = moved_to
 
 
-class FrameError(ProtocolError):
-    """A complete but invalid frame; the caller drops `consumed` bytes and decodes again."""
-
-    def __init__(self, message: str, *, consumed: int) -> None:
-        super().__init__(message)
-        self.consumed = consumed
+# --- A device refused: retrying will not help (unless it said busy) -------------------------
 
 
 class DeviceRejectedError(GatewayError):
@@ -88,6 +233,75 @@ class DeviceRejectedError(GatewayError):
         super().__init__(message)
         self.device = device
         self.code = code
+
+
+class MeterRefusedError(DeviceRejectedError):
+    """A DL/T 645 meter answered with an abnormal reply; `flags` says why."""
+
+    def __init__(self, address: str, function: Function, flags: ErrorFlags) -> None:
+        super().__init__(
+            f"meter {address} refused {function.name}: {flags!r}", device=address, code=int(flags)
+        )
+        self.address = address
+        self.function = function
+        self.flags = flags
+
+
+class ModbusExceptionCode(IntEnum):
+    """Exception codes of the Modbus Application Protocol, section 7."""
+
+    ILLEGAL_FUNCTION = 0x01
+    ILLEGAL_DATA_ADDRESS = 0x02
+    ILLEGAL_DATA_VALUE = 0x03
+    SERVER_DEVICE_FAILURE = 0x04
+    ACKNOWLEDGE = 0x05
+    SERVER_DEVICE_BUSY = 0x06
+    MEMORY_PARITY_ERROR = 0x08
+    GATEWAY_PATH_UNAVAILABLE = 0x0A
+    GATEWAY_TARGET_NO_RESPONSE = 0x0B
+
+    @classmethod
+    def from_wire(cls, code: int) -> ModbusExceptionCode | None:
+        """The known code, or None for one a newer device invented."""
+        try:
+            return cls(code)
+        except ValueError:
+            return None
+
+
+class ModbusExceptionError(GatewayError):
+    """The device answered with a Modbus exception response; `code` is its exception code."""
+
+    def __init__(self, message: str, *, code: int, unit: int, function: int, address: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.exception = ModbusExceptionCode.from_wire(code)
+        self.unit = unit
+        self.function = function
+        self.address = address
+
+
+class ModbusBusyError(ModbusExceptionError, TransientError):
+    """An exception response that says "try later" (busy, acknowledge, gateway trouble)."""
+
+
+# --- Operations run from the command line --------------------------------------------------
+
+
+class ProvisionError(GatewayError):
+    """Provisioning could not complete; `paths` names the files involved."""
+
+    def __init__(self, message: str, *, paths: tuple[Path, ...] = ()) -> None:
+        super().__init__(message)
+        self.paths = paths
+
+
+class ControlError(GatewayError):
+    """The gateway answered a control request with an error."""
+
+
+class AuditInputError(GatewayError):
+    """The input or a key cannot be read at all (a usage or I/O error, not a finding)."""
 
 
 class ExitCode(IntEnum):

@@ -17,7 +17,7 @@ class _MasterCommand:
 
     def register(self, commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         """Add `master` and its subcommands."""
-        from master_station.cli import register_master_command
+        from master_station.cli import register_master_command  # noqa: PLC0415 - a plug-in loads its command module only when that command runs
 
         register_master_command(commands, help_line=self.help)
 

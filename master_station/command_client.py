@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,8 +88,6 @@ class _Exchange:
         if opts.username is not None:
             self._client.username_pw_set(opts.username, opts.password)
         if tls:
-            import ssl
-
             context = ssl.create_default_context(cafile=str(opts.ca_file) if opts.ca_file else None)
             if opts.cert_file is not None:
                 key = str(opts.key_file) if opts.key_file else None

@@ -20,8 +20,8 @@ def register_demo_command(commands: argparse._SubParsersAction[argparse.Argument
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from firmware_sim.children import exit_on_signals
-    from firmware_sim.demo.run import DemoOptions, run_demo
+    from firmware_sim.children import exit_on_signals  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from firmware_sim.demo.run import DemoOptions, run_demo  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     logging.basicConfig(level=logging.WARNING)
     exit_on_signals()

@@ -94,8 +94,8 @@ def _add_enroll(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 async def _enroll(args: argparse.Namespace) -> dict[str, Any]:
-    from firmware_sim.handheld.client import enroll_handheld
-    from master_station.authority import MasterAuthority
+    from firmware_sim.handheld.client import enroll_handheld  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from master_station.authority import MasterAuthority  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     start = args.valid_from if args.valid_from is not None else int(time.time()) - DAY
     enroll_handheld(
@@ -112,8 +112,8 @@ async def _enroll(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _pair(args: argparse.Namespace) -> dict[str, Any]:
-    from firmware_sim.handheld.client import SimulatedHandheld, load_identity, save_pairing
-    from gateway.protocol.handheld_crypto import key_fingerprint
+    from firmware_sim.handheld.client import SimulatedHandheld, load_identity, save_pairing  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from gateway.protocol.handheld_crypto import key_fingerprint  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     address = args.gateway or DEFAULT_LISTEN
     handheld = SimulatedHandheld(load_identity(args.dir))
@@ -149,7 +149,7 @@ async def _result(args: argparse.Namespace) -> Any:
 
 
 async def _with_session(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
-    from firmware_sim.handheld.client import SimulatedHandheld, load_identity, load_pairing
+    from firmware_sim.handheld.client import SimulatedHandheld, load_identity, load_pairing  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     paired, address = load_pairing(args.dir)
     handheld = SimulatedHandheld(load_identity(args.dir), paired)

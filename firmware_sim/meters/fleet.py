@@ -146,7 +146,7 @@ class Dlt645SerialServer:
 
     async def start(self) -> None:
         """Open the port and answer frames as they arrive."""
-        import serial
+        import serial  # noqa: PLC0415 - pyserial is optional (the meters extra)
 
         self._port = serial.Serial(
             str(self.device), baudrate=self.baud, parity="E", timeout=0, write_timeout=1.0

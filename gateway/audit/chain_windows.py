@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.protocol.chain import ChainReport, verify_chain
+from gateway.protocol.events import EventType
 
 __all__ = ["MAX_ENUMERATED_GAP", "SeqRange", "verify_sparse_chain"]
 
 MAX_ENUMERATED_GAP = 10_000
-_EVICTED_TYPE = "gateway.telemetry_evicted"
+_EVICTED_TYPE = EventType.GATEWAY_TELEMETRY_EVICTED
 
 EventObj = Mapping[str, Any]
 

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.errors import GatewayError
 from gateway.protocol.checkpoint import CHECKPOINT_TYPE, DEFAULT_INTERVAL_S, checkpoint_data
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.protocol.events import Emit, Event, EventDraft, Priority
 
 __all__ = ["Checkpointer"]
 
 _log = logging.getLogger(__name__)
 
 HeadProvider = Callable[[], tuple[int, str]]
-Emit = Callable[[EventDraft], Awaitable[Event]]
 
 
 class Checkpointer:

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.audit.chain_windows import verify_sparse_chain
-from gateway.errors import GatewayError, ProtocolError
-from gateway.protocol.chain import ChainReport
+from gateway.errors import AuditInputError, ProtocolError
+from gateway.protocol.chain import ChainReport, ProblemKind
 from gateway.protocol.checkpoint import (
     CHECKPOINT_TYPE,
     CheckpointClaim,
@@ -36,7 +36,6 @@ from gateway.protocol.strict_json import loads_strict
 
 __all__ = [
     "LEDGER_SCHEMA",
-    "AuditInputError",
     "AuditProblem",
     "AuditReport",
     "CheckpointSummary",
@@ -69,10 +68,6 @@ _RAW_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 EventObj = Mapping[str, Any]
 
 
-class AuditInputError(GatewayError):
-    """The input or a key cannot be read at all (a usage or I/O error, not a finding)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Record:
     """One input record: where it came from, its payload, and any ledger columns beside it."""
@@ -86,7 +81,7 @@ class Record:
 class AuditProblem:
     """One finding; `seq`..`last_seq` is the range it concerns (0 when it has no seq)."""
 
-    kind: str  # gap | edited | broken_link | conflict | bad_checkpoint | unreadable
+    kind: ProblemKind
     gateway: str
     seq: int
     last_seq: int
@@ -197,13 +192,17 @@ def parse_records(records: Iterable[Record]) -> tuple[list[EventObj], list[Audit
         try:
             obj = _parse_event(record.payload)
         except ProtocolError as exc:
-            unreadable.append(AuditProblem("unreadable", "", 0, 0, f"{record.where}: {exc}"))
+            unreadable.append(
+                AuditProblem(ProblemKind.UNREADABLE, "", 0, 0, f"{record.where}: {exc}")
+            )
             continue
         mismatch = _column_mismatch(record.columns, obj)
         if mismatch:
             detail = f"{record.where}: ledger {mismatch} differs from the payload's"
             seq = obj["seq"]
-            unreadable.append(AuditProblem("unreadable", obj["gateway"], seq, seq, detail))
+            unreadable.append(
+                AuditProblem(ProblemKind.UNREADABLE, obj["gateway"], seq, seq, detail)
+            )
         events.append(obj)
     return events, unreadable
 
@@ -220,7 +219,9 @@ def audit_events(
     chain, wide_gaps = verify_sparse_chain(events)
     by_gateway = _first_by_seq(events)
     problems = list(unreadable) + _chain_problems(chain)
-    problems += [AuditProblem("gap", g.gateway, g.first, g.last, "missing") for g in wide_gaps]
+    problems += [
+        AuditProblem(ProblemKind.GAP, g.gateway, g.first, g.last, "missing") for g in wide_gaps
+    ]
     summaries: dict[str, CheckpointSummary] = {}
     for gateway, seqs in sorted(by_gateway.items()):
         found, summaries[gateway] = _audit_checkpoints(gateway, seqs, keys.for_gateway(gateway))
@@ -354,11 +355,14 @@ def _chain_problems(chain: ChainReport) -> list[AuditProblem]:
     for item in chain.problems:
         last = problems[-1] if problems else None
         if (
-            item.kind == "gap"
+            item.kind is ProblemKind.GAP
             and last is not None
-            and (last.kind, last.gateway, last.last_seq + 1) == ("gap", item.gateway, item.seq)
+            and (last.kind, last.gateway, last.last_seq + 1)
+            == (ProblemKind.GAP, item.gateway, item.seq)
         ):
-            problems[-1] = AuditProblem("gap", item.gateway, last.seq, item.seq, "missing")
+            problems[-1] = AuditProblem(
+                ProblemKind.GAP, item.gateway, last.seq, item.seq, "missing"
+            )
             continue
         problems.append(AuditProblem(item.kind, item.gateway, item.seq, item.seq, item.detail))
     return problems
@@ -374,7 +378,7 @@ def _audit_checkpoints(
         outcome, detail, covers = _check_one(chain, chain[seq], keys)
         counts[outcome] += 1
         if outcome == "bad":
-            problems.append(AuditProblem("bad_checkpoint", gateway, seq, seq, detail))
+            problems.append(AuditProblem(ProblemKind.BAD_CHECKPOINT, gateway, seq, seq, detail))
         elif outcome == "verified" and covers is not None:
             signed_through = max(signed_through or 0, covers)
     return problems, CheckpointSummary(**counts, signed_through=signed_through)

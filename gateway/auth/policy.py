@@ -28,7 +28,7 @@ from gateway.protocol.certs import (
     verify_certificate,
     verify_revocations,
 )
-from gateway.protocol.events import EventDraft, Priority, make_draft
+from gateway.protocol.events import EventDraft, EventType, Priority, make_draft
 from gateway.protocol.seal_frames import LockState, ResultCode
 from gateway.protocol.tickets import LOCK_OPS, Flow, Op, Ticket, verify_ticket
 
@@ -361,16 +361,18 @@ def _signed_by_master(
 
 def op_requested(request: OperationRequest, now: datetime) -> EventDraft:
     """seal.op_requested: committed before deciding; if it cannot be stored, nothing runs."""
-    return _draft(now, "seal.op_requested", request, {})
+    return _draft(now, EventType.SEAL_OP_REQUESTED, request, {})
 
 
 def op_decided(request: OperationRequest, decision: Decision, now: datetime) -> EventDraft:
     """seal.op_allowed, or seal.op_denied with the reason code and detail."""
     if decision.allowed:
-        return _draft(now, "seal.op_allowed", request, {})
+        return _draft(now, EventType.SEAL_OP_ALLOWED, request, {})
     reason = decision.reason.value if decision.reason else "unknown"
     _log.info("denied %s of seal %s: %s", request.op, request.seal_id, reason)
-    return _draft(now, "seal.op_denied", request, {"reason": reason, "detail": decision.detail})
+    return _draft(
+        now, EventType.SEAL_OP_DENIED, request, {"reason": reason, "detail": decision.detail}
+    )
 
 
 def op_outcome(
@@ -386,18 +388,20 @@ def op_outcome(
         "state": state.name.lower(),
         "log_index": log_index,
     }
-    return _draft(now, _OUTCOME_TYPES.get((request.op, result), "seal.op_failed"), request, data)
+    return _draft(
+        now, _OUTCOME_TYPES.get((request.op, result), EventType.SEAL_OP_FAILED), request, data
+    )
 
 
-_OUTCOME_TYPES: Mapping[tuple[str, ResultCode], str] = {
-    (Op.UNSEAL, ResultCode.OK): "seal.unsealed",
-    (Op.SEAL, ResultCode.OK): "seal.sealed",
-    (Op.SET_TIME, ResultCode.OK): "seal.time_set",
+_OUTCOME_TYPES: Mapping[tuple[str, ResultCode], EventType] = {
+    (Op.UNSEAL, ResultCode.OK): EventType.SEAL_UNSEALED,
+    (Op.SEAL, ResultCode.OK): EventType.SEAL_SEALED,
+    (Op.SET_TIME, ResultCode.OK): EventType.SEAL_TIME_SET,
 }
 
 
 def _draft(
-    now: datetime, kind: str, request: OperationRequest, extra: Mapping[str, JSONValue]
+    now: datetime, kind: EventType, request: OperationRequest, extra: Mapping[str, JSONValue]
 ) -> EventDraft:
     data: dict[str, JSONValue] = {
         "op": request.op,

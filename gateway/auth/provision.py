@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, ProvisionError
 from gateway.protocol.checkpoint import public_key_fingerprint
 
 if TYPE_CHECKING:
@@ -39,14 +39,6 @@ STATE_DIR_MODE = 0o700
 SECRET_MODE = 0o600
 PUBLIC_MODE = 0o644
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-class ProvisionError(GatewayError):
-    """Provisioning could not complete; `paths` names the files involved."""
-
-    def __init__(self, message: str, *, paths: tuple[Path, ...] = ()) -> None:
-        super().__init__(message)
-        self.paths = paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +85,8 @@ def init_gateway(state_dir: Path, gateway_id: str, *, force: bool = False) -> In
 
 def build_csr(key: ec.EllipticCurvePrivateKey, gateway_id: str) -> x509.CertificateSigningRequest:
     """A CSR for the MQTT client certificate, CN = gateway id, signed with SHA-256."""
-    from cryptography import x509  # 6 MB the daemon does not need: only `sealgw init` does
-    from cryptography.x509.oid import NameOID
+    from cryptography import x509  # noqa: PLC0415 - 6 MB only `sealgw init` needs, not the daemon
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 - as above
 
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, gateway_id)])
     return x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())

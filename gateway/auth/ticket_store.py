@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from gateway.auth.policy import DEFAULT_SKEW_S, GatewayTrust
 from gateway.drivers.sqlite_util import execute_script, transaction
-from gateway.errors import AuthError, ConfigError, DatabaseCorruptError, StorageError
+from gateway.errors import AuthCode, AuthError, ConfigError, DatabaseCorruptError, StorageError
 from gateway.protocol.certs import (
     OperatorCertificate,
     RevocationList,
@@ -165,7 +165,7 @@ class TicketStore:
         if current is not None and revocations.serial < current.serial:
             raise AuthError(
                 f"revocation list {revocations.serial} is older than {current.serial}",
-                code="stale_revocation_list",
+                code=AuthCode.STALE_REVOCATION_LIST,
             )
         if current is not None and revocations.serial == current.serial:
             return _repeat_or_conflict(encode_revocations(current), encoded, "revocation list")
@@ -238,21 +238,21 @@ class TicketStore:
         """Count one use before a lock command is sent; raise AuthError when none is left."""
         ticket = self.ticket(ticket_id)
         if ticket is None:
-            raise AuthError(f"no ticket {ticket_id}", code="unknown_ticket")
+            raise AuthError(f"no ticket {ticket_id}", code=AuthCode.UNKNOWN_TICKET)
         with transaction(self._conn):
             cursor = self._conn.execute(
                 "UPDATE uses SET count = count + 1 WHERE ticket_id = ? AND count < ?",
                 (ticket_id, ticket.max_uses),
             )
         if cursor.rowcount != 1:
-            raise AuthError(f"ticket {ticket_id} has no uses left", code="uses_exhausted")
+            raise AuthError(f"ticket {ticket_id} has no uses left", code=AuthCode.USES_EXHAUSTED)
         return self.uses(ticket_id)
 
     def credential(self, ticket_id: str, seal_id: str) -> TicketCredential:
         """Decrypt K_TL for one seal of a held ticket, just before the command is built."""
         ticket = self.ticket(ticket_id)
         if ticket is None:
-            raise AuthError(f"no ticket {ticket_id}", code="unknown_ticket")
+            raise AuthError(f"no ticket {ticket_id}", code=AuthCode.UNKNOWN_TICKET)
         return open_credential(ticket, seal_id, self._key)
 
     def prune(self) -> int:
@@ -273,17 +273,19 @@ class TicketStore:
 
     def _check_new_ticket(self, ticket: Ticket) -> None:
         if ticket.gateway != self._trust.gateway_id:
-            raise AuthError(f"ticket is for gateway {ticket.gateway}", code="wrong_gateway")
+            raise AuthError(f"ticket is for gateway {ticket.gateway}", code=AuthCode.WRONG_GATEWAY)
         if ticket.recipient != x25519_public_bytes(self._key):
-            raise AuthError("ticket is encrypted to another credential key", code="wrong_recipient")
+            raise AuthError(
+                "ticket is encrypted to another credential key", code=AuthCode.WRONG_RECIPIENT
+            )
         if ticket.not_after + self._skew_s < self._clock.now().timestamp():
-            raise AuthError(f"ticket {ticket.ticket_id} has expired", code="ticket_expired")
+            raise AuthError(f"ticket {ticket.ticket_id} has expired", code=AuthCode.TICKET_EXPIRED)
         revocations = self.revocations()
         if revocations is not None and (
             revocations.revokes_ticket(ticket.ticket_id)
             or revocations.revokes_operator(ticket.operator)
         ):
-            raise AuthError(f"ticket {ticket.ticket_id} is revoked", code="ticket_revoked")
+            raise AuthError(f"ticket {ticket.ticket_id} is revoked", code=AuthCode.TICKET_REVOKED)
 
     def _delete_revoked(self, revocations: RevocationList) -> int:
         rows = self._conn.execute("SELECT ticket_id, operator FROM tickets").fetchall()
@@ -364,4 +366,4 @@ def _create_schema(conn: sqlite3.Connection) -> None:
 def _repeat_or_conflict(held: bytes, received: bytes, what: str) -> AcceptResult:
     if held == received:
         return AcceptResult(False, f"{what} already held")
-    raise AuthError(f"{what} differs from the one held", code="conflict")
+    raise AuthError(f"{what} differs from the one held", code=AuthCode.CONFLICT)

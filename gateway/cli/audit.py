@@ -14,21 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.errors import GatewayError
+from gateway.protocol.chain import ProblemKind
 
 __all__ = ["format_report", "main", "register_audit_command"]
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_USAGE = 2
-
-_LABELS = {
-    "gap": "GAP",
-    "edited": "EDITED",
-    "broken_link": "BROKEN LINK",
-    "conflict": "CONFLICT",
-    "bad_checkpoint": "BAD CHECKPOINT",
-    "unreadable": "UNREADABLE",
-}
 
 if TYPE_CHECKING:  # the module itself is imported when the command runs (cryptography is slow)
     from gateway.audit.verify import AuditProblem, AuditReport
@@ -64,7 +56,7 @@ def register_audit_command(
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Run `sealgw audit verify`."""
-    from gateway.audit.verify import parse_key_args, verify_file
+    from gateway.audit.verify import parse_key_args, verify_file  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     try:
         report = verify_file(args.file, parse_key_args(args.gateway_key))
@@ -129,12 +121,12 @@ def _signed_line(signed_through: int | None, head: int) -> str:
 
 
 def _problem_line(problem: AuditProblem) -> str:
-    label = _LABELS.get(problem.kind, problem.kind.upper())
-    if problem.kind == "gap":
+    label = problem.kind.name.replace("_", " ")
+    if problem.kind is ProblemKind.GAP:
         count = problem.last_seq - problem.seq + 1
         span = f"seq {problem.seq}" if count == 1 else f"seq {problem.seq}-{problem.last_seq}"
         return f"{label:<15} {span} ({count} missing)"
-    if problem.kind == "unreadable":
+    if problem.kind is ProblemKind.UNREADABLE:
         return f"{label:<15} {problem.detail}"
     return f"{label:<15} seq {problem.seq}: {problem.detail}"
 

@@ -14,6 +14,11 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from gateway import __version__
+from gateway.cli.admin import register_init_command, register_status_command
+from gateway.cli.audit import register_audit_command
+from gateway.cli.pair import register_pair_command
+from gateway.cli.plugins import UnknownCommandError, add_plugin_commands
 from gateway.errors import ConfigError, ExitCode, GatewayError, exit_code_for
 
 EXIT_OK = ExitCode.OK
@@ -30,8 +35,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser(command_of(argv))
     except GatewayError as exc:
-        from gateway.cli.plugins import UnknownCommandError
-
         print(f"sealgw: {exc}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, UnknownCommandError) else exit_code_for(exc)
     args = parser.parse_args(argv)
@@ -71,17 +74,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_run(commands)
     _add_config(commands)
-    from gateway.cli.admin import register_init_command, register_status_command
-    from gateway.cli.audit import register_audit_command
-    from gateway.cli.pair import register_pair_command
 
     register_init_command(commands)
     register_status_command(commands)
     register_pair_command(commands)
     register_audit_command(commands)
     if command not in BUILT_IN:
-        from gateway.cli.plugins import add_plugin_commands
-
         add_plugin_commands(commands, command, BUILT_IN)
     return parser
 
@@ -102,8 +100,8 @@ def _add_config(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gateway.config.loader import load_config
-    from gateway.daemon.app import run_daemon
+    from gateway.config.loader import load_config  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from gateway.daemon.app import run_daemon  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     config = load_config(args.config)
     configure_logging(args.log_level or config.log.level)
@@ -111,7 +109,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from gateway.config.loader import load_config
+    from gateway.config.loader import load_config  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     config = load_config(args.file)
     print(
@@ -131,8 +129,6 @@ def configure_logging(level: str) -> None:
 
 
 def _version() -> str:
-    from gateway import __version__
-
     return f"sealgw {__version__}"
 
 

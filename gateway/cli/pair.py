@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.cli.admin import _gateway_table
 from gateway.errors import GatewayError
 
 __all__ = ["format_code", "register_pair_command"]
@@ -38,8 +39,7 @@ def register_pair_command(subparsers: argparse._SubParsersAction[argparse.Argume
 
 def cmd_pair(args: argparse.Namespace) -> int:
     """Run `sealgw pair`."""
-    from gateway.cli.admin import _gateway_table
-    from gateway.daemon.control import control_socket_path, request
+    from gateway.daemon.control import control_socket_path, request  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     path = args.socket or control_socket_path(_gateway_table(args.config)[0])
     try:

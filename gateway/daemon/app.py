@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway import __version__
 from gateway.audit.checkpointer import Checkpointer
-from gateway.auth.provision import ProvisionError, load_identity
+from gateway.auth.provision import load_identity
 from gateway.config.model import GatewayConfig
 from gateway.daemon.control import ControlServer, control_socket_path
 from gateway.daemon.debug_stall import install_debug_stall
@@ -20,10 +20,10 @@ from gateway.daemon.sdnotify import SystemdNotifier
 from gateway.daemon.services import build_services
 from gateway.daemon.supervisor import Supervisor
 from gateway.daemon.synthetic import run_synthetic_source
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ProvisionError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock, SystemClock
-from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.protocol.events import Event, EventDraft, EventType, Priority
 from gateway.remote.service import RemoteManagement, install_remote_management
 from gateway.store.buffer import EventBuffer
 from gateway.uplink.commands import CommandDispatcher
@@ -139,7 +139,7 @@ class Gateway:
         return self.buffer.submit(draft)
 
     def draft(
-        self, type_: str, subject: str, data: Mapping[str, JSONValue], priority: Priority
+        self, type_: EventType, subject: str, data: Mapping[str, JSONValue], priority: Priority
     ) -> EventDraft:
         """A draft stamped with this gateway's clock."""
         return EventDraft(type_, subject, data, priority, self.clock.now())
@@ -192,7 +192,7 @@ class Gateway:
         await self.supervisor.stop("checkpoint")
         try:
             await self.buffer.append(
-                self.draft("gateway.stopped", self._subject(), {}, Priority.AUDIT)
+                self.draft(EventType.GATEWAY_STOPPED, self._subject(), {}, Priority.AUDIT)
             )
             if self.checkpointer is not None:
                 await self.checkpointer.checkpoint_now()  # the last one covers the stop record
@@ -214,13 +214,15 @@ class Gateway:
         }
         if self.buffer.recovered_from is not None:
             data["buffer_recovered_from"] = str(self.buffer.recovered_from)
-        return self.draft("gateway.started", self._subject(), data, Priority.AUDIT)
+        return self.draft(EventType.GATEWAY_STARTED, self._subject(), data, Priority.AUDIT)
 
     async def _health_loop(self) -> None:
         while True:
             await self.clock.sleep(self.config.health.interval_s)
             snapshot = self.monitor.snapshot(mark=True)
-            self.emit(self.draft("gateway.health", self._subject(), snapshot, Priority.STATE))
+            self.emit(
+                self.draft(EventType.GATEWAY_HEALTH, self._subject(), snapshot, Priority.STATE)
+            )
 
     def health(self) -> dict[str, JSONValue]:
         """A snapshot of the gateway's health, as published in gateway.health."""
@@ -250,7 +252,7 @@ class Gateway:
             "event storage %s: seal operations %s", state, "refused" if full else "resumed"
         )
         payload: dict[str, Any] = {"state": state, "gateway": self.config.gateway.id}
-        self.uplink.publish_alarm_now("gateway.storage_full", payload)
+        self.uplink.publish_alarm_now(EventType.GATEWAY_STORAGE_FULL, payload)
 
 
 def install_signal_handlers(gateway: Gateway) -> None:

@@ -20,7 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.drivers.stream_server import listen_unix, stop_serving
-from gateway.errors import GatewayError, ProtocolError, TransientError
+from gateway.errors import (
+    ControlError,
+    GatewayError,
+    GatewayNotRunningError,
+    ProtocolError,
+    TransientError,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -33,19 +39,6 @@ IDLE_TIMEOUT_S = 30.0
 MAX_PATH_BYTES = 107
 
 Handler = Callable[[], Awaitable[dict[str, Any]]]
-
-
-class ControlError(GatewayError):
-    """The gateway answered a control request with an error."""
-
-
-class GatewayNotRunningError(TransientError, ConnectionError):
-    """Nothing answers on the control socket at `path`."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"no gateway running: cannot connect to {path} ({reason})")
-        self.path = path
-        self.reason = reason
 
 
 def control_socket_path(state_dir: Path) -> Path:

@@ -1,36 +1,37 @@
 """The daemon's optional services, built from the config: authorization, locks, meters, handhelds.
 
-Each is built only when its section asks for it, and its heavy modules (bleak, bumble,
-pymodbus) are imported only then, which keeps a minimal gateway's start-up fast.
+Each is built only when its section asks for it. Optional dependencies are imported only
+then: bleak (and bumble) when locks are configured here, pymodbus when a Modbus bus is
+(gateway.meters.readers), so a minimal gateway neither needs nor loads them.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.auth.authorization import Authorization
+from gateway.auth.provision import load_identity
 from gateway.config.model import GatewayConfig
 from gateway.daemon.supervisor import Supervisor
 from gateway.errors import ConfigError
+from gateway.handheld.service import HandheldService
+from gateway.handheld.store import HANDHELDS_FILE, PairedDeviceStore
+from gateway.handheld.transport import HandheldServer
 from gateway.locks.view import NoSealsKnown, SealStateView
+from gateway.meters.service import MeterService
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft
+from gateway.protocol.events import Emit
 from gateway.store.buffer import EventBuffer
 from gateway.uplink.commands import CommandDispatcher
 from gateway.uplink.uplink import Uplink
 
 if TYPE_CHECKING:
-    from gateway.auth.authorization import Authorization
     from gateway.drivers.ble.adapters import BleAdapters
-    from gateway.handheld.service import HandheldService
-    from gateway.handheld.transport import HandheldServer
     from gateway.locks.service import LockService
-    from gateway.meters.service import MeterService
 
-Emit = Callable[[EventDraft], "asyncio.Future[Event]"]
 ControlHandler = Callable[[], Awaitable[dict[str, Any]]]
 
 
@@ -98,7 +99,7 @@ def build_services(
         _add_locks(services, config, clock, buffer, uplink)
     services.meters = _meters(config, clock, buffer.submit, services.seals)
     if config.handheld.enabled:
-        _add_handheld(services, config, clock, buffer.append)
+        _add_handheld(services, config, clock, buffer.submit)
     return services
 
 
@@ -107,8 +108,6 @@ def _authorization(
 ) -> Authorization | None:
     if config.authorization.master_key_file is None:
         return None
-    from gateway.auth.authorization import Authorization
-
     authorization = Authorization(config.gateway, config.authorization, clock)
     authorization.register(dispatcher)
     return authorization
@@ -123,8 +122,8 @@ def _require_authorization(services: Services, what: str) -> Authorization:
 def _add_locks(
     services: Services, config: GatewayConfig, clock: Clock, buffer: EventBuffer, uplink: Uplink
 ) -> None:
-    from gateway.drivers.ble.adapters import BleAdapters
-    from gateway.locks.service import LockService
+    from gateway.drivers.ble.adapters import BleAdapters  # noqa: PLC0415 - bleak is optional (the ble extra)
+    from gateway.locks.service import LockService  # noqa: PLC0415 - bleak is optional (the ble extra)
 
     authorization = _require_authorization(services, "seal locks")
     services.ble_adapters = BleAdapters()
@@ -149,8 +148,6 @@ def _meters(
 ) -> MeterService | None:
     if not config.meters.meters:
         return None
-    from gateway.meters.service import MeterService
-
     return MeterService(
         config.meters,
         emit,
@@ -165,12 +162,8 @@ def _add_handheld(
     services: Services,
     config: GatewayConfig,
     clock: Clock,
-    emit: Callable[[EventDraft], Awaitable[Event]],
+    emit: Emit,
 ) -> None:
-    from gateway.auth.provision import load_identity
-    from gateway.handheld.service import HandheldService
-    from gateway.handheld.store import HANDHELDS_FILE, PairedDeviceStore
-    from gateway.handheld.transport import HandheldServer
 
     authorization = _require_authorization(services, "handhelds")
     if services.locks is None:

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from gateway.config.model import SyntheticSection
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.protocol.events import Emit, Event, EventDraft, EventType, Priority
 
 _LOGGER = logging.getLogger(__name__)
 
-Submit = Callable[[EventDraft], "asyncio.Future[Event]"]
 
-
-async def run_synthetic_source(settings: SyntheticSection, submit: Submit, clock: Clock) -> None:
+async def run_synthetic_source(settings: SyntheticSection, submit: Emit, clock: Clock) -> None:
     """Submit `synthetic.sample` events at the configured rate until cancelled."""
     priority = Priority.from_wire(settings.priority)
     period = 1.0 / settings.rate_per_s
@@ -24,7 +21,7 @@ async def run_synthetic_source(settings: SyntheticSection, submit: Submit, clock
     while True:
         counter += 1
         draft = EventDraft(
-            type="synthetic.sample",
+            type=EventType.SYNTHETIC_SAMPLE,
             subject="SYNTHETIC",
             data={"n": counter},
             priority=priority,

@@ -2,8 +2,7 @@
 
 A bus owner holds a BusTurns: one transaction at a time under an asyncio lock, the inter-frame
 gap kept after each on the injected clock, and each device's first failure logged at WARNING
-with its repeats at DEBUG until it answers again. `count_failure` files a failure under the
-counters both buses keep for the meter read success KPI.
+with its repeats at DEBUG until it answers again. The counters are gateway.drivers.bus.BusStats.
 """
 
 from __future__ import annotations
@@ -12,24 +11,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Hashable
 from contextlib import asynccontextmanager
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, TypeVar
 
-from gateway.errors import DeviceTimeoutError, ProtocolError
 from gateway.protocol.clock import Clock, SystemClock
 
-__all__ = ["BusCounters", "BusTurns", "count_failure"]
+__all__ = ["BusTurns"]
 
 K = TypeVar("K", bound=Hashable)
-
-
-class BusCounters(Protocol):
-    """The counters every bus's stats carry."""
-
-    requests: int
-    ok: int
-    timeouts: int
-    garbled: int
-    unavailable: int
 
 
 class BusTurns(Generic[K]):
@@ -66,13 +54,3 @@ class BusTurns(Generic[K]):
         level = logging.DEBUG if device in self._failing else logging.WARNING
         self._failing.add(device)
         self._log.log(level, "%s: %s", line, exc)
-
-
-def count_failure(stats: BusCounters, exc: Exception, *, unavailable: type[Exception]) -> None:
-    """Count a timeout, a garbled reply or an unreachable line; other failures are not counted."""
-    if isinstance(exc, DeviceTimeoutError):
-        stats.timeouts += 1
-    elif isinstance(exc, ProtocolError):
-        stats.garbled += 1
-    elif isinstance(exc, unavailable):
-        stats.unavailable += 1

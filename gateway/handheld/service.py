@@ -30,7 +30,7 @@ from gateway.handheld.transport import FrameStream
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.certs import OperatorCertificate, RevocationList, decode_certificate
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import EventDraft, Priority, make_draft
+from gateway.protocol.events import Emit, EventType, Priority, make_draft
 from gateway.protocol.handheld import (
     HandheldReason,
     Message,
@@ -49,12 +49,11 @@ from gateway.protocol.handheld_crypto import (
     key_fingerprint,
 )
 
-__all__ = ["CODE_DIGITS", "Emit", "HandheldService", "IssuedCode"]
+__all__ = ["CODE_DIGITS", "HandheldService", "IssuedCode"]
 
 _log = logging.getLogger(__name__)
 
 CODE_DIGITS = 8
-Emit = Callable[[EventDraft], Awaitable[object]]
 Revocations = Callable[[], RevocationList | None]
 M = TypeVar("M")
 _ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -127,7 +126,7 @@ class HandheldService:
         attempts = self.section.max_attempts
         expires_at = self._clock.now() + timedelta(seconds=ttl)
         data: dict[str, JSONValue] = {"ttl_s": ttl, "max_attempts": attempts}
-        await self._audit("handheld.pairing_code_issued", self._trust.gateway_id, data)
+        await self._audit(EventType.HANDHELD_PAIRING_CODE_ISSUED, self._trust.gateway_id, data)
         self._code = _CodeState(code, self._clock.monotonic() + ttl, attempts)
         _log.info("pairing code issued, valid %g s", ttl)
         return IssuedCode(code, expires_at, ttl, attempts)
@@ -182,7 +181,7 @@ class HandheldService:
         try:
             cert = _parse_cert(hello.certificate, self._trust)
             subject, data = cert.operator, _cert_data(cert)
-            await self._audit("handheld.pairing_attempt", subject, data)
+            await self._audit(EventType.HANDHELD_PAIRING_ATTEMPT, subject, data)
             self._check_cert(cert)
             pairing = GatewayPairing(self._identity, self._trust.gateway_id, hello)
             await stream.write(pairing.challenge())
@@ -190,8 +189,10 @@ class HandheldService:
             code = self._check_proof(pairing, proof, cert)
         except _RefusedError as refused:
             if subject == self._trust.gateway_id:
-                await self._audit("handheld.pairing_attempt", subject, data)
-            await self._audit("handheld.pairing_failed", subject, _refusal_data(refused, data))
+                await self._audit(EventType.HANDHELD_PAIRING_ATTEMPT, subject, data)
+            await self._audit(
+                EventType.HANDHELD_PAIRING_FAILED, subject, _refusal_data(refused, data)
+            )
             await _send_refusal(stream, refused)
             return
         await self._complete_pairing(stream, pairing, proof, code, cert)
@@ -208,7 +209,9 @@ class HandheldService:
         device = PairedDevice(
             cert.operator, cert.device_key, cert.serial, paired_at, pairing.hello.certificate
         )
-        await self._audit("handheld.paired", cert.operator, {**_cert_data(cert), "at": paired_at})
+        await self._audit(
+            EventType.HANDHELD_PAIRED, cert.operator, {**_cert_data(cert), "at": paired_at}
+        )
         self._store.add(device)
         _log.info("handheld of %s paired (certificate %s)", cert.operator, cert.serial)
         await stream.write(pairing.done(proof, code, paired_at))
@@ -270,7 +273,7 @@ class HandheldService:
             await self._deny_session(stream, refused, subject, data)
             return
         data["session"] = channel.session_id.hex()
-        await self._audit("handheld.session_opened", device.operator, data)
+        await self._audit(EventType.HANDHELD_SESSION_OPENED, device.operator, data)
         await stream.write(channel.seal_ready({"operator": device.operator}))
         await self._serve_records(stream, channel, device, data)
 
@@ -306,7 +309,9 @@ class HandheldService:
             count += 1
             answer = await self._dispatch(device, body, record.ctr, data)
             await stream.write(channel.seal_response(answer, record))
-        await self._audit("handheld.session_closed", device.operator, {**data, "requests": count})
+        await self._audit(
+            EventType.HANDHELD_SESSION_CLOSED, device.operator, {**data, "requests": count}
+        )
 
     async def _deny_session(
         self,
@@ -316,7 +321,7 @@ class HandheldService:
         data: Mapping[str, JSONValue],
     ) -> None:
         _log.info("handheld session denied: %s", refused.reason)
-        await self._audit("handheld.session_denied", subject, _refusal_data(refused, data))
+        await self._audit(EventType.HANDHELD_SESSION_DENIED, subject, _refusal_data(refused, data))
         await _send_refusal(stream, refused)
 
     # -- requests ------------------------------------------------------------------------
@@ -331,7 +336,7 @@ class HandheldService:
         op = body.get("op")
         args = {k: str(body[k])[:64] for k in _AUDITED_ARGS if k in body}
         audit: dict[str, JSONValue] = {**session, "op": str(op)[:32], "ctr": ctr, **args}
-        await self._audit("handheld.request", device.operator, audit)
+        await self._audit(EventType.HANDHELD_REQUEST, device.operator, audit)
         try:
             return await self._answer(device, op, body)
         except ProtocolError as exc:
@@ -370,7 +375,7 @@ class HandheldService:
             raise _RefusedError(HandheldReason.UNEXPECTED_MESSAGE, type(message).__name__)
         return message
 
-    async def _audit(self, kind: str, subject: str, data: Mapping[str, JSONValue]) -> None:
+    async def _audit(self, kind: EventType, subject: str, data: Mapping[str, JSONValue]) -> None:
         await self._emit(make_draft(self._clock.now(), kind, subject, dict(data), Priority.AUDIT))
 
 

@@ -80,9 +80,7 @@ class BleSection:
     locks: tuple[LockEntry, ...] = ()
 
     def __post_init__(self) -> None:
-        from gateway.drivers.ble.adapters import (
-            parse_adapter,
-        )  # lazy: keeps bleak out of config loading
+        from gateway.drivers.ble.adapters import parse_adapter  # noqa: PLC0415 - keeps bleak out of config loading
 
         parse_adapter(self.adapter)
         if self.scan_interval_s and self.scan_interval_s < self.scan_window_s:

@@ -8,7 +8,8 @@ Rules (see docs/meters.md):
 - otherwise a new request starts. Because any run of consecutive registers that fits in one
   request also fits when shortened, this greedy packing gives the fewest requests.
 
-The plan also says how to slice each response back into named values.
+The plan also says how to slice each response back into named values, and `read_plan` runs
+it on a bus's raw register reads (the driver knows registers, not profiles).
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 
-from gateway.meters.profiles import (
-    MAX_READ_REGISTERS,
-    MeterProfile,
-    RegisterFunction,
-    RegisterSpec,
-)
-from gateway.protocol.modbus_values import Number
+from gateway.drivers.bus import RegisterBus
+from gateway.meters.profiles import MAX_READ_REGISTERS, MeterProfile, RegisterSpec
+from gateway.protocol.modbus_values import Number, RegisterFunction
 
-__all__ = ["ReadPlan", "ReadRequest", "RegisterSlice", "describe", "plan_profile", "plan_reads"]
+__all__ = [
+    "ReadPlan",
+    "ReadRequest",
+    "RegisterSlice",
+    "describe",
+    "plan_profile",
+    "plan_reads",
+    "read_plan",
+    "read_plan_raw",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +139,23 @@ def describe(plan: ReadPlan) -> Mapping[str, object]:
         ],
         "register_count": plan.register_count,
     }
+
+
+async def read_plan(bus: RegisterBus, unit: int, plan: ReadPlan) -> dict[str, Number]:
+    """Read a meter's whole plan and return scaled values by register name."""
+    responses: list[Sequence[int]] = []
+    for request in plan.requests:
+        responses.append(await bus.read(unit, request.function, request.address, request.count))
+    return plan.decode(responses)
+
+
+async def read_plan_raw(bus: RegisterBus, unit: int, plan: ReadPlan) -> dict[str, tuple[int, ...]]:
+    """Read a plan and return each register's raw words, for status bits and debugging."""
+    raw: dict[str, tuple[int, ...]] = {}
+    for request in plan.requests:
+        words = await bus.read(unit, request.function, request.address, request.count)
+        raw.update(request.raw_words(words))
+    return raw
 
 
 def _pack(specs: Sequence[RegisterSpec], max_gap: int, max_registers: int) -> list[ReadRequest]:

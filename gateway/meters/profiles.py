@@ -14,14 +14,15 @@ import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway.errors import ConfigError
+from gateway.errors import ProfileError
 from gateway.protocol.modbus_values import (
     ByteOrder,
     Number,
+    RegisterFunction,
     ValueFormat,
     ValueType,
     WordOrder,
@@ -32,9 +33,7 @@ __all__ = [
     "MAX_READ_REGISTERS",
     "MeterProfile",
     "MeterProtocol",
-    "ProfileError",
     "ReadLimits",
-    "RegisterFunction",
     "RegisterSpec",
     "StatusBit",
     "StatusEvent",
@@ -62,18 +61,6 @@ class MeterProtocol(StrEnum):
     DLT645 = "dlt645"
 
 
-class RegisterFunction(IntEnum):
-    """Modbus read function codes, named as profiles name them."""
-
-    HOLDING = 0x03
-    INPUT = 0x04
-
-    @property
-    def label(self) -> str:
-        """The name used in profiles: holding or input."""
-        return self.name.lower()
-
-
 class ValueKind(StrEnum):
     """What a value is, so the meter service knows what to do with it."""
 
@@ -94,15 +81,6 @@ class StatusEvent(StrEnum):
     POWER_DOWN = "power_down"
     MAGNETIC_INTERFERENCE = "magnetic_interference"
     REVERSE_ENERGY = "reverse_energy"
-
-
-class ProfileError(ConfigError):
-    """A profile is invalid; `source` names the file and `key` the dotted key inside it."""
-
-    def __init__(self, source: str, key: str, reason: str) -> None:
-        super().__init__(key, reason)
-        self.source = source
-        self.args = (f"{source}: {key}: {reason}" if key else f"{source}: {reason}",)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,28 +13,27 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from gateway.drivers.dlt645.bus import Dlt645Bus, open_dlt645_bus
-from gateway.errors import ConfigError, DeviceTimeoutError, GatewayError, ProtocolError
+from gateway.errors import (
+    ConfigError,
+    DeviceTimeoutError,
+    GatewayError,
+    MeterRefusedError,
+    ModbusExceptionError,
+    ProtocolError,
+)
 from gateway.meters.config import BusConfig, MeterConfig
 from gateway.meters.model import EVENT_FOR_STATUS, Measurement, MeterEventKind, Sample
-from gateway.meters.plan import ReadPlan, plan_profile
+from gateway.meters.plan import ReadPlan, plan_profile, read_plan
 from gateway.meters.profiles import MeterProfile, MeterProtocol, RegisterSpec, ValueKind
 from gateway.protocol.clock import Clock
-from gateway.protocol.dlt645 import (
-    DATA_ITEMS,
-    DI_BY_NAME,
-    ErrorFlags,
-    Function,
-    MeterRefusedError,
-    StatusWord7,
-    Value,
-)
+from gateway.protocol.dlt645 import DATA_ITEMS, DI_BY_NAME, ErrorFlags, Function, StatusWord7, Value
 
 if TYPE_CHECKING:
     from gateway.drivers.modbus.bus import ModbusBus
@@ -43,6 +42,7 @@ __all__ = [
     "Dlt645Reader",
     "MeterReader",
     "ModbusReader",
+    "ReadFailure",
     "failure_reason",
     "make_reader",
     "open_buses",
@@ -73,6 +73,20 @@ _COUNTERS: Mapping[str, MeterEventKind] = {
 }
 
 
+class ReadFailure(StrEnum):
+    """Why a poll failed; the values are the wire strings of meter.read_failed's `reason`."""
+
+    TIMEOUT = "timeout"
+    CRC = "crc"
+    EXCEPTION = "exception"
+    REFUSED = "refused"
+    UNAVAILABLE = "unavailable"
+
+    def with_code(self, code: int) -> str:
+        """`exception:<code>`: the Modbus exception code after the reason."""
+        return f"{self.value}:{code}"
+
+
 class MeterReader(Protocol):
     """Reads one meter."""
 
@@ -98,7 +112,7 @@ class ModbusReader:
 
     async def read(self) -> Sample:
         """Read the whole plan and derive the status conditions."""
-        values = await self.bus.read_plan(self.unit, self.plan)
+        values = await read_plan(self.bus, self.unit, self.plan)
         measurements: list[Measurement] = []
         active: set[MeterEventKind] = set()
         for spec in self.profile.registers:
@@ -180,7 +194,7 @@ def open_buses(
                 clock=clock,
             )
         else:
-            from gateway.drivers.modbus.bus import open_bus
+            from gateway.drivers.modbus.bus import open_bus  # noqa: PLC0415 - pymodbus is optional
 
             opened[bus.name] = open_bus(
                 bus.transport,
@@ -192,18 +206,19 @@ def open_buses(
     return opened
 
 
-def failure_reason(exc: GatewayError) -> str:
-    """timeout, crc, exception:<code>, refused or unavailable."""
+def failure_reason(exc: Exception) -> str:
+    """The `reason` of meter.read_failed: a ReadFailure, `exception:<code>` for Modbus ones."""
     if isinstance(exc, DeviceTimeoutError):
-        return "timeout"
+        return ReadFailure.TIMEOUT
     if isinstance(exc, MeterRefusedError):
-        return "refused"
+        return ReadFailure.REFUSED
     if isinstance(exc, ProtocolError):
-        return "crc"
-    modbus = sys.modules.get("gateway.drivers.modbus.bus")
-    if modbus is not None and isinstance(exc, modbus.ModbusExceptionError):
-        return f"exception:{getattr(exc, 'code', 0)}"
-    return "unavailable"
+        return ReadFailure.CRC
+    if isinstance(exc, ModbusExceptionError):
+        return ReadFailure.EXCEPTION.with_code(exc.code)
+    if isinstance(exc, GatewayError):
+        return ReadFailure.UNAVAILABLE
+    return ReadFailure.CRC
 
 
 def _tidy(spec: RegisterSpec, value: int | float) -> int | float:

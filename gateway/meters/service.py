@@ -15,32 +15,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from gateway.drivers.bus import Bus
 from gateway.drivers.dlt645.bus import Dlt645Bus
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ProfileError
 from gateway.locks.view import SealStateView
 from gateway.meters.config import MeterConfig, MetersSection, TheftSection
 from gateway.meters.model import MeterEvent, MeterReading, Sample
-from gateway.meters.profiles import MeterProfile, ProfileError, load_profiles
+from gateway.meters.profiles import MeterProfile, load_profiles
 from gateway.meters.readers import MeterReader, failure_reason, make_reader, open_buses
 from gateway.meters.theft import TheftCorrelator
 from gateway.meters.tracker import MeterTracker, PollOutcome
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.protocol.events import Emit, Event, EventDraft, EventType, Priority
 
 if TYPE_CHECKING:
     from gateway.drivers.modbus.bus import ModbusBus
 
-__all__ = ["Emit", "MeterService", "SealStateView", "SuccessRates"]
+__all__ = ["MeterService", "SealStateView", "SuccessRates"]
 
 _log = logging.getLogger(__name__)
-
-Emit = Callable[[EventDraft], "asyncio.Future[Event]"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,17 +197,17 @@ class MeterService:
                 "meter": meter.id,
                 "failed_polls": outcome.recovered_after,
             }
-            self._send("meter.read_recovered", meter, data, Priority.STATE, ts)
+            self._send(EventType.METER_READ_RECOVERED, meter, data, Priority.STATE, ts)
         for event in self._events(meter, outcome, ts):
-            self._send("meter.event", meter, event.to_data(), Priority.AUDIT, ts)
+            self._send(EventType.METER_EVENT, meter, event.to_data(), Priority.AUDIT, ts)
             self._correlate(event)
         if outcome.report:
-            self._send("meter.reading", meter, reading.to_data(), Priority.TELEMETRY, ts)
+            self._send(EventType.METER_READING, meter, reading.to_data(), Priority.TELEMETRY, ts)
         self._correlate(reading)
 
     def _on_failure(self, meter: MeterConfig, exc: Exception, ts: datetime) -> None:
         tracker = self.trackers[meter.id]
-        reason = failure_reason(exc) if isinstance(exc, GatewayError) else "crc"
+        reason = failure_reason(exc)
         if not tracker.on_failure(reason):
             _log.debug("meter %s: still failing (%s)", meter.id, reason)
             return
@@ -220,7 +219,7 @@ class MeterService:
             "detail": str(exc)[:200],
             "failed_polls": tracker.failed_polls,
         }
-        self._send("meter.read_failed", meter, data, Priority.STATE, ts)
+        self._send(EventType.METER_READ_FAILED, meter, data, Priority.STATE, ts)
 
     def _events(self, meter: MeterConfig, outcome: PollOutcome, ts: datetime) -> list[MeterEvent]:
         return [
@@ -238,7 +237,7 @@ class MeterService:
 
     def _send(
         self,
-        type_: str,
+        type_: EventType,
         meter: MeterConfig,
         data: dict[str, JSONValue],
         priority: Priority,
@@ -284,7 +283,7 @@ class MeterService:
         }
 
 
-def _bus_health(bus: ModbusBus | Dlt645Bus) -> dict[str, JSONValue]:
+def _bus_health(bus: Bus) -> dict[str, JSONValue]:
     stats = bus.stats
     return {
         "requests": stats.requests,

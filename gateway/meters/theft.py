@@ -34,7 +34,7 @@ from gateway.locks.view import SealStateView
 from gateway.meters.config import TheftSection
 from gateway.meters.model import MeterEvent, MeterEventKind, MeterReading
 from gateway.protocol.canonical import JSONValue
-from gateway.protocol.events import EventDraft, Priority
+from gateway.protocol.events import EventDraft, EventType, Priority
 
 __all__ = ["TheftCorrelator", "TheftRule"]
 
@@ -203,7 +203,7 @@ class TheftCorrelator:
             "rule": rule.value,
             "evidence": evidence,
         }
-        return [EventDraft("theft.suspected", meter, data, Priority.ALARM, ts)]
+        return [EventDraft(EventType.THEFT_SUSPECTED, meter, data, Priority.ALARM, ts)]
 
     def _armed_state(self, seal: str, ts: datetime) -> str | None:
         """The seal's state if the meter is armed, else None."""

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 
 from gateway.errors import ProtocolError
 from gateway.protocol.canonical import JSONValue, canonical_bytes
-from gateway.protocol.events import format_ts
+from gateway.protocol.events import EventType, format_ts
 from gateway.protocol.signed import b64url, b64url_decode
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "verify_checkpoint",
 ]
 
-CHECKPOINT_TYPE = "gateway.checkpoint"
+CHECKPOINT_TYPE = EventType.GATEWAY_CHECKPOINT
 CHECKPOINT_DOMAIN = b"sealgw/v1 gateway.checkpoint\x00"
 DEFAULT_INTERVAL_S = 300.0
 SIG_LEN = 64

@@ -24,7 +24,7 @@ from decimal import Decimal
 from enum import Enum, IntEnum, IntFlag
 from typing import TypeAlias
 
-from gateway.errors import DeviceRejectedError, FrameError, ProtocolError
+from gateway.errors import FrameError, MeterRefusedError, ProtocolError
 
 __all__ = [
     "BROADCAST",
@@ -38,7 +38,6 @@ __all__ = [
     "Frame",
     "Function",
     "Kind",
-    "MeterRefusedError",
     "OutageRecord",
     "Reading",
     "StatusWord7",
@@ -133,18 +132,6 @@ class StatusWord7(IntFlag):
     CURRENT_SEVERE_IMBALANCE = 0x0100
     METER_COVER_OPEN = 0x0200
     TERMINAL_COVER_OPEN = 0x0400
-
-
-class MeterRefusedError(DeviceRejectedError):
-    """A meter answered with an abnormal reply; `flags` says why."""
-
-    def __init__(self, address: str, function: Function, flags: ErrorFlags) -> None:
-        super().__init__(
-            f"meter {address} refused {function.name}: {flags!r}", device=address, code=int(flags)
-        )
-        self.address = address
-        self.function = function
-        self.flags = flags
 
 
 @dataclass(frozen=True, slots=True)

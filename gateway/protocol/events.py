@@ -80,7 +80,6 @@ class EventType(StrEnum):
     METER_READ_FAILED = "meter.read_failed"
     METER_READ_RECOVERED = "meter.read_recovered"
     THEFT_SUSPECTED = "theft.suspected"
-    OPERATOR_CERT = "operator.cert"
     HANDHELD_PAIRING_CODE_ISSUED = "handheld.pairing_code_issued"
     HANDHELD_PAIRING_ATTEMPT = "handheld.pairing_attempt"
     HANDHELD_PAIRING_FAILED = "handheld.pairing_failed"

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.errors import AuthError, ProtocolError
+from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.canonical import canonical_bytes
 from gateway.protocol.handheld import (
     MAX_COUNTER,
@@ -124,9 +124,11 @@ class HandheldPairing:
         if self._expected is not None and not hmac.compare_digest(
             self._expected.lower().encode("utf-8"), key_fingerprint(challenge.gateway_key).encode()
         ):
-            raise AuthError("gateway identity is not the expected one", code="gateway_mismatch")
+            raise AuthError(
+                "gateway identity is not the expected one", code=AuthCode.GATEWAY_MISMATCH
+            )
         th1 = _transcript("pair 1", _unsigned(self._hello), _unsigned(challenge))
-        _verify(challenge.gateway_key, b"pair gateway", th1, challenge.sig, "bad_gateway")
+        _verify(challenge.gateway_key, b"pair gateway", th1, challenge.sig, AuthCode.BAD_GATEWAY)
         shared = _exchange(self._eph, challenge.eph)
         self._kcode = pairing_code_key(shared, self._code, th1)
         self._th2 = _transcript("pair 2", th1, challenge.sig)
@@ -141,7 +143,7 @@ class HandheldPairing:
         th3 = _transcript("pair 3", self._th2, proof.sig, proof.mac)
         expected = _mac(self._kcode, b"gateway", th3 + done.paired_at.to_bytes(8, "big"))
         if not hmac.compare_digest(expected, done.mac):
-            raise AuthError("gateway did not prove the pairing code", code="bad_gateway")
+            raise AuthError("gateway did not prove the pairing code", code=AuthCode.BAD_GATEWAY)
         return PairedGateway(self._challenge.gateway, self._challenge.gateway_key, done.paired_at)
 
 
@@ -214,13 +216,15 @@ class HandheldHandshake:
     def on_accept(self, accept: SessionAccept) -> SessionConfirm:
         """Authenticate the gateway (pinned key, MAC); sign the transcript; derive the keys."""
         if accept.gateway != self._paired.gateway:
-            raise AuthError(f"gateway {accept.gateway} is not the paired one", code="bad_gateway")
+            raise AuthError(
+                f"gateway {accept.gateway} is not the paired one", code=AuthCode.BAD_GATEWAY
+            )
         th1 = _transcript("session 1", _unsigned(self._hello), _unsigned(accept))
-        _verify(self._paired.gateway_key, b"session gateway", th1, accept.sig, "bad_gateway")
+        _verify(self._paired.gateway_key, b"session gateway", th1, accept.sig, AuthCode.BAD_GATEWAY)
         shared = _exchange(self._eph, accept.eph)
         kconfirm = _hkdf(shared, th1, b"session confirm")
         if not hmac.compare_digest(_mac(kconfirm, b"gateway", th1), accept.mac):
-            raise AuthError("gateway key confirmation failed", code="bad_gateway")
+            raise AuthError("gateway key confirmation failed", code=AuthCode.BAD_GATEWAY)
         th2 = _transcript("session 2", th1, accept.sig, accept.mac)
         sig = self._device.sign(DOMAIN + b"session device\x00" + th2)
         confirm = SessionConfirm(sig, _mac(kconfirm, b"handheld", th2))
@@ -295,7 +299,7 @@ class Channel:
         """Decrypt the response to `request`; anything else raises AuthError."""
         self._require(Role.HANDHELD)
         if record.kind is not RecordKind.RESPONSE or record.ctr != request.ctr:
-            raise AuthError("response does not answer the request", code="bad_record")
+            raise AuthError("response does not answer the request", code=HandheldReason.BAD_RECORD)
         ad = _record_ad(self.session_id, RecordKind.RESPONSE, record.ctr, _digest(request.ct))
         return self._open(record, ad)
 
@@ -303,7 +307,7 @@ class Channel:
         """Decrypt the gateway's `ready` record (counter 0)."""
         self._require(Role.HANDHELD)
         if record.kind is not RecordKind.READY or record.ctr != 0:
-            raise AuthError("expected the ready record", code="bad_record")
+            raise AuthError("expected the ready record", code=HandheldReason.BAD_RECORD)
         return self._open(record, _record_ad(self.session_id, RecordKind.READY, 0, b""))
 
     # gateway side
@@ -318,14 +322,19 @@ class Channel:
         """Decrypt a request; reject tampered, replayed and reordered records (AuthError)."""
         self._require(Role.GATEWAY)
         if record.kind is not RecordKind.REQUEST:
-            raise AuthError(f"unexpected {record.kind.value} record", code="bad_record")
+            raise AuthError(
+                f"unexpected {record.kind.value} record", code=HandheldReason.BAD_RECORD
+            )
         ad = _record_ad(self.session_id, RecordKind.REQUEST, record.ctr, b"")
         body = self._open(record, ad)
         if record.ctr <= self._received:
-            raise AuthError(f"counter {record.ctr} already seen", code="replayed_request")
+            raise AuthError(
+                f"counter {record.ctr} already seen", code=HandheldReason.REPLAYED_REQUEST
+            )
         if record.ctr != self._received + 1:
             raise AuthError(
-                f"counter {record.ctr} after {self._received}", code="reordered_request"
+                f"counter {record.ctr} after {self._received}",
+                code=HandheldReason.REORDERED_REQUEST,
             )
         self._received = record.ctr
         return body
@@ -340,7 +349,9 @@ class Channel:
 
     def _next_send(self) -> int:
         if self._sent >= MAX_COUNTER:
-            raise AuthError("session counter exhausted; open a new session", code="bad_record")
+            raise AuthError(
+                "session counter exhausted; open a new session", code=HandheldReason.BAD_RECORD
+            )
         self._sent += 1
         return self._sent
 
@@ -351,7 +362,9 @@ class Channel:
         try:
             plain = self._recv.decrypt(_nonce(record.ctr), record.ct, ad)
         except InvalidTag:
-            raise AuthError("record does not authenticate", code="bad_record") from None
+            raise AuthError(
+                "record does not authenticate", code=HandheldReason.BAD_RECORD
+            ) from None
         try:
             body = json.loads(plain)
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -394,7 +407,9 @@ def _exchange(private: X25519PrivateKey, peer: bytes) -> bytes:
     try:
         return private.exchange(X25519PublicKey.from_public_bytes(peer))
     except ValueError:  # an all-zero shared secret: a small-order point
-        raise AuthError("peer ephemeral key is degenerate", code="bad_record") from None
+        raise AuthError(
+            "peer ephemeral key is degenerate", code=HandheldReason.BAD_RECORD
+        ) from None
 
 
 def _x25519_public(key: X25519PrivateKey) -> bytes:

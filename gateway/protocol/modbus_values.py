@@ -16,11 +16,12 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 __all__ = [
     "ByteOrder",
     "Number",
+    "RegisterFunction",
     "ValueFormat",
     "ValueType",
     "WordOrder",
@@ -30,6 +31,18 @@ __all__ = [
 ]
 
 Number = int | float
+
+
+class RegisterFunction(IntEnum):
+    """Modbus read function codes, named as profiles name them."""
+
+    HOLDING = 0x03
+    INPUT = 0x04
+
+    @property
+    def label(self) -> str:
+        """The name used in profiles: holding or input."""
+        return self.name.lower()
 
 
 class ValueType(StrEnum):

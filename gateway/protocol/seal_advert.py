@@ -13,7 +13,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from gateway.errors import AuthError, ProtocolError
+from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.seal_crypto import ADVERT_MAC_LEN, advert_mac, verify_advert_mac
 from gateway.protocol.seal_frames import LOCK_ID_LEN, LockState, StatusFlags
 
@@ -148,16 +148,17 @@ def manufacturer_payload(data: bytes) -> bytes | None:
 def check_advert(advert: Advert, lock_id: bytes, k_adv: bytes, last: Advert | None) -> bool:
     """Verify MAC and counter against the last accepted advert; return True when it is new."""
     if advert.short_id != short_id(lock_id):
-        raise AuthError("advert short id does not match the lock", code="advert_wrong_lock")
+        raise AuthError("advert short id does not match the lock", code=AuthCode.ADVERT_WRONG_LOCK)
     verify_advert_mac(k_adv, lock_id, advert.signed_part(), advert.mac)
     if last is None or advert.counter > last.counter:
         return True
     if advert.counter == last.counter and advert == last:
         return False
     if advert.counter == last.counter:
-        raise AuthError("advert counter reused with other content", code="advert_conflict")
+        raise AuthError("advert counter reused with other content", code=AuthCode.ADVERT_CONFLICT)
     raise AuthError(
-        f"advert counter went back from {last.counter} to {advert.counter}", code="advert_replay"
+        f"advert counter went back from {last.counter} to {advert.counter}",
+        code=AuthCode.ADVERT_REPLAY,
     )
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.errors import AuthError, ProtocolError
+from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.seal_frames import (
     LOCK_ID_LEN,
     MAC_LEN,
@@ -127,7 +127,7 @@ def command_mac(k_tl: bytes, ctx: SessionContext, command: Command) -> bytes:
 
 def verify_command(k_tl: bytes, ctx: SessionContext, command: Command) -> None:
     """Raise AuthError(code='bad_mac') unless the command's MAC is right."""
-    _require(command.mac, command_mac(k_tl, ctx, command), "bad_mac", "command MAC mismatch")
+    _require(command.mac, command_mac(k_tl, ctx, command), AuthCode.BAD_MAC, "command MAC mismatch")
 
 
 def answer_mac(k_tl: bytes, ctx: SessionContext, cmd_mac: bytes, result: CommandResult) -> bytes:
@@ -138,7 +138,7 @@ def answer_mac(k_tl: bytes, ctx: SessionContext, cmd_mac: bytes, result: Command
 def verify_answer(k_tl: bytes, ctx: SessionContext, cmd_mac: bytes, result: CommandResult) -> None:
     """Raise AuthError(code='bad_answer_mac') unless the lock's answer is authentic."""
     expected = answer_mac(k_tl, ctx, cmd_mac, result)
-    _require(result.mac, expected, "bad_answer_mac", "answer MAC mismatch")
+    _require(result.mac, expected, AuthCode.BAD_ANSWER_MAC, "answer MAC mismatch")
 
 
 def entry_tag(k_log: bytes, lock_id: bytes, entry: LogEntry) -> bytes:
@@ -155,13 +155,15 @@ def audit_tag(k_audit: bytes, lock_id: bytes, entry: LogEntry) -> bytes:
 def verify_entry(k_log: bytes, lock_id: bytes, entry: LogEntry) -> None:
     """Raise AuthError(code='bad_entry_tag') unless the entry's K_log tag is right."""
     expected = entry_tag(k_log, lock_id, entry)
-    _require(entry.tag, expected, "bad_entry_tag", f"log entry {entry.index} tag mismatch")
+    _require(entry.tag, expected, AuthCode.BAD_ENTRY_TAG, f"log entry {entry.index} tag mismatch")
 
 
 def verify_audit_tag(k_audit: bytes, lock_id: bytes, entry: LogEntry) -> None:
     """Master-station check that a relayed entry came from the lock, not the gateway."""
     expected = audit_tag(k_audit, lock_id, entry)
-    _require(entry.audit_tag, expected, "bad_audit_tag", f"entry {entry.index} audit mismatch")
+    _require(
+        entry.audit_tag, expected, AuthCode.BAD_AUDIT_TAG, f"entry {entry.index} audit mismatch"
+    )
 
 
 def log_answer_mac(
@@ -176,7 +178,7 @@ def verify_log_answer(
 ) -> None:
     """Raise AuthError unless the answer and every entry in it are authentic."""
     expected = log_answer_mac(k_log, lock_id, gw_nonce, request, answer)
-    _require(answer.mac, expected, "bad_log_mac", "log answer MAC mismatch")
+    _require(answer.mac, expected, AuthCode.BAD_LOG_MAC, "log answer MAC mismatch")
     for entry in answer.entries:
         verify_entry(k_log, lock_id, entry)
 
@@ -189,7 +191,7 @@ def advert_mac(k_adv: bytes, lock_id: bytes, signed_part: bytes) -> bytes:
 def verify_advert_mac(k_adv: bytes, lock_id: bytes, signed_part: bytes, mac: bytes) -> None:
     """Raise AuthError(code='bad_advert_mac') unless the advert MAC is right."""
     expected = advert_mac(k_adv, lock_id, signed_part)
-    _require(mac, expected, "bad_advert_mac", "advert MAC mismatch")
+    _require(mac, expected, AuthCode.BAD_ADVERT_MAC, "advert MAC mismatch")
 
 
 def sealed_entry(k_log: bytes, k_audit: bytes, lock_id: bytes, entry: LogEntry) -> LogEntry:
@@ -211,11 +213,11 @@ def _mac(key: bytes, label: bytes, *parts: bytes) -> bytes:
     return mac.finalize()[:MAC_LEN]
 
 
-def _require(got: bytes, expected: bytes, code: str, message: str) -> None:
+def _require(got: bytes, expected: bytes, code: AuthCode, message: str) -> None:
     if not hmac.compare_digest(got, expected):
         raise AuthError(message, code=code)
 
 
 def _check_key(key: bytes) -> None:
     if len(key) != KEY_LEN:
-        raise AuthError(f"keys are {KEY_LEN} bytes, got {len(key)}", code="bad_key")
+        raise AuthError(f"keys are {KEY_LEN} bytes, got {len(key)}", code=AuthCode.BAD_KEY)

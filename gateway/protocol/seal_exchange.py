@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.errors import AuthError, ProtocolError
+from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.seal_crypto import (
     SessionContext,
     command_mac,
@@ -58,7 +58,7 @@ class TicketCredential:
 
     def __post_init__(self) -> None:
         if not decode_ticket_header(self.header).covers(self.lock_id):
-            raise AuthError("ticket header does not cover this lock", code="wrong_lock")
+            raise AuthError("ticket header does not cover this lock", code=AuthCode.WRONG_LOCK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,11 +87,11 @@ def check_challenge(
 ) -> SessionContext:
     """Check the lock id and that the counter moved forward; return the session context."""
     if challenge.lock_id != lock_id:
-        raise AuthError("challenge comes from another lock", code="wrong_lock")
+        raise AuthError("challenge comes from another lock", code=AuthCode.WRONG_LOCK)
     if last_counter is not None and challenge.counter <= last_counter:
         raise AuthError(
             f"lock counter went back from {last_counter} to {challenge.counter}",
-            code="counter_rollback",
+            code=AuthCode.COUNTER_ROLLBACK,
         )
     return SessionContext(lock_id, challenge.nonce, request.gw_nonce)
 
@@ -101,7 +101,7 @@ def build_command(
 ) -> Command:
     """A COMMAND for the challenge in `ctx`, MAC'd under the ticket's K_TL."""
     if credential.lock_id != ctx.lock_id:
-        raise AuthError("credential is for another lock", code="wrong_lock")
+        raise AuthError("credential is for another lock", code=AuthCode.WRONG_LOCK)
     unsigned = Command(counter, op, arg, credential.header, bytes(MAC_LEN))
     return Command(counter, op, arg, credential.header, command_mac(credential.k_tl, ctx, unsigned))
 
@@ -112,7 +112,7 @@ def verify_result(
     """Check the answer's MAC and that it answers `command`; return it."""
     verify_answer(credential.k_tl, ctx, command.mac, result)
     if result.counter != command.counter or result.op != command.op:
-        raise AuthError("answer does not match the command", code="answer_mismatch")
+        raise AuthError("answer does not match the command", code=AuthCode.ANSWER_MISMATCH)
     return result
 
 

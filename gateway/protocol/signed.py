@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from gateway.errors import AuthError, ProtocolError
+from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.canonical import canonical_bytes
 from gateway.protocol.strict_json import loads_strict
 
@@ -84,7 +84,9 @@ def verify_body(key: Ed25519PublicKey, kind: DocKind, body: Mapping[str, Any], s
     try:
         key.verify(sig, signed_message(kind, body))
     except InvalidSignature:
-        raise AuthError(f"{kind.value} signature does not verify", code="bad_signature") from None
+        raise AuthError(
+            f"{kind.value} signature does not verify", code=AuthCode.BAD_SIGNATURE
+        ) from None
 
 
 def encode_document(kind: DocKind, body: Mapping[str, Any], sig: bytes) -> bytes:

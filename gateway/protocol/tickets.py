@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.errors import AuthError, ProtocolError
+from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.seal_crypto import KEY_LEN
 from gateway.protocol.seal_exchange import TicketCredential
 from gateway.protocol.seal_frames import (
@@ -280,16 +280,22 @@ def open_credential(
     """Decrypt K_TL for `seal_id` and pair it with the ticket header, ready for seal_exchange."""
     grant = ticket.grant(seal_id)
     if grant is None:
-        raise AuthError(f"seal {seal_id} is not in ticket {ticket.ticket_id}", code="wrong_lock")
+        raise AuthError(
+            f"seal {seal_id} is not in ticket {ticket.ticket_id}", code=AuthCode.WRONG_LOCK
+        )
     if x25519_public_bytes(gateway_key) != ticket.recipient:
-        raise AuthError("ticket is encrypted to another credential key", code="wrong_recipient")
+        raise AuthError(
+            "ticket is encrypted to another credential key", code=AuthCode.WRONG_RECIPIENT
+        )
     try:
         shared = gateway_key.exchange(_x25519(ticket.ephemeral))
         kek = _kek(shared, ticket.ephemeral, ticket.recipient)
         ad = _credential_ad(ticket.ticket_id, seal_id, grant.lock_id)
         k_tl = AESGCM(kek).decrypt(grant.nonce, grant.sealed_key, ad)
     except (InvalidTag, ValueError):
-        raise AuthError("ticket credential does not decrypt", code="bad_credential") from None
+        raise AuthError(
+            "ticket credential does not decrypt", code=AuthCode.BAD_CREDENTIAL
+        ) from None
     return TicketCredential(grant.lock_id, ticket_header(ticket), k_tl)
 
 
@@ -401,4 +407,4 @@ def _x25519(raw: bytes) -> X25519PublicKey:
     try:
         return X25519PublicKey.from_public_bytes(raw)
     except ValueError:
-        raise AuthError("not an X25519 public key", code="bad_credential") from None
+        raise AuthError("not an X25519 public key", code=AuthCode.BAD_CREDENTIAL) from None

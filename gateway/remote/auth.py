@@ -27,7 +27,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.auth.config import DEFAULT_SKEW_S
-from gateway.errors import AuthError, ProtocolError
+from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.clock import Clock
 from gateway.protocol.command_doc import (
     CommandBody,
@@ -71,9 +71,9 @@ class ReplayCache:
     def check(self, nonce: str, expires_at: int) -> None:
         """AuthError(code='replayed') if `nonce` was seen or may have been forgotten."""
         if nonce in self._expiry:
-            raise AuthError(f"command nonce {nonce} was already used", code="replayed")
+            raise AuthError(f"command nonce {nonce} was already used", code=AuthCode.REPLAYED)
         if expires_at <= self.floor:
-            raise AuthError("command is older than the replay window", code="replayed")
+            raise AuthError("command is older than the replay window", code=AuthCode.REPLAYED)
 
     def add(self, nonce: str, expires_at: int, now: float, skew_s: int) -> None:
         """Remember `nonce`; forget what has expired; evict (raising the floor) when full."""
@@ -144,19 +144,19 @@ class CommandVerifier:
     def verify(self, command: Command) -> CommandBody:
         """Every check except recording the nonce; returns the verified body."""
         if not is_signed_document(command.payload):
-            raise AuthError("command is not a signed document", code="unsigned")
+            raise AuthError("command is not a signed document", code=AuthCode.UNSIGNED)
         try:
             signed = parse_command(command.raw)
         except ProtocolError as exc:
-            raise AuthError(f"malformed command document: {exc}", code="malformed") from None
+            raise AuthError(f"malformed command document: {exc}", code=AuthCode.MALFORMED) from None
         verify_command(self.master_key, signed)
         body = signed.body
         if body.name != command.name:
             raise AuthError(
-                f"signed for {body.name!r}, sent to {command.name!r}", code="wrong_command"
+                f"signed for {body.name!r}, sent to {command.name!r}", code=AuthCode.WRONG_COMMAND
             )
         if body.gateway != self.gateway_id:
-            raise AuthError(f"command is for gateway {body.gateway!r}", code="wrong_gateway")
+            raise AuthError(f"command is for gateway {body.gateway!r}", code=AuthCode.WRONG_GATEWAY)
         self._check_window(body)
         self.replay.check(body.nonce, body.expires_at)
         return body
@@ -165,11 +165,11 @@ class CommandVerifier:
         now = self._now()
         if body.expires_at - body.issued_at > self.max_lifetime_s:
             limit = self.max_lifetime_s
-            raise AuthError(f"command valid longer than {limit} s", code="lifetime_too_long")
+            raise AuthError(f"command valid longer than {limit} s", code=AuthCode.LIFETIME_TOO_LONG)
         if now + self.skew_s < body.issued_at:
-            raise AuthError("command issued in the future", code="not_yet_valid")
+            raise AuthError("command issued in the future", code=AuthCode.NOT_YET_VALID)
         if now - self.skew_s > body.expires_at:
-            raise AuthError(f"command expired at {body.expires_at}", code="expired")
+            raise AuthError(f"command expired at {body.expires_at}", code=AuthCode.EXPIRED)
 
     def _now(self) -> float:
         return self.clock.now().timestamp()

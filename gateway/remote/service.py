@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from gateway.config.model import GatewayConfig
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import EventDraft, Priority, format_ts
+from gateway.protocol.events import Emit, EventDraft, EventType, Priority, format_ts
 from gateway.remote.auth import REPLAY_FILE, CommandVerifier, ReplayCache
 from gateway.remote.config_update import PreparedConfig, prepare_config, write_atomically
 from gateway.uplink.commands import Command, CommandDispatcher, command_args, signed_body
@@ -55,7 +55,6 @@ _LOGGER_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_.")
 
 Rebirth = Callable[[], int]
 Restart = Callable[[int], None]
-Emit = Callable[[EventDraft], object]
 
 
 class RemoteManagement:
@@ -172,7 +171,11 @@ class RemoteManagement:
         body = signed_body(command)
         payload: dict[str, JSONValue] = {"command": what, "nonce": body.nonce, **data}
         draft = EventDraft(
-            "gateway.command", self.running.gateway.id, payload, Priority.AUDIT, self.clock.now()
+            EventType.GATEWAY_COMMAND,
+            self.running.gateway.id,
+            payload,
+            Priority.AUDIT,
+            self.clock.now(),
         )
         self._emit(draft)
 

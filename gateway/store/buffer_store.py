@@ -24,7 +24,7 @@ from gateway.errors import (
     StorageFullError,
 )
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft, Priority, seal_event
+from gateway.protocol.events import Event, EventDraft, EventType, Priority, seal_event
 from gateway.store.buffer_file import connect_checked, migrate, prepare_file
 from gateway.store.config import BufferSection
 
@@ -377,7 +377,9 @@ class BufferStore:
     def _finish(self, scratch: _Scratch) -> None:
         """Record evictions in the chain, write the head, COMMIT, then apply the scratch."""
         if scratch.evicted:
-            draft = self._internal_draft("gateway.telemetry_evicted", _evicted_data(scratch))
+            draft = self._internal_draft(
+                EventType.GATEWAY_TELEMETRY_EVICTED, _evicted_data(scratch)
+            )
             event = seal_event(draft, self.gateway_id, scratch.head[0] + 1, scratch.head[1])
             self._db.execute(_INSERT, _row(event))
             scratch.add(event)
@@ -410,15 +412,15 @@ class BufferStore:
             events.append(event)
         return events
 
-    def _internal_draft(self, kind: str, data: dict[str, int | str]) -> EventDraft:
+    def _internal_draft(self, kind: EventType, data: dict[str, int | str]) -> EventDraft:
         """A draft for an event the buffer itself reports."""
-        priority = Priority.ALARM if kind == "gateway.buffer_recovered" else Priority.STATE
+        priority = Priority.ALARM if kind == EventType.GATEWAY_BUFFER_RECOVERED else Priority.STATE
         return EventDraft(kind, self.gateway_id, data, priority, self.clock.now())
 
     def _commit_recovered(self, reason: str) -> list[Event]:
         """Commit the buffer_recovered alarm as the first event of the fresh file."""
         data: dict[str, int | str] = {"moved_to": str(self.recovered_from), "reason": reason[:500]}
-        outcome = self.commit([self._internal_draft("gateway.buffer_recovered", data)])
+        outcome = self.commit([self._internal_draft(EventType.GATEWAY_BUFFER_RECOVERED, data)])
         if not isinstance(outcome.results[0], Event):
             raise StorageError(f"cannot record the buffer recovery: {outcome.results[0]}")
         return outcome.committed

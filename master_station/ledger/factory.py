@@ -18,7 +18,7 @@ __all__ = ["open_ledger"]
 def open_ledger(target: str | Path) -> Ledger:
     """A SQLite ledger at a path, or a PostgreSQL ledger for a DSN; create the schema."""
     if is_postgres_dsn(target):
-        from master_station.ledger.postgres import PostgresDb
+        from master_station.ledger.postgres import PostgresDb  # noqa: PLC0415 - psycopg is optional (the master extra)
 
         return SqlLedger(PostgresDb(str(target)))
     return SqlLedger(SqliteDb(Path(target)))

@@ -95,7 +95,7 @@ def open_ble_transport(adapter: str) -> BleTransport:
     if spec.kind == "bluez":
         return BlueZTransport(spec.target)
     try:
-        from gateway.drivers.ble.bumble.backend import BumbleTransport  # lazy: bumble is optional
+        from gateway.drivers.ble.bumble.backend import BumbleTransport  # noqa: PLC0415 - bumble is optional
     except ImportError as exc:
         raise ConfigError(ADAPTER_KEY, f"bumble adapters need the bumble package ({exc})") from exc
     assert spec.target is not None

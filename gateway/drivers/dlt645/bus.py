@@ -1,4 +1,4 @@
-"""The DL/T 645-2007 bus owner: one request at a time on a serial line or a TCP socket.
+"""The DL/T 645-2007 bus owner (a drivers.bus.Bus): one request at a time on a serial line or TCP.
 
 The line (gateway.drivers.dlt645.lines) is chosen by a transport string: `dlt645-tcp://host:port`
 or `dlt645-serial:///dev/ttyUSB0?baud=2400&parity=E` (see docs/meters.md).
@@ -16,34 +16,38 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.drivers.bus_turns import BusTurns, count_failure
+from gateway.drivers.bus import BusStats
+from gateway.drivers.bus_turns import BusTurns
 from gateway.drivers.dlt645.lines import (
     DEFAULT_CONNECT_TIMEOUT,
     Dlt645Kind,
     Dlt645Line,
     Dlt645LineSpec,
-    LineUnavailableError,
     SerialLine,
     TcpLine,
     parse_dlt645_transport,
 )
-from gateway.errors import DeviceTimeoutError, FrameError, GatewayError, ProtocolError
+from gateway.errors import (
+    DeviceTimeoutError,
+    FrameError,
+    GarbledReplyError,
+    GatewayError,
+    MeterRefusedError,
+    ProtocolError,
+)
 from gateway.protocol import dlt645
 from gateway.protocol.clock import Clock
-from gateway.protocol.dlt645 import ErrorFlags, Frame, MeterRefusedError, Reading, Value
+from gateway.protocol.dlt645 import ErrorFlags, Frame, Reading, Value
 
 __all__ = [
     "BatchResult",
     "Dlt645Bus",
-    "Dlt645BusStats",
     "Dlt645Kind",
     "Dlt645Line",
     "Dlt645LineSpec",
-    "GarbledReplyError",
-    "LineUnavailableError",
     "SerialLine",
     "TcpLine",
     "open_dlt645_bus",
@@ -57,24 +61,6 @@ DEFAULT_GAP = 0.02
 """DL/T 645 asks for at least 20 ms after a reply (or a broadcast) before the next request."""
 FRAME_SILENCE = 0.5
 """DL/T 645: at most 500 ms between the bytes of one frame."""
-
-
-class GarbledReplyError(ProtocolError):
-    """Bytes came back but no valid reply frame (bad checksum, end byte or length)."""
-
-
-@dataclass(slots=True)
-class Dlt645BusStats:
-    """Counters for the meter read success KPI."""
-
-    requests: int = 0
-    ok: int = 0
-    timeouts: int = 0
-    garbled: int = 0
-    refused: int = 0
-    unavailable: int = 0
-    broadcasts: int = 0
-    by_address: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +90,7 @@ class Dlt645Bus:
         self.timeout = timeout
         self.frame_silence = frame_silence
         self.preamble = preamble
-        self.stats = Dlt645BusStats()
+        self.stats = BusStats()
         self._turns: BusTurns[str] = BusTurns(_log, inter_frame_gap=inter_frame_gap, clock=clock)
 
     @property
@@ -212,14 +198,10 @@ class Dlt645Bus:
         return f"{self.name}#{address}"
 
     def _count_request(self, address: str) -> None:
-        self.stats.requests += 1
-        self.stats.by_address[address] = self.stats.by_address.get(address, 0) + 1
+        self.stats.count_request(address)
 
     def _count_failure(self, address: str, exc: GatewayError) -> None:
-        if isinstance(exc, MeterRefusedError):
-            self.stats.refused += 1
-        else:
-            count_failure(self.stats, exc, unavailable=LineUnavailableError)
+        self.stats.count_failure(exc)
         self._turns.failed(address, self.name, exc)
 
 

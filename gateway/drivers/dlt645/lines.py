@@ -14,19 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import termios  # pyserial lets termios.error (not an OSError) escape from open()
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.drivers.modbus.transport import TransportKind, TransportSpec, parse_transport
-from gateway.errors import ConfigError, TransientError
+from gateway.errors import ConfigError, LineUnavailableError
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "Dlt645Kind",
     "Dlt645Line",
     "Dlt645LineSpec",
-    "LineUnavailableError",
     "SerialLine",
     "TcpLine",
     "parse_dlt645_transport",
@@ -36,10 +36,6 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_CONNECT_TIMEOUT = 3.0
 _SERIAL_DEFAULTS = (("baud", "2400"), ("parity", "E"))
-
-
-class LineUnavailableError(TransientError):
-    """The serial port or TCP socket cannot be opened, or it closed under us."""
 
 
 class Dlt645Kind(StrEnum):
@@ -249,9 +245,7 @@ class SerialLine:
 
     async def connect(self) -> None:
         """Open the port and start reading it from the event loop."""
-        import termios  # pyserial lets termios.error (not an OSError) escape from open()
-
-        import serial  # only serial lines need pyserial
+        import serial  # noqa: PLC0415 - pyserial is optional (the meters extra)
 
         self.close()
         self._inbox = _Inbox()
@@ -324,7 +318,7 @@ class SerialLine:
     def _apply_rs485(self) -> None:
         if not self.spec.rs485:
             return
-        import serial.rs485
+        import serial.rs485  # noqa: PLC0415 - pyserial is optional (the meters extra)
 
         tx_high = not self.spec.rs485_invert
         try:

@@ -8,46 +8,40 @@ A transport is chosen by a config string (see docs/meters.md):
   echo some adapters return;
 - `rtu-over-tcp://host:port`: RTU frames through a transparent Ethernet-to-serial converter.
 
-A ModbusBus is the single owner of one line. It serializes requests from every meter on the
-line, keeps the inter-frame gap, applies the per-request timeout and maps failures to the
-gateway's exception tree.
+A ModbusBus (a gateway.drivers.bus.Bus) is the single owner of one line; it reads raw
+registers, and gateway.meters.plan turns a meter's read plan into such reads. It serializes
+requests from every meter on the line, keeps the inter-frame gap, applies the per-request
+timeout and maps failures to the gateway's exception tree.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from enum import IntEnum
 from typing import Any, Protocol
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
-from gateway.drivers.bus_turns import BusTurns, count_failure
+from gateway.drivers.bus import BusStats
+from gateway.drivers.bus_turns import BusTurns
 from gateway.drivers.modbus.transport import TransportKind, TransportSpec, parse_transport
 from gateway.errors import (
+    BusUnavailableError,
     ConfigError,
     DeviceTimeoutError,
+    GarbledResponseError,
     GatewayError,
-    ProtocolError,
-    TransientError,
+    ModbusBusyError,
+    ModbusExceptionCode,
+    ModbusExceptionError,
 )
-from gateway.meters.plan import ReadPlan
-from gateway.meters.profiles import RegisterFunction
 from gateway.protocol.clock import Clock
-from gateway.protocol.modbus_values import Number
+from gateway.protocol.modbus_values import RegisterFunction
 
 __all__ = [
-    "BusStats",
-    "BusUnavailableError",
-    "GarbledResponseError",
     "ModbusBus",
-    "ModbusBusyError",
-    "ModbusExceptionCode",
-    "ModbusExceptionError",
     "ModbusTransport",
     "PymodbusTransport",
     "TransportKind",
@@ -62,28 +56,6 @@ DEFAULT_TIMEOUT = 1.0
 DEFAULT_CONNECT_TIMEOUT = 3.0
 
 
-class ModbusExceptionCode(IntEnum):
-    """Exception codes of the Modbus Application Protocol, section 7."""
-
-    ILLEGAL_FUNCTION = 0x01
-    ILLEGAL_DATA_ADDRESS = 0x02
-    ILLEGAL_DATA_VALUE = 0x03
-    SERVER_DEVICE_FAILURE = 0x04
-    ACKNOWLEDGE = 0x05
-    SERVER_DEVICE_BUSY = 0x06
-    MEMORY_PARITY_ERROR = 0x08
-    GATEWAY_PATH_UNAVAILABLE = 0x0A
-    GATEWAY_TARGET_NO_RESPONSE = 0x0B
-
-    @classmethod
-    def from_wire(cls, code: int) -> ModbusExceptionCode | None:
-        """The known code, or None for one a newer device invented."""
-        try:
-            return cls(code)
-        except ValueError:
-            return None
-
-
 _RETRYABLE_CODES = frozenset(
     {
         ModbusExceptionCode.ACKNOWLEDGE,
@@ -92,30 +64,6 @@ _RETRYABLE_CODES = frozenset(
         ModbusExceptionCode.GATEWAY_TARGET_NO_RESPONSE,
     }
 )
-
-
-class ModbusExceptionError(GatewayError):
-    """The device answered with a Modbus exception response; `code` is its exception code."""
-
-    def __init__(self, message: str, *, code: int, unit: int, function: int, address: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.exception = ModbusExceptionCode.from_wire(code)
-        self.unit = unit
-        self.function = function
-        self.address = address
-
-
-class ModbusBusyError(ModbusExceptionError, TransientError):
-    """An exception response that says "try later" (busy, acknowledge, gateway trouble)."""
-
-
-class GarbledResponseError(ProtocolError):
-    """Bytes came back, but no valid frame for the request (CRC, framing, wrong unit)."""
-
-
-class BusUnavailableError(TransientError):
-    """The line itself cannot be opened or reached (port missing, TCP refused)."""
 
 
 class ModbusTransport(Protocol):
@@ -149,19 +97,6 @@ class ModbusTransport(Protocol):
     def close(self) -> None:
         """Close the line; safe to call twice."""
         ...
-
-
-@dataclass(slots=True)
-class BusStats:
-    """Counters for the meter read success KPI."""
-
-    requests: int = 0
-    ok: int = 0
-    timeouts: int = 0
-    exceptions: int = 0
-    garbled: int = 0
-    unavailable: int = 0
-    by_unit: dict[int, int] = field(default_factory=dict)
 
 
 class ModbusBus:
@@ -200,28 +135,12 @@ class ModbusBus:
             try:
                 words = await self._transact(unit, function, address, count)
             except GatewayError as exc:
-                self._count_failure(exc)
+                self.stats.count_failure(exc)
                 self._turns.failed(unit, self.name, exc)
                 raise
         self.stats.ok += 1
         self._turns.succeeded(unit)
         return words
-
-    async def read_plan(self, unit: int, plan: ReadPlan) -> dict[str, Number]:
-        """Read a meter's whole plan and return scaled values by register name."""
-        responses: list[Sequence[int]] = []
-        for request in plan.requests:
-            words = await self.read(unit, request.function, request.address, request.count)
-            responses.append(words)
-        return plan.decode(responses)
-
-    async def read_plan_raw(self, unit: int, plan: ReadPlan) -> dict[str, tuple[int, ...]]:
-        """Read a plan and return each register's raw words, for status bits and debugging."""
-        raw: dict[str, tuple[int, ...]] = {}
-        for request in plan.requests:
-            words = await self.read(unit, request.function, request.address, request.count)
-            raw.update(request.raw_words(words))
-        return raw
 
     async def close(self) -> None:
         """Close the line after the request in progress, if any."""
@@ -231,8 +150,7 @@ class ModbusBus:
     async def _transact(
         self, unit: int, function: RegisterFunction, address: int, count: int
     ) -> list[int]:
-        self.stats.requests += 1
-        self.stats.by_unit[unit] = self.stats.by_unit.get(unit, 0) + 1
+        self.stats.count_request(str(unit))
         if not self.transport.connected:
             await self.transport.connect()
         try:
@@ -246,12 +164,6 @@ class ModbusBus:
         if self.transport.heard_reply:
             return GarbledResponseError(f"{device}: bytes received but no valid response frame")
         return DeviceTimeoutError(f"{device}: no response within {self.timeout:g} s", device=device)
-
-    def _count_failure(self, exc: GatewayError) -> None:
-        if isinstance(exc, ModbusExceptionError):
-            self.stats.exceptions += 1
-        else:
-            count_failure(self.stats, exc, unavailable=BusUnavailableError)
 
 
 class PymodbusTransport:
@@ -365,7 +277,7 @@ class PymodbusTransport:
         port = getattr(self._client.ctx.transport, "sync_serial", None)
         if port is None:
             return
-        import serial.rs485  # only serial lines need it
+        import serial.rs485  # noqa: PLC0415 - pyserial is optional; only serial lines need it
 
         tx_high = not self.spec.rs485_invert
         try:

@@ -16,14 +16,12 @@ import pytest
 from gateway.cli.admin import cmd_status, format_table, register_status_command
 from gateway.daemon.control import (
     MAX_LINE,
-    ControlError,
     ControlServer,
-    GatewayNotRunningError,
     control_socket_path,
     query_status,
     request,
 )
-from gateway.errors import GatewayError
+from gateway.errors import ControlError, GatewayError, GatewayNotRunningError
 
 STATUS: dict[str, Any] = {
     "gateway": "gw-0001",

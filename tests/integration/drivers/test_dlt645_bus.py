@@ -16,15 +16,20 @@ from firmware_sim.meters.fleet import Dlt645SerialServer, PtyPair
 from gateway.drivers.dlt645.bus import (
     Dlt645Bus,
     Dlt645Kind,
-    GarbledReplyError,
-    LineUnavailableError,
     open_dlt645_bus,
     parse_dlt645_transport,
 )
-from gateway.errors import ConfigError, DeviceTimeoutError, ProtocolError
+from gateway.errors import (
+    ConfigError,
+    DeviceTimeoutError,
+    GarbledReplyError,
+    LineUnavailableError,
+    MeterRefusedError,
+    ProtocolError,
+)
 from gateway.protocol import dlt645
 from gateway.protocol.clock import ManualClock
-from gateway.protocol.dlt645 import DI_BY_NAME, ErrorFlags, MeterRefusedError
+from gateway.protocol.dlt645 import DI_BY_NAME, ErrorFlags
 
 ONE, TWO = "000000000001", "000000000002"
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,17 +10,10 @@ from decimal import Decimal
 import pytest
 
 from firmware_sim.meters.dlt645 import Dlt645TcpServer, MeterBus, SimMeter
-from gateway.errors import FrameError
+from gateway.errors import FrameError, MeterRefusedError
 from gateway.protocol import dlt645
 from gateway.protocol.clock import ManualClock
-from gateway.protocol.dlt645 import (
-    METER_TZ,
-    ErrorFlags,
-    Frame,
-    MeterRefusedError,
-    Reading,
-    StatusWord7,
-)
+from gateway.protocol.dlt645 import METER_TZ, ErrorFlags, Frame, Reading, StatusWord7
 
 ONE = "000000000001"
 TWO = "000000000002"

@@ -13,9 +13,9 @@ import pytest
 from firmware_sim.meters.dlt645 import Dlt645TcpServer, MeterBus, SimMeter
 from firmware_sim.meters.maps import DDS238_2
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ProfileError
 from gateway.meters.config import TheftSection
-from gateway.meters.profiles import ProfileError, load_profiles, parse_profile
+from gateway.meters.profiles import load_profiles, parse_profile
 from gateway.meters.service import MeterService
 from gateway.protocol.clock import ManualClock
 from gateway.protocol.events import Priority

@@ -33,11 +33,10 @@ from firmware_sim.meters.maps import DDS238_2, MAPS, Condition, RegisterMap, Sim
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
 from gateway.drivers.modbus.bus import open_bus
 from gateway.meters.config import TheftSection
-from gateway.meters.plan import plan_profile
+from gateway.meters.plan import plan_profile, read_plan
 from gateway.meters.profiles import (
     MeterProfile,
     MeterProtocol,
-    RegisterFunction,
     RegisterSpec,
     ValueKind,
     load_profiles,
@@ -45,7 +44,7 @@ from gateway.meters.profiles import (
 from gateway.meters.service import MeterService
 from gateway.protocol.clock import ManualClock
 from gateway.protocol.events import EventDraft, Priority
-from gateway.protocol.modbus_values import ValueFormat, ValueType
+from gateway.protocol.modbus_values import RegisterFunction, ValueFormat, ValueType
 from tests.fixtures.meters import PROFILES, FakeSeals, Recorder, meters_section
 
 START = datetime(2026, 1, 1, 4, 0, tzinfo=UTC)  # any time: the load is flat
@@ -359,9 +358,9 @@ async def test_naive_per_value_reads_cost_one_request_each(
     assert server is not None
     bus = open_bus(modbus_line.transport, timeout=1.0, inter_frame_gap=0)
     try:
-        coalesced = await bus.read_plan(1, plan_profile(sdm))
+        coalesced = await read_plan(bus, 1, plan_profile(sdm))
         after_coalesced = server.requests[1]
-        naive = await bus.read_plan(1, per_value_plan(sdm))
+        naive = await read_plan(bus, 1, per_value_plan(sdm))
     finally:
         await bus.close()
     assert naive == coalesced  # the same values either way

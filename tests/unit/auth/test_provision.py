@@ -16,13 +16,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from gateway.auth.provision import (
-    ProvisionError,
-    init_gateway,
-    load_identity,
-)
+from gateway.auth.provision import init_gateway, load_identity
 from gateway.cli.admin import cmd_init, register_init_command
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ProvisionError
 from gateway.protocol.checkpoint import public_key_fingerprint
 from tests.fixtures.mosquitto import Pki
 

@@ -7,13 +7,8 @@ from pathlib import Path
 import pytest
 
 from gateway.meters.plan import ReadPlan, describe, plan_profile, plan_reads
-from gateway.meters.profiles import (
-    RegisterFunction,
-    RegisterSpec,
-    ValueKind,
-    load_profile,
-)
-from gateway.protocol.modbus_values import ValueFormat, ValueType
+from gateway.meters.profiles import RegisterSpec, ValueKind, load_profile
+from gateway.protocol.modbus_values import RegisterFunction, ValueFormat, ValueType
 
 HOLDING, INPUT = RegisterFunction.HOLDING, RegisterFunction.INPUT
 PROFILES = Path(__file__).resolve().parents[3] / "config" / "profiles"

@@ -6,17 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ProfileError
 from gateway.meters.profiles import (
     MeterProtocol,
-    ProfileError,
-    RegisterFunction,
     StatusEvent,
     ValueKind,
     load_profile,
     load_profiles,
 )
-from gateway.protocol.modbus_values import ByteOrder, ValueType, WordOrder
+from gateway.protocol.modbus_values import ByteOrder, RegisterFunction, ValueType, WordOrder
 
 PROFILES = Path(__file__).resolve().parents[3] / "config" / "profiles"
 

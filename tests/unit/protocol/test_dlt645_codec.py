@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import DeviceRejectedError, FrameError, ProtocolError
+from gateway.errors import DeviceRejectedError, FrameError, MeterRefusedError, ProtocolError
 from gateway.protocol import dlt645
 from gateway.protocol.dlt645 import (
     DATA_ITEMS,
@@ -20,7 +20,6 @@ from gateway.protocol.dlt645 import (
     Frame,
     Function,
     Kind,
-    MeterRefusedError,
     OutageRecord,
     StatusWord7,
     decode,
