@@ -18,7 +18,6 @@ from gateway import __version__
 from gateway.cli.admin import register_init_command, register_status_command
 from gateway.cli.audit import register_audit_command
 from gateway.cli.pair import register_pair_command
-from gateway.cli.plugins import UnknownCommandError, add_plugin_commands
 from gateway.errors import ConfigError, ExitCode, GatewayError, exit_code_for
 
 EXIT_OK = ExitCode.OK
@@ -36,6 +35,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser(command_of(argv))
     except GatewayError as exc:
         print(f"sealgw: {exc}", file=sys.stderr)
+        from gateway.cli.plugins import UnknownCommandError  # noqa: PLC0415 - built-in commands never read entry points
+
         return EXIT_USAGE if isinstance(exc, UnknownCommandError) else exit_code_for(exc)
     args = parser.parse_args(argv)
     try:
@@ -80,6 +81,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     register_pair_command(commands)
     register_audit_command(commands)
     if command not in BUILT_IN:
+        from gateway.cli.plugins import add_plugin_commands  # noqa: PLC0415 - built-in commands never read entry points
+
         add_plugin_commands(commands, command, BUILT_IN)
     return parser
 
