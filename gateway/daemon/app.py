@@ -23,7 +23,7 @@ from gateway.daemon.synthetic import run_synthetic_source
 from gateway.errors import GatewayError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock, SystemClock
-from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.protocol.events import Event, EventDraft, EventType, Priority
 from gateway.remote.service import RemoteManagement, install_remote_management
 from gateway.store.buffer import EventBuffer
 from gateway.uplink.commands import CommandDispatcher
@@ -32,6 +32,10 @@ from gateway.uplink.uplink import Uplink
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_FLUSH_S = 5.0
+
+
+class TrailClosedError(GatewayError):
+    """An event was emitted after gateway.stopped and the final checkpoint were committed."""
 
 
 class Gateway:
@@ -77,6 +81,7 @@ class Gateway:
         self.exit_code = 0
         self.operations_refused = False
         self._stop = asyncio.Event()
+        self._trail_closed = False
         self._started_mono = time.monotonic()
 
     def _checkpointer(self) -> Checkpointer | None:
@@ -90,7 +95,7 @@ class Gateway:
             identity,
             self.config.gateway.id,
             lambda: self.buffer.head,
-            self.emit,
+            self.buffer.submit,  # not self.emit: the final checkpoint follows the closed gate
             clock=self.clock,
             interval_s=self.config.audit.checkpoint_interval_s,
         )
@@ -135,7 +140,12 @@ class Gateway:
         self.request_stop()
 
     def emit(self, draft: EventDraft) -> asyncio.Future[Event]:
-        """Hand an event to the durable buffer; the future resolves at commit."""
+        """Hand an event to the durable buffer; the future resolves at commit.
+
+        After shutdown closed the trail, nothing more may follow its final checkpoint.
+        """
+        if self._trail_closed:
+            raise TrailClosedError(f"{draft.type} refused: the gateway is stopping")
         return self.buffer.submit(draft)
 
     def draft(
@@ -185,24 +195,33 @@ class Gateway:
             )
 
     async def _shutdown(self) -> None:
+        """Stop every producer, then close the trail: gateway.stopped and the final checkpoint.
+
+        Nothing is committed after those two, so the last checkpoint covers the whole trail.
+        The uplink stops after them: it still drains them to the broker.
+        """
         _LOGGER.info("shutting down")
         self.notifier.stopping()
         await self.control.stop()
-        await self.supervisor.stop("synthetic")
-        await self.supervisor.stop("checkpoint")
-        try:
-            await self.buffer.append(
-                self.draft("gateway.stopped", self._subject(), {}, Priority.AUDIT)
-            )
-            if self.checkpointer is not None:
-                await self.checkpointer.checkpoint_now()  # the last one covers the stop record
-        except Exception:  # the record of a stop must not prevent the stop
-            _LOGGER.exception("could not record gateway.stopped and its checkpoint")
+        await self.supervisor.stop(*(n for n in self.supervisor.names() if n != "uplink"))
+        await self._close_trail()
         await self.uplink.stop(timeout=SHUTDOWN_FLUSH_S)
         await self.supervisor.stop()
         await self.services.close()
         await self.buffer.close()
         _LOGGER.info("stopped")
+
+    async def _close_trail(self) -> None:
+        """Commit gateway.stopped and the checkpoint covering it; refuse every other event now."""
+        self._trail_closed = True
+        try:
+            await self.buffer.append(
+                self.draft(EventType.GATEWAY_STOPPED, self._subject(), {}, Priority.AUDIT)
+            )
+            if self.checkpointer is not None:
+                await self.checkpointer.checkpoint_now()  # the last one covers the stop record
+        except Exception:  # the record of a stop must not prevent the stop
+            _LOGGER.exception("could not record gateway.stopped and its checkpoint")
 
     def _subject(self) -> str:
         return self.config.gateway.id
@@ -214,13 +233,15 @@ class Gateway:
         }
         if self.buffer.recovered_from is not None:
             data["buffer_recovered_from"] = str(self.buffer.recovered_from)
-        return self.draft("gateway.started", self._subject(), data, Priority.AUDIT)
+        return self.draft(EventType.GATEWAY_STARTED, self._subject(), data, Priority.AUDIT)
 
     async def _health_loop(self) -> None:
         while True:
             await self.clock.sleep(self.config.health.interval_s)
             snapshot = self.monitor.snapshot(mark=True)
-            self.emit(self.draft("gateway.health", self._subject(), snapshot, Priority.STATE))
+            self.emit(
+                self.draft(EventType.GATEWAY_HEALTH, self._subject(), snapshot, Priority.STATE)
+            )
 
     def health(self) -> dict[str, JSONValue]:
         """A snapshot of the gateway's health, as published in gateway.health."""
@@ -250,7 +271,7 @@ class Gateway:
             "event storage %s: seal operations %s", state, "refused" if full else "resumed"
         )
         payload: dict[str, Any] = {"state": state, "gateway": self.config.gateway.id}
-        self.uplink.publish_alarm_now("gateway.storage_full", payload)
+        self.uplink.publish_alarm_now(EventType.GATEWAY_STORAGE_FULL, payload)
 
 
 def install_signal_handlers(gateway: Gateway) -> None:
