@@ -6,7 +6,6 @@ pymodbus) are imported only then, which keeps a minimal gateway's start-up fast.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from gateway.errors import ConfigError
 from gateway.locks.view import NoSealsKnown, SealStateView
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Event, EventDraft
+from gateway.protocol.events import Emit, Event, EventDraft
 from gateway.store.buffer import EventBuffer
 from gateway.uplink.commands import CommandDispatcher
 from gateway.uplink.uplink import Uplink
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
     from gateway.locks.service import LockService
     from gateway.meters.service import MeterService
 
-Emit = Callable[[EventDraft], "asyncio.Future[Event]"]
 ControlHandler = Callable[[], Awaitable[dict[str, Any]]]
 
 
