@@ -34,6 +34,10 @@ _LOGGER = logging.getLogger(__name__)
 SHUTDOWN_FLUSH_S = 5.0
 
 
+class TrailClosedError(GatewayError):
+    """An event was emitted after gateway.stopped and the final checkpoint were committed."""
+
+
 class Gateway:
     """One gateway process: owns every component and their lifetimes."""
 
@@ -77,6 +81,7 @@ class Gateway:
         self.exit_code = 0
         self.operations_refused = False
         self._stop = asyncio.Event()
+        self._trail_closed = False
         self._started_mono = time.monotonic()
 
     def _checkpointer(self) -> Checkpointer | None:
@@ -90,7 +95,7 @@ class Gateway:
             identity,
             self.config.gateway.id,
             lambda: self.buffer.head,
-            self.emit,
+            self.buffer.submit,  # not self.emit: the final checkpoint follows the closed gate
             clock=self.clock,
             interval_s=self.config.audit.checkpoint_interval_s,
         )
@@ -135,7 +140,12 @@ class Gateway:
         self.request_stop()
 
     def emit(self, draft: EventDraft) -> asyncio.Future[Event]:
-        """Hand an event to the durable buffer; the future resolves at commit."""
+        """Hand an event to the durable buffer; the future resolves at commit.
+
+        After shutdown closed the trail, nothing more may follow its final checkpoint.
+        """
+        if self._trail_closed:
+            raise TrailClosedError(f"{draft.type} refused: the gateway is stopping")
         return self.buffer.submit(draft)
 
     def draft(
@@ -185,11 +195,25 @@ class Gateway:
             )
 
     async def _shutdown(self) -> None:
+        """Stop every producer, then close the trail: gateway.stopped and the final checkpoint.
+
+        Nothing is committed after those two, so the last checkpoint covers the whole trail.
+        The uplink stops after them: it still drains them to the broker.
+        """
         _LOGGER.info("shutting down")
         self.notifier.stopping()
         await self.control.stop()
-        await self.supervisor.stop("synthetic")
-        await self.supervisor.stop("checkpoint")
+        await self.supervisor.stop(*(n for n in self.supervisor.names() if n != "uplink"))
+        await self._close_trail()
+        await self.uplink.stop(timeout=SHUTDOWN_FLUSH_S)
+        await self.supervisor.stop()
+        await self.services.close()
+        await self.buffer.close()
+        _LOGGER.info("stopped")
+
+    async def _close_trail(self) -> None:
+        """Commit gateway.stopped and the checkpoint covering it; refuse every other event now."""
+        self._trail_closed = True
         try:
             await self.buffer.append(
                 self.draft(EventType.GATEWAY_STOPPED, self._subject(), {}, Priority.AUDIT)
@@ -198,11 +222,6 @@ class Gateway:
                 await self.checkpointer.checkpoint_now()  # the last one covers the stop record
         except Exception:  # the record of a stop must not prevent the stop
             _LOGGER.exception("could not record gateway.stopped and its checkpoint")
-        await self.uplink.stop(timeout=SHUTDOWN_FLUSH_S)
-        await self.supervisor.stop()
-        await self.services.close()
-        await self.buffer.close()
-        _LOGGER.info("stopped")
 
     def _subject(self) -> str:
         return self.config.gateway.id

@@ -38,6 +38,10 @@ class Supervisor:
         self._components[name] = component
         component.task = asyncio.create_task(self._keep_running(component), name=name)
 
+    def names(self) -> list[str]:
+        """The names of the components started so far, in start order."""
+        return list(self._components)
+
     def restarts(self) -> dict[str, int]:
         """How often each component was restarted after a failure."""
         return {name: comp.restarts for name, comp in self._components.items()}

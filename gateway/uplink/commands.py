@@ -10,20 +10,27 @@ never waits on a command that died silently:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import AuthError, ConfigError, ProtocolError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.command_doc import CommandBody, parse_command
 
+if TYPE_CHECKING:
+    import paho.mqtt.client as paho
+
+    from gateway.uplink.connection import UplinkConnection
+
 __all__ = [
     "Command",
     "CommandDispatcher",
     "CommandHandler",
+    "CommandServer",
     "Reply",
     "Verifier",
     "command_args",
@@ -168,3 +175,62 @@ def command_args(command: Command) -> Mapping[str, Any]:
     if "sig" in command.payload:
         return signed_body(command).args
     return command.payload
+
+
+class CommandServer:
+    """Serves the gateway's cmd/ topics: parse, dispatch, and publish exactly one reply.
+
+    The reply goes to the MQTT 5 response topic (with the correlation data) when the command
+    gave one, else to reply/{name}. Commands run as tasks, so a slow handler holds up nothing.
+    """
+
+    def __init__(
+        self,
+        dispatcher: CommandDispatcher,
+        topic: Callable[[str], str],
+        connection: Callable[[], UplinkConnection | None],
+    ) -> None:
+        self._dispatcher = dispatcher
+        self._topic = topic
+        self._connection = connection
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def on_message(self, msg: paho.MQTTMessage) -> None:
+        """A message on a subscribed topic (on the loop thread)."""
+        prefix = self._topic("cmd/")
+        if not msg.topic.startswith(prefix):
+            return
+        if msg.retain:
+            log.warning(
+                "ignoring retained command on %s (a stale command is not replayed)", msg.topic
+            )
+            return
+        props = getattr(msg, "properties", None)
+        command = Command.parse(
+            msg.topic[len(prefix) :],
+            bytes(msg.payload),
+            response_topic=getattr(props, "ResponseTopic", None),
+            correlation_data=getattr(props, "CorrelationData", None),
+        )
+        task = asyncio.create_task(self._run(command))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Cancel the commands still running."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, command: Command) -> None:
+        reply = await self._dispatcher.dispatch(command)
+        conn = self._connection()
+        if conn is None or not conn.connected:
+            log.debug("reply to %s dropped: not connected", command.name)
+            return
+        topic = command.response_topic if conn.protocol == "5" else None
+        properties = conn.new_publish_properties()
+        if topic and properties is not None and command.correlation_data is not None:
+            properties.CorrelationData = command.correlation_data
+        target = topic or self._topic(f"reply/{command.name}")
+        conn.publish_control(target, encode_reply(reply), properties=properties)

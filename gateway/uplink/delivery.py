@@ -1,18 +1,34 @@
-"""Delivery bookkeeping of the uplink: what it needs from the buffer, the window, the acks."""
+"""Delivery: drains the event buffer over the current connection, at least once.
+
+A window of at most `max_inflight` events is unacknowledged at any time; it is refilled from the
+buffer with one cursor per priority, so alarms go first and each priority goes out in seq
+order. Seqs are marked published only after their PUBACK, in batches. When the connection
+drops, the window and the cursors are forgotten and whatever was not acknowledged is fetched
+again after the reconnect: a duplicate carries the same id and seq.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
+from gateway.drivers.pacing import TokenBucket
+from gateway.errors import TransientError
+from gateway.protocol.clock import Clock
 from gateway.protocol.events import Priority
+from gateway.uplink.connection import FailureLog, UplinkConnection, UplinkStats
 
-__all__ = ["AckBatcher", "DeliveryWindow", "EventSource", "PendingLike"]
+__all__ = ["AckBatcher", "DeliveryPump", "DeliveryWindow", "EventSource", "PendingLike"]
 
 log = logging.getLogger(__name__)
+
+ACK_BATCH = 2048  # mark_published after this many PUBACKs ...
+ACK_DELAY_S = 0.05  # ... or this long after the first unflushed one
+IDLE_POLL_S = 1.0  # refill now and then even without a wake(), in case one was missed
 
 
 class PendingLike(Protocol):
@@ -150,3 +166,174 @@ class AckBatcher:
                 await self._mark(seqs)
             except Exception:
                 log.exception("could not mark %d events published; they will be resent", len(seqs))
+
+
+class DeliveryPump:
+    """Sends buffered events over one connection at a time and records their PUBACKs."""
+
+    def __init__(  # noqa: PLR0917 - the uplink wires these once
+        self,
+        source: EventSource,
+        topic: Callable[[str], str],
+        clock: Clock,
+        stats: UplinkStats,
+        failures: FailureLog,
+        drain_rate_per_s: float,
+    ) -> None:
+        self._source = source
+        self._topic = topic
+        self._clock = clock
+        self._stats = stats
+        self._failures = failures
+        self._reads_ahead = drain_rate_per_s <= 0  # a paced drain fetches only what may go
+        self._bucket = TokenBucket(drain_rate_per_s, clock)
+        self._delivery = DeliveryWindow()
+        self._acks = AckBatcher(source.mark_published, ACK_BATCH, ACK_DELAY_S)
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._prefetching: asyncio.Task[None] | None = None
+
+    @property
+    def inflight(self) -> int:
+        """Events sent over the current connection and not acknowledged yet."""
+        return self._delivery.size
+
+    def start(self, window: int) -> None:
+        """A new connection: an empty window of `window` events, cursors from the start."""
+        self._delivery.reset(window)
+
+    def stop(self) -> None:
+        """The connection is gone: forget the window; the unacked are fetched again later."""
+        self._delivery.reset(0)
+        if self._prefetching is not None:
+            self._prefetching.cancel()
+
+    def wake(self, urgent: bool) -> None:
+        """New events were committed (on the loop thread); `urgent` drops the read-ahead."""
+        if urgent and self._delivery.ahead:
+            self._delivery.rewind(self._delivery.ahead[0].seq - 1)
+        self._wake.set()
+
+    def rewind(self, seq: int) -> None:
+        """Fetch every priority again from just after `seq` (cmd/resend)."""
+        self._delivery.rewind(seq)
+        self._wake.set()
+
+    async def flush_acks(self) -> None:
+        """Hand every acknowledged seq to the buffer now."""
+        await self._acks.flush()
+
+    async def run(self, conn: UplinkConnection) -> None:
+        """Keep the window full while the connection is up."""
+        while conn.connected:
+            try:
+                await self._refill(conn)
+            except Exception:  # a buffer failure must not take the connection down
+                log.exception("uplink could not fetch events from the buffer; retrying")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(IDLE_POLL_S):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def drain(self, conn: UplinkConnection, timeout: float) -> None:  # noqa: ASYNC109
+        """Wait (with run() going) until the buffer is drained and acked, the connection
+        closes, or `timeout` passes."""
+        self._drained.clear()  # only a refill that finds nothing more may set it now
+        self._wake.set()
+        drained = asyncio.ensure_future(self._drained.wait())
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await asyncio.wait((drained, conn.closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            drained.cancel()
+
+    def on_ack(self, mid: int, ok: bool) -> None:
+        """An event's PUBACK (on the loop thread): record it, top the window up when worthwhile."""
+        event = self._delivery.pop(mid)
+        if event is None:
+            return
+        if ok:
+            self._stats.acked += 1
+            self._acks.add(event.seq)
+        else:
+            self._stats.refused += 1
+            self._failures.failed(f"broker refused event seq {event.seq} (retried after reconnect)")
+        if self._delivery.size == 0 or self._delivery.free >= self._delivery.refill_at:
+            self._wake.set()
+
+    async def _refill(self, conn: UplinkConnection) -> None:
+        """Fill the window, highest priority first, within the drain rate."""
+        while conn.connected:
+            free = self._delivery.free
+            if free <= 0:
+                return
+            granted = self._bucket.take(free)
+            if granted == 0:
+                await self._clock.sleep(self._bucket.wait_time())
+                continue
+            if not self._delivery.ahead and not await self._fetch_ahead(granted):
+                self._bucket.give_back(granted)
+                if self._delivery.size == 0:
+                    self._drained.set()
+                return
+            sent = self._send(conn, self._delivery.take(granted))
+            self._bucket.give_back(granted - sent)
+            if self._reads_ahead:
+                self._prefetch()
+
+    async def _fetch_ahead(self, wanted: int) -> bool:
+        """Wait for events to send: the running prefetch, then if need be a fetch of our own.
+
+        A prefetch that was already running may have read the buffer before the latest commit,
+        so an empty answer from it proves nothing; only a fetch started now may say "drained".
+        """
+        running = self._prefetching
+        if running is not None and not running.done():
+            await asyncio.shield(running)
+            if self._delivery.ahead:
+                return True
+        limit = max(wanted, 2 * self._delivery.window) if self._reads_ahead else wanted
+        self._prefetching = asyncio.create_task(self._fetch(limit))
+        await asyncio.shield(self._prefetching)
+        return bool(self._delivery.ahead)
+
+    def _prefetch(self) -> None:
+        """Read the next events in the background while the window drains.
+
+        Sending then never waits for the database, whose one thread also commits and marks.
+        The read-ahead is two windows deep; a committed alarm drops it (see wake), so the
+        alarm is fetched next.
+        """
+        limit = 2 * self._delivery.window
+        running = self._prefetching is not None and not self._prefetching.done()
+        if not running and len(self._delivery.ahead) < limit // 2:
+            self._prefetching = asyncio.create_task(self._fetch(limit - len(self._delivery.ahead)))
+
+    async def _fetch(self, limit: int) -> None:
+        generation = self._delivery.generation
+        try:
+            batch = await self._source.fetch_pending(self._delivery.cursors, max(1, limit))
+        except Exception:  # a buffer failure must not take the connection down
+            log.exception("uplink could not fetch events from the buffer; retrying")
+            return
+        self._delivery.read_ahead(batch, generation)
+        if batch:
+            self._wake.set()
+
+    def _send(self, conn: UplinkConnection, batch: Sequence[PendingLike]) -> int:
+        sent = 0
+        for event in batch:
+            self._delivery.advance(event)
+            if self._delivery.has_seq(event.seq) or not conn.connected:
+                continue
+            try:
+                mid = conn.publish_event(self._topic(f"events/{event.type}"), event.payload)
+            except TransientError:
+                return sent
+            self._delivery.add(mid, event)
+            self._stats.published += 1
+            sent += 1
+        if sent:
+            self._drained.clear()
+        return sent

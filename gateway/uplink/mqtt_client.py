@@ -15,7 +15,7 @@ thread touches the loop.
 
 A connection is never reused: the uplink makes a new one (hence a new paho client) for every
 attempt, so paho's own queue of unacknowledged messages dies with the connection and paho
-never resends copies of its own after a reconnect (see gateway/uplink/uplink.py).
+never resends copies of its own after a reconnect (see gateway/uplink/reconnect.py).
 """
 
 from __future__ import annotations

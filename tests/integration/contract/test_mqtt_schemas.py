@@ -166,7 +166,10 @@ async def test_daemon_status_will_events_alarms_and_replies_validate(
         await commands_and_alarms(rig.subscriber, rig.gateway, master)
         proxy.drop_all()  # the broker publishes the Last Will, the gateway reconnects
         await sub.wait_for(lambda ms: any(b'"connection_lost"' in m.payload for m in ms))
-        await wait_until(lambda: rig.gateway.uplink.connected, 10, "reconnected")
+        uplink = rig.gateway.uplink  # `connected` alone may still describe the dropped connection
+        await wait_until(
+            lambda: uplink.stats.connections == 2 and uplink.connected, 10, "reconnected"
+        )
     finally:
         await rig.stop()
         await proxy.close()
