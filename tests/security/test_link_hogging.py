@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from firmware_sim.locks.peripheral import LINK_IDLE_S
+from firmware_sim.locks.peripheral import LINK_IDLE_S, LINK_MAX_S
 from gateway.protocol import seal_frames as sf
 from gateway.protocol.clock import ManualClock
 from tests.fixtures.mosquitto import wait_until
@@ -31,3 +31,19 @@ async def test_an_idle_link_is_dropped_and_the_gateway_gets_through(tmp_path: Pa
         opened = await run_command(gateway, unseal, sf.Operation.UNSEAL)
         await gateway.client.disconnect()
         assert opened.result is sf.ResultCode.OK
+
+
+async def test_a_chatty_link_is_dropped_after_the_link_limit(tmp_path: Path) -> None:
+    async with radio(tmp_path) as bench:
+        clock = bench.world.clock
+        assert isinstance(clock, ManualClock)
+        squatter = await connect(bench, "SL-0001")
+        # Never idle: a LOG_FETCH just inside every idle limit, until the hard limit passes.
+        for _ in range(int(LINK_MAX_S // (LINK_IDLE_S - 1)) + 1):
+            if squatter.gone.is_set():
+                break
+            answer = await squatter.request(sf.LogFetch(bytes(16), 0, 0))
+            assert isinstance(answer, sf.LogEntries)
+            clock.advance(LINK_IDLE_S - 1)
+        await asyncio.wait_for(squatter.gone.wait(), WAIT_S)
+        assert clock.monotonic() >= LINK_MAX_S
