@@ -9,6 +9,10 @@
   change, and at least every 600 s (the model bumps the advert counter);
 - every log entry the model appends is reported once through `on_log` (the truth file).
 
+- a link idle for LINK_IDLE_S (no fragment received, no answer being sent), or up for
+  LINK_MAX_S, is dropped by the lock; a lock holds one link at a time and stops advertising while
+  it does (docs/protocol.md, section 2).
+
 Transport faults (`TransportFaults`) act on COMMAND messages: drop the link before answering
 (after actuating or not), delay the answer, or corrupt one byte of it. The model's own hooks
 `drop_link` and `answer_delay_s` are honoured too. Sensor faults go to the model. `FAULTS` names
@@ -29,7 +33,7 @@ from bumble.device import Connection, Device
 from bumble.host import Host
 from bumble.link import LocalLink
 
-from firmware_sim.locks.model import ADVERT_HEARTBEAT_S, LockModel
+from firmware_sim.locks.model import ADVERT_HEARTBEAT_S, LockModel, fragment_error
 from firmware_sim.radio import SpecController, attach_host
 from gateway.errors import ProtocolError
 from gateway.protocol.clock import Clock
@@ -44,7 +48,6 @@ from gateway.protocol.seal_fragments import (
 )
 from gateway.protocol.seal_frames import (
     HEADER_LEN,
-    ErrorCode,
     ErrorFrame,
     LogEntry,
     MessageType,
@@ -54,6 +57,8 @@ from gateway.protocol.seal_frames import (
 __all__ = [
     "DEFAULT_SLOW_S",
     "FAULTS",
+    "LINK_IDLE_S",
+    "LINK_MAX_S",
     "LockPeripheral",
     "LogCallback",
     "TransportFaults",
@@ -68,6 +73,10 @@ DEFAULT_SLOW_S = 3.0
 """Answer delay of the `slow` fault: above the gateway's usual op timeout is `slow:12`."""
 
 ADVERTISING_INTERVAL_MS = 100.0
+LINK_IDLE_S = 5.0
+"""A link with no fragment received and no answer in progress for this long is dropped."""
+LINK_MAX_S = 30.0
+"""Any link is dropped after this long, busy or not (a gateway session takes well under)."""
 _LINK_ERRORS = (core.BaseBumbleError, ConnectionError, asyncio.TimeoutError)
 
 
@@ -129,6 +138,8 @@ class LockPeripheral:
         self._send_lock = asyncio.Lock()
         self._publish_lock = asyncio.Lock()
         self._started = False
+        self._last_activity = 0.0
+        self._answering = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -201,6 +212,8 @@ class LockPeripheral:
     def _on_connection(self, connection: Connection) -> None:
         self._connection = connection
         self._reassembler.reset()
+        self._last_activity = self._clock.monotonic()
+        self._spawn(self._watchdog(connection))
         connection.on("disconnection", lambda reason: self._on_disconnection(connection, reason))
         _log.debug("lock %s: connected by %s", self.seal_id, connection.peer_address)
 
@@ -212,11 +225,12 @@ class LockPeripheral:
         _log.debug("lock %s: link ended (reason %#x)", self.seal_id, reason)
 
     def _on_write(self, connection: Connection, value: bytes) -> None:
+        self._last_activity = self._clock.monotonic()
         try:
             message = self._reassembler.feed(bytes(value), self._clock.monotonic())
         except ProtocolError as exc:
             _log.debug("lock %s: bad fragment: %s", self.seal_id, exc)
-            self._queue_answer(connection, encode(ErrorFrame(ErrorCode.BAD_FRAGMENT)), 0.0)
+            self._queue_answer(connection, encode(ErrorFrame(fragment_error(exc))), 0.0)
             return
         if message is not None:
             self._on_message(connection, message)
@@ -254,14 +268,32 @@ class LockPeripheral:
         self._spawn(self._send(connection, parts, delay))
 
     async def _send(self, connection: Connection, parts: list[bytes], delay: float) -> None:
-        async with self._send_lock:
-            if delay > 0:
-                await self._clock.sleep(delay)
-            for part in parts:
-                if self._connection is not connection:
-                    return
-                with contextlib.suppress(*_LINK_ERRORS):
-                    await self.device.notify_subscriber(connection, self._response, part)
+        self._answering += 1
+        try:
+            async with self._send_lock:
+                if delay > 0:
+                    await self._clock.sleep(delay)
+                for part in parts:
+                    if self._connection is not connection:
+                        return
+                    with contextlib.suppress(*_LINK_ERRORS):
+                        await self.device.notify_subscriber(connection, self._response, part)
+        finally:
+            self._answering -= 1
+            self._last_activity = self._clock.monotonic()
+
+    async def _watchdog(self, connection: Connection) -> None:
+        """Drop the link when idle for LINK_IDLE_S or up for LINK_MAX_S (section 2)."""
+        ends = self._clock.monotonic() + LINK_MAX_S
+        while self._connection is connection:
+            now = self._clock.monotonic()
+            idle_ends = self._last_activity + LINK_IDLE_S
+            if now >= ends or (now >= idle_ends and self._answering == 0):
+                _log.info("lock %s: dropping an idle or overlong link", self.seal_id)
+                await _disconnect(connection)
+                return
+            due = min(ends, idle_ends) - now
+            await self._clock.sleep(due if due > 0 else LINK_IDLE_S)
 
     # -- advertising -----------------------------------------------------------------------
 

@@ -3,9 +3,11 @@
 `LockWorld(count, state_dir, truth_path)` provisions locks SL-0001.. through the master
 authority (in `state_dir/master`, so tickets can be issued for them), writes the keys a gateway
 may hold (K_adv, K_log; never K_lock) to `state_dir/keys/` (0600), and on `start()` powers the
-locks on a `LocalLink` and serves one more controller of that link over TCP HCI: `adapter` is the
-gateway's `ble.adapter` string. Every lock log entry is appended to the truth file as a JSON
-line; `inject(seal_id, fault)` drives sensors and transport faults (lock_peripheral.FAULTS).
+locks on a `LocalLink` and serves one more controller of that link over TCP HCI: `adapter` is
+the gateway's `ble.adapter` string. Each lock keeps its NVM (counters, state, time floor, log)
+in `state_dir/locks/`, so a restart on the same state dir resumes it. Every lock log entry is
+appended to the truth file as a JSON line; `inject(seal_id, fault)` drives sensors and
+transport faults (lock_peripheral.FAULTS).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import IO, Any
 from bumble.link import LocalLink
 
 from firmware_sim.locks.model import LockModel
+from firmware_sim.locks.nvm import LockNvm
 from firmware_sim.locks.peripheral import LockPeripheral
 from firmware_sim.radio import HciServer, serve_controller
 from gateway.errors import ConfigError
@@ -34,6 +37,7 @@ from master_station.authority import MasterAuthority
 __all__ = [
     "KEYS_DIR",
     "MASTER_DIR",
+    "NVM_DIR",
     "LockKeyFiles",
     "LockWorld",
     "TruthWriter",
@@ -46,6 +50,7 @@ _log = logging.getLogger(__name__)
 
 MASTER_DIR = "master"
 KEYS_DIR = "keys"
+NVM_DIR = "locks"
 LOCK_ID_BASE = 0x5EA1_0000_0000_0000
 
 
@@ -239,6 +244,7 @@ class LockWorld:
             clock=self.clock,
             state=LockState.SEALED if self._sealed else LockState.UNSEALED,
             wire_intact=self._sealed,
+            nvm=LockNvm(self.state_dir / NVM_DIR / f"{seal_id}.nvm.json"),
         )
         return LockPeripheral(
             seal_id,

@@ -75,6 +75,7 @@ class EventType(StrEnum):
     SEAL_LOG_GAP = "seal.log_gap"
     SEAL_OFFLINE = "seal.offline"
     SEAL_ONLINE = "seal.online"
+    SEAL_UNREACHABLE = "seal.unreachable"
     METER_READING = "meter.reading"
     METER_EVENT = "meter.event"
     METER_READ_FAILED = "meter.read_failed"

@@ -171,6 +171,7 @@ class AdvertTracker:
         for lock_id in self._keys:
             self._by_short.setdefault(short_id(lock_id), []).append(lock_id)
         self._last: dict[bytes, Advert] = {}
+        self._floors: dict[bytes, tuple[int, int]] = {}
 
     def last(self, lock_id: bytes) -> Advert | None:
         """The last accepted advert of a lock."""
@@ -179,6 +180,15 @@ class AdvertTracker:
     def restore(self, lock_id: bytes, advert: Advert) -> None:
         """Seed the high-water mark from durable storage after a restart."""
         self._last[lock_id] = advert
+
+    def seed(self, lock_id: bytes, *, counter: int = 0, log_head: int = 0) -> None:
+        """Seed a lock with no accepted advert yet (provisioning, docs/protocol.md section 9).
+
+        Until an advert is accepted, one must have a counter above `counter` and a log head of
+        at least `log_head`, else it is `advert_replay`. `log_head` comes from a fresh, MAC'd
+        LOG_FETCH probe (max_count 0); `counter` from the master station's provisioning record.
+        """
+        self._floors[lock_id] = (counter, log_head)
 
     def observe(self, payload: bytes) -> AdvertObservation | None:
         """Check one payload: None when it names no known lock, else a verified observation."""
@@ -193,12 +203,22 @@ class AdvertTracker:
             except AuthError as exc:
                 error = exc
                 continue
+            if fresh and self.last(lock_id) is None:
+                self._check_floor(lock_id, advert)
             if fresh:
                 self._last[lock_id] = advert
             return AdvertObservation(lock_id, advert, fresh)
         assert error is not None
         _log.debug("advert for short id %08x rejected: %s", advert.short_id, error.code)
         raise error
+
+    def _check_floor(self, lock_id: bytes, advert: Advert) -> None:
+        counter, log_head = self._floors.get(lock_id, (0, 0))
+        if advert.counter <= counter or advert.log_head < log_head:
+            raise AuthError(
+                f"advert older than the provisioning seed (counter {advert.counter})",
+                code="advert_replay",
+            )
 
 
 def _pack_signed(advert: Advert) -> bytes:

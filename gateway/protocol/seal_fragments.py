@@ -24,6 +24,7 @@ __all__ = [
     "SERVICE_UUID",
     "STATE_CHAR_UUID",
     "Fragment",
+    "FragmentTimeoutError",
     "Reassembler",
     "decode_fragment",
     "encode_fragment",
@@ -109,6 +110,10 @@ def decode_fragment(data: bytes) -> Fragment:
     return Fragment(True, 0, payload, total)
 
 
+class FragmentTimeoutError(ProtocolError):
+    """A continuation came after its partial message was dropped for the 2 s gap (ERROR TIMEOUT)."""
+
+
 class Reassembler:
     """Collects fragments of one direction into messages; one message in flight at a time."""
 
@@ -118,6 +123,7 @@ class Reassembler:
         self._total = 0
         self._next_seq = 0
         self._last_at = 0.0
+        self._timed_out = False
 
     @property
     def pending(self) -> bool:
@@ -146,13 +152,17 @@ class Reassembler:
         if self.pending and now - self._last_at > self._timeout_s:
             _log.debug("partial message dropped after %.1f s idle", now - self._last_at)
             self.reset()
+            self._timed_out = True
 
     def _accept(self, frag: Fragment) -> None:
+        timed_out, self._timed_out = self._timed_out, False
         if frag.first:
             if self.pending:
                 _log.debug("new first fragment replaces a partial message")
             self.reset()
             self._total = frag.total or 0
+        elif not self.pending and timed_out:
+            raise FragmentTimeoutError("continuation after its message timed out")
         elif not self.pending:
             raise ProtocolError("continuation fragment without a first fragment")
         elif frag.seq != self._next_seq:

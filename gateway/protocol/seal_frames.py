@@ -16,6 +16,7 @@ from typing import Any, Self, TypeAlias
 from gateway.errors import ProtocolError
 
 __all__ = [
+    "AUDIT_BIT",
     "HEADER_LEN",
     "LOCK_ID_LEN",
     "MAC_LEN",
@@ -68,6 +69,8 @@ TAG_LEN = 8
 MAX_LOCKS_PER_TICKET = 16
 MAX_LOG_ENTRIES = 10
 TICKET_HEADER_VERSION = 1
+AUDIT_BIT = 0x80
+"""Bit 7 of a ticket header's ops byte: issued under the audit flow (may unseal TAMPERED)."""
 LOG_ENTRY_FIELDS_LEN = 28
 LOG_ENTRY_LEN = LOG_ENTRY_FIELDS_LEN + 2 * TAG_LEN
 
@@ -155,6 +158,7 @@ class ResultCode(WireEnum):
     CLOCK_INVALID = 0x0C
     BAD_TIME = 0x0D
     BAD_TICKET = 0x0E
+    NEEDS_AUDIT = 0x0F
 
 
 class ErrorCode(WireEnum):
@@ -204,6 +208,8 @@ class TicketHeader:
     operator: bytes
     lock_ids: tuple[bytes, ...]
     version: int = TICKET_HEADER_VERSION
+    audit: bool = False
+    """Issued under the audit flow: the only header that may UNSEAL a TAMPERED lock."""
 
     def allows(self, op: Operation) -> bool:
         """True when the header lists `op`."""
@@ -363,7 +369,9 @@ def encode_ticket_header(header: TicketHeader) -> bytes:
         raise ProtocolError(f"a ticket header names 1..{MAX_LOCKS_PER_TICKET} locks")
     for lock_id in header.lock_ids:
         _check_len("lock_id", lock_id, LOCK_ID_LEN)
-    ops_mask = sum(1 << (op - 1) for op in header.ops if 1 <= op <= 8)
+    _check_ops(frozenset(header.ops))
+    ops_mask = sum(1 << (op - 1) for op in header.ops if 1 <= op <= 7)
+    ops_mask |= AUDIT_BIT if header.audit else 0
     fixed = _pack(
         _TICKET_FIXED,
         header.version,
@@ -392,8 +400,16 @@ def decode_ticket_header(data: bytes) -> TicketHeader:
         raise ProtocolError("ticket header window ends before it starts")
     ids = data[_TICKET_FIXED.size :]
     lock_ids = tuple(ids[i : i + LOCK_ID_LEN] for i in range(0, len(ids), LOCK_ID_LEN))
-    ops = frozenset(Operation(bit + 1) for bit in range(8) if ops_mask >> bit & 1)
-    return TicketHeader(ticket_id, nb, na, ops, operator, lock_ids, version)
+    ops = frozenset(Operation(bit + 1) for bit in range(7) if ops_mask >> bit & 1)
+    _check_ops(ops)
+    audit = bool(ops_mask & AUDIT_BIT)
+    return TicketHeader(ticket_id, nb, na, ops, operator, lock_ids, version, audit)
+
+
+def _check_ops(ops: frozenset[Operation]) -> None:
+    # docs/protocol.md, section 7: a clock-setting ticket never opens a lock.
+    if Operation.SET_TIME in ops and Operation.UNSEAL in ops:
+        raise ProtocolError("a ticket header never grants SET_TIME together with UNSEAL")
 
 
 def log_entry_fields(entry: LogEntry) -> bytes:

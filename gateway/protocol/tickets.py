@@ -249,6 +249,7 @@ def ticket_header(ticket: Ticket) -> bytes:
         ops=ticket.lock_ops,
         operator=operator_tag(ticket.operator),
         lock_ids=tuple(grant.lock_id for grant in ticket.seals),
+        audit=ticket.flow == Flow.AUDIT,
     )
     return encode_ticket_header(header)
 
@@ -332,6 +333,9 @@ def _parse_body(body: Mapping[str, Any], sig: bytes) -> Ticket:
     seals = need_list(body, "seals", _parse_grant, min_len=1, max_len=MAX_LOCKS_PER_TICKET)
     _check_unique([grant.seal_id for grant in seals], "seal ids")
     _check_unique([grant.lock_id for grant in seals], "lock ids")
+    ops = need_list(body, "ops", _name_item, min_len=1, max_len=MAX_OPS)
+    if Op.SET_TIME in ops and Op.UNSEAL in ops:
+        raise ProtocolError("a ticket never grants set_time together with unseal")
     return Ticket(
         ticket_id=need_match(body, "ticket_id", TICKET_ID_PATTERN),
         work_order=need_id(body, "work_order"),
@@ -339,7 +343,7 @@ def _parse_body(body: Mapping[str, Any], sig: bytes) -> Ticket:
         operator=need_id(body, "operator"),
         role=need_match(body, "role", NAME_PATTERN),
         gateway=need_id(body, "gateway"),
-        ops=need_list(body, "ops", _name_item, min_len=1, max_len=MAX_OPS),
+        ops=ops,
         not_before=not_before,
         not_after=not_after,
         max_uses=need_int(body, "max_uses", 1, MAX_USES),

@@ -42,10 +42,13 @@ def make_credential(
     scope: tuple[bytes, ...] = (LOCK_ID, OTHER_ID),
     k_lock: bytes = K_LOCK,
     ticket: int = 1,
+    audit: bool = False,
 ) -> exchange.TicketCredential:
     """What the master station would issue: a header and the K_TL derived from it."""
     header = sf.encode_ticket_header(
-        sf.TicketHeader(ticket.to_bytes(16, "big"), not_before, not_after, ops, b"op-00042", scope)
+        sf.TicketHeader(
+            ticket.to_bytes(16, "big"), not_before, not_after, ops, b"op-00042", scope, audit=audit
+        )
     )
     return exchange.TicketCredential(lock_id, header, crypto.derive_ticket_key(k_lock, header))
 
@@ -301,7 +304,9 @@ def test_wire_cut_while_sealed_is_a_tamper(gateway: Gateway, lock: LockModel) ->
     assert seen.advert.state is sf.LockState.TAMPERED
     credential = make_credential()
     assert gateway.operate(credential, Op.SEAL).result is R.BAD_STATE
-    assert gateway.operate(credential, Op.UNSEAL).result is R.OK
+    assert gateway.operate(credential, Op.UNSEAL).result is R.NEEDS_AUDIT  # section 10
+    audit = make_credential(audit=True, ticket=2)
+    assert gateway.operate(audit, Op.UNSEAL).result is R.OK
     assert gateway.operate(credential, Op.SEAL).result is R.WIRE_OPEN
     lock.set_wire_intact(True)
     sealed = gateway.operate(credential, Op.SEAL)

@@ -480,3 +480,21 @@ def test_fuzz_advert_tracker(payload: bytes) -> None:
         assert tracker.last(LOCK_ID) is None
         return
     assert observation is None  # a random payload never carries a valid MAC for our lock
+
+
+def test_a_seeded_tracker_refuses_adverts_older_than_provisioning() -> None:
+    # docs/protocol.md, section 9: with no accepted advert yet, the seed is the high-water mark.
+    k_adv = crypto.derive_lock_keys(K_LOCK, LOCK_ID).advert
+    old = adv.sign_advert(
+        adv.Advert(adv.short_id(LOCK_ID), sf.LockState.SEALED, 0, 5, 2), LOCK_ID, k_adv
+    )
+    new = adv.sign_advert(
+        adv.Advert(adv.short_id(LOCK_ID), sf.LockState.SEALED, 0, 9, 3), LOCK_ID, k_adv
+    )
+    tracker = adv.AdvertTracker({LOCK_ID: k_adv})
+    tracker.seed(LOCK_ID, counter=5, log_head=3)
+    with pytest.raises(AuthError) as caught:
+        tracker.observe(adv.encode_advert(old))
+    assert caught.value.code == "advert_replay"
+    seen = tracker.observe(adv.encode_advert(new))
+    assert seen is not None and seen.fresh

@@ -79,14 +79,23 @@ def test_document_envelope_shape(ticket_doc: bytes) -> None:
 
 
 def test_header_is_the_lock_projection_of_the_ticket(world: World) -> None:
-    ticket = world.ticket(ops=["unseal", "set_time", "read_log"])
+    ticket = world.ticket(ops=["seal", "set_time", "read_log"])
     header = decode_ticket_header(tk.ticket_header(ticket))
     assert header.ticket_id.hex() == ticket.ticket_id
     assert (header.not_before, header.not_after) == (ticket.not_before, ticket.not_after)
-    assert header.ops == {Operation.UNSEAL, Operation.SET_TIME}
+    assert header.ops == {Operation.SEAL, Operation.SET_TIME}
+    assert not header.audit
     assert header.operator == tk.operator_tag(OPERATOR)
     assert header.lock_ids == (LOCKS["SL-0001"], LOCKS["SL-0002"])
     assert len(tk.ticket_header(ticket)) == 35 + 8 * 2
+
+
+def test_set_time_never_shares_a_ticket_with_unseal(world: World) -> None:
+    # docs/protocol.md, section 7: a clock-setting ticket never opens a lock.
+    with pytest.raises(ProtocolError):
+        world.ticket(ops=["unseal", "set_time"])
+    audit = world.ticket(flow="audit", role="district_manager", ops=["unseal"])
+    assert decode_ticket_header(tk.ticket_header(audit)).audit
 
 
 def test_operator_tag_is_stable_and_documented() -> None:
@@ -163,7 +172,7 @@ def test_forged_signature_is_rejected(world: World, ticket_doc: bytes) -> None:
         lambda b: b.update(operator="op-0043"),
         lambda b: b.update(role="district_manager"),
         lambda b: b.update(flow="audit"),
-        lambda b: b.update(ops=[*b["ops"], "set_time"]),
+        lambda b: b.update(ops=[*b["ops"], "read_log"]),
         lambda b: b.update(max_uses=b["max_uses"] + 1),
         lambda b: b["seals"][0].update(lock_id="5ea1000000000003"),
         lambda b: b["seals"].reverse(),
