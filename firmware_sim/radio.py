@@ -17,11 +17,22 @@ from typing import Any
 
 from bumble import hci, ll
 from bumble.controller import Controller
+from bumble.core import PhysicalTransport
 from bumble.link import LocalLink
+from bumble.transport import open_transport
 from bumble.transport.common import AsyncPipeSink
 from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 
-__all__ = ["HciServer", "SpecController", "attach_host", "serve_controller"]
+__all__ = [
+    "HciServer",
+    "KernelFacingController",
+    "RadioLink",
+    "SpecController",
+    "VhciController",
+    "attach_host",
+    "attach_vhci",
+    "serve_controller",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -129,3 +140,99 @@ async def serve_controller(
 def attach_host(controller: Controller) -> tuple[Controller, AsyncPipeSink]:
     """The (source, sink) pair a bumble Host uses to drive `controller` in-process."""
     return controller, AsyncPipeSink(controller)
+
+
+class RadioLink(LocalLink):
+    """The bench's LocalLink, with LE data sent from the address the connection was made with.
+
+    Workaround for bumble 0.0.236, `bumble.link.LocalLink.send_acl_data`: LE ACL data is
+    tagged with the sending controller's *random* address even when the connection was made
+    with its public one. Linux scans with a throwaway non-resolvable random address and then
+    connects from its public address, so every peer drops every packet from BlueZ ("no
+    connection for ..."). Reported in docs/ble-transport.md ("bumble LocalLink addressing").
+    Harmless for bumble hosts, which use one address for both.
+    """
+
+    def send_acl_data(
+        self,
+        sender_controller: Controller,
+        destination_address: hci.Address,
+        transport: PhysicalTransport,
+        data: bytes,
+    ) -> None:
+        """Deliver LE ACL data from the connection's own address; BR/EDR as bumble does."""
+        if transport != PhysicalTransport.LE:
+            super().send_acl_data(sender_controller, destination_address, transport, data)
+            return
+        connection = sender_controller.le_connections.get(destination_address)
+        source = connection.self_address if connection else sender_controller.random_address
+        destination = self.find_le_controller(destination_address)
+        if destination is not None:
+            asyncio.get_running_loop().call_soon(
+                destination.on_link_acl_data, source, transport, data
+            )
+
+
+class KernelFacingController(SpecController):
+    """A SpecController for a Linux host: LE Enhanced Connection Complete when it was asked for.
+
+    Workaround for bumble 0.0.236, `bumble.controller.Controller`: it always reports "LE
+    Connection Complete" and ignores the host's LE event mask. Core spec Vol 4, Part E,
+    7.7.65.10: when the host unmasked "LE Enhanced Connection Complete" the controller must
+    send that event instead. Linux (for a controller that claims LL privacy) waits for the
+    enhanced event, cancels the connection after about 4 s, and later disconnects hang.
+    Reported in docs/ble-transport.md ("bumble enhanced connection complete").
+    """
+
+    ENHANCED_CONNECTION_COMPLETE = 1 << (0x0A - 1)
+
+    def send_hci_packet(self, packet: Any) -> None:
+        """Send `packet`, as the enhanced event where the spec says so."""
+        if isinstance(packet, hci.HCI_LE_Connection_Complete_Event) and (
+            self.le_event_mask & self.ENHANCED_CONNECTION_COMPLETE
+        ):
+            packet = hci.HCI_LE_Enhanced_Connection_Complete_Event(
+                status=packet.status,
+                connection_handle=packet.connection_handle,
+                role=packet.role,
+                peer_address_type=packet.peer_address_type,
+                peer_address=packet.peer_address,
+                local_resolvable_private_address=hci.Address.ANY_RANDOM,
+                peer_resolvable_private_address=hci.Address.ANY_RANDOM,
+                connection_interval=packet.connection_interval,
+                peripheral_latency=packet.peripheral_latency,
+                supervision_timeout=packet.supervision_timeout,
+                central_clock_accuracy=packet.central_clock_accuracy,
+            )
+        super().send_hci_packet(packet)
+
+
+@dataclass(slots=True)
+class VhciController:
+    """A controller on the link whose host is the Linux kernel, through /dev/vhci."""
+
+    controller: KernelFacingController
+    _transport: Any
+    adapter: str = "bluez:hci0"
+
+    async def close(self) -> None:
+        """Leave the link and close /dev/vhci (the kernel removes the hci device)."""
+        await self._transport.close()
+        self.controller.link.remove_controller(self.controller)
+
+
+async def attach_vhci(
+    link: LocalLink, *, device: str = "/dev/vhci", adapter: str = "bluez:hci0"
+) -> VhciController:
+    """Put a KernelFacingController on `link` with /dev/vhci as its host (Linux, root, hci_vhci).
+
+    The kernel then sees a new hciN; bluetoothd and bleak's BlueZ backend drive it, so the
+    gateway runs with `ble.adapter = "bluez:hci0"` against the simulated locks.
+    """
+    transport = await open_transport(f"vhci:{device}")
+    controller = KernelFacingController(
+        "gateway", host_source=transport.source, host_sink=transport.sink, link=link,
+        public_address="F0:F0:F0:F0:F0:F0",
+    )  # fmt: skip
+    _log.info("controller on %s: the kernel's Bluetooth adapter (%s)", device, adapter)
+    return VhciController(controller, transport, adapter)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from firmware_sim.locks.world import LockWorld
+from firmware_sim.locks.world import RADIOS, LockWorld
 from firmware_sim.meters.fleet import MeterSim
 from firmware_sim.sim_control import serve_stdin
 
@@ -63,6 +63,7 @@ class SimOptions:
     gateway_id: str = DEFAULT_GATEWAY_ID
     seed: int | None = None
     meter_poll_s: float = 15.0
+    radio: str = "tcp"
 
 
 def register_sim_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -79,6 +80,13 @@ def register_sim_command(subparsers: argparse._SubParsersAction[argparse.Argumen
     sim.add_argument("--seed", type=int, help="seed of the activity generator")
     sim.add_argument(
         "--meter-poll-s", type=float, default=15.0, help="meters' poll_s in the config (default 15)"
+    )
+    sim.add_argument(
+        "--radio",
+        choices=RADIOS,
+        default="tcp",
+        help="the gateway's controller: bumble over TCP HCI (default), or the Linux kernel "
+        "through /dev/vhci, so the gateway runs on BlueZ (bluez:hci0; needs root and hci_vhci)",
     )
     sim.add_argument("--log-level", default="WARNING", help="simulator log level")
     sim.set_defaults(handler=_cmd_sim)
@@ -100,6 +108,7 @@ async def run_sim(options: SimOptions, stop: asyncio.Event) -> None:
         options.state_dir,
         options.truth,
         advertising_interval_ms=ADVERTISING_INTERVAL_MS,
+        radio=options.radio,
     )
     meters = MeterSim(options.state_dir / "meters", truth=options.truth) if options.meters else None
     async with contextlib.AsyncExitStack() as stack:
@@ -173,6 +182,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         truth=args.truth,
         activity_s=args.activity_seconds,
         locks=args.locks,
+        radio=args.radio,
         meters=not args.no_meters,
         gateway_id=args.gateway_id,
         seed=args.seed,

@@ -1,4 +1,4 @@
-"""`sealgw demo [--broker URL] [--duration S] [--json]`: the demo's command line."""
+"""`sealgw demo [--broker URL] [--duration S] [--json] [--radio R]`: the demo's command line."""
 
 from __future__ import annotations
 
@@ -16,6 +16,13 @@ def register_demo_command(commands: argparse._SubParsersAction[argparse.Argument
     )
     demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     demo.add_argument("--json", action="store_true", help="print one summary object at the end")
+    demo.add_argument(
+        "--radio",
+        choices=("tcp", "vhci"),
+        default="tcp",
+        help="the gateway's Bluetooth: bumble over TCP HCI (default), or BlueZ through /dev/vhci "
+        "(bluez:hci0; Linux, root, hci_vhci and a running bluetoothd: the BlueZ test bed)",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
 
@@ -25,4 +32,4 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     exit_on_signals()
-    return run_demo(DemoOptions(args.broker, args.duration, args.json))
+    return run_demo(DemoOptions(args.broker, args.duration, args.json, args.radio))

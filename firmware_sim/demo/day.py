@@ -67,6 +67,7 @@ class Day:
     duration_s: float
     timeline: Timeline
     external_broker: str | None = None
+    radio: str = "tcp"  # sealgw sim --radio: tcp (bumble) or vhci (the gateway on BlueZ)
     procs: ProcessSet = field(init=False)
     broker: MosquittoBroker | None = None
     relay: TcpRelay | None = None
@@ -175,7 +176,7 @@ def _start_sim(day: Day) -> None:
         "sim", "--broker", day.relay.url, "--write-config", str(day.config),
         "--truth", str(day.work / "truth.jsonl"), "--state-dir", str(day.work / "sim"),
         "--activity-seconds", "0", "--locks", str(LOCKS), "--gateway-id", GATEWAY_ID,
-        "--seed", "1", "--meter-poll-s", str(METER_POLL_S),
+        "--seed", "1", "--meter-poll-s", str(METER_POLL_S), "--radio", day.radio,
     ], control=True)  # fmt: skip
     day.sim = SimControl(child)
     day.sim.wait_line("sim ready", 40)

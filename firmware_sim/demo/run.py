@@ -47,6 +47,7 @@ class DemoOptions:
     broker_url: str | None = None
     duration_s: float = 60.0
     json_output: bool = False
+    radio: str = "tcp"
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -55,7 +56,9 @@ def run_demo(options: DemoOptions) -> int:
     out = sys.stderr if options.json_output else sys.stdout
     timeline = Timeline(out, total=len(STEPS))
     with tempfile.TemporaryDirectory(prefix="sealgw-demo-") as tmp:
-        day = Day(Path(tmp), duration, timeline, external_broker=options.broker_url)
+        day = Day(
+            Path(tmp), duration, timeline, external_broker=options.broker_url, radio=options.radio
+        )
         timeline.say(f"sealgw demo: a {duration:.0f} s day in {day.work}")
         try:
             results = play(day)

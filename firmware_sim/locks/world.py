@@ -26,7 +26,7 @@ from bumble.link import LocalLink
 from firmware_sim.locks.model import LockModel
 from firmware_sim.locks.nvm import LockNvm
 from firmware_sim.locks.peripheral import LockPeripheral
-from firmware_sim.radio import HciServer, serve_controller
+from firmware_sim.radio import HciServer, RadioLink, VhciController, attach_vhci, serve_controller
 from gateway.errors import ConfigError
 from gateway.protocol.clock import Clock, SystemClock
 from gateway.protocol.events import format_ts
@@ -116,6 +116,10 @@ class TruthWriter:
             self._out = None
 
 
+RADIOS = ("tcp", "vhci")
+"""How the gateway reaches the radio: bumble over TCP HCI, or the kernel through /dev/vhci."""
+
+
 class LockWorld:
     """N seal locks on one virtual radio, a gateway controller over TCP, truth and faults."""
 
@@ -129,7 +133,10 @@ class LockWorld:
         *,
         sealed: bool = True,
         advertising_interval_ms: float = 100.0,
+        radio: str = "tcp",
     ) -> None:
+        if radio not in RADIOS:
+            raise ValueError(f"radio must be one of {', '.join(RADIOS)}")
         if not 1 <= count <= 0xFFFF:
             raise ValueError("count must be 1..65535")
         self.state_dir = state_dir
@@ -143,23 +150,31 @@ class LockWorld:
         self._interval_ms = advertising_interval_ms
         self._link: LocalLink | None = None
         self._server: HciServer | None = None
+        self._vhci: VhciController | None = None
+        self.radio = radio
         for number in range(1, count + 1):
             self._provision(number)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Power the locks on the radio and serve the gateway's controller over TCP."""
-        self._link = LocalLink()  # type: ignore[no-untyped-call]
+        """Power the locks on the radio and give the gateway its controller (TCP HCI or vhci)."""
+        self._link = RadioLink()
         for number, seal_id in enumerate(self.lock_ids, start=1):
             lock = self._peripheral(number, seal_id, self._link)
             self.locks[seal_id] = lock
             await lock.start()
-        self._server = await serve_controller(self._link)
+        if self.radio == "vhci":
+            self._vhci = await attach_vhci(self._link)
+        else:
+            self._server = await serve_controller(self._link)
         _log.info("%d locks on the radio; gateway adapter %s", len(self.locks), self.adapter)
 
     async def close(self) -> None:
-        """Stop the TCP controller and every lock, close the truth file."""
+        """Stop the gateway's controller and every lock, close the truth file."""
+        if self._vhci is not None:
+            await self._vhci.close()
+            self._vhci = None
         if self._server is not None:
             await self._server.close()
             self._server = None
@@ -179,7 +194,9 @@ class LockWorld:
 
     @property
     def adapter(self) -> str:
-        """The gateway's `ble.adapter`: `bumble:tcp-client:127.0.0.1:PORT`."""
+        """The gateway's `ble.adapter`: `bumble:tcp-client:127.0.0.1:PORT`, or `bluez:hci0`."""
+        if self._vhci is not None:
+            return self._vhci.adapter
         if self._server is None:
             raise RuntimeError("LockWorld is not started")
         return self._server.adapter

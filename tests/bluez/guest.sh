@@ -1,0 +1,38 @@
+#!/bin/sh
+# Runs inside the BlueZ test-bed VM as root (from /sbin/sealgw-init); its output is the serial
+# console. Starts D-Bus, bluetoothd and btmon, then the scenario named in /mnt/share/scenario:
+# `sealgw demo --radio vhci` (the simulator's locks on a bumble LocalLink whose gateway-side
+# controller is /dev/vhci, so the gateway runs bleak's BlueZ backend on hci0). Logs are copied
+# back to the share for the host to print when something fails.
+up() { cut -d' ' -f1 /proc/uptime; }
+log() { echo "GUEST[$(up)s]: $*"; }
+SHARE=/mnt/share
+export PYTHONPATH=$SHARE/site PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 HOME=/root
+cd /tmp
+log "start"
+modprobe hci_vhci || { log "modprobe hci_vhci failed"; exit 10; }
+mkdir -p /run/dbus
+dbus-daemon --system --fork --nopidfile || exit 11
+# -E: experimental interfaces off is the Pi default; keep the stock daemon as a Pi runs it.
+/usr/libexec/bluetooth/bluetoothd -n > /tmp/bluetoothd.log 2>&1 &
+BTD=$!
+stdbuf -oL btmon -T > /tmp/btmon.log 2>&1 &
+BTMON=$!
+log "bluetoothd pid $BTD, btmon pid $BTMON"
+SCENARIO=$(cat $SHARE/scenario 2>/dev/null || echo demo)
+DURATION=$(cat $SHARE/duration 2>/dev/null || echo 60)
+rc=0
+case $SCENARIO in
+  demo)
+    log "sealgw demo --radio vhci --duration $DURATION"
+    timeout 900 python3 -m gateway demo --radio vhci --json --duration "$DURATION" \
+      > $SHARE/summary.json 2> /tmp/demo.log
+    rc=$?
+    ;;
+  *)
+    log "unknown scenario $SCENARIO"; rc=99 ;;
+esac
+log "scenario rc=$rc"
+kill $BTD $BTMON 2>/dev/null; sleep 0.5
+cp /tmp/bluetoothd.log /tmp/btmon.log /tmp/demo.log $SHARE/ 2>/dev/null
+exit $rc

@@ -1,0 +1,167 @@
+"""The BlueZ test bed: a Debian VM under QEMU (TCG) with hci_vhci, dbus and bluetoothd.
+
+`image()` builds the VM image once per set of inputs (this folder's scripts and the pinned guest
+packages) into a cache outside the checkout, and reuses it after. `run_scenario()` builds a
+wheel of the checkout, unpacks it into a fresh 9p share with the guest script, boots the VM and
+returns what the guest left there: its exit code, the scenario's JSON summary and its logs
+(bluetoothd, btmon, the demo's). `python -m tests.bluez.harness [SCENARIO]` runs one by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+CACHE = Path(os.environ.get("SEALGW_VM_CACHE", "/var/cache/sealgw/bluez-vm"))
+GUEST_PACKAGES = ("bleak", "bumble", "dbus-fast", "paho-mqtt", "cryptography", "pymodbus", "pyserial")
+"""Installed in the guest at the versions this venv has, so host and guest run the same stack."""
+EXTRA_GUEST_PACKAGES = ("cbor2", "spake2")
+"""Added at this venv's version when installed here (optional runtime dependencies)."""
+VM_TIMEOUT_S = 600
+
+
+@dataclass
+class GuestRun:
+    """What one VM boot left in its share."""
+
+    rc: int
+    seconds: float
+    console: str
+    summary: dict[str, Any] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+
+    def report(self) -> str:
+        """Everything a person needs when a scenario failed: console and the guest's logs."""
+        parts = [f"guest rc={self.rc} after {self.seconds:.0f} s", "--- console", self.console]
+        for name, text in self.logs.items():
+            parts += [f"--- {name} (tail)", "\n".join(text.splitlines()[-80:])]
+        return "\n".join(parts)
+
+
+def guest_packages() -> list[str]:
+    """`name==version` of every guest package, as installed in this interpreter."""
+    pins = []
+    for name in GUEST_PACKAGES:
+        pins.append(f"{name}=={metadata.version(name)}")
+    for name in EXTRA_GUEST_PACKAGES:
+        try:
+            pins.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return pins
+
+
+def image_key(packages: list[str]) -> str:
+    """A hash of everything that goes into the image."""
+    digest = hashlib.sha256()
+    for name in ("build-image.sh", "guest-init.sh"):
+        digest.update((HERE / name).read_bytes())
+    digest.update("\n".join(sorted(packages)).encode())
+    return digest.hexdigest()[:16]
+
+
+def image() -> Path:
+    """The image folder for the current inputs; built (about 100 s) when it is not cached."""
+    packages = guest_packages()
+    folder = CACHE / image_key(packages)
+    if (folder / "root.img").exists():
+        return folder
+    CACHE.mkdir(parents=True, exist_ok=True)
+    build = subprocess.run(
+        ["bash", str(HERE / "build-image.sh"), str(folder), " ".join(packages)],
+        capture_output=True, text=True, timeout=1500, check=False,
+    )  # fmt: skip
+    if build.returncode != 0 or not (folder / "root.img").exists():
+        raise RuntimeError(f"VM image build failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}")
+    return folder
+
+
+def run_scenario(scenario: str = "demo", *, duration_s: float = 60) -> GuestRun:
+    """Boot the VM once and run `scenario` inside; never raises for a failing guest."""
+    folder = image()
+    share = Path(tempfile.mkdtemp(prefix="sealgw-bluez-"))
+    try:
+        _fill_share(share, scenario, duration_s)
+        return _boot(folder, share)
+    finally:
+        shutil.rmtree(share, ignore_errors=True)
+
+
+def _fill_share(share: Path, scenario: str, duration_s: float) -> None:
+    """The checkout as an unpacked wheel (so its entry points exist), the guest script, inputs."""
+    wheels = share / "wheel"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "-w", str(wheels), str(REPO)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    (wheel,) = wheels.glob("sealgw-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(share / "site")
+    shutil.rmtree(wheels)
+    shutil.copy(HERE / "guest.sh", share / "guest.sh")
+    (share / "guest.sh").chmod(0o755)
+    (share / "scenario").write_text(scenario)
+    (share / "duration").write_text(f"{duration_s:g}")
+
+
+def _boot(folder: Path, share: Path) -> GuestRun:
+    command = [
+        "qemu-system-x86_64", "-accel", "tcg,thread=multi", "-cpu", "max",
+        "-m", "1536", "-smp", "2", "-nodefaults", "-no-user-config",
+        "-kernel", str(folder / "vmlinuz"), "-initrd", str(folder / "initrd.img"),
+        "-append", "root=/dev/vda rootfstype=ext4 rw console=ttyS0 init=/sbin/sealgw-init "
+        "panic=-1 loglevel=3",
+        "-drive", f"file={folder / 'root.img'},format=raw,if=virtio,snapshot=on",
+        "-virtfs", f"local,path={share},mount_tag=share,security_model=none,id=share",
+        "-display", "none", "-monitor", "none", "-serial", "stdio", "-nic", "none", "-no-reboot",
+    ]  # fmt: skip
+    started = time.monotonic()
+    try:
+        boot = subprocess.run(
+            command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=VM_TIMEOUT_S, check=False,
+        )  # fmt: skip
+        console = boot.stdout + boot.stderr
+    except subprocess.TimeoutExpired as exc:
+        console = f"VM timed out after {VM_TIMEOUT_S} s\n{_text(exc.stdout)}{_text(exc.stderr)}"
+    result = share / "result.rc"
+    rc = int(result.read_text()) if result.exists() else 125
+    run = GuestRun(rc, time.monotonic() - started, console)
+    summary = share / "summary.json"
+    if summary.exists() and summary.stat().st_size:
+        try:
+            run.summary = json.loads(summary.read_text())
+        except json.JSONDecodeError:
+            run.logs["summary.json"] = summary.read_text()
+    for name in ("demo.log", "bluetoothd.log", "btmon.log"):
+        path = share / name
+        if path.exists():
+            run.logs[name] = path.read_text(errors="replace")
+    return run
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+if __name__ == "__main__":
+    outcome = run_scenario(sys.argv[1] if len(sys.argv) > 1 else "demo")
+    print(outcome.report())
+    print(json.dumps(outcome.summary, indent=2))
+    sys.exit(outcome.rc)
