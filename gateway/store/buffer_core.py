@@ -127,6 +127,7 @@ class StoreCore:
                 return self._commit_recovered(reason)
             self._save_mark()
         except BaseException:
+            self._mark_ready = False  # a failed open must not move the mark
             self.close()
             raise
         return []
