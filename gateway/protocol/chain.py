@@ -12,9 +12,22 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from gateway.protocol.events import GENESIS_HASH, EventType, event_hash
+
+
+class ProblemKind(StrEnum):
+    """What an audit found; the values are the `kind` strings of reports and the ledger."""
+
+    GAP = "gap"
+    EDITED = "edited"
+    BROKEN_LINK = "broken_link"
+    CONFLICT = "conflict"
+    BAD_CHECKPOINT = "bad_checkpoint"
+    UNREADABLE = "unreadable"
+
 
 EPOCH_TYPE = EventType.GATEWAY_CHAIN_EPOCH.value
 EVICTED_TYPE = EventType.GATEWAY_TELEMETRY_EVICTED.value
@@ -86,7 +99,7 @@ class ChainProblem:
     """One finding: a gap, an edited event, a broken link or conflicting duplicates."""
 
     gateway: str
-    kind: str  # "gap" | "edited" | "broken_link" | "conflict"
+    kind: ProblemKind  # GAP, EDITED, BROKEN_LINK or CONFLICT
     seq: int
     detail: str
 
@@ -105,7 +118,7 @@ class ChainReport:
         return not self.problems
 
     def gaps(self) -> list[ChainProblem]:
-        return [p for p in self.problems if p.kind == "gap"]
+        return [p for p in self.problems if p.kind is ProblemKind.GAP]
 
 
 def verify_chain(
@@ -134,7 +147,9 @@ def _collect(
             report.duplicates += 1
         else:
             report.problems.append(
-                ChainProblem(gateway, "conflict", seq, "two different events share this seq")
+                ChainProblem(
+                    gateway, ProblemKind.CONFLICT, seq, "two different events share this seq"
+                )
             )
     return by_gateway
 
@@ -168,7 +183,7 @@ def _verify_one(
         obj = chain.get(seq)
         if obj is None:
             if seq not in evicted:
-                report.problems.append(ChainProblem(gateway, "gap", seq, "missing"))
+                report.problems.append(ChainProblem(gateway, ProblemKind.GAP, seq, "missing"))
             continue
         _check_event(gateway, seq, obj, chain.get(seq - 1), report)
 
@@ -181,9 +196,13 @@ def _check_event(
     report: ChainReport,
 ) -> None:
     if event_hash(obj) != obj.get("hash"):
-        report.problems.append(ChainProblem(gateway, "edited", seq, "hash does not match content"))
+        report.problems.append(
+            ChainProblem(gateway, ProblemKind.EDITED, seq, "hash does not match content")
+        )
         return
     if not link_ok(obj, None if previous is None else previous.get("hash")):
         report.problems.append(
-            ChainProblem(gateway, "broken_link", seq, "prev_hash differs from the previous hash")
+            ChainProblem(
+                gateway, ProblemKind.BROKEN_LINK, seq, "prev_hash differs from the previous hash"
+            )
         )

@@ -382,7 +382,7 @@ class StoreCore:
     def _finish(self, scratch: Scratch) -> None:
         """Record evictions in the chain, write the head, COMMIT, then apply the scratch."""
         if scratch.evicted:
-            draft = self._internal_draft("gateway.telemetry_evicted", evicted_data(scratch))
+            draft = self._internal_draft(EventType.GATEWAY_TELEMETRY_EVICTED, evicted_data(scratch))
             event = seal_event(draft, self.gateway_id, scratch.head[0] + 1, scratch.head[1])
             self._db.execute(INSERT, row_of(event))
             scratch.add(event)
