@@ -4,7 +4,8 @@ gateway.protocol.chain.verify_chain walks every seq from 1 to the head and repor
 which is right for a ledger and ruinous for a file that starts at seq 40,000,000 or holds one
 event whose seq was edited to 10**15. This splits each gateway's events at runs of more than
 MAX_ENUMERATED_GAP missing seqs, runs verify_chain on every window, and returns those runs as
-ranges instead (less whatever `gateway.telemetry_evicted` events announce).
+ranges instead (less whatever `gateway.telemetry_evicted` and `gateway.chain_epoch` events
+announce).
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.protocol.chain import ChainReport, verify_chain
-from gateway.protocol.events import EventType
+from gateway.protocol.chain import ChainReport, announced_ranges, verify_chain
 
 __all__ = ["MAX_ENUMERATED_GAP", "SeqRange", "verify_sparse_chain"]
 
 MAX_ENUMERATED_GAP = 10_000
-_EVICTED_TYPE = EventType.GATEWAY_TELEMETRY_EVICTED
 
 EventObj = Mapping[str, Any]
 
@@ -81,14 +80,8 @@ def _wide(low: int) -> bool:
 
 
 def _announced(group: Iterable[EventObj]) -> list[tuple[int, int]]:
-    ranges = []
-    for obj in group:
-        data = obj.get("data") or {}
-        if obj.get("type") == _EVICTED_TYPE and isinstance(data, Mapping):
-            first, last = data.get("first_seq"), data.get("last_seq")
-            if isinstance(first, int) and isinstance(last, int) and first <= last:
-                ranges.append((first, last))
-    return sorted(ranges)
+    """Ranges announced absent: evicted telemetry and the lost history of chain epochs."""
+    return sorted(span for obj in group for span in announced_ranges(obj))
 
 
 def _clip(ranges: Iterable[tuple[int, int]], low: int, high: int) -> set[int]:

@@ -1,4 +1,12 @@
-"""Verify a gateway's event hash chain from events as received (any order, duplicates allowed)."""
+"""Verify a gateway's event hash chain from events as received (any order, duplicates allowed).
+
+Chain epochs (docs/events.md, "Chain epochs"): a `gateway.chain_epoch` event whose prev_hash is
+64 zeros starts a new epoch. It is not linked to the event before it by prev_hash; instead its
+data names that event (`prev_seq` = seq - 1, `prev_hash` = its hash), which must agree when the
+event is held. Its `lost_first_seq`..`lost_last_seq` are announced, like evicted telemetry.
+Any other event whose prev_hash is not the previous event's hash is a broken link.
+`link_ok`, `epoch_start` and `announced_ranges` are the pure rules a master station applies.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +27,71 @@ class ProblemKind(StrEnum):
     CONFLICT = "conflict"
     BAD_CHECKPOINT = "bad_checkpoint"
     UNREADABLE = "unreadable"
+
+
+EPOCH_TYPE = EventType.GATEWAY_CHAIN_EPOCH.value
+EVICTED_TYPE = EventType.GATEWAY_TELEMETRY_EVICTED.value
+
+
+@dataclass(frozen=True, slots=True)
+class EpochStart:
+    """What a gateway.chain_epoch event declares about the break it follows."""
+
+    epoch: int
+    prev_seq: int
+    prev_hash: str
+    lost_first_seq: int
+    lost_last_seq: int
+
+
+def epoch_start(obj: Mapping[str, Any]) -> EpochStart | None:
+    """The epoch `obj` opens (a well-formed gateway.chain_epoch with a zero prev_hash), or None."""
+    if obj.get("type") != EPOCH_TYPE or obj.get("prev_hash") != GENESIS_HASH:
+        return None
+    data = obj.get("data")
+    if not isinstance(data, Mapping):
+        return None
+    values = [data.get(k) for k in ("epoch", "prev_seq", "lost_first_seq", "lost_last_seq")]
+    digest = data.get("prev_hash")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return None
+    if not isinstance(digest, str):
+        return None
+    epoch, prev_seq, first, last = (int(v) for v in values)  # type: ignore[arg-type]
+    if prev_seq != int(obj.get("seq", 0)) - 1:
+        return None
+    return EpochStart(epoch, prev_seq, digest, first, last)
+
+
+def link_ok(obj: Mapping[str, Any], previous_hash: str | None) -> bool:
+    """Whether `obj` links to the event at seq - 1, whose hash is `previous_hash` (None: not held).
+
+    Seq 1 links to 64 zeros. An epoch start links to the hash its data names, checked when the
+    previous event is held. Everything else links by prev_hash.
+    """
+    seq = int(obj.get("seq", 0))
+    if seq == 1:
+        return obj.get("prev_hash") == GENESIS_HASH
+    start = epoch_start(obj)
+    if start is not None:
+        return previous_hash is None or start.prev_hash == previous_hash
+    return previous_hash is None or obj.get("prev_hash") == previous_hash
+
+
+def announced_ranges(obj: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """Seq ranges an event announces as absent: evicted telemetry, or an epoch's lost history."""
+    data = obj.get("data")
+    if not isinstance(data, Mapping):
+        return []
+    if obj.get("type") == EVICTED_TYPE:
+        first, last = data.get("first_seq"), data.get("last_seq")
+    elif epoch_start(obj) is not None:
+        first, last = data.get("lost_first_seq"), data.get("lost_last_seq")
+    else:
+        return []
+    if isinstance(first, int) and isinstance(last, int) and first <= last:
+        return [(first, last)]
+    return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +155,10 @@ def _collect(
 
 
 def _announced_evictions(chain: Mapping[int, Mapping[str, Any]]) -> list[range]:
-    """The seq ranges gateway.telemetry_evicted events announced (kept as ranges, not sets)."""
-    ranges = []
-    for obj in chain.values():
-        if obj.get("type") == EventType.GATEWAY_TELEMETRY_EVICTED:
-            data = obj.get("data") or {}
-            ranges.append(range(int(data.get("first_seq", 0)), int(data.get("last_seq", -1)) + 1))
-    return ranges
+    """The seq ranges evictions and epochs announced (kept as ranges, not sets)."""
+    return [
+        range(first, last + 1) for obj in chain.values() for first, last in announced_ranges(obj)
+    ]
 
 
 class _Evicted:
@@ -130,8 +200,7 @@ def _check_event(
             ChainProblem(gateway, ProblemKind.EDITED, seq, "hash does not match content")
         )
         return
-    expected_prev = GENESIS_HASH if seq == 1 else (previous or {}).get("hash")
-    if expected_prev is not None and obj.get("prev_hash") != expected_prev:
+    if not link_ok(obj, None if previous is None else previous.get("hash")):
         report.problems.append(
             ChainProblem(
                 gateway, ProblemKind.BROKEN_LINK, seq, "prev_hash differs from the previous hash"

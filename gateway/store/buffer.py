@@ -77,6 +77,7 @@ class EventBuffer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._full_reported = False
+        self._errors = 0  # batches the writer failed on: the first is logged, then a count
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -215,7 +216,11 @@ class EventBuffer:
         try:
             outcome = await self._run(self._store.commit, [item[0] for item in batch])
         except Exception as exc:
-            log.exception("buffer writer failed on a batch of %d events", len(batch))
+            self._errors += 1
+            if self._errors == 1:
+                log.exception("buffer writer failed on a batch of %d events", len(batch))
+            else:
+                log.debug("buffer writer failed again (%d so far): %s", self._errors, exc)
             errors: list[Event | StorageError] = [StorageError(f"{exc}") for _ in batch]
             outcome = BatchOutcome(errors, [])
         _settle(batch, outcome.results)

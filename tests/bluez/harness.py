@@ -26,7 +26,15 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 CACHE = Path(os.environ.get("SEALGW_VM_CACHE", "/var/cache/sealgw/bluez-vm"))
-GUEST_PACKAGES = ("bleak", "bumble", "dbus-fast", "paho-mqtt", "cryptography", "pymodbus", "pyserial")
+GUEST_PACKAGES = (
+    "bleak",
+    "bumble",
+    "dbus-fast",
+    "paho-mqtt",
+    "cryptography",
+    "pymodbus",
+    "pyserial",
+)
 """Installed in the guest at the versions this venv has, so host and guest run the same stack."""
 EXTRA_GUEST_PACKAGES = ("cbor2", "spake2")
 """Added at this venv's version when installed here (optional runtime dependencies)."""
@@ -85,7 +93,9 @@ def image() -> Path:
         capture_output=True, text=True, timeout=1500, check=False,
     )  # fmt: skip
     if build.returncode != 0 or not (folder / "root.img").exists():
-        raise RuntimeError(f"VM image build failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}")
+        raise RuntimeError(
+            f"VM image build failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}"
+        )
     return folder
 
 

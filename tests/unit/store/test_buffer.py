@@ -323,8 +323,13 @@ async def test_overwritten_page_is_detected_and_moved_aside(make: Factory, tmp_p
     second = await opened(make)
     assert second.recovered_from is not None
     assert second.recovered_from.stat().st_size > 2000 * 200
-    assert second.head[0] == 1 and second.depth()[Priority.ALARM] == 1
-    reason = Event.from_payload((await second.fetch_pending({}, 1))[0].payload).data["reason"]
+    # seq continues above the durable mark: a chain_epoch alarm, then buffer_recovered
+    assert second.head[0] == 2002 and second.depth()[Priority.ALARM] == 2
+    epoch, recovered = (Event.from_payload(p.payload) for p in await second.fetch_pending({}, 2))
+    assert (epoch.type, epoch.seq, epoch.prev_hash) == ("gateway.chain_epoch", 2001, GENESIS_HASH)
+    assert epoch.data["reason"] == "corrupt" and epoch.data["prev_seq"] == 2000
+    assert recovered.type == "gateway.buffer_recovered"
+    reason = recovered.data["reason"]
     assert "integrity_check" in reason or "malformed" in reason
 
 
