@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway.errors import ProtocolError
-from gateway.protocol.chain import verify_chain
+from gateway.protocol.chain import EPOCH_TYPE, announced_ranges, link_ok, verify_chain
 from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.events import GENESIS_HASH, event_hash, format_ts
 from master_station.ledger.models import (
@@ -46,7 +46,7 @@ __all__ = ["Db", "SqlLedger", "Tx", "schema_statements"]
 
 _log = logging.getLogger(__name__)
 
-EVICTED_TYPE = "gateway.telemetry_evicted"
+EVICTED_TYPE = "gateway.telemetry_evicted"  # the same string as gateway.protocol.chain.EVICTED_TYPE
 CHECKPOINT_TYPE = "gateway.checkpoint"
 VERIFY_BATCH = 1000
 
@@ -454,15 +454,14 @@ class SqlLedger:
         return int(row[0]), int(row[1]), int(row[2])
 
     def _evicted(self, gateway: str) -> list[SeqRange]:
+        """Seq ranges announced as absent: evicted telemetry and the lost history of epochs."""
         rows = self._db.query(
-            "SELECT payload FROM events WHERE gateway = ? AND type = ?", (gateway, EVICTED_TYPE)
+            "SELECT payload FROM events WHERE gateway = ? AND type IN (?, ?)",
+            (gateway, EVICTED_TYPE, EPOCH_TYPE),
         )
-        spans = []
+        spans: list[SeqRange] = []
         for (payload,) in rows:
-            data = json.loads(_bytes(payload)).get("data") or {}
-            first, last = data.get("first_seq"), data.get("last_seq")
-            if isinstance(first, int) and isinstance(last, int) and first <= last:
-                spans.append((first, last))
+            spans += announced_ranges(json.loads(_bytes(payload)))
         return sorted(spans)
 
     def _check_version(self) -> None:
@@ -512,7 +511,7 @@ def _check_row(payload: bytes, stored_hash: str, link: str) -> tuple[str, str] |
     obj = json.loads(payload)
     if event_hash(obj) != stored_hash or obj.get("hash") != stored_hash:
         return "edited", "stored payload does not match its hash"
-    if link and obj.get("prev_hash") != link:
+    if not link_ok(obj, link or None):
         return "broken_link", "prev_hash differs from the previous event's hash"
     return None
 

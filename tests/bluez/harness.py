@@ -114,7 +114,7 @@ def _fill_share(share: Path, scenario: str, duration_s: float) -> None:
     """The checkout as an unpacked wheel (so its entry points exist), the guest script, inputs."""
     wheels = share / "wheel"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
          "-w", str(wheels), str(REPO)],
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
