@@ -64,6 +64,7 @@ class SimOptions:
     seed: int | None = None
     meter_poll_s: float = 15.0
     radio: str = "tcp"
+    advertising_interval_ms: float = ADVERTISING_INTERVAL_MS
 
 
 def register_sim_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,6 +89,12 @@ def register_sim_command(subparsers: argparse._SubParsersAction[argparse.Argumen
         help="the gateway's controller: bumble over TCP HCI (default), or the Linux kernel "
         "through /dev/vhci, so the gateway runs on BlueZ (bluez:hci0; needs root and hci_vhci)",
     )
+    sim.add_argument(
+        "--advertising-interval-ms",
+        type=float,
+        default=ADVERTISING_INTERVAL_MS,
+        help=f"each lock's advertising interval (default {ADVERTISING_INTERVAL_MS:g})",
+    )
     sim.add_argument("--log-level", default="WARNING", help="simulator log level")
     sim.set_defaults(handler=_cmd_sim)
 
@@ -107,7 +114,7 @@ async def run_sim(options: SimOptions, stop: asyncio.Event) -> None:
         options.locks,
         options.state_dir,
         options.truth,
-        advertising_interval_ms=ADVERTISING_INTERVAL_MS,
+        advertising_interval_ms=options.advertising_interval_ms,
         radio=options.radio,
     )
     meters = MeterSim(options.state_dir / "meters", truth=options.truth) if options.meters else None
@@ -183,6 +190,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         activity_s=args.activity_seconds,
         locks=args.locks,
         radio=args.radio,
+        advertising_interval_ms=args.advertising_interval_ms,
         meters=not args.no_meters,
         gateway_id=args.gateway_id,
         seed=args.seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import logging
 
 __all__ = ["register_demo_command"]
@@ -23,6 +24,17 @@ def register_demo_command(commands: argparse._SubParsersAction[argparse.Argument
         help="the gateway's Bluetooth: bumble over TCP HCI (default), or BlueZ through /dev/vhci "
         "(bluez:hci0; Linux, root, hci_vhci and a running bluetoothd: the BlueZ test bed)",
     )
+    demo.add_argument(
+        "--patience",
+        type=float,
+        default=1.0,
+        help="multiply every step's deadline (default 1; e.g. 4 in an emulated VM)",
+    )
+    demo.add_argument(
+        "--work-dir",
+        type=Path,
+        help="keep every process's state and log here (default: a temporary folder)",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
 
@@ -32,4 +44,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     exit_on_signals()
-    return run_demo(DemoOptions(args.broker, args.duration, args.json, args.radio))
+    return run_demo(
+        DemoOptions(args.broker, args.duration, args.json, args.radio, args.patience, args.work_dir)
+    )

@@ -34,6 +34,7 @@ __all__ = ["GATEWAY_ID", "Day", "Timeline", "start_district", "start_gateway"]
 GATEWAY_ID = "gw-demo-01"
 DISTRICT = "district-1"
 LOCKS = 20
+VHCI_ADVERTISING_MS = 1000  # 20 locks at 200 ms swamp an emulated VM's kernel-facing controller
 METER_POLL_S = 2.0
 INSTALLER, AUDITOR = "op-inst-01", "op-audit-01"
 REPLACE_SEAL, INSTALL_SEAL, AUDIT_SEAL = "SL-0001", "SL-0015", "SL-0003"
@@ -68,6 +69,7 @@ class Day:
     timeline: Timeline
     external_broker: str | None = None
     radio: str = "tcp"  # sealgw sim --radio: tcp (bumble) or vhci (the gateway on BlueZ)
+    patience: float = 1.0  # every deadline is multiplied by this (slow or emulated machines)
     procs: ProcessSet = field(init=False)
     broker: MosquittoBroker | None = None
     relay: TcpRelay | None = None
@@ -122,12 +124,14 @@ class Day:
             found[:] = [e for e in self.events() if match(e)]
             return bool(found)
 
+        timeout *= self.patience
         if not self.sub().wait_for(seen, timeout):
             raise DemoStepError(f"no {what} within {timeout:.0f} s")
         return found[0]
 
     def wait(self, what: str, condition: Callable[[], bool], timeout: float) -> None:
         """Poll `condition` every 0.2 s; DemoStepError naming `what` after `timeout`."""
+        timeout *= self.patience
         deadline = time.monotonic() + timeout
         while not condition():
             if time.monotonic() > deadline:
@@ -177,9 +181,10 @@ def _start_sim(day: Day) -> None:
         "--truth", str(day.work / "truth.jsonl"), "--state-dir", str(day.work / "sim"),
         "--activity-seconds", "0", "--locks", str(LOCKS), "--gateway-id", GATEWAY_ID,
         "--seed", "1", "--meter-poll-s", str(METER_POLL_S), "--radio", day.radio,
+        "--advertising-interval-ms", str(VHCI_ADVERTISING_MS if day.radio == "vhci" else 200),
     ], control=True)  # fmt: skip
     day.sim = SimControl(child)
-    day.sim.wait_line("sim ready", 40)
+    day.sim.wait_line("sim ready", 40 * day.patience)
     day.handheld_address = f"unix:{day.work / 'handheld.sock'}"  # no free-port race
     _tune_config(day.config, day.handheld_address)
     day.meters = _meter_layout(day.config)

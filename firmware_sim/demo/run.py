@@ -48,6 +48,8 @@ class DemoOptions:
     duration_s: float = 60.0
     json_output: bool = False
     radio: str = "tcp"
+    patience: float = 1.0
+    work_dir: Path | None = None  # kept after the run (logs); a temporary folder otherwise
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -55,9 +57,19 @@ def run_demo(options: DemoOptions) -> int:
     duration = max(options.duration_s, MIN_DURATION_S)
     out = sys.stderr if options.json_output else sys.stdout
     timeline = Timeline(out, total=len(STEPS))
-    with tempfile.TemporaryDirectory(prefix="sealgw-demo-") as tmp:
+    with contextlib.ExitStack() as stack:
+        if options.work_dir is not None:
+            options.work_dir.mkdir(parents=True, exist_ok=True)
+            tmp = str(options.work_dir)
+        else:
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sealgw-demo-"))
         day = Day(
-            Path(tmp), duration, timeline, external_broker=options.broker_url, radio=options.radio
+            Path(tmp),
+            duration,
+            timeline,
+            external_broker=options.broker_url,
+            radio=options.radio,
+            patience=options.patience,
         )
         timeline.say(f"sealgw demo: a {duration:.0f} s day in {day.work}")
         try:

@@ -160,13 +160,13 @@ class LockWorld:
     async def start(self) -> None:
         """Power the locks on the radio and give the gateway its controller (TCP HCI or vhci)."""
         self._link = RadioLink()
+        if self.radio == "vhci":  # the kernel initialises hci0 (2 s per command) on a quiet loop
+            self._vhci = await attach_vhci(self._link)
         for number, seal_id in enumerate(self.lock_ids, start=1):
             lock = self._peripheral(number, seal_id, self._link)
             self.locks[seal_id] = lock
             await lock.start()
-        if self.radio == "vhci":
-            self._vhci = await attach_vhci(self._link)
-        else:
+        if self.radio == "tcp":
             self._server = await serve_controller(self._link)
         _log.info("%d locks on the radio; gateway adapter %s", len(self.locks), self.adapter)
 

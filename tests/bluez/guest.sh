@@ -21,13 +21,15 @@ BTMON=$!
 log "bluetoothd pid $BTD, btmon pid $BTMON"
 SCENARIO=$(cat $SHARE/scenario 2>/dev/null || echo demo)
 DURATION=$(cat $SHARE/duration 2>/dev/null || echo 60)
+PATIENCE=$(cat $SHARE/patience 2>/dev/null || echo 4)
 rc=0
 case $SCENARIO in
   demo)
-    log "sealgw demo --radio vhci --duration $DURATION"
-    timeout 900 python3 -m gateway demo --radio vhci --json --duration "$DURATION" \
-      > $SHARE/summary.json 2> /tmp/demo.log
+    log "sealgw demo --radio vhci --duration $DURATION --patience $PATIENCE"
+    timeout 1200 python3 -m gateway demo --radio vhci --json --duration "$DURATION" \
+      --patience "$PATIENCE" --work-dir /tmp/demo > $SHARE/summary.json 2> /tmp/demo.log
     rc=$?
+    for f in /tmp/demo/*.log; do [ -f "$f" ] && cp "$f" "$SHARE/demo-$(basename "$f")"; done
     ;;
   *)
     log "unknown scenario $SCENARIO"; rc=99 ;;

@@ -157,10 +157,8 @@ def _boot(folder: Path, share: Path) -> GuestRun:
             run.summary = json.loads(summary.read_text())
         except json.JSONDecodeError:
             run.logs["summary.json"] = summary.read_text()
-    for name in ("demo.log", "bluetoothd.log", "btmon.log"):
-        path = share / name
-        if path.exists():
-            run.logs[name] = path.read_text(errors="replace")
+    for path in sorted(share.glob("*.log")):
+        run.logs[path.name] = path.read_text(errors="replace")
     return run
 
 
