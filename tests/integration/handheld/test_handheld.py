@@ -47,6 +47,7 @@ from gateway.protocol.handheld import (
 from gateway.protocol.handheld_crypto import (
     GatewayHandshake,
     HandheldHandshake,
+    HandheldPairing,
     PairedGateway,
     ed25519_public_bytes,
     key_fingerprint,
@@ -207,22 +208,33 @@ async def test_a_pinned_gateway_key_that_differs_stops_before_the_proof(bench: B
     await bench.handheld().pair(bench.address, issued.code)  # no attempt was spent
 
 
-def test_code_mac_needs_the_right_code_and_the_gateway_proves_it_too() -> None:
+def test_code_mac_needs_the_right_code_and_the_gateway_proves_it_too(bench: Bench) -> None:
     from gateway.protocol.handheld_crypto import GatewayPairing, HandheldPairing
 
-    device, gateway = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    pairing = HandheldPairing("cert", device, "12345678")
-    side = GatewayPairing(gateway, GATEWAY_ID, pairing.hello())
+    device, gateway = bench.world.handheld, Ed25519PrivateKey.generate()
+    document = bench.handheld().identity.certificate
+
+    def run(handheld_code: str, gateway_code: str) -> tuple[HandheldPairing, GatewayPairing]:
+        pairing = HandheldPairing(document, device, handheld_code)
+        side = GatewayPairing(
+            gateway, GATEWAY_ID, pairing.hello(), ed25519_public_bytes(device), gateway_code
+        )
+        return pairing, side
+
+    pairing, side = run("12345678", "12345678")
     proof = pairing.on_challenge(side.challenge())
     assert side.device_signed(proof, ed25519_public_bytes(device))
-    assert side.code_matches(proof, "12345678")
-    assert not side.code_matches(proof, "12345679")
-    done = side.done(proof, "12345678", T0)
+    assert side.code_matches(proof)
+    done = side.done(proof, T0)
     assert pairing.on_done(done, proof).gateway == GATEWAY_ID
     with pytest.raises(AuthError):
         pairing.on_done(PairDone(T0 + 1, done.mac), proof)
+    pairing, side = run("12345678", "12345679")  # one digit off: the SPAKE2 keys differ
+    proof = pairing.on_challenge(side.challenge())
+    assert side.device_signed(proof, ed25519_public_bytes(device))
+    assert not side.code_matches(proof)
     with pytest.raises(AuthError):  # a gateway that does not know the code
-        pairing.on_done(side.done(proof, "00000000", T0), proof)
+        pairing.on_done(side.done(proof, T0), proof)
 
 
 async def test_a_stalled_pairing_times_out_and_is_audited(tmp_path: Path) -> None:
@@ -230,8 +242,10 @@ async def test_a_stalled_pairing_times_out_and_is_audited(tmp_path: Path) -> Non
     try:
         await bench.service.issue_pairing_code()
         stream = await connect(bench.address)
-        hello = PairHello(bench.handheld().identity.certificate, bytes(range(32)), bytes(16))
-        await stream.write(hello)
+        pairing = HandheldPairing(
+            bench.handheld().identity.certificate, bench.world.handheld, "00000000"
+        )
+        await stream.write(pairing.hello())
         assert isinstance(await stream.read(), PairChallenge)
         answer = await stream.read()  # we never send the proof
         await stream.close()
@@ -560,13 +574,16 @@ def _tamper_certificate(bench: Bench) -> SimulatedHandheld:
 _b = st.binary
 _MESSAGES = st.one_of(
     st.builds(
-        PairHello, st.text(max_size=50), _b(min_size=32, max_size=32), _b(min_size=16, max_size=16)
+        PairHello,
+        st.text(max_size=50),
+        _b(min_size=32, max_size=32).map(lambda e: b"A" + e),
+        _b(min_size=16, max_size=16),
     ),
     st.builds(
         PairChallenge,
         st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
         _b(min_size=32, max_size=32),
-        _b(min_size=32, max_size=32),
+        _b(min_size=32, max_size=32).map(lambda e: b"B" + e),
         _b(min_size=16, max_size=16),
         _b(min_size=64, max_size=64),
     ),
