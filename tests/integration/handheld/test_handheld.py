@@ -650,3 +650,53 @@ def test_oversized_frames_are_refused() -> None:
         decode_frame((MAX_FRAME + 1).to_bytes(4, "big"))
     with pytest.raises(ProtocolError):
         encode_frame(bytes(MAX_FRAME + 1))
+
+
+# -- protocol versions ------------------------------------------------------------------------
+
+
+async def test_an_old_version_handheld_gets_a_refusal_it_can_read(bench: Bench) -> None:
+    """A version 1 handheld (HMAC-bound code) is refused in version 1's own refusal layout."""
+    await bench.service.issue_pairing_code()
+    host, port = bench.address.removeprefix("tcp:").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    v1_hello = {
+        "v": 1,
+        "type": "pair_hello",
+        "cert": bench.handheld().identity.certificate,
+        "eph": "A" * 43,
+        "nonce": "A" * 22,
+    }
+    writer.write(encode_frame(json.dumps(v1_hello).encode()))
+    header = await reader.readexactly(4)
+    answer = json.loads(await reader.readexactly(int.from_bytes(header, "big")))
+    writer.close()
+    await writer.wait_closed()
+    assert answer["v"] == 1 and answer["type"] == "refusal"
+    assert answer["reason"] == "unsupported_version"
+    assert "version 1 is not supported" in answer["detail"] and "version 2" in answer["detail"]
+    assert bench.reasons("handheld.session_denied") == ["unsupported_version"]
+    assert bench.store.devices() == ()
+
+
+async def test_a_future_version_is_refused_in_todays_version(bench: Bench) -> None:
+    stream = await connect(bench.address)
+    writer = stream._writer
+    writer.write(encode_frame(b'{"type":"pair_hello","v":3}'))
+    answer = await stream.read()
+    await stream.close()
+    assert isinstance(answer, Refusal) and answer.reason == "unsupported_version"
+
+
+def test_a_refusal_of_version_1_is_read_and_other_messages_are_not() -> None:
+    old = decode_message(
+        b'{"detail":"unsupported handheld protocol version 2","reason":"malformed","type":"refusal","v":1}'
+    )
+    assert old == Refusal("malformed", "unsupported handheld protocol version 2")
+    with pytest.raises(ProtocolError, match="version 1 is not supported"):
+        decode_message(
+            b'{"ctr":0,"ct":"AAAAAAAAAAAAAAAAAAAAAA","kind":"ready","type":"record","v":1}'
+        )
+    assert encode_message(Refusal("unsupported_version", "x"), 1).startswith(b'{"detail"')
+    with pytest.raises(ProtocolError):
+        encode_message(PairDone(0, bytes(32)), 1)
