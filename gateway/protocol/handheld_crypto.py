@@ -212,7 +212,7 @@ class GatewayPairing:
 
 def pake_password(code: str) -> bytes:
     """The SPAKE2 password: the domain, `pair code`, a zero byte, the code's ASCII digits."""
-    return DOMAIN + b"pair code\x00" + code.encode("ascii")
+    return DOMAIN + b"pair code\x00" + code.encode("utf-8")
 
 
 def pairing_transcript(hello: PairHello, challenge: PairChallenge, device_key: bytes) -> bytes:
