@@ -2,8 +2,9 @@
 
 It holds what MS enrolment produces, an operator certificate and the handheld's Ed25519 device
 key, in a directory (`operator.cert`, `device.key` mode 0600), and after pairing the gateway's
-pinned identity (`gateway.json`). It pairs with a console code, opens sessions and sends the
-operations a field worker uses: list tickets, seal state, unseal, seal, fetch a result.
+pinned identity (`gateway.json`). It pairs with a console code (the SPAKE2 password, side A),
+opens sessions and sends the operations a field worker uses: list tickets, seal state, unseal,
+seal, fetch a result.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 One connection is either a pairing or a session (docs/handheld.md). Pairing proves the MS
 certificate, possession of its device key and knowledge of the one-time code shown on the
-console; sessions prove both identities again and then carry AEAD records whose requests go to
-the OperationsBackend. Every attempt, success, denial and request is an audit event, committed
-through `emit` before the gateway acts on it. Codes never appear in events or logs.
+console (through SPAKE2, so each wrong code costs one counted online attempt); sessions prove
+both identities again and then carry AEAD records whose requests go to the OperationsBackend.
+Every attempt, success, denial and request is an audit event, committed through `emit` before
+the gateway acts on it. Codes never appear in events or logs.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from gateway.protocol.certs import OperatorCertificate, RevocationList, decode_c
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Emit, EventType, Priority, make_draft
 from gateway.protocol.handheld import (
+    PROTOCOL_VERSION,
+    REFUSAL_VERSIONS,
     HandheldReason,
     Message,
     PairHello,
@@ -40,6 +43,7 @@ from gateway.protocol.handheld import (
     Refusal,
     SessionConfirm,
     SessionHello,
+    UnsupportedVersionError,
 )
 from gateway.protocol.handheld_crypto import (
     Channel,
@@ -65,10 +69,13 @@ _AUDITED_ARGS = ("seal_id", "work_order", "ticket_id", "op_id")
 class _RefusedError(GatewayError):
     """Internal: end the exchange with `reason` (already decided, to be audited)."""
 
-    def __init__(self, reason: HandheldReason | str, detail: str = "") -> None:
+    def __init__(
+        self, reason: HandheldReason | str, detail: str = "", *, version: int = PROTOCOL_VERSION
+    ) -> None:
         super().__init__(detail or str(reason))
         self.reason = str(reason)
         self.detail = detail
+        self.version = version
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,10 +190,11 @@ class HandheldService:
             subject, data = cert.operator, _cert_data(cert)
             await self._audit(EventType.HANDHELD_PAIRING_ATTEMPT, subject, data)
             self._check_cert(cert)
-            pairing = GatewayPairing(self._identity, self._trust.gateway_id, hello)
+            snapshot, code = self._code_for_pairing()
+            pairing = _start_pairing(self._identity, self._trust.gateway_id, hello, cert, code)
             await stream.write(pairing.challenge())
             proof = await self._read(stream, PairProof, self.section.handshake_timeout_s)
-            code = self._check_proof(pairing, proof, cert)
+            self._check_proof(pairing, proof, cert, snapshot)
         except _RefusedError as refused:
             if subject == self._trust.gateway_id:
                 await self._audit(EventType.HANDHELD_PAIRING_ATTEMPT, subject, data)
@@ -195,14 +203,13 @@ class HandheldService:
             )
             await _send_refusal(stream, refused)
             return
-        await self._complete_pairing(stream, pairing, proof, code, cert)
+        await self._complete_pairing(stream, pairing, proof, cert)
 
     async def _complete_pairing(
         self,
         stream: FrameStream,
         pairing: GatewayPairing,
         proof: PairProof,
-        code: str,
         cert: OperatorCertificate,
     ) -> None:
         paired_at = int(self._clock.now().timestamp())
@@ -214,7 +221,7 @@ class HandheldService:
         )
         self._store.add(device)
         _log.info("handheld of %s paired (certificate %s)", cert.operator, cert.serial)
-        await stream.write(pairing.done(proof, code, paired_at))
+        await stream.write(pairing.done(proof, paired_at))
 
     def _check_cert(self, cert: OperatorCertificate) -> None:
         moment = self._clock.now().timestamp()
@@ -231,19 +238,32 @@ class HandheldService:
         if self._trust.district not in cert.districts:
             raise _RefusedError(HandheldReason.DISTRICT_OUT_OF_SCOPE, self._trust.district)
 
+    def _code_for_pairing(self) -> tuple[_CodeState | None, str]:
+        """The live code and its state, or a random stand-in: the challenge tells nothing."""
+        try:
+            state = self._live_code()
+        except _RefusedError:
+            return None, f"{secrets.randbelow(10**CODE_DIGITS):0{CODE_DIGITS}d}"
+        return state, state.code
+
     def _check_proof(
-        self, pairing: GatewayPairing, proof: PairProof, cert: OperatorCertificate
-    ) -> str:
-        """Device signature first, then the code's state, then the code; return the code."""
+        self,
+        pairing: GatewayPairing,
+        proof: PairProof,
+        cert: OperatorCertificate,
+        snapshot: _CodeState | None,
+    ) -> None:
+        """Device signature first, then the code's state, then the key-confirmation MAC."""
         if not pairing.device_signed(proof, cert.device_key):
             raise _RefusedError(HandheldReason.STOLEN_CERTIFICATE_NO_KEY, "device signature")
         state = self._live_code()
-        if not pairing.code_matches(proof, state.code):
+        if state is not snapshot:
+            raise _RefusedError(HandheldReason.CODE_EXPIRED, "a new code replaced it; retry")
+        if not pairing.code_matches(proof):
             state.failures += 1
             left = state.max_attempts - state.failures
             raise _RefusedError(HandheldReason.BAD_CODE, f"{left} attempts left")
         state.used = True
-        return state.code
 
     def _live_code(self) -> _CodeState:
         state = self._code
@@ -369,6 +389,11 @@ class HandheldService:
                 message: Message = await stream.read()
         except TimeoutError:
             raise _RefusedError(HandheldReason.TIMEOUT, f"nothing within {limit_s:g} s") from None
+        except UnsupportedVersionError as exc:
+            answer_in = exc.version if exc.version in REFUSAL_VERSIONS else PROTOCOL_VERSION
+            raise _RefusedError(
+                HandheldReason.UNSUPPORTED_VERSION, str(exc), version=answer_in
+            ) from None
         except ProtocolError as exc:
             raise _RefusedError(HandheldReason.MALFORMED, str(exc)[:200]) from None
         if not isinstance(message, kind):
@@ -387,6 +412,19 @@ def _parse_cert(document: str, trust: GatewayTrust) -> OperatorCertificate:
         return decode_certificate(document, trust.master_key)
     except (ProtocolError, AuthError) as exc:
         raise _RefusedError(HandheldReason.BAD_CERTIFICATE, str(exc)[:200]) from None
+
+
+def _start_pairing(
+    identity: Ed25519PrivateKey,
+    gateway_id: str,
+    hello: PairHello,
+    cert: OperatorCertificate,
+    code: str,
+) -> GatewayPairing:
+    try:
+        return GatewayPairing(identity, gateway_id, hello, cert.device_key, code)
+    except AuthError as exc:  # the handheld's SPAKE2 message is not a group element
+        raise _RefusedError(HandheldReason.MALFORMED, str(exc)[:200]) from None
 
 
 def _confirm(handshake: GatewayHandshake, confirm: SessionConfirm) -> Channel:
@@ -441,6 +479,6 @@ def _refusal_data(refused: _RefusedError, data: Mapping[str, JSONValue]) -> dict
 
 async def _send_refusal(stream: FrameStream, refused: _RefusedError) -> None:
     try:
-        await stream.write(Refusal(refused.reason, refused.detail[:200]))
+        await stream.write(Refusal(refused.reason, refused.detail[:200]), version=refused.version)
     except (ConnectionError, OSError):
         _log.debug("handheld gone before the refusal")

@@ -20,6 +20,7 @@ from gateway.drivers.stream_server import listen_unix, stop_serving
 from gateway.errors import ConfigError, ProtocolError
 from gateway.protocol.handheld import (
     FRAME_HEADER_LEN,
+    PROTOCOL_VERSION,
     Message,
     decode_frame,
     decode_message,
@@ -84,9 +85,9 @@ class FrameStream:
             raise ProtocolError("incomplete frame")
         return decode_message(payload)
 
-    async def write(self, message: Message) -> None:
-        """Send one message."""
-        self._writer.write(encode_frame(encode_message(message)))
+    async def write(self, message: Message, *, version: int = PROTOCOL_VERSION) -> None:
+        """Send one message (a refusal may be written in an older version, for an old peer)."""
+        self._writer.write(encode_frame(encode_message(message, version)))
         await self._writer.drain()
 
     async def close(self) -> None:

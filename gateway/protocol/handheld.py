@@ -1,7 +1,9 @@
 """Handheld protocol codec: length-prefixed frames and the versioned JSON messages they carry.
 
 Pure: bytes in, messages out. A frame is a 4-byte big-endian length then that many bytes of
-canonical JSON, one message `{"v":1,"type":T,...}` with exactly the members of its type.
+canonical JSON, one message `{"v":2,"type":T,...}` with exactly the members of its type.
+Version 2 replaced the HMAC-bound pairing code of version 1 with SPAKE2; a `refusal` keeps one
+layout in every version, so each side can read the other's refusal of its version.
 The cryptography (transcripts, handshakes, the record channel) is in handheld_crypto.py;
 the whole protocol is specified in docs/handheld.md.
 """
@@ -36,6 +38,7 @@ __all__ = [
     "SessionAccept",
     "SessionConfirm",
     "SessionHello",
+    "UnsupportedVersionError",
     "decode_frame",
     "decode_message",
     "encode_frame",
@@ -43,13 +46,19 @@ __all__ = [
     "message_fields",
 ]
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+REFUSAL_VERSIONS = frozenset({1, 2})
+"""Versions whose `refusal` has today's layout: one is read, and answered, in any of them."""
 DEFAULT_LISTEN = "tcp:127.0.0.1:7421"
 """Where the gateway listens for handhelds unless `handheld.listen` says otherwise."""
 FRAME_HEADER_LEN = 4
 MAX_FRAME = 64 * 1024
 KEY_LEN = 32
 NONCE_LEN = 16
+PAKE_LEN = 33
+"""A SPAKE2 message: the side byte (`A` handheld, `B` gateway) and a 32-byte Ed25519 element."""
+PAKE_SIDE_HANDHELD = b"A"
+PAKE_SIDE_GATEWAY = b"B"
 SIG_LEN = 64
 MAC_LEN = 32
 MAX_COUNTER = 2**32 - 1
@@ -82,6 +91,18 @@ class HandheldReason(StrEnum):
     COUNTER_EXHAUSTED = "counter_exhausted"
     STORAGE_FULL = "storage_full"
     TIMEOUT = "timeout"
+    UNSUPPORTED_VERSION = "unsupported_version"
+
+
+class UnsupportedVersionError(ProtocolError):
+    """A well-formed message of another protocol version; `version` is what the peer speaks."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"handheld protocol version {version} is not supported; "
+            f"this end speaks version {PROTOCOL_VERSION}"
+        )
+        self.version = version
 
 
 class RecordKind(StrEnum):
@@ -94,27 +115,27 @@ class RecordKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class PairHello:
-    """HT → GW: the MS-signed certificate document, an ephemeral X25519 key and a nonce."""
+    """HT → GW: the MS-signed certificate document, the handheld's SPAKE2 message and a nonce."""
 
     certificate: str
-    eph: bytes
+    pake: bytes
     nonce: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class PairChallenge:
-    """GW → HT: the gateway's id, identity key, ephemeral, nonce; signed over transcript 1."""
+    """GW → HT: the gateway's id, identity key, SPAKE2 message, nonce; signed over transcript 1."""
 
     gateway: str
     gateway_key: bytes
-    eph: bytes
+    pake: bytes
     nonce: bytes
     sig: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class PairProof:
-    """HT → GW: device-key signature and code MAC over transcript 2."""
+    """HT → GW: device-key signature and SPAKE2 key-confirmation MAC over transcript 2."""
 
     sig: bytes
     mac: bytes
@@ -227,17 +248,24 @@ def decode_frame(buf: bytes) -> tuple[int, bytes | None]:
 # -- messages -----------------------------------------------------------------------------------
 
 
-def message_fields(message: Message) -> dict[str, Any]:
-    """The JSON members of a message (with `v` and `type`), as signed and sent."""
-    fields: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": _TYPES[type(message)]}
+def message_fields(message: Message, version: int = PROTOCOL_VERSION) -> dict[str, Any]:
+    """The JSON members of a message (with `v` and `type`), as signed and sent.
+
+    Only a Refusal may be written in an older version (to answer a peer that speaks it).
+    """
+    if version != PROTOCOL_VERSION and not (
+        isinstance(message, Refusal) and version in REFUSAL_VERSIONS
+    ):
+        raise ProtocolError(f"only a refusal can be written in version {version}")
+    fields: dict[str, Any] = {"v": version, "type": _TYPES[type(message)]}
     for name in message.__slots__:
         fields[_WIRE_NAMES.get(name, name)] = _to_json(getattr(message, name))
     return fields
 
 
-def encode_message(message: Message) -> bytes:
+def encode_message(message: Message, version: int = PROTOCOL_VERSION) -> bytes:
     """The canonical JSON bytes of a message."""
-    return canonical_bytes(message_fields(message))
+    return canonical_bytes(message_fields(message, version))
 
 
 def decode_message(payload: bytes) -> Message:
@@ -245,9 +273,8 @@ def decode_message(payload: bytes) -> Message:
     obj = _parse_json(payload)
     if not isinstance(obj, dict):
         raise ProtocolError("a handheld message is a JSON object")
-    if obj.get("v") != PROTOCOL_VERSION or type(obj.get("v")) is not int:
-        raise ProtocolError(f"unsupported handheld protocol version {obj.get('v')!r}")
     kind = obj.get("type")
+    _check_version(obj.get("v"), kind)
     parser = _PARSERS.get(kind) if isinstance(kind, str) else None
     if parser is None:
         raise ProtocolError(f"unknown handheld message type {kind!r}")
@@ -258,6 +285,16 @@ def decode_message(payload: bytes) -> Message:
 
 
 # -- private helpers ----------------------------------------------------------------------------
+
+
+def _check_version(version: Any, kind: Any) -> None:
+    """Today's version passes; a refusal of any REFUSAL_VERSIONS too; other ints are reported."""
+    if type(version) is not int:
+        raise ProtocolError(f"handheld protocol version {version!r} is not an integer")
+    if version == PROTOCOL_VERSION or (kind == "refusal" and version in REFUSAL_VERSIONS):
+        return
+    raise UnsupportedVersionError(version)
+
 
 _WIRE_NAMES = {"certificate": "cert", "gateway_key": "gw_key"}
 
@@ -303,16 +340,23 @@ def _int(obj: Mapping[str, Any], name: str, high: int) -> int:
     return value
 
 
+def _pake(obj: Mapping[str, Any], side: bytes) -> bytes:
+    data = _bytes(obj, "pake", PAKE_LEN)
+    if data[:1] != side:
+        raise ProtocolError(f"pake must start with the side byte {side!r}")
+    return data
+
+
 def _pair_hello(obj: Mapping[str, Any]) -> PairHello:
     cert = _text(obj, "cert", None, MAX_CERT_CHARS)
-    return PairHello(cert, _bytes(obj, "eph", KEY_LEN), _bytes(obj, "nonce", NONCE_LEN))
+    return PairHello(cert, _pake(obj, PAKE_SIDE_HANDHELD), _bytes(obj, "nonce", NONCE_LEN))
 
 
 def _pair_challenge(obj: Mapping[str, Any]) -> PairChallenge:
     return PairChallenge(
         gateway=_text(obj, "gateway", _ID, 64),
         gateway_key=_bytes(obj, "gw_key", KEY_LEN),
-        eph=_bytes(obj, "eph", KEY_LEN),
+        pake=_pake(obj, PAKE_SIDE_GATEWAY),
         nonce=_bytes(obj, "nonce", NONCE_LEN),
         sig=_bytes(obj, "sig", SIG_LEN),
     )
@@ -366,8 +410,8 @@ def _refusal(obj: Mapping[str, Any]) -> Refusal:
 
 
 _PARSERS: Mapping[str, tuple[frozenset[str], Callable[[Mapping[str, Any]], Message]]] = {
-    "pair_hello": (frozenset({"cert", "eph", "nonce"}), _pair_hello),
-    "pair_challenge": (frozenset({"gateway", "gw_key", "eph", "nonce", "sig"}), _pair_challenge),
+    "pair_hello": (frozenset({"cert", "pake", "nonce"}), _pair_hello),
+    "pair_challenge": (frozenset({"gateway", "gw_key", "pake", "nonce", "sig"}), _pair_challenge),
     "pair_proof": (frozenset({"sig", "mac"}), _pair_proof),
     "pair_done": (frozenset({"paired_at", "mac"}), _pair_done),
     "session_hello": (frozenset({"device_key", "eph", "nonce"}), _session_hello),

@@ -1,10 +1,11 @@
 """Handheld protocol cryptography: pairing and session handshakes, and the record channel.
 
 Pure and synchronous: the objects here hold handshake state and keys, never sockets.
-- Pairing: ephemeral X25519 both ways; the gateway signs transcript 1 with its Ed25519
-  identity; the handheld signs transcript 2 with its certified device key and MACs it with a
-  key derived from the X25519 secret *and* the one-time code, so a passive observer cannot
-  test code guesses offline.
+- Pairing: SPAKE2 (python-spake2, Ed25519 group, sides A = handheld and B = gateway) with the
+  one-time code as password, so a code guess can only be tested online, against the gateway
+  (which counts it) or against the handheld (one guess per pairing run). The gateway signs
+  transcript 1 with its Ed25519 identity, the handheld signs transcript 2 with its certified
+  device key, and both key-confirmation MACs use a key from the SPAKE2 output and TH2.
 - Sessions (SIGMA-style): ephemeral X25519, both identity signatures over the transcript,
   key-confirmation MACs, then per-direction ChaCha20-Poly1305 keys from HKDF-SHA256.
 - Records: strictly consecutive counters in nonce and AD; responses bound to their request.
@@ -17,7 +18,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -29,9 +30,11 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from spake2 import SPAKE2_A, SPAKE2_B, SPAKEError
 
 from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.canonical import canonical_bytes
+from gateway.protocol.certs import parse_certificate
 from gateway.protocol.handheld import (
     MAX_COUNTER,
     NONCE_LEN,
@@ -59,10 +62,18 @@ __all__ = [
     "Role",
     "ed25519_public_bytes",
     "key_fingerprint",
+    "pairing_key",
+    "pairing_transcript",
+    "pake_password",
 ]
 
 DOMAIN = b"sealgw/v1 handheld "
 SESSION_ID_LEN = 16
+PAKE_ID_HANDHELD = DOMAIN + b"handheld"
+"""SPAKE2 idA. The identities proper (certificate, keys, gateway id) are bound by TH1."""
+PAKE_ID_GATEWAY = DOMAIN + b"gateway"
+"""SPAKE2 idB."""
+Entropy = Callable[[int], bytes]
 _AUTH_MEMBERS = frozenset({"sig", "mac"})
 
 
@@ -92,11 +103,11 @@ def ed25519_public_bytes(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-# -- pairing --------------------------------------------------------------------------------
+# -- pairing (SPAKE2) -------------------------------------------------------------------------
 
 
 class HandheldPairing:
-    """The handheld's side of pairing with one code."""
+    """The handheld's side of pairing with one code (SPAKE2 side A)."""
 
     def __init__(
         self,
@@ -105,14 +116,18 @@ class HandheldPairing:
         code: str,
         *,
         expected_fingerprint: str | None = None,
+        random: Entropy = os.urandom,
     ) -> None:
         self._device = device_key
-        self._code = code
+        self._certified_key = _certified_device_key(certificate)
         self._expected = expected_fingerprint
-        self._eph = X25519PrivateKey.generate()
-        self._hello = PairHello(certificate, _x25519_public(self._eph), os.urandom(NONCE_LEN))
+        nonce = random(NONCE_LEN)
+        self._spake = SPAKE2_A(
+            pake_password(code), idA=PAKE_ID_HANDHELD, idB=PAKE_ID_GATEWAY, entropy_f=random
+        )
+        self._hello = PairHello(certificate, self._spake.start(), nonce)
         self._th2 = b""
-        self._kcode = b""
+        self._kpair = b""
         self._challenge: PairChallenge | None = None
 
     def hello(self) -> PairHello:
@@ -120,43 +135,63 @@ class HandheldPairing:
         return self._hello
 
     def on_challenge(self, challenge: PairChallenge) -> PairProof:
-        """Check the gateway's signature (and pin, if any); answer with signature and code MAC."""
+        """Check the pin and the gateway's signature, finish SPAKE2; sign and MAC transcript 2.
+
+        Nothing is accepted yet: the gateway's key is pinned only by on_done, after its MAC.
+        """
         if self._expected is not None and not hmac.compare_digest(
             self._expected.lower().encode("utf-8"), key_fingerprint(challenge.gateway_key).encode()
         ):
             raise AuthError(
                 "gateway identity is not the expected one", code=AuthCode.GATEWAY_MISMATCH
             )
-        th1 = _transcript("pair 1", _unsigned(self._hello), _unsigned(challenge))
+        th1 = pairing_transcript(self._hello, challenge, self._certified_key)
         _verify(challenge.gateway_key, b"pair gateway", th1, challenge.sig, AuthCode.BAD_GATEWAY)
-        shared = _exchange(self._eph, challenge.eph)
-        self._kcode = pairing_code_key(shared, self._code, th1)
+        spake_key = _finish(self._spake, challenge.pake, AuthCode.BAD_GATEWAY)
         self._th2 = _transcript("pair 2", th1, challenge.sig)
+        self._kpair = pairing_key(spake_key, self._th2)
         self._challenge = challenge
         sig = self._device.sign(DOMAIN + b"pair device\x00" + self._th2)
-        return PairProof(sig, _mac(self._kcode, b"handheld", self._th2))
+        return PairProof(sig, _mac(self._kpair, b"handheld", self._th2))
 
     def on_done(self, done: PairDone, proof: PairProof) -> PairedGateway:
-        """Check that the gateway knew the code too; return what to pin."""
+        """Check the gateway's key-confirmation MAC (it knew the code); return what to pin."""
         if self._challenge is None:
             raise ProtocolError("pair_done before pair_challenge")
-        th3 = _transcript("pair 3", self._th2, proof.sig, proof.mac)
-        expected = _mac(self._kcode, b"gateway", th3 + done.paired_at.to_bytes(8, "big"))
+        expected = pairing_done_mac(self._kpair, self._th2, proof, done.paired_at)
         if not hmac.compare_digest(expected, done.mac):
             raise AuthError("gateway did not prove the pairing code", code=AuthCode.BAD_GATEWAY)
         return PairedGateway(self._challenge.gateway, self._challenge.gateway_key, done.paired_at)
 
 
 class GatewayPairing:
-    """The gateway's side of one pairing attempt, after it has read the hello."""
+    """The gateway's side of one pairing attempt (SPAKE2 side B), after it has read the hello.
 
-    def __init__(self, identity: Ed25519PrivateKey, gateway_id: str, hello: PairHello) -> None:
-        eph = X25519PrivateKey.generate()
+    `code` is the live code, or a random stand-in when there is none, so that the challenge
+    looks the same either way and the code's state is told only after the device signature.
+    """
+
+    def __init__(
+        self,
+        identity: Ed25519PrivateKey,
+        gateway_id: str,
+        hello: PairHello,
+        device_key: bytes,
+        code: str,
+        *,
+        random: Entropy = os.urandom,
+    ) -> None:
         self.hello = hello
-        self._challenge = _signed_challenge(identity, gateway_id, hello, eph)
-        self._th1 = _transcript("pair 1", _unsigned(hello), _unsigned(self._challenge))
-        self._shared = _exchange(eph, hello.eph)
-        self._th2 = _transcript("pair 2", self._th1, self._challenge.sig)
+        nonce = random(NONCE_LEN)
+        spake = SPAKE2_B(
+            pake_password(code), idA=PAKE_ID_HANDHELD, idB=PAKE_ID_GATEWAY, entropy_f=random
+        )
+        draft = PairChallenge(gateway_id, ed25519_public_bytes(identity), spake.start(), nonce, b"")
+        th1 = pairing_transcript(hello, draft, device_key)
+        sig = identity.sign(DOMAIN + b"pair gateway\x00" + th1)
+        self._challenge = PairChallenge(draft.gateway, draft.gateway_key, draft.pake, nonce, sig)
+        self._th2 = _transcript("pair 2", th1, sig)
+        self._kpair = pairing_key(_finish(spake, hello.pake, HandheldReason.MALFORMED), self._th2)
 
     def challenge(self) -> PairChallenge:
         """The signed challenge to send."""
@@ -166,32 +201,53 @@ class GatewayPairing:
         """True when the proof is signed by the certificate's device key."""
         return _signature_ok(device_key, b"pair device", self._th2, proof.sig)
 
-    def code_matches(self, proof: PairProof, code: str) -> bool:
-        """True when the proof's MAC was made with `code` (constant-time compare)."""
-        kcode = pairing_code_key(self._shared, code, self._th1)
-        return hmac.compare_digest(_mac(kcode, b"handheld", self._th2), proof.mac)
+    def code_matches(self, proof: PairProof) -> bool:
+        """True when the handheld's key-confirmation MAC verifies (constant-time compare)."""
+        return hmac.compare_digest(_mac(self._kpair, b"handheld", self._th2), proof.mac)
 
-    def done(self, proof: PairProof, code: str, paired_at: int) -> PairDone:
+    def done(self, proof: PairProof, paired_at: int) -> PairDone:
         """The final message, proving to the handheld that this gateway showed the code."""
-        kcode = pairing_code_key(self._shared, code, self._th1)
-        th3 = _transcript("pair 3", self._th2, proof.sig, proof.mac)
-        return PairDone(paired_at, _mac(kcode, b"gateway", th3 + paired_at.to_bytes(8, "big")))
+        return PairDone(paired_at, pairing_done_mac(self._kpair, self._th2, proof, paired_at))
 
 
-def pairing_code_key(shared: bytes, code: str, th1: bytes) -> bytes:
-    """K_code = HKDF(IKM = X25519 secret || code, salt = TH1): useless without the secret."""
-    return _hkdf(shared + code.encode("utf-8"), th1, b"pair code")
+def pake_password(code: str) -> bytes:
+    """The SPAKE2 password: the domain, `pair code`, a zero byte, the code's ASCII digits."""
+    return DOMAIN + b"pair code\x00" + code.encode("utf-8")
 
 
-def _signed_challenge(
-    identity: Ed25519PrivateKey, gateway_id: str, hello: PairHello, eph: X25519PrivateKey
-) -> PairChallenge:
-    draft = PairChallenge(
-        gateway_id, ed25519_public_bytes(identity), _x25519_public(eph), os.urandom(NONCE_LEN), b""
+def pairing_transcript(hello: PairHello, challenge: PairChallenge, device_key: bytes) -> bytes:
+    """TH1: both SPAKE2 messages, the certificate, the device key and the gateway's identity."""
+    return _transcript(
+        "pair 1", _unsigned(hello), _unsigned(challenge), device_key, challenge.gateway_key
     )
-    th1 = _transcript("pair 1", _unsigned(hello), _unsigned(draft))
-    sig = identity.sign(DOMAIN + b"pair gateway\x00" + th1)
-    return PairChallenge(draft.gateway, draft.gateway_key, draft.eph, draft.nonce, sig)
+
+
+def pairing_key(spake_key: bytes, th2: bytes) -> bytes:
+    """K_pair = HKDF(IKM = SPAKE2 output, salt = TH2): the key of both confirmation MACs."""
+    return _hkdf(spake_key, th2, b"pair key")
+
+
+def pairing_done_mac(kpair: bytes, th2: bytes, proof: PairProof, paired_at: int) -> bytes:
+    """The gateway's confirmation: MAC over TH3 = T("pair 3", TH2, sig_H, mac_H) and paired_at."""
+    th3 = _transcript("pair 3", th2, proof.sig, proof.mac)
+    return _mac(kpair, b"gateway", th3 + paired_at.to_bytes(8, "big"))
+
+
+def _certified_device_key(certificate: str) -> bytes:
+    """The device key the certificate names (TH1 binds it; the gateway checks the MS signature)."""
+    try:
+        return parse_certificate(certificate).device_key
+    except (ProtocolError, ValueError) as exc:
+        raise ProtocolError(f"the handheld's certificate does not parse: {exc}") from None
+
+
+def _finish(spake: SPAKE2_A | SPAKE2_B, inbound: bytes, code: str) -> bytes:
+    """The SPAKE2 output; a peer message off the group or from the wrong side raises AuthError."""
+    try:
+        key: bytes = spake.finish(inbound)
+    except (SPAKEError, ValueError, AssertionError) as exc:
+        raise AuthError(f"bad SPAKE2 message: {type(exc).__name__}", code=code) from None
+    return key
 
 
 # -- sessions -------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ from gateway.protocol.handheld import (
 from gateway.protocol.handheld_crypto import (
     GatewayHandshake,
     HandheldHandshake,
+    HandheldPairing,
     PairedGateway,
     ed25519_public_bytes,
     key_fingerprint,
@@ -207,22 +208,33 @@ async def test_a_pinned_gateway_key_that_differs_stops_before_the_proof(bench: B
     await bench.handheld().pair(bench.address, issued.code)  # no attempt was spent
 
 
-def test_code_mac_needs_the_right_code_and_the_gateway_proves_it_too() -> None:
+def test_code_mac_needs_the_right_code_and_the_gateway_proves_it_too(bench: Bench) -> None:
     from gateway.protocol.handheld_crypto import GatewayPairing, HandheldPairing
 
-    device, gateway = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    pairing = HandheldPairing("cert", device, "12345678")
-    side = GatewayPairing(gateway, GATEWAY_ID, pairing.hello())
+    device, gateway = bench.world.handheld, Ed25519PrivateKey.generate()
+    document = bench.handheld().identity.certificate
+
+    def run(handheld_code: str, gateway_code: str) -> tuple[HandheldPairing, GatewayPairing]:
+        pairing = HandheldPairing(document, device, handheld_code)
+        side = GatewayPairing(
+            gateway, GATEWAY_ID, pairing.hello(), ed25519_public_bytes(device), gateway_code
+        )
+        return pairing, side
+
+    pairing, side = run("12345678", "12345678")
     proof = pairing.on_challenge(side.challenge())
     assert side.device_signed(proof, ed25519_public_bytes(device))
-    assert side.code_matches(proof, "12345678")
-    assert not side.code_matches(proof, "12345679")
-    done = side.done(proof, "12345678", T0)
+    assert side.code_matches(proof)
+    done = side.done(proof, T0)
     assert pairing.on_done(done, proof).gateway == GATEWAY_ID
     with pytest.raises(AuthError):
         pairing.on_done(PairDone(T0 + 1, done.mac), proof)
+    pairing, side = run("12345678", "12345679")  # one digit off: the SPAKE2 keys differ
+    proof = pairing.on_challenge(side.challenge())
+    assert side.device_signed(proof, ed25519_public_bytes(device))
+    assert not side.code_matches(proof)
     with pytest.raises(AuthError):  # a gateway that does not know the code
-        pairing.on_done(side.done(proof, "00000000", T0), proof)
+        pairing.on_done(side.done(proof, T0), proof)
 
 
 async def test_a_stalled_pairing_times_out_and_is_audited(tmp_path: Path) -> None:
@@ -230,8 +242,10 @@ async def test_a_stalled_pairing_times_out_and_is_audited(tmp_path: Path) -> Non
     try:
         await bench.service.issue_pairing_code()
         stream = await connect(bench.address)
-        hello = PairHello(bench.handheld().identity.certificate, bytes(range(32)), bytes(16))
-        await stream.write(hello)
+        pairing = HandheldPairing(
+            bench.handheld().identity.certificate, bench.world.handheld, "00000000"
+        )
+        await stream.write(pairing.hello())
         assert isinstance(await stream.read(), PairChallenge)
         answer = await stream.read()  # we never send the proof
         await stream.close()
@@ -560,13 +574,16 @@ def _tamper_certificate(bench: Bench) -> SimulatedHandheld:
 _b = st.binary
 _MESSAGES = st.one_of(
     st.builds(
-        PairHello, st.text(max_size=50), _b(min_size=32, max_size=32), _b(min_size=16, max_size=16)
+        PairHello,
+        st.text(max_size=50),
+        _b(min_size=32, max_size=32).map(lambda e: b"A" + e),
+        _b(min_size=16, max_size=16),
     ),
     st.builds(
         PairChallenge,
         st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
         _b(min_size=32, max_size=32),
-        _b(min_size=32, max_size=32),
+        _b(min_size=32, max_size=32).map(lambda e: b"B" + e),
         _b(min_size=16, max_size=16),
         _b(min_size=64, max_size=64),
     ),
@@ -633,3 +650,53 @@ def test_oversized_frames_are_refused() -> None:
         decode_frame((MAX_FRAME + 1).to_bytes(4, "big"))
     with pytest.raises(ProtocolError):
         encode_frame(bytes(MAX_FRAME + 1))
+
+
+# -- protocol versions ------------------------------------------------------------------------
+
+
+async def test_an_old_version_handheld_gets_a_refusal_it_can_read(bench: Bench) -> None:
+    """A version 1 handheld (HMAC-bound code) is refused in version 1's own refusal layout."""
+    await bench.service.issue_pairing_code()
+    host, port = bench.address.removeprefix("tcp:").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    v1_hello = {
+        "v": 1,
+        "type": "pair_hello",
+        "cert": bench.handheld().identity.certificate,
+        "eph": "A" * 43,
+        "nonce": "A" * 22,
+    }
+    writer.write(encode_frame(json.dumps(v1_hello).encode()))
+    header = await reader.readexactly(4)
+    answer = json.loads(await reader.readexactly(int.from_bytes(header, "big")))
+    writer.close()
+    await writer.wait_closed()
+    assert answer["v"] == 1 and answer["type"] == "refusal"
+    assert answer["reason"] == "unsupported_version"
+    assert "version 1 is not supported" in answer["detail"] and "version 2" in answer["detail"]
+    assert bench.reasons("handheld.session_denied") == ["unsupported_version"]
+    assert bench.store.devices() == ()
+
+
+async def test_a_future_version_is_refused_in_todays_version(bench: Bench) -> None:
+    stream = await connect(bench.address)
+    writer = stream._writer
+    writer.write(encode_frame(b'{"type":"pair_hello","v":3}'))
+    answer = await stream.read()
+    await stream.close()
+    assert isinstance(answer, Refusal) and answer.reason == "unsupported_version"
+
+
+def test_a_refusal_of_version_1_is_read_and_other_messages_are_not() -> None:
+    old = decode_message(
+        b'{"detail":"unsupported handheld protocol version 2","reason":"malformed","type":"refusal","v":1}'
+    )
+    assert old == Refusal("malformed", "unsupported handheld protocol version 2")
+    with pytest.raises(ProtocolError, match="version 1 is not supported"):
+        decode_message(
+            b'{"ctr":0,"ct":"AAAAAAAAAAAAAAAAAAAAAA","kind":"ready","type":"record","v":1}'
+        )
+    assert encode_message(Refusal("unsupported_version", "x"), 1).startswith(b'{"detail"')
+    with pytest.raises(ProtocolError):
+        encode_message(PairDone(0, bytes(32)), 1)
