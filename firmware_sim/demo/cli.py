@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import logging
+from pathlib import Path
 
 __all__ = ["register_demo_command"]
 
