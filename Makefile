@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-unit demo lint typecheck bench clean deps
+.PHONY: test test-unit test-bluez demo lint typecheck bench clean deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ lint: deps
 
 test: deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
+
+# The BlueZ test bed alone (docs/ble-transport.md); `make test` runs it too.
+test-bluez: deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/bluez
 
 # The fast, pure part: no process, socket or pty (tests/unit/conftest.py enforces it).
 test-unit: deps
