@@ -70,13 +70,16 @@ def lock_entry(
     return sealed_entry(keys.log, audit_key or keys.audit, LOCK_ID, entry)
 
 
-def relayed(gateway: Gateway, k_lock: bytes, entry: LogEntry, *, event_id: str = "") -> Event:
+def relayed(
+    gateway: Gateway, k_lock: bytes, entry: LogEntry, *, event_id: str = "", as_type: str = ""
+) -> Event:
     """The event the gateway's reconciler makes of `entry` (gateway.locks.reconcile)."""
     spec = LockSpec(
         SEAL, LOCK_ID, "00:00:00:00:00:07", bytes(32), derive_lock_keys(k_lock, LOCK_ID).log
     )
     draft = entry_draft(gateway.gateway, spec, entry, None)
-    return gateway.add(replace(draft, id=event_id) if event_id else draft)
+    draft = replace(draft, id=event_id) if event_id else draft
+    return gateway.add(replace(draft, type=as_type) if as_type else draft)
 
 
 @pytest.fixture
@@ -103,6 +106,7 @@ async def test_forged_and_replayed_lock_history_is_flagged(
     forged = relayed(gw, k_lock, lock_entry(k_lock, 3, LogEvent.UNSEALED, audit_key=forged_key))
     replay = relayed(gw, k_lock, lock_entry(k_lock, 1, LogEvent.UNSEALED), event_id="01" + "0" * 24)
     relayed(gw, k_lock, lock_entry(k_lock, 5, LogEvent.SEALED))  # 4 never arrives
+    dressed = relayed(gw, k_lock, lock_entry(k_lock, 6, LogEvent.SEALED), as_type="seal.unsealed")
     lie = gw.add(EventDraft("seal.unsealed", SEAL, {"lock_id": LOCK_ID.hex(), "log_index": 6,
                                                      "source": "answer"}, Priority.AUDIT, T0))  # fmt: skip
     gw.checkpoint(identity)
@@ -117,6 +121,7 @@ async def test_forged_and_replayed_lock_history_is_flagged(
     assert found == {
         ("lock_forged", forged.seq),
         ("lock_duplicate", replay.seq),
+        ("lock_mismatch", dressed.seq),
         ("lock_unattested", lie.seq),
         ("checkpoint", stolen.seq),
     }
@@ -136,6 +141,7 @@ async def test_forged_and_replayed_lock_history_is_flagged(
     assert {p["kind"] for p in shown["problems"]} == {
         "lock_forged",
         "lock_duplicate",
+        "lock_mismatch",
         "lock_unattested",
         "checkpoint",
     }
