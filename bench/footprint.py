@@ -139,6 +139,7 @@ class _Bench:
             f'[gateway]\nid = "{GATEWAY}"\nstate_dir = "{folder / "state"}"\n',
             f'[uplink]\nurl = "{self.broker.url}"\nreconnect_min_s = 0.1\nreconnect_max_s = 1\n',
             '[log]\nlevel = "WARNING"\n',
+            "[audit]\nrequire_identity = false\n",  # a bench gateway: no `sealgw init`
         ]
         if synthetic:
             parts.append(f"[synthetic]\nenabled = true\nrate_per_s = {LOAD_RATE}\n")

@@ -296,6 +296,10 @@ class ProvisionError(GatewayError):
         self.paths = paths
 
 
+class IdentityRequiredError(ProvisionError):
+    """The daemon will not run without the identity key that signs its checkpoints."""
+
+
 class ControlError(GatewayError):
     """The gateway answered a control request with an error."""
 
@@ -310,12 +314,15 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1  # the command ran and failed, or a gateway refused
     USAGE = 2  # bad arguments or config: fix them, do not restart
+    NO_IDENTITY = 78  # EX_CONFIG: no usable identity.key; run `sealgw init` (docs/audit.md)
     INTERRUPTED = 130  # SIGINT (128 + 2)
     TERMINATED = 143  # SIGTERM (128 + 15)
 
 
 def exit_code_for(exc: GatewayError) -> ExitCode:
-    """USAGE for a ConfigError, FAILURE for any other GatewayError."""
+    """USAGE for a ConfigError, NO_IDENTITY for an IdentityRequiredError, else FAILURE."""
+    if isinstance(exc, IdentityRequiredError):
+        return ExitCode.NO_IDENTITY
     return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.FAILURE
 
 

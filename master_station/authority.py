@@ -1,7 +1,9 @@
 """The master station's signing authority: its Ed25519 key, per-lock K_lock, and document issuing.
 
 Everything lives in one directory (mode 0700): `ms_signing.key` (raw Ed25519 private key),
-`locks/<lock id hex>.key` (raw 32-byte K_lock) and `revocations.json` (the last list issued).
+`locks/<lock id hex>.key` (raw 32-byte K_lock), `revocations.json` (the last list issued) and
+`gateways/<gateway>/<key fingerprint>.pem` (enrolled gateway identity public keys). It is also
+the ledger's `LedgerTrust`: K_audit per lock, identity keys per gateway.
 Secret files are created 0600 and refused when readable by others; secrets are never logged.
 Used by tests and by the `sealgw master ...` commands. Formats: docs/authorization.md.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
     PublicFormat,
+    load_pem_public_key,
 )
 
 from gateway.errors import ConfigError
@@ -35,8 +39,9 @@ from gateway.protocol.certs import (
     sign_certificate,
     sign_revocations,
 )
+from gateway.protocol.checkpoint import public_key_fingerprint
 from gateway.protocol.command_doc import CommandBody, encode_command
-from gateway.protocol.seal_crypto import KEY_LEN, derive_ticket_key
+from gateway.protocol.seal_crypto import KEY_LEN, derive_lock_keys, derive_ticket_key
 from gateway.protocol.seal_frames import LOCK_ID_LEN
 from gateway.protocol.tickets import (
     X25519_LEN,
@@ -55,6 +60,8 @@ _log = logging.getLogger(__name__)
 SIGNING_KEY_FILE = "ms_signing.key"
 LOCKS_DIR = "locks"
 REVOCATIONS_FILE = "revocations.json"
+GATEWAYS_DIR = "gateways"
+_GATEWAY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PLACEHOLDER_KEY = bytes(48)
 
 
@@ -64,6 +71,7 @@ class MasterAuthority:
     def __init__(self, directory: Path, signing_key: Ed25519PrivateKey) -> None:
         self.directory = directory
         self._signing_key = signing_key
+        self._audit_keys: dict[bytes, bytes] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -115,6 +123,42 @@ class MasterAuthority:
         """K_lock of a provisioned lock."""
         _check_lock_id(lock_id)
         return _read_secret(self._lock_path(lock_id), KEY_LEN)
+
+    def lock_audit_key(self, lock_id: bytes) -> bytes | None:
+        """K_audit of a provisioned lock, derived as the lock derives it; None when unknown."""
+        if lock_id not in self._audit_keys:
+            try:
+                k_lock = self.lock_key(lock_id)
+            except (ConfigError, ValueError):
+                return None
+            self._audit_keys[lock_id] = derive_lock_keys(k_lock, lock_id).audit
+        return self._audit_keys[lock_id]
+
+    # -- gateways --------------------------------------------------------------------------
+
+    def enroll_gateway(self, gateway: str, public_key: Ed25519PublicKey) -> Path:
+        """Trust `public_key` (the gateway's identity.pub) for `gateway`'s checkpoints."""
+        folder = self._gateway_dir(gateway)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fingerprint = public_key_fingerprint(public_key)
+        path = folder / f"{fingerprint.removeprefix('sha256:')[:32]}.pem"
+        _write_atomic(
+            path, public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        )
+        _log.info("enrolled gateway %s identity %s", gateway, fingerprint)
+        return path
+
+    def gateway_keys(self, gateway: str) -> tuple[Ed25519PublicKey, ...]:
+        """Every identity key enrolled for `gateway` (old keys stay after `sealgw init --force`)."""
+        if not _GATEWAY_ID.match(gateway):
+            return ()
+        folder = self._gateway_dir(gateway)
+        keys = []
+        for path in sorted(folder.glob("*.pem")) if folder.is_dir() else ():
+            key = load_pem_public_key(path.read_bytes())
+            if isinstance(key, Ed25519PublicKey):
+                keys.append(key)
+        return tuple(keys)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -237,6 +281,11 @@ class MasterAuthority:
 
     def _lock_path(self, lock_id: bytes) -> Path:
         return self.directory / LOCKS_DIR / f"{lock_id.hex()}.key"
+
+    def _gateway_dir(self, gateway: str) -> Path:
+        if not _GATEWAY_ID.match(gateway):
+            raise ValueError(f"{gateway!r} is not a gateway id")
+        return self.directory / GATEWAYS_DIR / gateway
 
 
 def _union(old: Iterable[str], new: Iterable[str]) -> tuple[str, ...]:

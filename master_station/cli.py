@@ -60,6 +60,7 @@ def register_master_command(
     _add_revoke(sub)
     _add_enroll(sub)
     _add_provision(sub)
+    _add_enroll_gateway(sub)
     _add_kpi(sub)
     _add_verify(sub)
 
@@ -128,7 +129,9 @@ def _add_listen(sub: SubParsers) -> None:
     heal.add_argument("--no-heal", dest="heal", action="store_false", help="never ask")
     cmd.add_argument("--gap-grace", type=float, default=10.0, help="s before a gap is asked for")
     cmd.add_argument("--resend-interval", type=float, default=30.0, help="s between asks")
-    cmd.add_argument("--master-dir", type=Path, help="sign cmd/resend with this master's key")
+    cmd.add_argument("--master-dir", type=Path, help="sign cmd/resend with this master's key, "
+                     "and verify lock entries and checkpoints with its lock keys and enrolled "
+                     "gateways (without it, neither is verified)")  # fmt: skip
     cmd.add_argument("--json", action="store_true", help="print the final counters as JSON")
     cmd.set_defaults(handler=_cmd_listen)
 
@@ -192,6 +195,14 @@ def _add_provision(sub: SubParsers) -> None:
     cmd.set_defaults(handler=_cmd_provision)
 
 
+def _add_enroll_gateway(sub: SubParsers) -> None:
+    cmd = sub.add_parser("enroll-gateway", help="trust a gateway's identity key (checkpoints)")
+    _add_master_dir(cmd)
+    cmd.add_argument("--gateway", required=True, help="gateway id")
+    cmd.add_argument("--identity", required=True, type=Path, help="its identity.pub (PEM)")
+    cmd.set_defaults(handler=_cmd_enroll_gateway)
+
+
 def _add_kpi(sub: SubParsers) -> None:
     cmd = sub.add_parser("kpi", help="KPIs per gateway and district")
     cmd.add_argument("--ledger", default=DEFAULT_LEDGER, help="SQLite path or postgresql:// DSN")
@@ -234,10 +245,13 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     options = _listener_options(args)
+    authority = None
     if args.master_dir is not None:  # gateways holding a master key accept signed resends only
-        signer = _authority(args.master_dir).sign_command
-        options = dataclasses.replace(options, signer=signer)
-    ledger = open_ledger(args.ledger)
+        authority = _authority(args.master_dir)
+        options = dataclasses.replace(options, signer=authority.sign_command)
+    else:
+        _log.warning("no --master-dir: lock log entries and checkpoint signatures not verified")
+    ledger = open_ledger(args.ledger, trust=authority)
     try:
         listener = MasterListener(options, ledger).start(args.timeout)
         print(f"listening as {listener.client_id} on {options.broker_url}"
@@ -315,6 +329,23 @@ def _cmd_provision(args: argparse.Namespace) -> int:
     print(f"seal: {args.seal or '-'}")
     print(f"key file: {path} (mode 0600; program it into the lock, never copy it elsewhere)")
     print(f"master public key: {authority.public_key_bytes.hex()}")
+    return EXIT_OK
+
+
+def _cmd_enroll_gateway(args: argparse.Namespace) -> int:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key  # noqa: PLC0415 - CLI command body: loaded when it runs
+
+    from gateway.protocol.checkpoint import public_key_fingerprint  # noqa: PLC0415 - CLI command body: loaded when it runs
+
+    try:
+        key = load_pem_public_key(args.identity.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError("identity", f"{args.identity}: not a readable PEM public key") from exc
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError("identity", f"{args.identity} is not an Ed25519 public key")
+    path = _checked(lambda: _authority(args.master_dir).enroll_gateway(args.gateway, key))
+    print(f"gateway {args.gateway}: identity {public_key_fingerprint(key)} enrolled ({path})")
     return EXIT_OK
 
 

@@ -155,6 +155,18 @@ def start_district(day: Day) -> None:
     _start_master(day)
     day.subscriber = EventSubscriber(host, port, client_id="demo-subscriber").start()
     run_cli(["init", "-c", str(day.config)])
+    run_cli(
+        [
+            "master",
+            "enroll-gateway",
+            "--master-dir",
+            str(day.master_dir),
+            "--gateway",
+            GATEWAY_ID,
+            "--identity",
+            str(day.work / "sim" / "gateway" / "identity.pub"),
+        ]
+    )  # fmt: skip  (the master verifies the gateway's checkpoints against it)
     start_gateway(day)
     key = day.work / "sim" / "gateway" / "credential.key"
     day.wait("the gateway's credential key", key.exists, 10)
@@ -208,8 +220,9 @@ def _tune_config(config: Path, handheld: str) -> None:
     uplink = "[uplink]\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\ndrain_rate_per_s = 2000\n"
     text = text.replace("[uplink]\n", uplink, 1)
     text = text.replace("[meters]\n", "[meters]\nheartbeat_polls = 3\n", 1)
+    text = text.replace("[audit]\n", "[audit]\ncheckpoint_interval_s = 10\n", 1)
     text += (
-        "\n[health]\ninterval_s = 2\n\n[audit]\ncheckpoint_interval_s = 10\n\n"
+        "\n[health]\ninterval_s = 2\n\n"
         f"[handheld]\nenabled = true\nlisten = {json.dumps(handheld)}\n"
     )
     config.write_text(text, encoding="utf-8")

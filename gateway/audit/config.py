@@ -1,4 +1,5 @@
-"""Config section of the audit trail ([audit]): how often the gateway signs a checkpoint.
+"""Config section of the audit trail ([audit]): checkpoint interval, and whether the identity
+key that signs checkpoints is required (production default: yes).
 
 Kept apart from gateway.checkpoint so gateway.config.model can import it without the cryptography
 imports; see docs/audit.md.
@@ -21,5 +22,12 @@ class AuditSection:
         default=300.0,
         metadata=spec(
             minimum=10, maximum=86_400, doc="seconds between signed checkpoints of the chain"
+        ),
+    )
+    require_identity: bool = field(
+        default=True,
+        metadata=spec(
+            doc="refuse to start without state_dir/identity.key (exit 78); false only for "
+            "bench, demo and test gateways, whose trail is then unsigned"
         ),
     )

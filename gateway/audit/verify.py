@@ -14,6 +14,7 @@ import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from gateway.protocol.strict_json import loads_strict
 
 __all__ = [
     "LEDGER_SCHEMA",
+    "AuditOutcome",
     "AuditProblem",
     "AuditReport",
     "CheckpointSummary",
@@ -66,6 +68,23 @@ _GATEWAY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _RAW_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
 
 EventObj = Mapping[str, Any]
+
+
+class AuditOutcome(StrEnum):
+    """The verdict of an audit, worst first; `sealgw audit verify` exits with it (docs/audit.md)."""
+
+    BROKEN = "broken"  # a gap, an edit, a broken link, a conflict, a bad checkpoint, junk
+    UNSIGNED = "unsigned"  # intact, but some events are not covered by a verified checkpoint
+    VERIFIED = "verified"  # intact, and every event is covered by a checkpoint a given key signed
+
+
+class AuditExit(IntEnum):
+    """Exit codes of `sealgw audit verify`, one per outcome (2 stays usage or I/O error)."""
+
+    VERIFIED = 0
+    BROKEN = 1
+    USAGE = 2
+    UNSIGNED = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +126,8 @@ class CheckpointSummary:
     bad: int = 0
     unanchored: int = 0
     signed_through: int | None = None
+    unsigned: int = 0
+    unsigned_from: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +155,25 @@ class AuditReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing is wrong (unverified checkpoints are not a finding)."""
+        """True when the trail is intact: no problem found (it may still be unsigned)."""
         return not self.problems
 
+    @property
+    def outcome(self) -> AuditOutcome:
+        """BROKEN with any problem; else UNSIGNED unless every event of every gateway is signed."""
+        if self.problems:
+            return AuditOutcome.BROKEN
+        if not self.chain.heads or any(s.unsigned for s in self._summaries()):
+            return AuditOutcome.UNSIGNED
+        return AuditOutcome.VERIFIED
+
+    @property
+    def exit_code(self) -> AuditExit:
+        """The exit code of `sealgw audit verify` for this report."""
+        return AuditExit[self.outcome.name]
+
     def to_json(self) -> dict[str, Any]:
-        """The report as one JSON object (`ok` last)."""
+        """The report as one JSON object (`ok`, true only when verified, last)."""
         return {
             "source": self.source,
             "records": self.records,
@@ -146,8 +181,12 @@ class AuditReport:
             "keys_given": self.keys_given,
             "gateways": {gw: self._gateway_json(gw) for gw in sorted(self.chain.heads)},
             "problems": [problem.to_json() for problem in self.problems],
-            "ok": self.ok,
+            "outcome": str(self.outcome),
+            "ok": self.outcome is AuditOutcome.VERIFIED,
         }
+
+    def _summaries(self) -> list[CheckpointSummary]:
+        return [self.checkpoints.get(gw, CheckpointSummary()) for gw in self.chain.heads]
 
     def _gateway_json(self, gateway: str) -> dict[str, Any]:
         summary = self.checkpoints.get(gateway, CheckpointSummary())
@@ -159,6 +198,8 @@ class AuditReport:
             "checkpoints_bad": summary.bad,
             "checkpoints_unanchored": summary.unanchored,
             "signed_through_seq": summary.signed_through,
+            "unsigned_events": summary.unsigned,
+            "unsigned_from_seq": summary.unsigned_from,
         }
 
 
@@ -374,6 +415,7 @@ def _audit_checkpoints(
     problems: list[AuditProblem] = []
     counts = {"verified": 0, "unverified": 0, "bad": 0, "unanchored": 0}
     signed_through: int | None = None
+    signatures: set[int] = set()
     for seq in sorted(s for s, obj in chain.items() if obj["type"] == CHECKPOINT_TYPE):
         outcome, detail, covers = _check_one(chain, chain[seq], keys)
         counts[outcome] += 1
@@ -381,7 +423,27 @@ def _audit_checkpoints(
             problems.append(AuditProblem(ProblemKind.BAD_CHECKPOINT, gateway, seq, seq, detail))
         elif outcome == "verified" and covers is not None:
             signed_through = max(signed_through or 0, covers)
-    return problems, CheckpointSummary(**counts, signed_through=signed_through)
+            signatures.add(seq)
+        elif outcome == "unanchored":
+            signatures.add(seq)
+    unsigned = _unsigned(chain, signed_through or 0, signatures)
+    return problems, CheckpointSummary(
+        **counts,
+        signed_through=signed_through,
+        unsigned=len(unsigned),
+        unsigned_from=min(unsigned) if unsigned else None,
+    )
+
+
+def _unsigned(
+    chain: Mapping[int, EventObj], signed_through: int, signatures: set[int]
+) -> list[int]:
+    """Seqs past the newest verified checkpoint's cover, except checkpoints that verified.
+
+    A checkpoint signed by a given key is itself a signature, so the final checkpoint (which
+    covers the seq just before it) leaves nothing unsigned.
+    """
+    return [seq for seq in chain if seq > signed_through and seq not in signatures]
 
 
 def _check_one(

@@ -1,7 +1,9 @@
 """`sealgw audit verify FILE`: check a received event trail and name every gap, edit and forgery.
 
-Exit codes: 0 clean, 1 problems found, 2 usage or I/O error. `register_audit_command` adds the
-command to the `sealgw` parser; `python -m gateway.cli.audit audit verify FILE` runs it alone.
+Exit codes (gateway.audit.verify.AuditExit, docs/audit.md section 5): 0 verified, 1 broken,
+2 usage or I/O error, 3 unsigned (intact, but not every event is covered by a checkpoint signed
+by a given key). `register_audit_command` adds the command to the `sealgw` parser;
+`python -m gateway.cli.audit audit verify FILE` runs it alone.
 """
 
 from __future__ import annotations
@@ -18,9 +20,17 @@ from gateway.protocol.chain import ProblemKind
 
 __all__ = ["format_report", "main", "register_audit_command"]
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
+EXIT_OK = 0  # verified
+EXIT_PROBLEMS = 1  # broken
 EXIT_USAGE = 2
+EXIT_UNSIGNED = 3
+_EPILOG = """exit status:
+  0  verified: no problem, and every event is covered by a checkpoint signed by a given key
+  1  broken: a gap, an edit, a broken link, a conflict, a bad checkpoint or an unreadable record
+  2  usage or I/O error (unreadable file, bad key, SQLite file without an events table)
+  3  unsigned: intact, but events after the newest verified checkpoint (or all of them: no
+     checkpoint, or no --gateway-key) are not vouched for by the gateway's identity key
+see docs/audit.md"""
 
 if TYPE_CHECKING:  # the module itself is imported when the command runs (cryptography is slow)
     from gateway.audit.verify import AuditProblem, AuditReport
@@ -38,8 +48,11 @@ def register_audit_command(
         help="verify an event trail: hash chain and signed checkpoints",
         description="Verify events as received from MQTT (JSON lines, one payload a line, any "
         "order, duplicates allowed) or a master ledger (SQLite with an events table). Names "
-        "every gap, edit, broken link, conflict and bad checkpoint. Exit 0 when clean, 1 when "
-        "problems were found, 2 on usage or I/O errors.",
+        "every gap, edit, broken link, conflict and bad checkpoint, and says how far the trail "
+        "is signed. Only a trail whose every event is covered by a checkpoint signed with a "
+        "--gateway-key is verified.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     verify.add_argument("file", type=Path, help="JSON lines of event payloads, or a ledger")
     verify.add_argument(
@@ -48,7 +61,8 @@ def register_audit_command(
         default=[],
         metavar="[GATEWAY=]PEM_OR_HEX",
         help="gateway identity public key (identity.pub, or 64 hex digits); repeatable; "
-        "GATEWAY= limits it to one gateway. Without it checkpoints are reported unverified.",
+        "GATEWAY= limits it to one gateway. Without it checkpoints are reported unverified "
+        "and the trail can at best be unsigned (exit 3).",
     )
     verify.add_argument("--json", action="store_true", help="print one JSON object")
     verify.set_defaults(handler=cmd_audit_verify)
@@ -67,7 +81,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(json.dumps({"file": str(args.file), **report.to_json()}))
     else:
         print(format_report(report, str(args.file)))
-    return EXIT_OK if report.ok else EXIT_PROBLEMS
+    return int(report.exit_code)
 
 
 def format_report(report: AuditReport, name: str) -> str:
@@ -110,6 +124,11 @@ def _gateway_lines(report: AuditReport, gateway: str) -> list[str]:
     lines.append(checkpoints)
     if report.keys_given:
         lines.append(_signed_line(summary.signed_through, head))
+    if summary.unsigned:
+        lines.append(
+            f"  unsigned: {summary.unsigned} events from seq {summary.unsigned_from} on are not "
+            "covered by a verified checkpoint"
+        )
     lines.extend(f"  {_problem_line(p)}" for p in report.problems if p.gateway == gateway)
     return lines
 
@@ -132,10 +151,14 @@ def _problem_line(problem: AuditProblem) -> str:
 
 
 def _verdict(report: AuditReport) -> str:
-    if report.ok:
-        return "OK: chain intact" + ("" if report.keys_given else " (checkpoints not verified)")
+    outcome = report.outcome
+    if outcome == "verified":
+        return "VERIFIED: chain intact, every event covered by a verified checkpoint"
+    if outcome == "unsigned":
+        why = "" if report.keys_given else " (no --gateway-key given)"
+        return f"UNSIGNED: chain intact, but not every event is signed{why}"
     count = len(report.problems)
-    return f"FAILED: {count} problem{'s' if count != 1 else ''} found"
+    return f"BROKEN: {count} problem{'s' if count != 1 else ''} found"
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

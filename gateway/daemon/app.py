@@ -9,6 +9,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from gateway import __version__
 from gateway.audit.checkpointer import Checkpointer
 from gateway.auth.provision import load_identity
@@ -20,7 +22,7 @@ from gateway.daemon.sdnotify import SystemdNotifier
 from gateway.daemon.services import build_services
 from gateway.daemon.supervisor import Supervisor
 from gateway.daemon.synthetic import run_synthetic_source
-from gateway.errors import GatewayError, ProvisionError
+from gateway.errors import GatewayError, IdentityRequiredError, ProvisionError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock, SystemClock
 from gateway.protocol.events import Event, EventDraft, EventType, Priority
@@ -49,6 +51,7 @@ class Gateway:
         notifier: SystemdNotifier | None = None,
     ) -> None:
         self.config = config
+        identity = _identity(config)  # before anything is opened: refusing leaves nothing behind
         self.clock = clock or SystemClock()
         self.notifier = notifier or SystemdNotifier()
         self.dispatcher = CommandDispatcher()
@@ -75,7 +78,7 @@ class Gateway:
             control_socket_path(config.gateway.state_dir),
             {"status": self.status, **self.services.control_handlers()},
         )
-        self.checkpointer = self._checkpointer()
+        self.checkpointer = self._checkpointer(identity)
         self.remote = self._remote_management()
         self.monitor = self._health_monitor()
         self.exit_code = 0
@@ -84,12 +87,9 @@ class Gateway:
         self._trail_closed = False
         self._started_mono = time.monotonic()
 
-    def _checkpointer(self) -> Checkpointer | None:
+    def _checkpointer(self, identity: Ed25519PrivateKey | None) -> Checkpointer | None:
         """Signed checkpoints need the identity key from `sealgw init`; without it, none."""
-        try:
-            identity = load_identity(self.config.gateway.state_dir)
-        except ProvisionError as exc:
-            _LOGGER.warning("no signed gateway.checkpoint events: %s", exc)
+        if identity is None:
             return None
         return Checkpointer(
             identity,
@@ -272,6 +272,27 @@ class Gateway:
         )
         payload: dict[str, Any] = {"state": state, "gateway": self.config.gateway.id}
         self.uplink.publish_alarm_now(EventType.GATEWAY_STORAGE_FULL, payload)
+
+
+def _identity(config: GatewayConfig) -> Ed25519PrivateKey | None:
+    """The identity key; IdentityRequiredError without it, unless require_identity is off."""
+    try:
+        return load_identity(config.gateway.state_dir)
+    except ProvisionError as exc:
+        if config.audit.require_identity:
+            raise IdentityRequiredError(
+                f"{exc}. The gateway signs its audit trail with this key and will not run "
+                "without it; provision it with `sealgw init -c CONFIG` and enrol identity.pub "
+                "at the master station (a bench or test gateway may set "
+                "[audit] require_identity = false)",
+                paths=exc.paths,
+            ) from exc
+        _LOGGER.warning(
+            "no signed gateway.checkpoint events ([audit] require_identity = false): the trail "
+            "of this gateway is unsigned and `sealgw audit verify` cannot verify it: %s",
+            exc,
+        )
+        return None
 
 
 def install_signal_handlers(gateway: Gateway) -> None:

@@ -104,7 +104,8 @@ class StoredEvent:
 
 @dataclass(frozen=True, slots=True)
 class Problem:
-    """A finding kept in the ledger: conflict, invalid, edited, broken_link, checkpoint, gone."""
+    """A finding kept in the ledger: conflict, invalid, edited, broken_link, checkpoint, gone,
+    unenrolled and the lock_* evidence findings (master_station.ledger.evidence)."""
 
     gateway: str
     seq: int | None
@@ -153,10 +154,11 @@ class VerifyReport:
     duplicates: int = 0
     checkpoints: int = 0
     evicted: tuple[SeqRange, ...] = field(default=())
+    lock_gaps: tuple[tuple[str, int, int], ...] = ()  # (lock id hex, first, last) not received
 
     @property
     def ok(self) -> bool:
-        return not self.gaps and not self.problems
+        return not self.gaps and not self.problems and not self.lock_gaps
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready summary."""
@@ -169,6 +171,9 @@ class VerifyReport:
             "duplicates": self.duplicates,
             "checkpoints": self.checkpoints,
             "problems": [{"kind": p.kind, "seq": p.seq, "detail": p.detail} for p in self.problems],
+            "lock_gaps": [
+                {"lock_id": lock, "first": a, "last": b} for lock, a, b in self.lock_gaps
+            ],
             "ok": self.ok,
         }
 

@@ -7,6 +7,7 @@ __all__ = [
     "EVENT_COLUMNS",
     "GAPS",
     "INSERT_EVENT",
+    "INSERT_LOCK_ENTRY",
     "INSERT_PROBLEM",
     "SCHEMA",
     "UPSERT_HEAD",
@@ -80,7 +81,17 @@ CREATE TABLE IF NOT EXISTS tickets (
     not_before BIGINT NOT NULL,
     not_after BIGINT NOT NULL,
     issued_at BIGINT NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS lock_entries (
+    lock_id TEXT NOT NULL,
+    log_index BIGINT NOT NULL,
+    gateway TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    event_id TEXT NOT NULL,
+    entry {blob} NOT NULL,
+    PRIMARY KEY (lock_id, log_index)
+);
+CREATE INDEX IF NOT EXISTS lock_entries_by_gateway ON lock_entries (gateway, lock_id)
 """
 EVENT_COLUMNS = "gateway, seq, id, type, ts, priority, subject, payload"
 INSERT_EVENT = (
@@ -91,6 +102,10 @@ INSERT_PROBLEM = (
     "INSERT INTO problems (gateway, seq, kind, event_id, detail, payload, received_at)"
     " SELECT ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM problems WHERE gateway = ?"
     " AND COALESCE(seq, -1) = COALESCE(?, -1) AND kind = ? AND COALESCE(event_id, '') = ?)"
+)
+INSERT_LOCK_ENTRY = (
+    "INSERT INTO lock_entries (lock_id, log_index, gateway, seq, event_id, entry)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING"
 )
 GAPS = (
     "SELECT prev + 1, seq - 1 FROM (SELECT seq, LAG(seq, 1, CAST(? AS BIGINT)) OVER"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -17,7 +17,15 @@ from typing import Any, Protocol
 from gateway.errors import ProtocolError
 from gateway.protocol.chain import EPOCH_TYPE, announced_ranges, link_ok, verify_chain
 from gateway.protocol.checkpoint import parse_checkpoint
-from gateway.protocol.events import GENESIS_HASH, event_hash, format_ts
+from gateway.protocol.events import GENESIS_HASH, EventType, event_hash, format_ts
+from master_station.ledger.evidence import (
+    Finding,
+    FindingKind,
+    LedgerTrust,
+    check_checkpoint,
+    check_lock_event,
+    index_gaps,
+)
 from master_station.ledger.models import (
     SCHEMA_VERSION,
     AddOutcome,
@@ -32,11 +40,24 @@ from master_station.ledger.models import (
     VerifyReport,
     parse_event,
 )
+from master_station.ledger.rows import (
+    as_bytes,
+    check_row,
+    event_row,
+    json_object,
+    link_to,
+    status_state,
+    stored_event,
+    subtract_ranges,
+    to_ranges,
+    where_clause,
+)
 from master_station.ledger.schema import (
     CLAIM,
     EVENT_COLUMNS,
     GAPS,
     INSERT_EVENT,
+    INSERT_LOCK_ENTRY,
     INSERT_PROBLEM,
     UPSERT_HEAD,
     schema_statements,
@@ -77,9 +98,16 @@ class Db(Protocol):
 class SqlLedger:
     """The ledger over a `Db` backend; implements `master_station.ledger.models.Ledger`."""
 
-    def __init__(self, db: Db, *, now: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self,
+        db: Db,
+        *,
+        now: Callable[[], datetime] | None = None,
+        trust: LedgerTrust | None = None,
+    ) -> None:
         self._db = db
         self._now = now or _utcnow
+        self._trust = trust
         self.location = db.location
         self.shared = db.shared
         self._check_version()
@@ -125,7 +153,7 @@ class SqlLedger:
                 "INSERT INTO gateway_status (gateway, state, payload, updated_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (gateway) DO UPDATE SET state = excluded.state,"
                 " payload = excluded.payload, updated_at = excluded.updated_at",
-                (gateway, _status_state(payload), bytes(payload), format_ts(self._now())),
+                (gateway, status_state(payload), bytes(payload), format_ts(self._now())),
             )
 
     def record_problem(
@@ -164,7 +192,7 @@ class SqlLedger:
         floor = self._head(gateway)[0]
         rows = self._db.query(GAPS, (floor, gateway, floor))
         evicted = self._evicted(gateway)
-        return [r for a, b in rows for r in _subtract((int(a), int(b)), evicted)]
+        return [r for a, b in rows for r in subtract_ranges((int(a), int(b)), evicted)]
 
     def verify(self, gateway: str, *, full: bool = False) -> VerifyReport:
         """Check the chain from the last verified head on (or all of it, with verify_chain)."""
@@ -183,6 +211,7 @@ class SqlLedger:
             duplicates=repeats,
             checkpoints=checkpoints,
             evicted=tuple(self._evicted(gateway)),
+            lock_gaps=tuple(self._lock_gaps(gateway)),
         )
 
     # -- reading ---------------------------------------------------------------------------
@@ -197,19 +226,19 @@ class SqlLedger:
 
     def count(self, gateway: str | None = None) -> int:
         """Events stored (of one gateway)."""
-        where, params = _where(gateway=gateway)
+        where, params = where_clause(gateway=gateway)
         sql = f"SELECT COUNT(*) FROM events{where}"  # noqa: S608 (fixed names; values bound)
         return int(self._db.query(sql, params)[0][0])
 
     def event_ids(self, gateway: str | None = None) -> set[str]:
         """The ids of the stored events (of one gateway)."""
-        where, params = _where(gateway=gateway)
+        where, params = where_clause(gateway=gateway)
         sql = f"SELECT id FROM events{where}"  # noqa: S608 (fixed names; values bound)
         return {str(r[0]) for r in self._db.query(sql, params)}
 
     def problems(self, gateway: str | None = None) -> list[Problem]:
         """Findings, oldest first."""
-        where, params = _where(gateway=gateway)
+        where, params = where_clause(gateway=gateway)
         sql = (
             "SELECT gateway, seq, kind, event_id, detail, received_at FROM problems"  # noqa: S608
             f"{where} ORDER BY received_at, gateway, seq"
@@ -231,11 +260,11 @@ class SqlLedger:
         until: str | None = None,
     ) -> list[StoredEvent]:
         """Events matching every filter given, by gateway then seq; `until` is exclusive."""
-        where, params = _where(gateway=gateway, types=types, priority=priority, since=since,
-                               until=until)  # fmt: skip
+        where, params = where_clause(gateway=gateway, types=types, priority=priority, since=since,
+                               until=until, rejected=True)  # fmt: skip
         sql = f"SELECT {EVENT_COLUMNS} FROM events{where} ORDER BY gateway, seq"  # noqa: S608
         rows = self._db.query(sql, params)
-        return [_stored(row) for row in rows]
+        return [stored_event(row) for row in rows]
 
     def hourly_counts(self, since: str, until: str) -> list[tuple[str, int, str, int]]:
         """(gateway, hour of day, type, count) for events with since <= ts < until."""
@@ -256,14 +285,14 @@ class SqlLedger:
         rows = self._db.query(
             "SELECT gateway, seal, payload, updated_at FROM seal_state ORDER BY gateway, seal"
         )
-        return [RetainedState(g, s, _json_object(p), u) for g, s, p, u in rows]
+        return [RetainedState(g, s, json_object(p), u) for g, s, p, u in rows]
 
     def statuses(self) -> list[RetainedState]:
         """Retained gateway statuses."""
         rows = self._db.query(
             "SELECT gateway, payload, updated_at FROM gateway_status ORDER BY gateway"
         )
-        return [RetainedState(g, "", _json_object(p), u) for g, p, u in rows]
+        return [RetainedState(g, "", json_object(p), u) for g, p, u in rows]
 
     def close(self) -> None:
         self._db.close()
@@ -286,9 +315,37 @@ class SqlLedger:
                 tx, event.gateway, detail, payload=payload, received=received, event=event,
                 kind="edited",
             )  # fmt: skip
-        if tx.execute(INSERT_EVENT, _event_row(event, received)) == 1:
+        if tx.execute(INSERT_EVENT, event_row(event, received)) == 1:
+            if self._trust is not None:
+                self._check_evidence(tx, event, self._trust, received)
             return AddResult(AddOutcome.STORED, event.gateway, event.seq, event.id)
         return self._classify(tx, event, received)
+
+    def _check_evidence(
+        self, tx: Tx, event: ParsedEvent, trust: LedgerTrust, received: str
+    ) -> None:
+        """Lock entry audit tag and index, checkpoint signature; findings go to `problems`."""
+        evidence = check_lock_event(event.obj, trust)
+        findings = list(evidence.findings) + list(check_checkpoint(event.obj, trust))
+        claim = evidence.claim
+        if claim is not None and not evidence.findings:
+            row = (claim.lock_id.hex(), claim.index, event.gateway, event.seq, event.id,
+                   claim.entry)  # fmt: skip
+            if tx.execute(INSERT_LOCK_ENTRY, row) != 1:
+                held = tx.query(
+                    "SELECT gateway, seq, event_id FROM lock_entries WHERE lock_id = ?"
+                    " AND log_index = ?",
+                    row[:2],
+                )
+                where = f"{held[0][0]} seq {held[0][1]}" if held else "?"
+                detail = f"lock {row[0]} entry {claim.index} already recorded ({where})"
+                findings.append(Finding(FindingKind.LOCK_DUPLICATE, detail))
+        for found in findings:
+            seq, event_id = (event.seq, event.id) if found.per_event else (None, None)
+            self._problem(tx, event.gateway, found.kind, found.detail, seq=seq,
+                          event_id=event_id, received=received)  # fmt: skip
+            _log.warning("gateway %s seq %d: %s: %s", event.gateway, event.seq, found.kind,
+                         found.detail)  # fmt: skip
 
     def _classify(self, tx: Tx, event: ParsedEvent, received: str) -> AddResult:
         same_id = tx.query("SELECT gateway, seq, hash FROM events WHERE id = ?", (event.id,))
@@ -352,10 +409,10 @@ class SqlLedger:
         findings: list[tuple[int, str, str]] = []
         checkpoints = 0
         for seq, payload, stored_hash in self._rows_after(gateway, head[0]):
-            link = _link_to(head, seq, evicted)
+            link = link_to(head, seq, evicted)
             if link is None:
                 break  # a gap: stop here until it is filled
-            finding = _check_row(payload, stored_hash, link)
+            finding = check_row(payload, stored_hash, link)
             if finding is not None:
                 findings.append((seq, *finding))
                 break
@@ -372,7 +429,7 @@ class SqlLedger:
                 (gateway, seq, VERIFY_BATCH),
             )
             for row in rows:
-                yield int(row[0]), _bytes(row[1]), str(row[2])
+                yield int(row[0]), as_bytes(row[1]), str(row[2])
             if len(rows) < VERIFY_BATCH:
                 return
             seq = int(rows[-1][0])
@@ -416,10 +473,10 @@ class SqlLedger:
 
     def _verify_full(self, gateway: str) -> VerifyReport:
         rows = self._db.query("SELECT payload FROM events WHERE gateway = ?", (gateway,))
-        objs = [json.loads(_bytes(r[0])) for r in rows]
+        objs = [json.loads(as_bytes(r[0])) for r in rows]
         report = verify_chain(objs) if objs else None
         problems = [] if report is None else report.problems
-        gaps = _ranges(p.seq for p in problems if p.kind == "gap")
+        gaps = to_ranges(p.seq for p in problems if p.kind == "gap")
         found = tuple(
             Problem(gateway, p.seq, p.kind, None, p.detail, "") for p in problems if p.kind != "gap"
         )
@@ -438,6 +495,27 @@ class SqlLedger:
             duplicates=self._stats(gateway)[2],
             evicted=tuple(self._evicted(gateway)),
         )
+
+    def _lock_gaps(self, gateway: str) -> list[tuple[str, int, int]]:
+        """Index runs missing from the locks this gateway relayed, minus announced ring losses."""
+        rows = self._db.query(
+            "SELECT lock_id, log_index FROM lock_entries WHERE lock_id IN (SELECT DISTINCT"
+            " lock_id FROM lock_entries WHERE gateway = ?) ORDER BY lock_id, log_index",
+            (gateway,),
+        )
+        held: dict[str, list[int]] = {}
+        for lock, index in rows:
+            held.setdefault(str(lock), []).append(int(index))
+        lost: dict[str, list[SeqRange]] = {}
+        for found in self.events(types=[EventType.SEAL_LOG_GAP]):
+            first, last = found.data.get("first"), found.data.get("last")
+            if isinstance(first, int) and isinstance(last, int):
+                lost.setdefault(str(found.data.get("lock_id")), []).append((first, last))
+        return [
+            (lock, a, b)
+            for lock, indexes in sorted(held.items())
+            for a, b in index_gaps(indexes, lost.get(lock, []))
+        ]
 
     def _head(self, gateway: str) -> tuple[int, str]:
         rows = self._db.query(
@@ -461,7 +539,7 @@ class SqlLedger:
         )
         spans: list[SeqRange] = []
         for (payload,) in rows:
-            spans += announced_ranges(json.loads(_bytes(payload)))
+            spans += announced_ranges(json.loads(as_bytes(payload)))
         return sorted(spans)
 
     def _check_version(self) -> None:
@@ -489,102 +567,3 @@ def _types(db: Db) -> tuple[str, str]:
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _event_row(event: ParsedEvent, received: str) -> tuple[Any, ...]:
-    obj = event.obj
-    return (
-        event.id, event.gateway, event.seq, event.payload, obj["type"], obj["ts"],
-        obj["priority"], obj["subject"], event.hash, obj["prev_hash"], received,
-    )  # fmt: skip
-
-
-def _link_to(head: tuple[int, str], seq: int, evicted: Sequence[SeqRange]) -> str | None:
-    """The prev_hash `seq` must carry, "" when unknowable (evicted before it), None: a gap."""
-    if seq == head[0] + 1:
-        return head[1]
-    missing = (head[0] + 1, seq - 1)
-    return "" if not _subtract(missing, evicted) else None
-
-
-def _check_row(payload: bytes, stored_hash: str, link: str) -> tuple[str, str] | None:
-    obj = json.loads(payload)
-    if event_hash(obj) != stored_hash or obj.get("hash") != stored_hash:
-        return "edited", "stored payload does not match its hash"
-    if not link_ok(obj, link or None):
-        return "broken_link", "prev_hash differs from the previous event's hash"
-    return None
-
-
-def _subtract(span: SeqRange, holes: Iterable[SeqRange]) -> list[SeqRange]:
-    """`span` minus every range in `holes` (sorted), as ranges."""
-    pieces = [span]
-    for lo, hi in holes:
-        next_pieces = []
-        for a, b in pieces:
-            if hi < a or lo > b:
-                next_pieces.append((a, b))
-                continue
-            if a < lo:
-                next_pieces.append((a, lo - 1))
-            if hi < b:
-                next_pieces.append((hi + 1, b))
-        pieces = next_pieces
-    return pieces
-
-
-def _ranges(seqs: Iterable[int]) -> list[SeqRange]:
-    spans: list[SeqRange] = []
-    for seq in sorted(set(seqs)):
-        if spans and spans[-1][1] == seq - 1:
-            spans[-1] = (spans[-1][0], seq)
-        else:
-            spans.append((seq, seq))
-    return spans
-
-
-def _where(
-    *,
-    gateway: str | None = None,
-    types: Sequence[str] | None = None,
-    priority: str | None = None,
-    since: str | None = None,
-    until: str | None = None,
-) -> tuple[str, tuple[Any, ...]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    for clause, value in (("gateway = ?", gateway), ("priority = ?", priority),
-                          ("ts >= ?", since), ("ts < ?", until)):  # fmt: skip
-        if value is not None:
-            clauses.append(clause)
-            params.append(value)
-    if types is not None:
-        clauses.append(f"type IN ({', '.join('?' for _ in types) or 'NULL'})")
-        params.extend(types)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
-
-
-def _stored(row: Sequence[Any]) -> StoredEvent:
-    gateway, seq, event_id, type_, ts, priority, subject, payload = row
-    data = json.loads(_bytes(payload)).get("data")
-    return StoredEvent(
-        str(gateway), int(seq), str(event_id), str(type_), str(ts), str(priority), str(subject),
-        data if isinstance(data, dict) else {},
-    )  # fmt: skip
-
-
-def _bytes(value: Any) -> bytes:
-    return value.encode("utf-8") if isinstance(value, str) else bytes(value)
-
-
-def _json_object(value: Any) -> dict[str, Any]:
-    try:
-        obj = json.loads(_bytes(value))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return obj if isinstance(obj, dict) else {}
-
-
-def _status_state(payload: bytes) -> str:
-    state = _json_object(payload).get("state")
-    return state if isinstance(state, str) else "unknown"

@@ -33,6 +33,7 @@ def write_config(tmp_path: Path, broker: MosquittoBroker, *, rate: float = 400) 
         f'[uplink]\nurl = "{broker.url}"\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n'
         "drain_rate_per_s = 0\n[health]\ninterval_s = 1\n"
         f"[synthetic]\nenabled = true\nrate_per_s = {rate}\n"
+        "[audit]\nrequire_identity = false\n"  # tests that need checkpoints run `sealgw init`
     )
     return config
 

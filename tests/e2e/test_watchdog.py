@@ -29,6 +29,7 @@ def write_config(tmp_path: Path) -> Path:
         f'[gateway]\nid = "gw-watchdog"\nstate_dir = "{tmp_path / "state"}"\n'
         '[uplink]\nurl = "mqtt://127.0.0.1:9"\nreconnect_min_s = 1\nreconnect_max_s = 5\n'
         "[synthetic]\nenabled = true\nrate_per_s = 20\n"
+        "[audit]\nrequire_identity = false\n"
     )
     return config
 

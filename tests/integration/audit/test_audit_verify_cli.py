@@ -158,7 +158,7 @@ def test_cli_detects_a_tampered_chain(
     assert done.returncode == 1, done.stderr
     assert "EDITED          seq 9: hash does not match content" in done.stdout
     assert "GAP             seq 14 (1 missing)" in done.stdout
-    assert "FAILED: 2 problems found" in done.stdout
+    assert "BROKEN: 2 problems found" in done.stdout
 
 
 # -- huge holes ---------------------------------------------------------------------------------

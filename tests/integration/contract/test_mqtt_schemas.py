@@ -159,6 +159,7 @@ async def test_daemon_status_will_events_alarms_and_replies_validate(
         "[health]\ninterval_s = 1\n"
         "[synthetic]\nenabled = true\nrate_per_s = 5\n"
         f'[authorization]\nmaster_key_file = "{key_file}"\n'
+        "[audit]\nrequire_identity = false\n"
     )
     sub = subscriber_factory(broker, [f"{ROOT}/#", REPLY_TOPIC])
     rig = await start_rig(config, sub, master)
@@ -237,6 +238,7 @@ async def test_signed_command_replies_validate(
         f'[gateway]\nid = "{GATEWAY}"\nstate_dir = "{tmp_path / "state"}"\n'
         f'[uplink]\nurl = "{broker.url}"\n[health]\ninterval_s = 3600\n'
         f'[authorization]\nmaster_key_file = "{key_file}"\n'
+        "[audit]\nrequire_identity = false\n"
     )
     rig = await start_rig(config, subscriber_factory(broker, [f"{ROOT}/#", REPLY_TOPIC]), master)
     try:

@@ -82,6 +82,7 @@ def start_gateway(tmp_path: Path, broker: MosquittoBroker, pki: Pki) -> Gateway:
         f'[uplink]\nurl = "{broker.url}"\nreconnect_min_s = 0.1\nreconnect_max_s = 0.3\n'
         f'ca_file = "{pki.ca_cert}"\ncert_file = "{pki.client_cert}"\n'
         f'key_file = "{pki.client_key}"\n[health]\ninterval_s = 3600\n'
+        "[audit]\nrequire_identity = false\n"
     )
     return Gateway(load_config(path))
 

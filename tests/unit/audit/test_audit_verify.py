@@ -116,7 +116,9 @@ def test_clean_trail_verifies_with_every_checkpoint(
     assert code == 0, out
     assert "4 verified, 0 bad" in out
     assert "signed: newest verified checkpoint covers seq 23 (head 24)" in out
-    assert out.rstrip().endswith("OK: chain intact")
+    assert out.rstrip().endswith(
+        "VERIFIED: chain intact, every event covered by a verified checkpoint"
+    )
 
 
 def test_duplicates_and_any_order_are_fine(tmp_path: Path, identity: Ed25519PrivateKey) -> None:
@@ -131,15 +133,15 @@ def test_duplicates_and_any_order_are_fine(tmp_path: Path, identity: Ed25519Priv
     assert report.checkpoints[GATEWAY].verified == 4
 
 
-def test_without_a_key_checkpoints_are_unverified_not_failed(
+def test_without_a_key_an_intact_trail_is_unsigned_not_verified(
     tmp_path: Path, identity: Ed25519PrivateKey, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_lines(tmp_path / "events.jsonl", trail(identity))
     code, out = run_audit(capsys, str(path))
-    assert code == 0
+    assert code == 3
     assert "4 unverified" in out
-    assert "no --gateway-key given" in out
-    assert "OK: chain intact (checkpoints not verified)" in out
+    assert "unsigned: 24 events from seq 1 on" in out
+    assert "UNSIGNED: chain intact, but not every event is signed (no --gateway-key given)" in out
 
 
 # -- tampering ----------------------------------------------------------------------------------
@@ -155,7 +157,7 @@ def test_deleted_lines_are_named_as_gaps(
     assert code == 1
     assert "GAP             seq 3 (1 missing)" in out
     assert "GAP             seq 8-10 (3 missing)" in out
-    assert "FAILED: 2 problems found" in out
+    assert "BROKEN: 2 problems found" in out
 
 
 def test_edited_data_field_is_named(
@@ -258,7 +260,7 @@ def test_lines_that_are_not_events_are_reported_not_fatal(
     assert "UNREADABLE      line 9: not an event: no 'v'" in out
     assert "UNREADABLE      line 10: a member name appears twice" in out
     assert "gateway gw-0001: 6 events, head seq 6" in out
-    assert "FAILED: 5 problems found" in out
+    assert "BROKEN: 5 problems found" in out
 
 
 def test_gateway_scoped_keys_and_json_output(
