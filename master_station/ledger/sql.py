@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway.errors import ProtocolError
-from gateway.protocol.chain import EPOCH_TYPE, announced_ranges, link_ok, verify_chain
+from gateway.protocol.chain import EPOCH_TYPE, announced_ranges, verify_chain
 from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.events import GENESIS_HASH, EventType, event_hash, format_ts
 from master_station.ledger.evidence import (
