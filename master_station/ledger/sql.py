@@ -18,6 +18,7 @@ from gateway.errors import ProtocolError
 from gateway.protocol.chain import verify_chain
 from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.events import GENESIS_HASH, event_hash, format_ts
+from gateway.protocol.strict_json import load_object
 from master_station.ledger.models import (
     SCHEMA_VERSION,
     AddOutcome,
@@ -580,10 +581,9 @@ def _bytes(value: Any) -> bytes:
 
 def _json_object(value: Any) -> dict[str, Any]:
     try:
-        obj = json.loads(_bytes(value))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        return load_object(_bytes(value), "retained message")
+    except ProtocolError:  # also too deep or too large: never a RecursionError
         return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def _status_state(payload: bytes) -> str:
