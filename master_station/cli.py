@@ -234,7 +234,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     options = _listener_options(args)
-    if args.master_dir is not None:  # gateways holding a master key accept signed resends only
+    if args.master_dir is not None:  # gateways accept signed resends only
         signer = _authority(args.master_dir).sign_command
         options = dataclasses.replace(options, signer=signer)
     ledger = open_ledger(args.ledger)

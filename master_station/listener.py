@@ -448,7 +448,7 @@ class MasterListener:
         request_id = f"{self.client_id}-{self._request_counter}"
         body: dict[str, Any] = {"from_seq": span[0], "to_seq": span[1], "id": request_id}
         payload = canonical_bytes(body)
-        if self.options.signer is not None:  # gateways with a master key take signed ones only
+        if self.options.signer is not None:  # unsigned, gateways answer verifier_missing
             lifetime = max(60, int(self.options.resend_interval_s))
             payload = self.options.signer("resend", gateway, body, lifetime)
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
