@@ -238,14 +238,15 @@ class CommandServer:
         self._dispatcher = dispatcher
         self._topic = topic
         self._connection = connection
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()  # commands and refusals being answered
+        self._running = 0  # commands among them
         self.max_running = MAX_RUNNING
-        self.refused: Counter[str] = Counter()  # too_large, busy: answered without running
+        self.refused: Counter[str] = Counter()  # too_large, busy (and unanswered): never run
 
     @property
     def running(self) -> int:
-        """Commands being run or answered now."""
-        return len(self._tasks)
+        """Commands being run now (refusals being answered are not counted)."""
+        return self._running
 
     def on_message(self, msg: paho.MQTTMessage) -> None:
         """A message on a subscribed topic (on the loop thread); never raises into paho."""
@@ -268,25 +269,32 @@ class CommandServer:
         )
         if len(msg.payload) > MAX_COMMAND_BYTES:  # MQTT 3.1.1 has no Maximum Packet Size
             self._refuse(command, "too_large", f"payload exceeds {MAX_COMMAND_BYTES} bytes")
-        elif len(self._tasks) >= self.max_running:
+        elif self._running >= self.max_running:
             self._refuse(command, "busy", f"{self.max_running} commands are running; retry")
         else:
-            self._start(self._run(command))
+            self._running += 1
+            self._start(self._run(command)).add_done_callback(self._ran)
 
     def _refuse(self, command: Command, code: str, detail: str) -> None:
         self.refused[code] += 1
         level = logging.WARNING if self.refused[code] == 1 else logging.DEBUG
         log.log(level, "command %s answered %s (%d so far): %s", command.name, code,
                 self.refused[code], detail)  # fmt: skip
-        if len(self._tasks) < 2 * self.max_running:  # beyond that even the answer is dropped
+        if len(self._tasks) < 2 * self.max_running:
             self._start(self._send(command, error_reply(command, code, detail)))
+        else:  # so many answers pending that even the refusal is dropped (and counted)
+            self.refused["unanswered"] += 1
 
-    def _start(self, work: Awaitable[None]) -> None:
+    def _start(self, work: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+        return task
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _ran(self, _task: asyncio.Future[None]) -> None:
+        self._running -= 1
+
+    def _done(self, task: asyncio.Future[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("command task failed", exc_info=task.exception())
