@@ -117,3 +117,16 @@ async def test_a_wildcard_response_topic_is_refused_with_a_reply(
     (answered,) = sub.on("ms/gw/r")
     assert json.loads(refused.payload)["error"] == "bad_response_topic"
     assert json.loads(answered.payload)["result"] == {"echo": 2}
+
+
+async def test_an_unsigned_resend_is_refused_without_a_master_key(
+    mosquitto: Broker, subscriber_factory: SubscriberFactory
+) -> None:
+    buf = FakeEventBuffer()
+    sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
+    async with running(make_uplink(mosquitto.url, buf)):
+        sub.publish(f"{ROOT}/cmd/resend", b'{"id": "rs", "from_seq": 1}')
+        (reply,) = await sub.wait_for(lambda m: len(m) >= 1)
+    answer = json.loads(reply.payload)
+    assert (answer["ok"], answer["error"], answer["id"]) == (False, "verifier_missing", "rs")
+    assert "master key" in answer["detail"]

@@ -104,16 +104,3 @@ async def test_resend_requeues_and_republishes(
     assert {"ok": True, "result": {"requeued": 3, "first_available_seq": 1}, "id": None} in replies
     assert any(r.get("error") == "bad_request" for r in replies)
     assert seqs_of(messages) == [3, 4, 5]
-
-
-async def test_an_unsigned_resend_is_refused_without_a_master_key(
-    mosquitto: Broker, subscriber_factory: SubscriberFactory
-) -> None:
-    buf = FakeEventBuffer()
-    sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
-    async with running(make_uplink(mosquitto.url, buf)):
-        sub.publish(f"{ROOT}/cmd/resend", b'{"id": "rs", "from_seq": 1}')
-        (reply,) = await sub.wait_for(lambda m: len(m) >= 1)
-    answer = json.loads(reply.payload)
-    assert (answer["ok"], answer["error"], answer["id"]) == (False, "verifier_missing", "rs")
-    assert "master key" in answer["detail"]
