@@ -126,6 +126,7 @@ class AuthCode(StrEnum):
     CONFLICT = "conflict"
     REPLAYED = "replayed"
     VERIFIER_MISSING = "verifier_missing"
+    REPLAY_CACHE_UNREADABLE = "replay_cache_unreadable"
     BAD_MAC = "bad_mac"
     BAD_ANSWER_MAC = "bad_answer_mac"
     BAD_ENTRY_TAG = "bad_entry_tag"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import ssl
 import threading
@@ -15,8 +14,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.errors import TransientError
+from gateway.errors import ProtocolError, TransientError
 from gateway.protocol.canonical import canonical_bytes
+from gateway.protocol.strict_json import load_object
 from master_station.listener import ListenerOptions, parse_broker_url
 
 __all__ = ["CommandReply", "send_command"]
@@ -118,9 +118,8 @@ class _Exchange:
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
         try:
-            reply = json.loads(msg.payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            reply = load_object(msg.payload, "command reply")
+        except ProtocolError:
             return
-        if isinstance(reply, dict):
-            self._reply = reply
-            self._answered.set()
+        self._reply = reply
+        self._answered.set()

@@ -18,7 +18,6 @@ ledger keeps two masters from asking for the same range at once. Details: docs/m
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -38,8 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.errors import ConfigError, TransientError
+from gateway.errors import ConfigError, ProtocolError, TransientError
 from gateway.protocol.canonical import canonical_bytes
+from gateway.protocol.strict_json import load_object
 from master_station.ledger.models import AddOutcome, AddResult, Ledger, LedgerError, SeqRange
 
 __all__ = ["ListenerOptions", "ListenerStats", "MasterListener", "parse_broker_url"]
@@ -92,6 +92,7 @@ class ListenerStats:
     duplicates: int = 0
     conflicts: int = 0
     invalid: int = 0
+    rejected: int = 0
     seal_states: int = 0
     statuses: int = 0
     resend_requests: int = 0
@@ -288,7 +289,7 @@ class MasterListener:
         while not (self._stop.is_set() and self._inbox.empty()):
             batch = self._take(min(self.options.tick_s, max(0.0, next_tick - self._clock())))
             if batch:
-                self._write(batch)
+                self._write_safely(batch)
             if self._clock() >= next_tick and not self._stop.is_set():
                 self._tick_safely()
                 next_tick = self._clock() + self.options.tick_s
@@ -305,6 +306,13 @@ class MasterListener:
                 break
         return batch
 
+    def _write_safely(self, batch: list[_Inbound]) -> None:
+        """_write, but nothing unforeseen ends the worker (the batch stays unacknowledged)."""
+        try:
+            self._write(batch)
+        except Exception:  # noqa: BLE001 - the worker outlives any one batch
+            _log.exception("a batch of %d messages could not be handled", len(batch))
+
     def _write(self, batch: list[_Inbound]) -> None:
         """Write a batch, retrying while the ledger fails; acknowledge only what is written."""
         while True:
@@ -320,20 +328,60 @@ class MasterListener:
             return
 
     def _apply(self, batch: list[_Inbound]) -> None:
+        """Write a batch; a message that cannot be handled becomes one problem record.
+
+        Only a LedgerError (the ledger itself failing) leaves the batch unacknowledged. Any
+        other failure belongs to one message, which must never stop the worker: a retained
+        message would otherwise stop it again after every restart.
+        """
         events = [item for item in batch if item.kind == "events"]
         if events:
-            results = self.ledger.add_many([e.payload for e in events], [e.gateway for e in events])
-            self._count(results)
-            self._touched.update(e.gateway for e in events)
+            self._add_events(events)
         for item in batch:
-            if item.kind == "state":
-                self.ledger.put_seal_state(item.gateway, item.key, item.payload)
-                self._bump("seal_states")
-            elif item.kind == "status":
-                self.ledger.put_status(item.gateway, item.payload)
-                self._bump("statuses")
-            elif item.kind == "reply":
-                self._on_reply(item)
+            if item.kind == "events":
+                continue
+            try:
+                self._apply_one(item)
+            except LedgerError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the worker
+                self._reject(item, exc)
+
+    def _add_events(self, events: list[_Inbound]) -> None:
+        try:
+            results = self.ledger.add_many([e.payload for e in events], [e.gateway for e in events])
+        except LedgerError:
+            raise
+        except Exception:  # noqa: BLE001 - not expected (parse_event refuses bad events)
+            results = []
+            for event in events:
+                try:
+                    results += self.ledger.add_many([event.payload], [event.gateway])
+                except LedgerError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - the culprit becomes a problem record
+                    self._reject(event, exc)
+        self._count(results)
+        self._touched.update(e.gateway for e in events)
+
+    def _apply_one(self, item: _Inbound) -> None:
+        if item.kind == "state":
+            self.ledger.put_seal_state(item.gateway, item.key, _retained(item))
+            self._bump("seal_states")
+        elif item.kind == "status":
+            self.ledger.put_status(item.gateway, _retained(item))
+            self._bump("statuses")
+        elif item.kind == "reply":
+            self._on_reply(item)
+
+    def _reject(self, item: _Inbound, exc: Exception) -> None:
+        """Keep a refused message as a problem (once per gateway and kind), acknowledge it."""
+        reason = str(exc) if isinstance(exc, ProtocolError) else f"{type(exc).__name__}: {exc}"
+        detail = f"{item.kind} message of {len(item.payload)} bytes refused: {reason}"[:300]
+        self._bump("rejected")
+        level = logging.WARNING if self.stats.rejected == 1 else logging.DEBUG
+        _log.log(level, "gateway %s: %s", item.gateway, detail)
+        self.ledger.record_problem(item.gateway, f"bad_{item.kind}", detail)
 
     def _count(self, results: Iterable[AddResult]) -> None:
         names = {
@@ -359,6 +407,8 @@ class MasterListener:
             self._tick()
         except LedgerError as exc:
             _log.warning("chain check failed: %s", exc)
+        except Exception:  # noqa: BLE001 - the worker outlives a failed check
+            _log.exception("chain check failed")
 
     def _tick(self) -> None:
         """Verify the chains that moved, and ask for ranges missing longer than the grace."""
@@ -398,7 +448,7 @@ class MasterListener:
         request_id = f"{self.client_id}-{self._request_counter}"
         body: dict[str, Any] = {"from_seq": span[0], "to_seq": span[1], "id": request_id}
         payload = canonical_bytes(body)
-        if self.options.signer is not None:  # gateways with a master key take signed ones only
+        if self.options.signer is not None:  # unsigned, gateways answer verifier_missing
             lifetime = max(60, int(self.options.resend_interval_s))
             payload = self.options.signer("resend", gateway, body, lifetime)
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -412,7 +462,7 @@ class MasterListener:
         _log.info("gateway %s: asked to resend seq %d..%d", gateway, *span)
 
     def _on_reply(self, item: _Inbound) -> None:
-        reply = _json(item.payload)
+        reply = load_object(item.payload, "resend reply")
         request_id = reply.get("id")
         if request_id is None and item.correlation:  # a signed request carries no top-level id
             request_id = item.correlation.decode(errors="replace")
@@ -482,9 +532,8 @@ def _minus(span: SeqRange, gone: Iterable[SeqRange]) -> list[SeqRange]:
     return pieces
 
 
-def _json(payload: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {}
+def _retained(item: _Inbound) -> bytes:
+    """A retained status or seal state, checked strictly (an empty payload clears it)."""
+    if item.payload:
+        load_object(item.payload, f"{item.kind} message")
+    return item.payload

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -10,6 +11,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.errors import ProtocolError
+from gateway.protocol.strict_json import load_object
 
 
 class EventSubscriber:
@@ -104,5 +108,6 @@ class EventSubscriber:
         with self._changed:
             self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
             if "/events/" in message.topic:
-                self.events.append(json.loads(message.payload))
+                with contextlib.suppress(ProtocolError):  # a bad payload is not an event
+                    self.events.append(load_object(message.payload, "event"))
             self._changed.notify_all()

@@ -221,6 +221,30 @@ def decide(
     )
 
 
+def decide_read(
+    certificate: OperatorCertificate,
+    *,
+    revocations: RevocationList | None,
+    now: datetime,
+    skew_s: int,
+    gateway: GatewayTrust,
+) -> Decision:
+    """The read rule (a handheld's `seal_state`): the operator is in scope right now.
+
+    That is: the certificate is the master station's, valid now, not revoked (nor its
+    operator), and covers this gateway's district. Checked at every read, not only when the
+    session opened, so a revocation or an expiry ends reads within a session too.
+    """
+    if now.tzinfo is None:
+        raise ValueError("decide_read needs a timezone-aware time")
+    if revocations is not None and not _signed_by_master(revocations, gateway):
+        return Decision.deny(Reason.FORGED_REVOCATION_LIST, f"serial {revocations.serial}")
+    if not _signed_by_master(certificate, gateway):
+        return Decision.deny(Reason.FORGED_CERTIFICATE, "certificate signature does not verify")
+    checked = _check_certificate(certificate, revocations, gateway, now.timestamp(), skew_s)
+    return checked or Decision.allow()
+
+
 def _check_ticket(
     request: OperationRequest,
     ticket: Ticket | None,

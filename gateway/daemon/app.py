@@ -64,7 +64,6 @@ class Gateway:
             dispatcher=self.dispatcher,
             clock=self.clock,
             version=__version__,
-            signed_commands=config.authorization.master_key_file is not None,
         )
         self.supervisor = Supervisor(self.clock)
         self.services = build_services(

@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.auth.config import DEFAULT_SKEW_S
-from gateway.auth.policy import GatewayTrust, OperationRequest
+from gateway.auth.policy import GatewayTrust, OperationRequest, decide_read
 from gateway.errors import AuthError, GatewayError, ProtocolError, StorageError
 from gateway.handheld.api import OperationsBackend
+from gateway.handheld.budget import FailureBudget
 from gateway.handheld.config import HandheldSection
 from gateway.handheld.store import PairedDevice, PairedDeviceStore
 from gateway.handheld.transport import FrameStream
@@ -123,6 +124,7 @@ class HandheldService:
         self._skew_s = skew_s
         self._revocations = revocations
         self._code: _CodeState | None = None
+        self.failure_budget = FailureBudget(clock.monotonic)
 
     # -- pairing codes (console) ---------------------------------------------------------
 
@@ -188,7 +190,7 @@ class HandheldService:
         try:
             cert = _parse_cert(hello.certificate, self._trust)
             subject, data = cert.operator, _cert_data(cert)
-            await self._audit(EventType.HANDHELD_PAIRING_ATTEMPT, subject, data)
+            await self._audit_refusal(stream, EventType.HANDHELD_PAIRING_ATTEMPT, subject, data)
             self._check_cert(cert)
             snapshot, code = self._code_for_pairing()
             pairing = _start_pairing(self._identity, self._trust.gateway_id, hello, cert, code)
@@ -197,9 +199,9 @@ class HandheldService:
             self._check_proof(pairing, proof, cert, snapshot)
         except _RefusedError as refused:
             if subject == self._trust.gateway_id:
-                await self._audit(EventType.HANDHELD_PAIRING_ATTEMPT, subject, data)
-            await self._audit(
-                EventType.HANDHELD_PAIRING_FAILED, subject, _refusal_data(refused, data)
+                await self._audit_refusal(stream, EventType.HANDHELD_PAIRING_ATTEMPT, subject, data)
+            await self._audit_refusal(
+                stream, EventType.HANDHELD_PAIRING_FAILED, subject, _refusal_data(refused, data)
             )
             await _send_refusal(stream, refused)
             return
@@ -341,7 +343,8 @@ class HandheldService:
         data: Mapping[str, JSONValue],
     ) -> None:
         _log.info("handheld session denied: %s", refused.reason)
-        await self._audit(EventType.HANDHELD_SESSION_DENIED, subject, _refusal_data(refused, data))
+        denied = _refusal_data(refused, data)
+        await self._audit_refusal(stream, EventType.HANDHELD_SESSION_DENIED, subject, denied)
         await _send_refusal(stream, refused)
 
     # -- requests ------------------------------------------------------------------------
@@ -369,7 +372,11 @@ class HandheldService:
             tickets = await self._backend.list_tickets(device.operator)
             return {"ok": True, "tickets": [t.to_json() for t in tickets]}
         if op == "seal_state":
-            status = await self._backend.seal_state(_need(body, "seal_id", _ID))
+            seal_id = _need(body, "seal_id", _ID)
+            refusal = self._read_refusal(device)
+            if refusal is not None:
+                return refusal
+            status = await self._backend.seal_state(seal_id)
             return {"ok": True, "seal": status.to_json()} if status else _unknown("seal")
         if op in _LOCK_OPS:
             outcome = await self._backend.execute(_operation(device, str(op), body))
@@ -380,6 +387,24 @@ class HandheldService:
                 return _unknown("operation")
             return {"ok": True, "operation": found.to_json()}
         raise ProtocolError(f"unknown op {str(op)[:32]!r}")
+
+    def _read_refusal(self, device: PairedDevice) -> dict[str, JSONValue] | None:
+        """The policy's read rule for `device`'s operator; None when the read may go ahead."""
+        try:
+            cert = _parse_cert(device.certificate, self._trust)
+        except _RefusedError:
+            return {"ok": False, "error": HandheldReason.BAD_CERTIFICATE.value, "detail": ""}
+        decision = decide_read(
+            cert,
+            revocations=self._revocations(),
+            now=self._clock.now(),
+            skew_s=self._skew_s,
+            gateway=self._trust,
+        )
+        if decision.allowed or decision.reason is None:
+            return None
+        _log.info("seal_state refused to %s: %s", device.operator, decision.reason)
+        return {"ok": False, "error": decision.reason.value, "detail": decision.detail[:200]}
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -399,6 +424,15 @@ class HandheldService:
         if not isinstance(message, kind):
             raise _RefusedError(HandheldReason.UNEXPECTED_MESSAGE, type(message).__name__)
         return message
+
+    async def _audit_refusal(
+        self, stream: FrameStream, kind: EventType, subject: str, data: Mapping[str, JSONValue]
+    ) -> None:
+        """Audit a pairing attempt or a refusal within the peer's budget; count it beyond."""
+        suppressed = self.failure_budget.take(stream.peer)
+        if suppressed is None:
+            return
+        await self._audit(kind, subject, {**data, "suppressed": suppressed} if suppressed else data)
 
     async def _audit(self, kind: EventType, subject: str, data: Mapping[str, JSONValue]) -> None:
         await self._emit(make_draft(self._clock.now(), kind, subject, dict(data), Priority.AUDIT))

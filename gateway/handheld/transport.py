@@ -74,6 +74,14 @@ class FrameStream:
         self._reader = reader
         self._writer = writer
 
+    @property
+    def peer(self) -> str:
+        """Who is connected, for per-source limits: the remote host, or "unix"."""
+        name = self._writer.get_extra_info("peername")
+        if isinstance(name, tuple) and name:
+            return str(name[0])
+        return "unix"
+
     async def read(self) -> Message:
         """The next message; ProtocolError on a bad frame, IncompleteReadError at EOF."""
         header = await self._reader.readexactly(FRAME_HEADER_LEN)

@@ -14,7 +14,14 @@ from functools import lru_cache
 from json.encoder import encode_basestring
 from typing import Any, TypeAlias
 
-__all__ = ["JSONValue", "canonical_bytes", "canonical_json", "encode_basestring", "format_number"]
+__all__ = [
+    "MAX_SAFE_INTEGER",
+    "JSONValue",
+    "canonical_bytes",
+    "canonical_json",
+    "encode_basestring",
+    "format_number",
+]
 
 MAX_SAFE_INTEGER = 2**53 - 1
 

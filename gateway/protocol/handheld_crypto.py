@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from gateway.protocol.handheld import (
     SessionHello,
     message_fields,
 )
+from gateway.protocol.strict_json import load_object
 
 __all__ = [
     "Channel",
@@ -421,13 +421,7 @@ class Channel:
             raise AuthError(
                 "record does not authenticate", code=HandheldReason.BAD_RECORD
             ) from None
-        try:
-            body = json.loads(plain)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise ProtocolError("record body is not JSON") from None
-        if not isinstance(body, dict):
-            raise ProtocolError("record body is not an object")
-        return body
+        return load_object(plain, "record body")  # depth and size capped, never RecursionError
 
     def _require(self, role: Role) -> None:
         if self.role is not role:

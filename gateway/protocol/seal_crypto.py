@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.hmac import HMAC
@@ -75,9 +75,9 @@ LABEL_ADVERT = b"sealgw/v1 adv\x00"
 class LockKeys:
     """The per-lock subkeys derived from K_lock; the gateway is given `log` and `advert` only."""
 
-    log: bytes
-    advert: bytes
-    audit: bytes
+    log: bytes = field(repr=False)
+    advert: bytes = field(repr=False)
+    audit: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.errors import AuthCode, AuthError, ProtocolError
 from gateway.protocol.seal_crypto import (
@@ -54,7 +54,7 @@ class TicketCredential:
 
     lock_id: bytes
     header: bytes
-    k_tl: bytes
+    k_tl: bytes = field(repr=False)  # the lock key for this ticket: never in a log or a repr
 
     def __post_init__(self) -> None:
         if not decode_ticket_header(self.header).covers(self.lock_id):

@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from gateway.errors import AuthCode, AuthError, ProtocolError
-from gateway.protocol.canonical import canonical_bytes
+from gateway.protocol.canonical import MAX_SAFE_INTEGER, canonical_bytes
 from gateway.protocol.strict_json import loads_strict
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Envelope",
     "b64url",
     "b64url_decode",
+    "check_signable",
     "encode_document",
     "open_document",
     "sign_body",
@@ -70,7 +71,13 @@ class Envelope:
 
 
 def signed_message(kind: DocKind, body: Mapping[str, Any]) -> bytes:
-    """The exact bytes signed: domain prefix with the kind, then canonical JSON of the body."""
+    """The exact bytes signed: domain prefix with the kind, then canonical JSON of the body.
+
+    ProtocolError for a body holding a float or an integer beyond ±(2**53 - 1): JCS writes
+    30 and 30.0 alike, and 2**53 and 2**53 + 1 alike, so such a body would have several
+    spellings under one signature. Signed bodies hold integers only.
+    """
+    check_signable(body)
     return b"sealgw/v1 " + kind.value.encode("ascii") + b"\x00" + canonical_bytes(body)
 
 
@@ -87,6 +94,23 @@ def verify_body(key: Ed25519PublicKey, kind: DocKind, body: Mapping[str, Any], s
         raise AuthError(
             f"{kind.value} signature does not verify", code=AuthCode.BAD_SIGNATURE
         ) from None
+
+
+def check_signable(value: Any, path: str = "body") -> None:
+    """ProtocolError unless every number in `value` is an integer within ±(2**53 - 1)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return
+    if isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise ProtocolError(f"{path}: integer beyond ±(2**53 - 1) in a signed body")
+    elif isinstance(value, float):
+        raise ProtocolError(f"{path}: a signed body holds integers only, not {value!r}")
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_signable(item, f"{path}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_signable(item, f"{path}[{index}]")
 
 
 def encode_document(kind: DocKind, body: Mapping[str, Any], sig: bytes) -> bytes:
@@ -219,4 +243,6 @@ def _parse_json(raw: bytes) -> Any:
         not_json="document is not JSON: {}",
         duplicate="document has a duplicate member name",
         constant="document contains {}, which JSON does not allow",
+        max_bytes=MAX_DOC_BYTES,
+        integers_only=True,
     )

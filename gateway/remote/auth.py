@@ -15,6 +15,10 @@ raises a floor to that expiry: any later command expiring at or before the floor
 as `replayed`, because the cache can no longer tell. So memory is bounded and a replay never
 passes. The cache is persisted (atomic write) so a restart does not reopen the window, which
 matters most for `restart` itself.
+
+A cache file that exists but cannot be read fails closed: every signed command is refused as
+`replay_cache_unreadable` (logged at ERROR at start) until someone looks at the disk and moves
+the file aside. Starting empty instead would let every recorded command of the last hour replay.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class ReplayCache:
         self.path = path
         self.max_entries = max_entries
         self.floor = 0
+        self.unreadable: str | None = None  # why the file could not be read: fail closed
         self._expiry: dict[str, int] = {}
         if path is not None:
             self._load(path)
@@ -70,6 +75,12 @@ class ReplayCache:
 
     def check(self, nonce: str, expires_at: int) -> None:
         """AuthError(code='replayed') if `nonce` was seen or may have been forgotten."""
+        if self.unreadable is not None:
+            raise AuthError(
+                f"replay cache {self.path} is unreadable ({self.unreadable}); signed commands"
+                " are refused until it is moved aside",
+                code=AuthCode.REPLAY_CACHE_UNREADABLE,
+            )
         if nonce in self._expiry:
             raise AuthError(f"command nonce {nonce} was already used", code=AuthCode.REPLAYED)
         if expires_at <= self.floor:
@@ -91,16 +102,28 @@ class ReplayCache:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
-            _log.warning("replay cache %s unreadable, starting empty: %s", path, exc)
+        except (OSError, ValueError, RecursionError) as exc:
+            self._refuse_all(path, f"{type(exc).__name__}: {exc}"[:200])
             return
-        if not isinstance(data, dict) or data.get("v") != _FILE_VERSION:
-            _log.warning("replay cache %s has an unknown format, starting empty", path)
+        nonces = data.get("nonces") if isinstance(data, dict) else None
+        if (
+            not isinstance(data, dict)
+            or data.get("v") != _FILE_VERSION
+            or not isinstance(nonces, dict)
+        ):
+            self._refuse_all(path, "unknown format")
             return
         self.floor = _int_or_zero(data.get("floor"))
-        nonces = data.get("nonces")
-        if isinstance(nonces, dict):
-            self._expiry = {str(n): _int_or_zero(e) for n, e in nonces.items()}
+        self._expiry = {str(n): _int_or_zero(e) for n, e in nonces.items()}
+
+    def _refuse_all(self, path: Path, reason: str) -> None:
+        self.unreadable = reason
+        _log.error(
+            "replay cache %s is unreadable (%s): every signed command is refused until the file"
+            " is checked and moved aside (starting empty would let recorded commands replay)",
+            path,
+            reason,
+        )
 
     def _save(self, path: Path) -> None:
         data = {"v": _FILE_VERSION, "floor": self.floor, "nonces": self._expiry}

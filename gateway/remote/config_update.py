@@ -8,6 +8,10 @@ the running config:
 - keys that would move, resize or re-key the event buffer (`[buffer]`, `gateway.state_dir`,
   `gateway.id`) are REFUSED, naming the key: remote config never rebuilds, moves or drops the
   buffer (a peer product lost its data exactly that way). Change them on site, then restart;
+- a change of `authorization.master_key_file` (the key that signs this very command) and a
+  switch of `uplink.url` from `mqtts://` to plain `mqtt://` are REFUSED with an AuthError whose
+  code is a `RemoteRefusal`: whoever holds the master key may reconfigure the gateway, but not
+  hand the gateway's trust to another key or its traffic to the clear;
 - `log.level` applies live; every other change is written and takes effect at the next start.
 
 The file is replaced atomically: temp file, fsync, the previous file kept as `.bak`, rename,
@@ -24,17 +28,19 @@ import shutil
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from gateway.config.loader import parse_config
 from gateway.config.model import GatewayConfig
-from gateway.errors import ConfigError
+from gateway.errors import AuthError, ConfigError
 
 __all__ = [
     "LIVE_KEYS",
     "PROTECTED_KEYS",
     "PreparedConfig",
+    "RemoteRefusal",
     "changed_keys",
     "merge_patch",
     "prepare_config",
@@ -46,6 +52,13 @@ LIVE_KEYS = frozenset({"log.level"})
 PROTECTED_KEYS = ("buffer", "gateway.state_dir", "gateway.id")
 MAX_TEXT = 60 * 1024
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+class RemoteRefusal(StrEnum):
+    """Why a remote config was refused although it is valid (the reply's `error`)."""
+
+    TRUST_KEY_CHANGE = "trust_key_change"
+    TRANSPORT_DOWNGRADE = "transport_downgrade"
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +160,17 @@ def _parse_toml(text: str) -> dict[str, Any]:
 
 
 def _refuse_protected(running: GatewayConfig, new: GatewayConfig) -> None:
+    if new.authorization.master_key_file != running.authorization.master_key_file:
+        raise AuthError(
+            "authorization.master_key_file cannot be changed remotely: the master key would"
+            " hand the gateway to another key (change it on site)",
+            code=RemoteRefusal.TRUST_KEY_CHANGE,
+        )
+    if running.uplink.url.startswith("mqtts://") and not new.uplink.url.startswith("mqtts://"):
+        raise AuthError(
+            "uplink.url cannot be switched from mqtts:// to plain mqtt:// remotely",
+            code=RemoteRefusal.TRANSPORT_DOWNGRADE,
+        )
     for key in changed_keys(running, new):
         if key.startswith(PROTECTED_KEYS):
             raise ConfigError(

@@ -5,7 +5,14 @@ never waits on a command that died silently:
 
     {"ok": true, "result": {...}, "id": ...}
     {"ok": false, "error": "bad_json" | "bad_request" | "unknown_command" | "internal_error"
-                           | <AuthError.code>, "detail": "...", "id": ...}
+                           | "too_large" | "busy" | "bad_response_topic" | <AuthError.code>,
+     "detail": "...", "id": ...}
+
+Input is bounded before it is parsed: a payload over MAX_COMMAND_BYTES is answered `too_large`
+unread (MQTT 5 brokers do not even deliver it: the gateway's CONNECT says Maximum Packet Size),
+JSON deeper than MAX_DEPTH is `bad_json`, and at most MAX_RUNNING commands run at once, the
+excess being answered `busy`. A response topic with a wildcard is refused (the reply goes to
+reply/{name}), since nothing may be published to it.
 """
 
 from __future__ import annotations
@@ -13,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gateway.errors import AuthError, ConfigError, ProtocolError
+from gateway.errors import AuthCode, AuthError, ConfigError, ProtocolError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.command_doc import CommandBody, parse_command
+from gateway.protocol.signed import MAX_DOC_BYTES
+from gateway.protocol.strict_json import loads_strict
 
 if TYPE_CHECKING:
     import paho.mqtt.client as paho
@@ -27,6 +37,9 @@ if TYPE_CHECKING:
     from gateway.uplink.connection import UplinkConnection
 
 __all__ = [
+    "MAX_COMMAND_BYTES",
+    "MAX_PACKET_BYTES",
+    "MAX_RUNNING",
     "Command",
     "CommandDispatcher",
     "CommandHandler",
@@ -44,6 +57,12 @@ CommandHandler = Callable[["Command"], Awaitable[Mapping[str, JSONValue]]]
 Verifier = Callable[["Command"], None]
 
 MAX_DETAIL = 200
+MAX_COMMAND_BYTES = MAX_DOC_BYTES
+"""Largest command payload read: a signed document (64 KiB) is the largest command there is."""
+MAX_PACKET_BYTES = MAX_COMMAND_BYTES + 4096
+"""The MQTT Maximum Packet Size the gateway announces: a command plus topic and properties."""
+MAX_RUNNING = 32
+"""Commands running at once; more are answered `busy` at once, never queued without bound."""
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-./")
 
 
@@ -109,6 +128,10 @@ class CommandDispatcher:
 
     async def dispatch(self, command: Command) -> Reply:
         """Run the command and return its reply; never raises (except on cancellation)."""
+        if command.response_topic is not None and not valid_response_topic(command.response_topic):
+            detail = f"response topic {command.response_topic[:64]!r} is not a topic name"
+            log.warning("command %s refused: %s", command.name, detail)
+            return error_reply(command, "bad_response_topic", detail)
         if command.parse_error is not None:
             return error_reply(command, "bad_json", command.parse_error)
         registration = self._handlers.get(command.name)
@@ -130,7 +153,11 @@ class CommandDispatcher:
 
     def _verify(self, command: Command) -> None:
         if self.verifier is None:
-            raise AuthError("no signature verifier is installed", code="verifier_missing")
+            raise AuthError(
+                f"cmd/{command.name} must be signed by the master station, and this gateway"
+                " has no master key (authorization.master_key_file) to verify it",
+                code=AuthCode.VERIFIER_MISSING,
+            )
         self.verifier(command)
 
 
@@ -139,18 +166,36 @@ def error_reply(command: Command, code: str, detail: str) -> Reply:
     return {"ok": False, "error": code, "detail": detail[:MAX_DETAIL], "id": command.request_id}
 
 
+def valid_response_topic(topic: str) -> bool:
+    """A topic one may publish to: no wildcards, no NUL, 1..65535 UTF-8 bytes."""
+    if not topic or "+" in topic or "#" in topic or "\0" in topic:
+        return False
+    try:
+        return len(topic.encode("utf-8")) <= 0xFFFF
+    except UnicodeEncodeError:
+        return False
+
+
 def encode_reply(reply: Reply) -> bytes:
     """Compact JSON bytes for a reply."""
     return json.dumps(reply, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _decode_payload(raw: bytes) -> tuple[dict[str, JSONValue], str | None]:
+    if len(raw) > MAX_COMMAND_BYTES:
+        return {}, f"payload of {len(raw)} bytes exceeds {MAX_COMMAND_BYTES}"
     if not raw.strip():
         return {}, None
     try:
-        obj: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return {}, f"payload is not JSON: {exc}"
+        obj: Any = loads_strict(
+            raw,
+            not_json="payload is not JSON: {}",
+            duplicate="payload has a duplicate member name",
+            constant="payload contains {}, which JSON does not allow",
+            max_bytes=MAX_COMMAND_BYTES,
+        )
+    except ProtocolError as exc:
+        return {}, str(exc)
     if not isinstance(obj, dict):
         return {}, "payload is not a JSON object"
     return obj, None
@@ -193,10 +238,18 @@ class CommandServer:
         self._dispatcher = dispatcher
         self._topic = topic
         self._connection = connection
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()  # commands and refusals being answered
+        self._running = 0  # commands among them
+        self.max_running = MAX_RUNNING
+        self.refused: Counter[str] = Counter()  # too_large, busy (and unanswered): never run
+
+    @property
+    def running(self) -> int:
+        """Commands being run now (refusals being answered are not counted)."""
+        return self._running
 
     def on_message(self, msg: paho.MQTTMessage) -> None:
-        """A message on a subscribed topic (on the loop thread)."""
+        """A message on a subscribed topic (on the loop thread); never raises into paho."""
         prefix = self._topic("cmd/")
         if not msg.topic.startswith(prefix):
             return
@@ -206,15 +259,45 @@ class CommandServer:
             )
             return
         props = getattr(msg, "properties", None)
+        name = msg.topic[len(prefix) :]
+        raw = bytes(msg.payload) if len(msg.payload) <= MAX_COMMAND_BYTES else b""
         command = Command.parse(
-            msg.topic[len(prefix) :],
-            bytes(msg.payload),
+            name,
+            raw,
             response_topic=getattr(props, "ResponseTopic", None),
             correlation_data=getattr(props, "CorrelationData", None),
         )
-        task = asyncio.create_task(self._run(command))
+        if len(msg.payload) > MAX_COMMAND_BYTES:  # MQTT 3.1.1 has no Maximum Packet Size
+            self._refuse(command, "too_large", f"payload exceeds {MAX_COMMAND_BYTES} bytes")
+        elif self._running >= self.max_running:
+            self._refuse(command, "busy", f"{self.max_running} commands are running; retry")
+        else:
+            self._running += 1
+            self._start(self._run(command)).add_done_callback(self._ran)
+
+    def _refuse(self, command: Command, code: str, detail: str) -> None:
+        self.refused[code] += 1
+        level = logging.WARNING if self.refused[code] == 1 else logging.DEBUG
+        log.log(level, "command %s answered %s (%d so far): %s", command.name, code,
+                self.refused[code], detail)  # fmt: skip
+        if len(self._tasks) < 2 * self.max_running:
+            self._start(self._send(command, error_reply(command, code, detail)))
+        else:  # so many answers pending that even the refusal is dropped (and counted)
+            self.refused["unanswered"] += 1
+
+    def _start(self, work: Awaitable[None]) -> asyncio.Future[None]:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
+        return task
+
+    def _ran(self, _task: asyncio.Future[None]) -> None:
+        self._running -= 1
+
+    def _done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("command task failed", exc_info=task.exception())
 
     async def close(self) -> None:
         """Cancel the commands still running."""
@@ -223,12 +306,16 @@ class CommandServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _run(self, command: Command) -> None:
-        reply = await self._dispatcher.dispatch(command)
+        await self._send(command, await self._dispatcher.dispatch(command))
+
+    async def _send(self, command: Command, reply: Reply) -> None:
         conn = self._connection()
         if conn is None or not conn.connected:
             log.debug("reply to %s dropped: not connected", command.name)
             return
         topic = command.response_topic if conn.protocol == "5" else None
+        if topic is not None and not valid_response_topic(topic):
+            topic = None
         properties = conn.new_publish_properties()
         if topic and properties is not None and command.correlation_data is not None:
             properties.CorrelationData = command.correlation_data

@@ -70,6 +70,7 @@ class ConnectParams:
     username: str = ""
     password: str | None = None
     connect_timeout_s: float = 10.0
+    max_packet_bytes: int = 0  # MQTT 5 Maximum Packet Size announced on CONNECT; 0: none
 
     def __repr__(self) -> str:
         return f"ConnectParams({self.host}:{self.port}, client_id={self.client_id!r})"
@@ -207,7 +208,11 @@ class MqttConnection:
     def _blocking_connect(self) -> None:
         p = self.params
         if p.protocol == "5":
-            self._client.connect(p.host, p.port, p.keepalive_s, clean_start=True)
+            props = None
+            if p.max_packet_bytes:  # the broker then never sends us a larger packet
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.MaximumPacketSize = p.max_packet_bytes
+            self._client.connect(p.host, p.port, p.keepalive_s, clean_start=True, properties=props)
         else:
             self._client.connect(p.host, p.port, p.keepalive_s)
 

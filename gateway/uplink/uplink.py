@@ -26,7 +26,13 @@ from gateway.errors import ConfigError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Event, EventType, Priority
-from gateway.uplink.commands import Command, CommandDispatcher, CommandServer, command_args
+from gateway.uplink.commands import (
+    MAX_PACKET_BYTES,
+    Command,
+    CommandDispatcher,
+    CommandServer,
+    command_args,
+)
 from gateway.uplink.config import UplinkSection
 from gateway.uplink.connection import (
     CONTROL_HEADROOM,
@@ -58,7 +64,6 @@ class Uplink:
         version: str,
         *,
         rng: random.Random | None = None,
-        signed_commands: bool = False,
     ) -> None:
         self.settings = settings
         self.gateway_id = gateway_id
@@ -80,7 +85,7 @@ class Uplink:
         self._pumping: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        dispatcher.register("resend", self._cmd_resend, signed=signed_commands)
+        dispatcher.register("resend", self._cmd_resend, signed=True)
 
     # -- public API --
 
@@ -88,6 +93,11 @@ class Uplink:
     def connected(self) -> bool:
         """True only while the current connection is CONNECTED (never a dropped one)."""
         return self._reconnect.connected
+
+    @property
+    def commands(self) -> CommandServer:
+        """The cmd/ server (its `refused` counter tells how many were answered busy/too_large)."""
+        return self._commands
 
     @property
     def state(self) -> ReconnectState:
@@ -254,6 +264,7 @@ class Uplink:
             username=s.username,
             password=_read_password(s),
             connect_timeout_s=max(5.0, min(30.0, float(s.keepalive_s))),
+            max_packet_bytes=MAX_PACKET_BYTES,
         )
 
     def _notify(self, online: bool) -> None:

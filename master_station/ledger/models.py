@@ -6,15 +6,15 @@ The bottom of master_station/ledger/: models <- schema, sqlite, postgres <- sql 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, ProtocolError
 from gateway.protocol.events import EVENT_FIELDS, EVENT_VERSION
+from gateway.protocol.strict_json import load_object
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -247,11 +247,9 @@ def is_postgres_dsn(target: str | Path) -> bool:
 def parse_event(payload: bytes) -> ParsedEvent:
     """Parse and type-check an event payload; raise ValueError when it is not an event."""
     try:
-        obj = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"not JSON ({exc})") from None
-    if not isinstance(obj, dict):
-        raise ValueError("not a JSON object")
+        obj = load_object(payload, "event")  # capped depth and size: a JSON bomb is one problem
+    except ProtocolError as exc:
+        raise ValueError(str(exc)) from None
     for name, kind in EVENT_FIELDS.items():
         value = obj.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):

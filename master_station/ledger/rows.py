@@ -9,8 +9,10 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from gateway.errors import ProtocolError
 from gateway.protocol.chain import link_ok
 from gateway.protocol.events import event_hash
+from gateway.protocol.strict_json import load_object
 from master_station.ledger.evidence import REJECTING
 from master_station.ledger.models import ParsedEvent, SeqRange, StoredEvent
 
@@ -127,10 +129,9 @@ def as_bytes(value: Any) -> bytes:
 
 def json_object(value: Any) -> dict[str, Any]:
     try:
-        obj = json.loads(as_bytes(value))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        return load_object(as_bytes(value), "retained message")
+    except ProtocolError:  # also too deep or too large: never a RecursionError
         return {}
-    return obj if isinstance(obj, dict) else {}
 
 
 def status_state(payload: bytes) -> str:

@@ -9,16 +9,21 @@ import socket
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from firmware_sim.mosquitto import MosquittoBroker
 from gateway.protocol.chain import verify_chain
 from master_station.subscriber import EventSubscriber
+from tests.fixtures.remote import signed_command, write_master_key
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "gw-test"
+MASTER = Ed25519PrivateKey.generate()
 
 
 @pytest.fixture
@@ -28,14 +33,20 @@ def broker(mosquitto: MosquittoBroker) -> MosquittoBroker:
 
 def write_config(tmp_path: Path, broker: MosquittoBroker, *, rate: float = 400) -> Path:
     config = tmp_path / "gw.toml"
+    key_file = write_master_key(tmp_path / "master.pub", MASTER)
     config.write_text(
         f'[gateway]\nid = "{GATEWAY}"\nstate_dir = "{tmp_path / "state"}"\n'
         f'[uplink]\nurl = "{broker.url}"\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n'
         "drain_rate_per_s = 0\n[health]\ninterval_s = 1\n"
         f"[synthetic]\nenabled = true\nrate_per_s = {rate}\n"
         "[audit]\nrequire_identity = false\n"  # tests that need checkpoints run `sealgw init`
+        f'[authorization]\nmaster_key_file = "{key_file}"\n'  # cmd/resend is always signed
     )
     return config
+
+
+def _sign(name: str, gateway: str, args: Mapping[str, Any], lifetime_s: int) -> bytes:
+    return signed_command(MASTER, name, args, gateway=gateway, lifetime_s=lifetime_s)
 
 
 def start_gateway(config: Path, **env: str) -> subprocess.Popen[bytes]:
@@ -62,7 +73,7 @@ def heal_and_wait(subscriber: EventSubscriber, upto: int, timeout: float = 30) -
     if subscriber.wait_for(complete, timeout / 2):
         return True
     missing = [s for s in range(1, upto + 1) if s not in set(subscriber.seqs(GATEWAY))]
-    subscriber.request_resend(GATEWAY, missing[0], missing[-1])
+    subscriber.request_resend(GATEWAY, missing[0], missing[-1], signer=_sign)
     return subscriber.wait_for(complete, timeout / 2)
 
 

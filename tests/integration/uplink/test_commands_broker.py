@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from gateway.errors import AuthError, ConfigError
 from gateway.protocol.canonical import JSONValue
+from gateway.protocol.clock import SystemClock
 from gateway.protocol.events import Priority
+from gateway.remote.auth import CommandVerifier, ReplayCache
 from gateway.uplink.commands import Command, CommandDispatcher
 from tests.fixtures.fake_buffer import FakeEventBuffer
 from tests.fixtures.mosquitto import Broker, SubscriberFactory, wait_until
-from tests.fixtures.uplink import ROOT, make_uplink, running, seqs_of
+from tests.fixtures.remote import signed_command
+from tests.fixtures.uplink import GATEWAY, ROOT, make_uplink, running, seqs_of
 
 SECRET = "hunter2-do-not-log"
 
@@ -79,16 +84,23 @@ async def test_resend_requeues_and_republishes(
     buf = FakeEventBuffer()
     buf.add_many(Priority.TELEMETRY, 8)
     sub = await subscriber_factory(mosquitto, [f"{ROOT}/events/#", f"{ROOT}/reply/#"]).start()
-    uplink = make_uplink(mosquitto.url, buf)
+    master = Ed25519PrivateKey.generate()
+    dispatcher = CommandDispatcher(
+        CommandVerifier(master.public_key(), GATEWAY, SystemClock(), ReplayCache())
+    )
+    uplink = make_uplink(mosquitto.url, buf, dispatcher=dispatcher)
     async with running(uplink):
         await wait_until(lambda: len(buf.published) == 8, 10, "all published")
         await sub.wait_for(lambda m: len(m) >= 8)
         sub.clear()
-        sub.publish(f"{ROOT}/cmd/resend", b'{"id": "rs", "from_seq": 3, "to_seq": 5}')
-        sub.publish(f"{ROOT}/cmd/resend", b'{"from_seq": -1}')
-        messages = await sub.wait_for(lambda m: len(m) >= 5)
+        resend = signed_command(master, "resend", {"from_seq": 3, "to_seq": 5}, gateway=GATEWAY)
+        sub.publish(f"{ROOT}/cmd/resend", resend)
+        messages = await sub.wait_for(lambda m: len(m) >= 4)
+        sub.publish(f"{ROOT}/cmd/resend", signed_command(master, "resend", {"from_seq": -1},
+                                                         gateway=GATEWAY))  # fmt: skip
+        await sub.wait_for(lambda m: len(sub.on(f"{ROOT}/reply/resend")) >= 2)
         await wait_until(lambda: len(buf.published) == 8, 10, "republished and acked")
     replies = [json.loads(m.payload) for m in sub.on(f"{ROOT}/reply/resend")]
-    assert {"ok": True, "result": {"requeued": 3, "first_available_seq": 1}, "id": "rs"} in replies
+    assert {"ok": True, "result": {"requeued": 3, "first_available_seq": 1}, "id": None} in replies
     assert any(r.get("error") == "bad_request" for r in replies)
     assert seqs_of(messages) == [3, 4, 5]
