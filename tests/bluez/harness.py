@@ -122,6 +122,8 @@ def _fill_share(share: Path, scenario: str, duration_s: float) -> None:
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(share / "site")
     shutil.rmtree(wheels)
+    # `sealgw sim` points meters at the checkout's config/profiles (beside the packages).
+    shutil.copytree(REPO / "config", share / "site" / "config")
     shutil.copy(HERE / "guest.sh", share / "guest.sh")
     (share / "guest.sh").chmod(0o755)
     (share / "scenario").write_text(scenario)
