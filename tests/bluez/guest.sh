@@ -1,9 +1,10 @@
 #!/bin/sh
 # Runs inside the BlueZ test-bed VM as root (from /sbin/sealgw-init); its output is the serial
 # console. Starts D-Bus, bluetoothd and btmon, then the scenario named in /mnt/share/scenario:
-# `sealgw demo --radio vhci` (the simulator's locks on a bumble LocalLink whose gateway-side
-# controller is /dev/vhci, so the gateway runs bleak's BlueZ backend on hci0). Logs are copied
-# back to the share for the host to print when something fails.
+# `locks` (guest_scenarios.py: `sealgw sim --radio vhci` puts the simulator's locks on a bumble
+# LocalLink whose gateway-side controller is /dev/vhci, and `sealgw run` drives hci0 through
+# bleak's BlueZ backend), or `demo` (`sealgw demo --radio vhci`, slow under emulation). Logs
+# are copied back to the share for the host to print when something fails.
 up() { cut -d' ' -f1 /proc/uptime; }
 log() { echo "GUEST[$(up)s]: $*"; }
 SHARE=/mnt/share
@@ -19,11 +20,19 @@ BTD=$!
 stdbuf -oL btmon -T > /tmp/btmon.log 2>&1 &
 BTMON=$!
 log "bluetoothd pid $BTD, btmon pid $BTMON"
-SCENARIO=$(cat $SHARE/scenario 2>/dev/null || echo demo)
+SCENARIO=$(cat $SHARE/scenario 2>/dev/null || echo locks)
 DURATION=$(cat $SHARE/duration 2>/dev/null || echo 60)
 PATIENCE=$(cat $SHARE/patience 2>/dev/null || echo 4)
 rc=0
 case $SCENARIO in
+  locks)
+    log "lock scenarios (guest_scenarios.py), patience $PATIENCE"
+    PATIENCE=$PATIENCE timeout 1200 python3 $SHARE/guest_scenarios.py $SHARE/summary.json /tmp/work \
+      > /tmp/scenarios.log 2>&1
+    rc=$?
+    for f in /tmp/work/*.log; do [ -f "$f" ] && cp "$f" "$SHARE/locks-$(basename "$f")"; done
+    cp /tmp/scenarios.log $SHARE/ 2>/dev/null
+    ;;
   demo)
     log "sealgw demo --radio vhci --duration $DURATION --patience $PATIENCE"
     timeout 1200 python3 -m gateway demo --radio vhci --json --duration "$DURATION" \

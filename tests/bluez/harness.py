@@ -99,7 +99,7 @@ def image() -> Path:
     return folder
 
 
-def run_scenario(scenario: str = "demo", *, duration_s: float = 60) -> GuestRun:
+def run_scenario(scenario: str = "locks", *, duration_s: float = 60) -> GuestRun:
     """Boot the VM once and run `scenario` inside; never raises for a failing guest."""
     folder = image()
     share = Path(tempfile.mkdtemp(prefix="sealgw-bluez-"))
@@ -125,6 +125,7 @@ def _fill_share(share: Path, scenario: str, duration_s: float) -> None:
     # `sealgw sim` points meters at the checkout's config/profiles (beside the packages).
     shutil.copytree(REPO / "config", share / "site" / "config")
     shutil.copy(HERE / "guest.sh", share / "guest.sh")
+    shutil.copy(HERE / "guest_scenarios.py", share / "guest_scenarios.py")
     (share / "guest.sh").chmod(0o755)
     (share / "scenario").write_text(scenario)
     (share / "duration").write_text(f"{duration_s:g}")
@@ -171,7 +172,7 @@ def _text(data: bytes | str | None) -> str:
 
 
 if __name__ == "__main__":
-    outcome = run_scenario(sys.argv[1] if len(sys.argv) > 1 else "demo")
+    outcome = run_scenario(sys.argv[1] if len(sys.argv) > 1 else "locks")
     print(outcome.report())
     print(json.dumps(outcome.summary, indent=2))
     sys.exit(outcome.rc)

@@ -1,8 +1,9 @@
-"""The production radio path for real: the gateway on bleak's BlueZ backend, in a VM.
+"""The production radio path for real: the gateway daemon on bleak's BlueZ backend, in a VM.
 
-Each test boots the BlueZ test bed once (tests/bluez/harness.py; docs/ble-transport.md) and
-asserts on what reached the broker and the master's ledger inside it. A failure prints the guest
-console and the tails of bluetoothd's, btmon's and the scenario's logs.
+One VM boot (tests/bluez/harness.py; docs/ble-transport.md) runs every lock scenario of
+guest_scenarios.py against `sealgw run` with `ble.adapter = "bluez:hci0"`, and each test below
+asserts one scenario's outcome on what reached the broker inside the VM. A failure prints the
+guest console and the tails of bluetoothd's, btmon's, the simulator's and the gateway's logs.
 """
 
 from __future__ import annotations
@@ -11,27 +12,41 @@ import os
 
 import pytest
 
-from tests.bluez.harness import run_scenario
+from tests.bluez.harness import GuestRun, run_scenario
 
 pytestmark = [pytest.mark.bluez, pytest.mark.timeout(1500)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _root() -> None:
+@pytest.fixture(scope="module")
+def bluez_run() -> GuestRun:
     if os.geteuid() != 0:
         pytest.fail("the BlueZ test bed needs root (debootstrap, chroot, /dev/vhci in the VM)")
+    return run_scenario("locks")
 
 
-def test_the_scripted_district_day_runs_with_the_gateway_on_bluez() -> None:
-    run = run_scenario("demo", duration_s=60)
-    assert run.rc == 0, run.report()
-    summary = run.summary
-    failed = [step for step in summary.get("steps", []) if not step["ok"]]
-    assert summary.get("steps_failed") == 0 and not failed, (failed, run.report())
-    types = summary["events_per_type"]
-    assert summary["lock_online_rate"] == 1.0, run.report()  # every lock's adverts verified
-    assert types.get("seal.tamper", 0) >= 1  # noticed from the advert, without connecting
-    assert types.get("seal.unsealed", 0) >= 1 and types.get("seal.sealed", 0) >= 1
-    assert summary["ledger_seq_gaps"] == 0
-    assert summary["ledger_chain_verified"] is True
-    assert summary["ledger_equals_published"] is True
+def _scenario(run: GuestRun, name: str) -> None:
+    result = run.summary.get(name)
+    assert result is not None, f"scenario {name} did not run\n{run.report()}"
+    assert result["ok"], f"{name}: {result.get('error')}\n{run.report()}"
+
+
+def test_adverts_are_verified_from_an_active_scan_on_bluez(bluez_run: GuestRun) -> None:
+    _scenario(bluez_run, "adverts")
+
+
+def test_a_tamper_is_noticed_from_the_advert_without_connecting(bluez_run: GuestRun) -> None:
+    _scenario(bluez_run, "tamper_without_connecting")
+
+
+def test_lock_logs_are_reconciled_over_bluez_connections_exactly_once(bluez_run: GuestRun) -> None:
+    _scenario(bluez_run, "reconcile_over_bluez")
+
+
+def test_a_gateway_sigkilled_on_bluez_reconciles_what_happened_meanwhile(
+    bluez_run: GuestRun,
+) -> None:
+    _scenario(bluez_run, "sigkill_and_reconcile")
+
+
+def test_the_guest_ran_every_scenario_and_exited_cleanly(bluez_run: GuestRun) -> None:
+    assert bluez_run.rc == 0, bluez_run.report()
