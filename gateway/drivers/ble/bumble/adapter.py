@@ -21,6 +21,7 @@ from bumble import hci
 from bumble.core import InvalidArgumentError
 from bumble.device import Advertisement, Device
 from bumble.transport import open_transport
+from bumble.transport.common import TransportLostError
 
 __all__ = ["AdvertisementListener", "BumbleAdapter", "HciLink"]
 
@@ -33,6 +34,20 @@ _SEEN_MAX = 512
 """Advertisers remembered for their address type; nearby phones rotate addresses, so bound it."""
 
 AdvertisementListener = Callable[[Advertisement], None]
+
+
+class _QuietLostTransport(logging.Filter):
+    """bumble.host logs a traceback at ERROR for a command on a lost transport; the scan
+    supervisor already reports the outage in one line, so keep only a DEBUG line of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lost = record.exc_info is not None and isinstance(record.exc_info[1], TransportLostError)
+        if lost:
+            _log.debug("bumble: command on a lost HCI transport dropped")
+        return not lost
+
+
+logging.getLogger("bumble.host").addFilter(_QuietLostTransport())
 
 
 class HciLink(Protocol):
