@@ -193,3 +193,26 @@ async def test_a_lock_held_by_someone_else_is_reported_unreachable(tmp_path: Pat
         assert b.service.snapshot()["unreachable"] == 1
         await wait_until(lambda: b.service.snapshot()["unreachable"] == 0, WAIT_S, "cleared")
         assert len([e for e in await b.events() if e.type == "seal.unreachable"]) == 1
+
+
+async def test_busy_from_a_ring_blocked_by_tampers_is_fetched_then_retried(tmp_path: Path) -> None:
+    async with bench(tmp_path, count=1, company_id=OTHER_COMPANY) as b:
+        assert b.service is not None
+        await b.wait_events(_of("seal.boot"))  # read once at start; adverts never reach us
+        lock = b.locks.locks["SL-0001"]
+        for _ in range(256):  # the ring's capacity
+            lock.model.set_shell_open(True)  # a tamper entry the lock keeps until fetched
+            lock.model.set_shell_open(False)
+        lock.sync()
+        ticket = b.issue()
+        retries = b.service.scheduler.stats.retries
+
+        started = await b.service.operations.execute(b.request(ticket, op="unseal"))
+        await wait_until(lambda: b.service.scheduler.stats.retries > retries, WAIT_S, "BUSY")
+        b.clock.advance(1.0)  # the retry backoff
+        outcome = await b.service.operations.wait(started.op_id)
+
+        assert outcome is not None
+        assert (outcome.status, outcome.reason) == ("failed", "needs_audit")  # the lock answered
+        tampers = await b.wait_events(_of("seal.tamper"), count=256)
+        assert all(e.data["source"] == "log" for e in tampers)
