@@ -40,6 +40,7 @@ THERMAL_ZONE = Path("/sys/class/thermal/thermal_zone0/temp")
 STATM = Path("/proc/self/statm")
 MIB = 1024 * 1024
 _LOCK_KEYS = ("locks", "seen", "connected", "offline")
+_LOCK_RADIO_KEYS = ("unreachable", "radio")  # when the lock service reports them
 
 Snapshot = Callable[[], Mapping[str, JSONValue]]
 
@@ -121,8 +122,10 @@ class HealthMonitor:
 
 
 def lock_summary(snapshot: Mapping[str, JSONValue]) -> dict[str, JSONValue]:
-    """Locks configured, seen, connected and offline, from the lock service's snapshot."""
-    return {key: snapshot.get(key) for key in _LOCK_KEYS}
+    """Locks configured, seen, connected, offline and unreachable, and the radio (up/down)."""
+    summary = {key: snapshot.get(key) for key in _LOCK_KEYS}
+    summary.update({key: snapshot[key] for key in _LOCK_RADIO_KEYS if key in snapshot})
+    return summary
 
 
 def meter_summary(snapshot: Mapping[str, JSONValue]) -> dict[str, JSONValue]:

@@ -20,6 +20,7 @@ class _Component:
     name: str
     factory: TaskFactory
     restarts: int = 0
+    failures: int = 0  # in a row; reset after a healthy run
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
@@ -58,17 +59,28 @@ class Supervisor:
 
     async def _keep_running(self, component: _Component) -> None:
         while not self._stopping:
+            started = self._clock.monotonic()
             try:
                 await component.factory()
             except asyncio.CancelledError:
                 raise
             except Exception:
+                if _cancelling():  # an error raised while stopping must not replace the stop
+                    raise asyncio.CancelledError from None
                 _LOGGER.exception("component %s failed; restarting", component.name)
             else:
                 return
             component.restarts += 1
-            await self._clock.sleep(self._delay(component.restarts))
+            healthy = self._clock.monotonic() - started >= self._backoff[1]
+            component.failures = 1 if healthy else component.failures + 1
+            await self._clock.sleep(self._delay(component.failures))
 
     def _delay(self, attempt: int) -> float:
+        """Backoff for the `attempt`-th failure in a row (a run as long as the ceiling resets)."""
         low, high = self._backoff
         return float(min(high, low * 2 ** min(attempt - 1, 16)) * random.uniform(0.5, 1.0))
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

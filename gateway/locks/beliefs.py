@@ -22,7 +22,14 @@ from gateway.locks.state import LockSpec, LockStore, SealRecord, SealStates
 from gateway.protocol.canonical import JSONValue, canonical_bytes
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Emit, Event, EventDraft, EventType, Priority
-from gateway.protocol.seal_advert import Advert, AdvertObservation, AdvertTracker
+from gateway.protocol.seal_advert import (
+    Advert,
+    AdvertObservation,
+    AdvertTracker,
+    check_advert,
+    decode_advert,
+    short_id,
+)
 from gateway.protocol.seal_frames import LockState, LogEntry, WireLoop
 
 __all__ = ["AdvertStats", "Heard", "PublishState", "SealBeliefs"]
@@ -70,6 +77,10 @@ class SealBeliefs:
         self._clock = clock
         self._publish = publish
         self.tracker = AdvertTracker({lock.lock_id: lock.k_adv for lock in locks.values()})
+        self._unseeded: set[str] = set()
+        self._by_short: dict[int, list[LockSpec]] = {}
+        for lock in locks.values():
+            self._by_short.setdefault(short_id(lock.lock_id), []).append(lock)
         self.states = SealStates(self._records())
         self._cursors = {s: store.load(lock.lock_id).cursor for s, lock in locks.items()}
         self.stats = AdvertStats()
@@ -94,6 +105,10 @@ class SealBeliefs:
             raise KeyError(seal_id)
         return record
 
+    def cursor(self, seal_id: str) -> int:
+        """The highest log index reconciled into committed events."""
+        return self._cursors[seal_id]
+
     def behind(self, seal_id: str) -> bool:
         """True when the lock's log head is past the reconciliation cursor."""
         return self.record(seal_id).log_head > self._cursors[seal_id]
@@ -103,12 +118,30 @@ class SealBeliefs:
         self.record(lock.seal_id).unseal_window = window
         self._store.set_unseal_window(lock.lock_id, window)
 
+    # -- seeding the advert high-water mark (docs/protocol.md, section 9) --------------------
+
+    def needs_seed(self, seal_id: str) -> bool:
+        """True for a lock with no accepted advert and no seed yet: adverts wait for a probe."""
+        return seal_id in self._unseeded
+
+    def seed(self, lock: LockSpec, log_head: int) -> None:
+        """Floor the first advert at a fresh, verified log head and the provisioning counter."""
+        counter = lock.adv_counter_floor
+        self._store.set_seed(lock.lock_id, counter, log_head)
+        self.tracker.seed(lock.lock_id, counter=counter, log_head=log_head)
+        self._unseeded.discard(lock.seal_id)
+        _log.info("seal %s: advert floor seeded (log head %d, counter %d)", lock.seal_id,
+                  log_head, counter)  # fmt: skip
+
     # -- verified input -------------------------------------------------------------------------
 
     def observe_payload(self, payload: bytes, *, source: str) -> Heard | None:
         """Verify an advert (or state) payload; count and drop spoofs and replays."""
         self.stats.adverts += 1
         try:
+            waiting = self._awaiting_seed(payload)
+            if waiting is not None:
+                return waiting
             observation = self.tracker.observe(payload)
         except AuthError as exc:
             self._count_rejected(exc.code, source)
@@ -122,6 +155,20 @@ class SealBeliefs:
             return None
         lock = self._by_lock_id[observation.lock_id]
         return Heard(observation, lock.seal_id, self._on_observation(lock, observation))
+
+    def _awaiting_seed(self, payload: bytes) -> Heard | None:
+        """A genuine advert of an unseeded lock: not believed yet, but its log wants a probe."""
+        if not self._unseeded:
+            return None
+        advert = decode_advert(payload)
+        for lock in self._by_short.get(advert.short_id, []):
+            if lock.seal_id not in self._unseeded:
+                continue
+            check_advert(advert, lock.lock_id, lock.k_adv, None)
+            _log.debug("seal %s: advert held back until the floor is seeded", lock.seal_id)
+            observation = AdvertObservation(lock.lock_id, advert, fresh=False)
+            return Heard(observation, lock.seal_id, Urgency.BACKGROUND)
+        return None
 
     def apply_answer(self, seal_id: str, state: LockState, wire: WireLoop, flags: int) -> None:
         """A verified COMMAND_RESULT changed what we believe."""
@@ -139,9 +186,9 @@ class SealBeliefs:
 
         return apply
 
-    def reconciled(self, seal_id: str, head: int) -> None:
-        """A reconciliation reached the lock's log head `head`."""
-        self._cursors[seal_id] = max(self._cursors[seal_id], head)
+    def reconciled(self, seal_id: str, head: int, cursor: int) -> None:
+        """A reconciliation reached `cursor`; the lock's log head is `head`."""
+        self._cursors[seal_id] = max(self._cursors[seal_id], cursor)
         record = self.record(seal_id)
         record.log_head = max(record.log_head, head)
         self.publish(record)
@@ -180,6 +227,11 @@ class SealBeliefs:
         for lock in self._locks.values():
             stored = self._store.load(lock.lock_id)
             record = SealRecord(lock.seal_id, lock.lock_id, unseal_window=stored.unseal_window)
+            if stored.advert is None and stored.seed is not None:
+                counter, log_head = stored.seed
+                self.tracker.seed(lock.lock_id, counter=counter, log_head=log_head)
+            elif stored.advert is None:
+                self._unseeded.add(lock.seal_id)
             if stored.advert is not None:
                 self.tracker.restore(lock.lock_id, stored.advert)
                 record.state, record.flags = stored.advert.state, stored.advert.flags

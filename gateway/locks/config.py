@@ -42,6 +42,14 @@ class LockEntry:
         default="",
         metadata=spec(pattern=_ADDRESS, doc="BLE address (AA:BB:..., /P if public); empty: scan"),
     )
+    adv_counter: int = field(
+        default=0,
+        metadata=spec(
+            minimum=0,
+            maximum=0xFFFF_FFFF,
+            doc="advert counter of the provisioning record: the first advert must be above it",
+        ),
+    )
 
     @property
     def lock_id_bytes(self) -> bytes:
@@ -68,6 +76,14 @@ class BleSection:
         default=1500.0,
         metadata=spec(minimum=1, maximum=7 * 86400, doc="no new advert counter: offline/stale"),
     )
+    unreachable_after_s: float = field(
+        default=10.0,
+        metadata=spec(
+            minimum=1,
+            maximum=7 * 86400,
+            doc="silent while scanning, no link of ours: seal.unreachable (< offline_after_s)",
+        ),
+    )
     scan_mode: Literal["active", "passive"] = "active"
     scan_window_s: float = field(default=10.0, metadata=spec(minimum=0.1, maximum=3600))
     scan_interval_s: float = field(
@@ -85,6 +101,8 @@ class BleSection:
         parse_adapter(self.adapter)
         if self.scan_interval_s and self.scan_interval_s < self.scan_window_s:
             raise ConfigError("ble.scan_interval_s", "must be 0 or at least ble.scan_window_s")
+        if self.unreachable_after_s >= self.offline_after_s:
+            raise ConfigError("ble.unreachable_after_s", "must be below ble.offline_after_s")
         seals: set[str] = set()
         lock_ids: set[str] = set()
         for index, lock in enumerate(self.locks):

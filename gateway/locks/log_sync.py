@@ -63,18 +63,24 @@ class LogSync:
     # -- on a link ------------------------------------------------------------------------------
 
     async def refresh(self, lock: LockSpec, session: LockSession) -> None:
-        """What every connection does: read the verified state, then reconcile the log."""
+        """What every connection does: seed if needed, read the verified state, reconcile."""
+        if self._beliefs.needs_seed(lock.seal_id):
+            self._beliefs.seed(lock, await session.probe_log_head(lock.k_log))
         heard = self._beliefs.observe_payload(await session.read_state(), source="state")
         if heard is not None and heard.reconcile is not None:
             self.request(heard.seal_id, heard.reconcile)
         await self.reconcile_on(lock, session)
 
     async def reconcile_on(self, lock: LockSpec, session: LockSession) -> None:
-        """Reconcile over an open session and note the new cursor."""
+        """Reconcile over an open session, note the new cursor; the rest over another link."""
         pending = self._pending[lock.seal_id]
         on_entry = self._beliefs.on_log_entry(lock.seal_id)
-        head = await self._reconciler.run(session, lock, pending, on_entry)
-        self._beliefs.reconciled(lock.seal_id, head)
+        progress = await self._reconciler.run(session, lock, pending, on_entry)
+        self._beliefs.reconciled(lock.seal_id, progress.head, progress.cursor)
+        if not progress.complete:
+            _log.debug("seal %s: catch-up goes on over a new link at %d of %d",
+                       lock.seal_id, progress.cursor, progress.head)  # fmt: skip
+            self.request(lock.seal_id)
 
     # -- operations awaiting their log entry -----------------------------------------------------
 

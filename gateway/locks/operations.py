@@ -44,7 +44,13 @@ from gateway.errors import (
 from gateway.handheld.api import OperationOutcome, OperationStatus, SealStatus, TicketSummary
 from gateway.locks.beliefs import SealBeliefs
 from gateway.locks.log_sync import LogSync
-from gateway.locks.reconcile import PendingOutcome, Reconciler, outcome_draft
+from gateway.locks.reconcile import (
+    PendingOutcome,
+    Reconciler,
+    answer_id,
+    outcome_draft,
+    replace_id,
+)
 from gateway.locks.scheduler import ConnectionScheduler, Urgency
 from gateway.locks.session import LockSession
 from gateway.locks.state import LockSpec, LockStore, unix_now
@@ -287,28 +293,66 @@ class SealOperations:
         tag = ticket_tag(credential.header)
         self._log_sync.expect(lock.seal_id, PendingOutcome(request, tag))
         arg = unix_now(self._now()) if op is Operation.SET_TIME else 0
-        outcome = await session.command(credential, op, self._store.load(lock.lock_id).counter, arg)
+        try:
+            outcome = await session.command(
+                credential, op, self._store.load(lock.lock_id).counter, arg
+            )
+        except RetryableError:
+            await self._fetch_before_retry(lock, session)
+            raise
         self._store.set_counter(lock.lock_id, outcome.counter)
         answer = outcome.result
         context = PendingOutcome(request, tag, answer)
-        self._log_sync.expect(lock.seal_id, context)
         self._beliefs.apply_answer(lock.seal_id, answer.state, answer.wire, answer.flags)
+        if answer.log_index == 0:  # not logged by the lock: the answer is the only record
+            self._log_sync.forget(lock.seal_id, tag)
+            await self._commit_from_answer(lock, context, outcome.counter)
+            await self._reconcile_after(lock, session, None)
+        else:
+            self._log_sync.expect(lock.seal_id, context)
+            await self._reconcile_after(lock, session, context)
+        return self._settled(lock, request, started, answer.result, answer.log_index)
+
+    async def _fetch_before_retry(self, lock: LockSpec, session: LockSession) -> None:
+        """BUSY may mean a ring blocked by unfetched tamper entries: fetch, then retry."""
+        try:
+            await self._log_sync.reconcile_on(lock, session)
+        except (GatewayError, TimeoutError) as exc:
+            _log.debug("seal %s: log fetch before a retry failed: %s", lock.seal_id, exc)
+
+    async def _reconcile_after(
+        self, lock: LockSpec, session: LockSession, context: PendingOutcome | None
+    ) -> None:
+        """Fetch the log; if the command's entry did not arrive, commit from the answer."""
         try:
             await self._log_sync.reconcile_on(lock, session)
         except (RetryableError, ProtocolError, AuthError) as exc:
             _log.warning("seal %s: log fetch after the command failed: %s", lock.seal_id, exc)
-            await self._commit_from_answer(lock, context)
+        try:
+            answer = context.answer if context is not None else None
+            if answer is not None and self._store.load(lock.lock_id).cursor < answer.log_index:
+                assert context is not None
+                await self._commit_from_answer(lock, context, answer.counter)
+                self._log_sync.request(lock.seal_id, Urgency.ALARM)
         finally:
-            self._log_sync.forget(lock.seal_id, tag)
-        return self._settled(lock, request, started, answer.result, answer.log_index)
+            if context is not None:
+                self._log_sync.forget(lock.seal_id, context.ticket_tag)
 
-    async def _commit_from_answer(self, lock: LockSpec, context: PendingOutcome) -> None:
-        """The entry was not fetched: commit the verified answer as its event, mark it emitted."""
+    async def _commit_from_answer(
+        self, lock: LockSpec, context: PendingOutcome, counter: int
+    ) -> None:
+        """Commit the verified answer as the outcome, under an id of its own.
+
+        A logged answer's index stays pending: `emitted` tells reconciliation to commit the
+        MAC-tagged entry, when it is fetched, as `seal.log_entry` (the outcome is already out).
+        """
         answer = context.answer
         assert answer is not None
         draft = outcome_draft(self._gateway_id, lock, context, answer.log_index, None)
-        await self._reconciler.commit([draft])
-        self._store.mark_emitted(lock.lock_id, [answer.log_index])
+        event_id = answer_id(self._gateway_id, lock.lock_id, answer.log_index, counter, answer.rtc)
+        await self._reconciler.commit([replace_id(draft, event_id)])
+        if answer.log_index:
+            self._store.mark_emitted(lock.lock_id, [answer.log_index])
 
     def _settled(
         self,

@@ -11,8 +11,12 @@ Exactly once rests on two things (docs/locks.md):
    entries at the next connection; (1) makes the repeat harmless.
 
 An operation's outcome event is the event of the entry the lock wrote for it (same id), with
-the request's context added; an outcome committed from a verified answer before its entry was
-fetched is remembered in `locks.db` (`emitted`) so reconciliation skips that entry.
+the request's context added. When the entry could not be fetched on the command's link, the
+outcome is committed from the verified answer under an id of its own (`answer_id`), the index
+is remembered in `locks.db` (`emitted`: "outcome already out"), and the MAC-tagged entry is
+still fetched and committed later, as `seal.log_entry` (`outcome_from: answer`; the outcome
+event has the same seal and `log_index`), so every tagged entry reaches the master station and
+no operation is counted twice.
 Entries lost to the lock's ring are reported as one `seal.log_gap` event, never made up.
 """
 
@@ -37,13 +41,16 @@ from gateway.protocol.seal_frames import CommandResult, LogEntry, LogEvent, enco
 
 __all__ = [
     "ENTRY_TYPES",
+    "LogProgress",
     "LogSource",
     "PendingOutcome",
     "Reconciler",
+    "answer_id",
     "entry_draft",
     "gap_draft",
     "lock_event_id",
     "outcome_draft",
+    "replace_id",
 ]
 
 _log = logging.getLogger(__name__)
@@ -73,6 +80,23 @@ class LogSource(Protocol):
         """A verified batch of entries with index > `after`."""
         ...
 
+    def has_time(self) -> bool:
+        """True while the link has room for one more exchange (the lock's link limits)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class LogProgress:
+    """How far one reconciliation got: the lock's log head and the durable cursor reached."""
+
+    head: int
+    cursor: int
+
+    @property
+    def complete(self) -> bool:
+        """True when the cursor reached the head (nothing left to fetch)."""
+        return self.cursor >= self.head
+
 
 @dataclass(frozen=True, slots=True)
 class PendingOutcome:
@@ -91,6 +115,31 @@ def lock_event_id(gateway: str, lock_id: bytes, kind: str, index: int, rtc: int)
     millis = max(0, rtc) * 1000 & 0xFFFF_FFFF_FFFF
     value = millis << 80 | int.from_bytes(digest[:10], "big")
     return "".join(_CROCKFORD[value >> shift & 0x1F] for shift in range(125, -1, -5))
+
+
+def answer_id(gateway: str, lock_id: bytes, index: int, counter: int, rtc: int) -> str:
+    """The id of an outcome committed from a verified answer (not from its log entry).
+
+    Keyed by the log index the answer names; an unlogged answer (`log_index` 0) by the
+    challenge counter it consumed, which the lock never reuses.
+    """
+    if index:
+        return lock_event_id(gateway, lock_id, "answer", index, rtc)
+    return lock_event_id(gateway, lock_id, "unlogged", counter, rtc)
+
+
+def answered_entry_draft(gateway: str, lock: LockSpec, entry: LogEntry) -> EventDraft:
+    """The tagged entry of an operation whose outcome was committed from the answer."""
+    data = entry_data(lock.lock_id, entry)
+    data["outcome_from"] = "answer"  # the outcome event (same seal, same log_index) is out
+    return EventDraft(
+        EventType.SEAL_LOG_ENTRY,
+        lock.seal_id,
+        data,
+        Priority.AUDIT,
+        _at(entry.rtc),
+        lock_event_id(gateway, lock.lock_id, "log", entry.index, entry.rtc),
+    )
 
 
 def entry_draft(
@@ -139,6 +188,8 @@ def outcome_draft(
         data["rtc"] = answer.rtc
     if context.request.op == "seal" and "wire" in data:
         data["wire_loop"] = data["wire"]
+    if draft.type is EventType.SEAL_OP_FAILED:
+        data["reason"] = result.name.lower()  # e.g. needs_audit: the lock wants an audit ticket
     # A new draft, not dataclasses.replace: EventDraft caches its canonical data at creation.
     return EventDraft(
         draft.type,
@@ -148,6 +199,11 @@ def outcome_draft(
         draft.ts,
         lock_event_id(gateway, lock.lock_id, "log", index, rtc),
     )
+
+
+def replace_id(draft: EventDraft, event_id: str) -> EventDraft:
+    """The same draft under another id (a new draft: EventDraft caches its canonical data)."""
+    return EventDraft(draft.type, draft.subject, draft.data, draft.priority, draft.ts, event_id)
 
 
 def gap_draft(gateway: str, lock: LockSpec, span: tuple[int, int], now: datetime) -> EventDraft:
@@ -200,13 +256,17 @@ class Reconciler:
         lock: LockSpec,
         pending: Mapping[bytes, PendingOutcome],
         on_entry: Callable[[LogEntry], None] | None = None,
-    ) -> int:
-        """Fetch and commit everything past the cursor; return the lock's log head."""
+    ) -> LogProgress:
+        """Fetch and commit past the cursor while the link has time; return how far it got.
+
+        A long catch-up stops when the link nears the lock's limits (`has_time`) and goes on
+        over the next connection from the durable cursor.
+        """
         record = self._store.load(lock.lock_id)
-        cursor, skip = record.cursor, record.emitted
+        cursor, answered = record.cursor, record.emitted
         while True:
             batch = await source.fetch_log(lock.k_log, cursor)
-            drafts = self._drafts(lock, cursor, batch, skip=skip, pending=pending)
+            drafts = self._drafts(lock, cursor, batch, answered=answered, pending=pending)
             await self.commit(drafts)
             if batch.entries:
                 cursor = batch.entries[-1].index
@@ -215,8 +275,8 @@ class Reconciler:
                 for entry in batch.entries:
                     if on_entry is not None:
                         on_entry(entry)
-            if not batch.more:
-                return batch.head
+            if not batch.more or not source.has_time():
+                return LogProgress(batch.head, cursor)
 
     async def commit(self, drafts: Sequence[EventDraft]) -> None:
         """Submit and wait for the durable commit; an id already stored counts as committed."""
@@ -234,7 +294,7 @@ class Reconciler:
         after: int,
         batch: LogBatch,
         *,
-        skip: frozenset[int],
+        answered: frozenset[int],
         pending: Mapping[bytes, PendingOutcome],
     ) -> list[EventDraft]:
         drafts = []
@@ -244,7 +304,8 @@ class Reconciler:
             span = (after + 1, batch.lost_before - 1)
             drafts.append(gap_draft(self._gateway, lock, span, self._clock.now()))
         for entry in batch.entries:
-            if entry.index in skip:
+            if entry.index in answered:
+                drafts.append(answered_entry_draft(self._gateway, lock, entry))
                 continue
             context = pending.get(entry.ticket_tag) if any(entry.ticket_tag) else None
             drafts.append(entry_draft(self._gateway, lock, entry, context))

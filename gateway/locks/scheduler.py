@@ -67,7 +67,7 @@ class SchedulerSettings:
     max_connections: int = 5
     connect_timeout_s: float = 10.0
     retries: int = 2
-    backoff_min_s: float = 0.5
+    backoff_min_s: float = 1.0  # BUSY answers and failed connects: never retry sooner
     backoff_max_s: float = 8.0
 
 

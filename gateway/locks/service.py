@@ -33,7 +33,9 @@ from gateway.locks.beliefs import PublishState, SealBeliefs
 from gateway.locks.config import BleSection, read_key_file
 from gateway.locks.log_sync import LogSync
 from gateway.locks.operations import PolicySettings, SealOperations
+from gateway.locks.presence import ReachWatch
 from gateway.locks.reconcile import Reconciler
+from gateway.locks.scanning import ScanSupervisor
 from gateway.locks.scheduler import ConnectionScheduler, SchedulerSettings
 from gateway.locks.session import BleLockConnector, LockSession
 from gateway.locks.state import LOCKS_DB_FILE, LockSpec, LockStore
@@ -57,6 +59,7 @@ def load_locks(section: BleSection) -> tuple[LockSpec, ...]:
             address=entry.address,
             k_adv=read_key_file(entry.adv_key_file, f"ble.locks[{index}].adv_key_file"),
             k_log=read_key_file(entry.log_key_file, f"ble.locks[{index}].log_key_file"),
+            adv_counter_floor=entry.adv_counter,
         )
         for index, entry in enumerate(section.locks)
     )
@@ -90,7 +93,11 @@ class LockService:
         self.beliefs = SealBeliefs(self.locks, self.store, emit, clock, publish_state)
         self._seen_address: dict[str, str] = {}
         connector = BleLockConnector(
-            transport, self.locks, op_timeout_s=section.op_timeout_s, addresses=self._address
+            transport,
+            self.locks,
+            op_timeout_s=section.op_timeout_s,
+            addresses=self._address,
+            clock=clock,
         )
         self.scheduler: ConnectionScheduler[LockSession] = ConnectionScheduler(
             connector,
@@ -117,15 +124,28 @@ class LockService:
             storage_full=storage_full,
             clock=clock,
         )
+        self.radio = ScanSupervisor(
+            section, transport, self._on_advert, gateway_id=gateway_id, emit=emit, clock=clock
+        )
+        self.reach = ReachWatch(
+            self.locks,
+            self.beliefs.states,
+            emit,
+            clock,
+            scan_time=self.radio.scan_time,
+            unreachable_after_s=section.unreachable_after_s,
+            offline_after_s=section.offline_after_s,
+        )
 
     # -- the daemon's component -----------------------------------------------------------------
 
     async def run(self) -> None:
         """Scan until cancelled, watching for silent locks; reconciles run as they are needed."""
         self.beliefs.publish_all()
+        self._seed_known_addresses()
         watcher = asyncio.create_task(self._offline_loop(), name="sealgw-locks-offline")
         try:
-            await self._scan()
+            await self.radio.run()
         finally:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
@@ -145,6 +165,8 @@ class LockService:
             "seen": sum(1 for r in records if r.last_seen is not None),
             "connected": len(self.scheduler.connected),
             "offline": sum(1 for r in records if r.online is False),
+            "unreachable": self.reach.unreachable,
+            **self.radio.snapshot(),
             "queued": self.scheduler.queued,
             "adverts": adverts.adverts,
             "spoofed_adverts": adverts.spoofed,
@@ -177,18 +199,6 @@ class LockService:
 
     # -- scanning -------------------------------------------------------------------------------
 
-    async def _scan(self) -> None:
-        scanner = self._transport.make_scanner(
-            self._on_advert, scanning_mode=self.section.scan_mode
-        )
-        if not self.section.scan_interval_s:
-            async with scanner:
-                await asyncio.Event().wait()
-        while True:
-            async with scanner:
-                await self._clock.sleep(self.section.scan_window_s)
-            await self._clock.sleep(self.section.scan_interval_s - self.section.scan_window_s)
-
     def _on_advert(self, device: BLEDevice, data: AdvertisementData) -> None:
         payload = data.manufacturer_data.get(self.section.company_id)
         if payload is None:
@@ -197,16 +207,24 @@ class LockService:
         if heard is None:
             return
         self._seen_address[heard.seal_id] = device.address
+        self.reach.heard(heard.seal_id)
         if heard.reconcile is not None:
             self.log_sync.request(heard.seal_id, heard.reconcile)
 
     def _address(self, seal_id: str) -> str | None:
         return self._seen_address.get(seal_id)
 
+    def _seed_known_addresses(self) -> None:
+        """Probe unseeded locks whose address is configured (others once an advert names it)."""
+        for seal_id, lock in self.locks.items():
+            if lock.address and self.beliefs.needs_seed(seal_id):
+                self.log_sync.request(seal_id)
+
     async def _offline_loop(self) -> None:
         silent_s = self.section.offline_after_s
         stale_s = max(silent_s, STALE_AFTER_S)
-        interval = max(0.05, min(30.0, silent_s / 4))
+        interval = max(0.05, min(30.0, silent_s / 4, self.section.unreachable_after_s / 4))
         while True:
             await self._clock.sleep(interval)
             self.beliefs.check_offline(silent_s, stale_s)
+            self.reach.check(self.scheduler.connected)

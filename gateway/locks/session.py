@@ -9,12 +9,17 @@ come from gateway.protocol.seal_exchange; this layer adds I/O, timeouts and erro
   have acted, and only its log (reconciliation) can tell; an outcome is never invented;
 - a bad fragment, a malformed message or a failed MAC on a log answer is a broken or fake
   lock: `ProtocolError` / `AuthError`, and the session is dropped.
+
+The lock drops a link idle for 5 s or up for 30 s (docs/protocol.md, section 2). A session
+never starts an exchange on a link older than `LINK_BUDGET_S`, and `has_time` tells a long
+log catch-up to stop (and go on over the next connection) before either limit is near.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +38,7 @@ from gateway.errors import (
     RetryableError,
 )
 from gateway.locks.state import LockSpec
+from gateway.protocol.clock import Clock, SystemClock
 from gateway.protocol.seal_crypto import ticket_tag
 from gateway.protocol.seal_exchange import (
     LogBatch,
@@ -55,12 +61,14 @@ from gateway.protocol.seal_fragments import (
 )
 from gateway.protocol.seal_frames import (
     MAX_LOG_ENTRIES,
+    NONCE_LEN,
     Challenge,
     CommandResult,
     ErrorCode,
     ErrorFrame,
     Frame,
     LogEntries,
+    LogFetch,
     Operation,
     UnknownFrame,
     decode_message,
@@ -68,6 +76,9 @@ from gateway.protocol.seal_frames import (
 )
 
 __all__ = [
+    "LINK_BUDGET_S",
+    "LOCK_IDLE_LIMIT_S",
+    "LOCK_LINK_LIMIT_S",
     "BleLockConnector",
     "CommandOutcome",
     "LockSession",
@@ -77,6 +88,11 @@ _log = logging.getLogger(__name__)
 
 MAX_ATT_MTU = 517
 MAX_UNKNOWN_SKIPPED = 4  # unknown message types skipped while waiting for one answer
+
+LOCK_IDLE_LIMIT_S = 5.0  # the lock drops a link idle this long (protocol section 2)
+LOCK_LINK_LIMIT_S = 30.0  # ... or up this long
+LINK_BUDGET_S = 24.0  # no exchange starts on a link older than this
+IDLE_MARGIN_S = 1.5  # a catch-up stops when the link was quiet this close to the idle limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +110,11 @@ class _Lost:
 class LockSession:
     """Request-response messaging with one lock over one bleak client."""
 
-    def __init__(self, lock_id: bytes, *, op_timeout_s: float) -> None:
+    def __init__(self, lock_id: bytes, *, op_timeout_s: float, clock: Clock | None = None) -> None:
         self.lock_id = lock_id
         self.op_timeout_s = op_timeout_s
+        self._clock: Clock = clock or SystemClock()
+        self._opened_at = self._last_activity = self._clock.monotonic()
         self._client: BleakClient | None = None
         self._reassembler = Reassembler()
         self._inbox: asyncio.Queue[bytes | _Lost | ProtocolError] = asyncio.Queue()
@@ -108,6 +126,7 @@ class LockSession:
     async def open(self, client: BleakClient) -> None:
         """Subscribe to answers and size fragments; raise LinkLostError when that fails."""
         self._client = client
+        self._opened_at = self._last_activity = self._clock.monotonic()
         try:
             command = client.services.get_characteristic(COMMAND_CHAR_UUID)
             if command is None or client.services.get_characteristic(RESPONSE_CHAR_UUID) is None:
@@ -134,6 +153,12 @@ class LockSession:
         self.lost = True
         self._reassembler.reset()
         self._inbox.put_nowait(_Lost())
+
+    def has_time(self) -> bool:
+        """True while another exchange fits inside the lock's link limits."""
+        now = self._clock.monotonic()
+        quiet = now - self._last_activity < LOCK_IDLE_LIMIT_S - IDLE_MARGIN_S
+        return quiet and now - self._opened_at < LINK_BUDGET_S
 
     @property
     def att_mtu(self) -> int:
@@ -182,7 +207,14 @@ class LockSession:
 
     async def fetch_log(self, k_log: bytes, after: int) -> LogBatch:
         """One verified batch of log entries with index > `after`."""
-        request = log_fetch(after, MAX_LOG_ENTRIES)
+        return await self._fetch(k_log, log_fetch(after, MAX_LOG_ENTRIES))
+
+    async def probe_log_head(self, k_log: bytes) -> int:
+        """The lock's log head from a fresh, MAC'd LOG_FETCH with max_count 0 (section 9)."""
+        batch = await self._fetch(k_log, LogFetch(os.urandom(NONCE_LEN), 0, 0))
+        return batch.head
+
+    async def _fetch(self, k_log: bytes, request: LogFetch) -> LogBatch:
         answer = await self.request(request)
         if not isinstance(answer, LogEntries):
             raise _unexpected(answer, "LOG_ENTRIES")
@@ -190,6 +222,8 @@ class LockSession:
 
     async def request(self, frame: Frame) -> Frame:
         """Send one message and return the lock's answer (unknown message types are skipped)."""
+        if self._clock.monotonic() - self._opened_at >= LINK_BUDGET_S:
+            raise LinkLostError(f"lock {self.lock_id.hex()}: link time budget spent")
         self._drain()
         await self._send(encode(frame))
         for _ in range(MAX_UNKNOWN_SKIPPED):
@@ -212,6 +246,7 @@ class LockSession:
             for part in fragment(message, self._att_mtu):
                 async with asyncio.timeout(self.op_timeout_s):
                     await client.write_gatt_char(COMMAND_CHAR_UUID, part, response=True)
+                self._last_activity = self._clock.monotonic()
         except (BleakError, TimeoutError) as exc:
             raise LinkLostError(f"lock {self.lock_id.hex()}: write failed: {exc}") from exc
 
@@ -225,6 +260,7 @@ class LockSession:
             raise LinkLostError(f"lock {self.lock_id.hex()}: link lost")
         if isinstance(item, ProtocolError):
             raise item
+        self._last_activity = self._clock.monotonic()
         return item
 
     def _drain(self) -> None:
@@ -271,11 +307,13 @@ class BleLockConnector:
         *,
         op_timeout_s: float,
         addresses: Callable[[str], str | None] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._transport = transport
         self._locks = locks
         self._op_timeout_s = op_timeout_s
         self._addresses = addresses
+        self._clock = clock
 
     async def connect(self, seal_id: str, timeout_s: float) -> LockSession:
         """Connect to the seal's lock and subscribe to its answers."""
@@ -283,7 +321,7 @@ class BleLockConnector:
         address = lock.address or (self._addresses(seal_id) if self._addresses else None)
         if not address:
             raise LinkLostError(f"seal {seal_id}: address unknown until its advert is seen")
-        session = LockSession(lock.lock_id, op_timeout_s=self._op_timeout_s)
+        session = LockSession(lock.lock_id, op_timeout_s=self._op_timeout_s, clock=self._clock)
         client = self._transport.make_client(
             address, disconnected_callback=session.link_lost, timeout=timeout_s
         )

@@ -43,6 +43,11 @@ CREATE TABLE IF NOT EXISTS locks (
     unseal_from INTEGER,
     unseal_until INTEGER
 );
+CREATE TABLE IF NOT EXISTS seeds (
+    lock_id TEXT PRIMARY KEY,
+    counter INTEGER NOT NULL,
+    log_head INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS emitted (
     lock_id TEXT NOT NULL,
     log_index INTEGER NOT NULL,
@@ -62,6 +67,7 @@ class LockSpec:
     address: str
     k_adv: bytes = field(repr=False)
     k_log: bytes = field(repr=False)
+    adv_counter_floor: int = 0  # the advert counter of MS's provisioning record
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,7 @@ class LockRecord:
     advert: Advert | None = None
     unseal_window: tuple[int, int] | None = None
     emitted: frozenset[int] = frozenset()
+    seed: tuple[int, int] | None = None  # (advert counter, log head) floor before any advert
 
 
 class LockStore:
@@ -115,8 +122,12 @@ class LockStore:
         emitted = self._conn.execute(
             "SELECT log_index FROM emitted WHERE lock_id = ?", (key,)
         ).fetchall()
+        seed_row = self._conn.execute(
+            "SELECT counter, log_head FROM seeds WHERE lock_id = ?", (key,)
+        ).fetchone()
+        seed = (int(seed_row[0]), int(seed_row[1])) if seed_row is not None else None
         if row is None:
-            return LockRecord(emitted=frozenset(int(r[0]) for r in emitted))
+            return LockRecord(emitted=frozenset(int(r[0]) for r in emitted), seed=seed)
         cursor, counter, advert, since, until = row
         window = (int(since), int(until)) if since is not None and until is not None else None
         return LockRecord(
@@ -125,6 +136,7 @@ class LockStore:
             advert=_advert(advert),
             unseal_window=window,
             emitted=frozenset(int(r[0]) for r in emitted),
+            seed=seed,
         )
 
     def advance(self, lock_id: bytes, cursor: int) -> None:
@@ -140,11 +152,22 @@ class LockStore:
             )
 
     def mark_emitted(self, lock_id: bytes, indexes: Iterable[int]) -> None:
-        """Record log indexes whose event was committed ahead of the cursor."""
+        """Record log indexes whose operation outcome was committed from the answer.
+
+        The entries themselves stay pending: reconciliation still commits each (as
+        `seal.log_entry`) when it is fetched.
+        """
         key = lock_id.hex()
         with transaction(self._conn):
             self._conn.executemany(
                 "INSERT OR IGNORE INTO emitted VALUES (?, ?)", [(key, i) for i in indexes]
+            )
+
+    def set_seed(self, lock_id: bytes, counter: int, log_head: int) -> None:
+        """Keep the advert floor of a lock with no accepted advert yet (re-applied at start)."""
+        with transaction(self._conn):
+            self._conn.execute(
+                "INSERT OR REPLACE INTO seeds VALUES (?, ?, ?)", (lock_id.hex(), counter, log_head)
             )
 
     def set_counter(self, lock_id: bytes, counter: int) -> None:

@@ -59,6 +59,8 @@ class EventType(StrEnum):
     GATEWAY_BUFFER_RECOVERED = "gateway.buffer_recovered"
     GATEWAY_STORAGE_FULL = "gateway.storage_full"
     GATEWAY_CHAIN_EPOCH = "gateway.chain_epoch"
+    GATEWAY_RADIO_DOWN = "gateway.radio_down"
+    GATEWAY_RADIO_UP = "gateway.radio_up"
     SEAL_SEALED = "seal.sealed"
     SEAL_UNSEALED = "seal.unsealed"
     SEAL_TIME_SET = "seal.time_set"

@@ -11,6 +11,7 @@ config change only. `BleAdapters` opens each adapter string once and closes them
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ class BleTransport(Protocol):
         disconnected_callback: Callable[[BleakClient], None] | None = None,
         timeout: float = 10.0,
     ) -> BleakClient: ...
+
+    async def wait_lost(self) -> None:
+        """Return when the adapter loses its controller (the scan supervisor then reopens it)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -161,6 +166,10 @@ class BlueZTransport:
             timeout=timeout,
             bluez={"adapter": self.hci_name},
         )
+
+    async def wait_lost(self) -> None:
+        """Never returns: BlueZ reports a lost adapter as errors of the next scan or connect."""
+        await asyncio.Event().wait()
 
     async def close(self) -> None:
         """Nothing to close: BlueZ owns the adapter; clients disconnect themselves."""

@@ -320,7 +320,9 @@ async def test_lock_service_events_and_retained_state_validate(tmp_path: Path) -
 
 
 async def test_unreachable_offline_and_online_seal_events_validate(tmp_path: Path) -> None:
-    async with bench(tmp_path, count=1, offline_after_s=5.0, retries=0) as b:
+    async with bench(
+        tmp_path, count=1, offline_after_s=5.0, unreachable_after_s=2.0, retries=0
+    ) as b:
         assert b.service is not None
         await b.wait_events(lambda e: e.type == "seal.boot")
         ticket = b.issue()

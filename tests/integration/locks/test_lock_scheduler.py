@@ -238,3 +238,20 @@ async def test_priority_gate_passes_a_slot_on_when_a_waiter_is_cancelled() -> No
     assert gate.free == 0
     gate.release()
     assert gate.free == 1
+
+
+async def test_a_busy_lock_is_retried_after_at_least_a_second_by_default() -> None:
+    connector = FakeConnector()
+    clock = AutoClock()
+    sched = ConnectionScheduler(connector, SchedulerSettings(), clock, rng=random.Random(7))
+    answers = ["busy", "busy", "ok"]
+
+    async def act(link: str) -> str:
+        answer = answers.pop(0)
+        if answer == "busy":
+            raise RetryableError("lock is busy (wanted CHALLENGE)")  # ERROR(BUSY)
+        return answer
+
+    assert await sched.run("SL-1", Urgency.HANDHELD, act) == "ok"
+    assert len(clock.slept) == 2
+    assert all(delay >= 1.0 for delay in clock.slept)

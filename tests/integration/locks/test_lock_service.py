@@ -265,7 +265,7 @@ async def test_reconciliation_is_exactly_once_across_a_restart(tmp_path: Path) -
 
 
 async def test_offline_after_silence_and_online_again(tmp_path: Path) -> None:
-    async with bench(tmp_path, count=1, offline_after_s=5.0) as b:
+    async with bench(tmp_path, count=1, offline_after_s=5.0, unreachable_after_s=2.0) as b:
         assert b.service is not None
         await b.wait_for(lambda: state_of(b.retained, "SL-0001").get("online"))
         peripheral = b.locks.locks["SL-0001"]

@@ -58,6 +58,8 @@ def test_defaults_and_raw_key_files(tmp_path: Path) -> None:
         ({"max_connections": 0}, "ble.max_connections"),
         ({"scan_mode": "loud"}, "ble.scan_mode"),
         ({"scan_interval_s": 1.0, "scan_window_s": 5.0}, "ble.scan_interval_s"),
+        ({"unreachable_after_s": 60.0, "offline_after_s": 30.0}, "ble.unreachable_after_s"),
+        ({"unreachable_after_s": 0.5}, "ble.unreachable_after_s"),
     ],
 )
 def test_bad_settings_name_their_key(tmp_path: Path, change: dict[str, Any], key: str) -> None:

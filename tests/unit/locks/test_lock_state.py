@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.locks.beliefs import SealBeliefs
 from gateway.locks.reconcile import entry_draft, lock_event_id
 from gateway.locks.state import LockSpec, LockStore, SealRecord, SealStates
+from gateway.protocol.clock import ManualClock
 from gateway.protocol.events import EventDraft
-from gateway.protocol.seal_advert import Advert
+from gateway.protocol.seal_advert import Advert, encode_advert, short_id, sign_advert
 from gateway.protocol.seal_frames import LockState, LogEntry, LogEvent, ResultCode, WireLoop
 
 LOCK = LockSpec("SL-0001", bytes.fromhex("5ea1000000000001"), "", bytes(32), bytes(32))
@@ -85,3 +87,34 @@ def test_seal_states_offline_online_and_unseal_window() -> None:
     record.unseal_window = (int(moment.timestamp()), int(moment.timestamp()) + 60)
     assert states.unseal_authorized("SL-0001", moment)
     assert not states.unseal_authorized("SL-0001", datetime(2026, 1, 2, tzinfo=UTC))
+
+
+def test_a_persisted_seed_floors_the_first_advert_after_a_restart(tmp_path: Path) -> None:
+    lock = LockSpec("SL-0001", LOCK.lock_id, "", b"\x07" * 32, bytes(32), adv_counter_floor=3)
+
+    def advert(counter: int, head: int) -> bytes:
+        unsigned = Advert(short_id(lock.lock_id), LockState.SEALED, 0, counter, head, bytes(6))
+        return encode_advert(sign_advert(unsigned, lock.lock_id, lock.k_adv))
+
+    def no_events(draft: EventDraft) -> None:
+        raise AssertionError(f"unexpected event {draft.type}")
+
+    path = tmp_path / "locks.db"
+    store = LockStore.open(path)
+    beliefs = SealBeliefs({lock.seal_id: lock}, store, no_events, ManualClock())  # type: ignore[arg-type]
+    assert beliefs.needs_seed("SL-0001")
+    assert beliefs.observe_payload(advert(9, 9), source="advert") is not None  # held back
+    assert beliefs.tracker.last(lock.lock_id) is None
+    beliefs.seed(lock, log_head=5)
+    store.close()
+
+    store = LockStore.open(path)  # a restart before any advert was accepted
+    assert store.load(lock.lock_id).seed == (3, 5)
+    beliefs = SealBeliefs({lock.seal_id: lock}, store, no_events, ManualClock())  # type: ignore[arg-type]
+    assert not beliefs.needs_seed("SL-0001")
+    assert beliefs.observe_payload(advert(4, 4), source="advert") is None  # head before the probe
+    assert beliefs.observe_payload(advert(3, 6), source="advert") is None  # provisioning counter
+    assert beliefs.rejected["advert_replay"] == 2
+    heard = beliefs.observe_payload(advert(9, 9), source="advert")
+    assert heard is not None and heard.observation.fresh
+    store.close()

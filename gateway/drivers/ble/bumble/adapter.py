@@ -4,7 +4,8 @@ The adapter opens lazily on first use, serializes connection attempts (a control
 one LE connection at a time), fans advertisements out to the scanners that listen, and
 remembers the address type of every advertiser it saw, because bleak addresses are bare
 strings while LE needs to know public from random. When the HCI transport is lost (the
-simulator went away, the dongle was unplugged) the links drop, and the next use reopens it.
+simulator went away, the dongle was unplugged) the links drop, `wait_lost` returns, and the
+next use reopens it (the lock service's scan supervisor does so with backoff).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bumble import hci
 from bumble.core import InvalidArgumentError
 from bumble.device import Advertisement, Device
 from bumble.transport import open_transport
+from bumble.transport.common import TransportLostError
 
 __all__ = ["AdvertisementListener", "BumbleAdapter", "HciLink"]
 
@@ -32,6 +34,20 @@ _SEEN_MAX = 512
 """Advertisers remembered for their address type; nearby phones rotate addresses, so bound it."""
 
 AdvertisementListener = Callable[[Advertisement], None]
+
+
+class _QuietLostTransport(logging.Filter):
+    """bumble.host logs a traceback at ERROR for a command on a lost transport; the scan
+    supervisor already reports the outage in one line, so keep only a DEBUG line of it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lost = record.exc_info is not None and isinstance(record.exc_info[1], TransportLostError)
+        if lost:
+            _log.debug("bumble: command on a lost HCI transport dropped")
+        return not lost
+
+
+logging.getLogger("bumble.host").addFilter(_QuietLostTransport())
 
 
 class HciLink(Protocol):
@@ -63,6 +79,7 @@ class BumbleAdapter:
         self._scan_active: bool | None = None
         self._seen: OrderedDict[str, tuple[hci.Address, str | None]] = OrderedDict()
         self._closed = False
+        self._lost = asyncio.Event()
 
     @classmethod
     def from_transport(cls, spec: str, *, own_address: str | None = None) -> BumbleAdapter:
@@ -102,12 +119,19 @@ class BumbleAdapter:
                 await self._restore_scan(self._device)
             return self._device
 
+    async def wait_lost(self) -> None:
+        """Return when the open HCI transport is lost (at once when none is open)."""
+        if self._device is None:
+            return
+        await self._lost.wait()
+
     async def close(self) -> None:
         """Disconnect every link, stop scanning and close the transport. Idempotent."""
         async with self._open_lock:
             self._closed = True
             device, link = self._device, self._link
             self._device, self._link = None, None
+            self._lost.set()
             self._listeners.clear()
             if device is not None:
                 await _disconnect_all(device)
@@ -173,12 +197,14 @@ class BumbleAdapter:
         except Exception as exc:
             # Any failure to open (socket refused, no dongle, missing USB library, silent
             # controller) means the same to callers: no Bluetooth on this adapter right now.
-            _log.warning("BLE adapter %s cannot be opened: %r", self.name, exc)
+            # The caller (the scan supervisor) logs the outage once; this is the detail.
+            _log.debug("BLE adapter %s cannot be opened: %r", self.name, exc)
             raise BleakBluetoothNotAvailableError(
                 f"BLE adapter {self.name} cannot be opened: {exc!r}",
                 BleakBluetoothNotAvailableReason.NO_BLUETOOTH,
             ) from exc
         self._link = link
+        self._lost = asyncio.Event()
         terminated = getattr(link.source, "terminated", None)
         if isinstance(terminated, asyncio.Future):
             terminated.add_done_callback(lambda _: self._on_transport_lost(device))
@@ -199,9 +225,10 @@ class BumbleAdapter:
     def _on_transport_lost(self, device: Device) -> None:
         if self._device is not device:
             return
-        _log.warning("BLE adapter %s lost its HCI transport; it reopens on next use", self.name)
+        _log.info("BLE adapter %s lost its HCI transport; it reopens on next use", self.name)
         self._device, self._link = None, None
         self._scan_active = None
+        self._lost.set()
 
     def _on_advertisement(self, advertisement: Advertisement) -> None:
         for listener in list(self._listeners):

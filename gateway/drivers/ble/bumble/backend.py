@@ -66,6 +66,10 @@ class BumbleTransport:
             bumble_adapter=self.bumble_adapter,
         )
 
+    async def wait_lost(self) -> None:
+        """Return when the adapter's HCI transport is lost (at once when it is not open)."""
+        await self.bumble_adapter.wait_lost()
+
     async def close(self) -> None:
         """Disconnect every link and close the HCI transport."""
         await self.bumble_adapter.close()
