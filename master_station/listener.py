@@ -18,6 +18,7 @@ ledger keeps two masters from asking for the same range at once. Details: docs/m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -39,6 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.errors import ConfigError, TransientError
+from gateway.protocol.batch import BatchDecodeError, decode_batch
 from gateway.protocol.canonical import canonical_bytes
 from master_station.ledger.models import AddOutcome, AddResult, Ledger, LedgerError, SeqRange
 
@@ -98,6 +100,7 @@ class ListenerStats:
     resend_replies: int = 0
     resend_requeued: int = 0
     connects: int = 0
+    batches: int = 0
 
     def snapshot(self) -> ListenerStats:
         return ListenerStats(**{f.name: getattr(self, f.name) for f in fields(self)})
@@ -110,7 +113,7 @@ class ListenerStats:
 class _Inbound:
     """One message handed from paho's thread to the worker."""
 
-    kind: str  # events | status | state | reply
+    kind: str  # events | batch | status | state | reply
     gateway: str
     key: str  # the seal for `state`
     payload: bytes
@@ -211,6 +214,7 @@ class MasterListener:
         for gw in self.options.gateways:
             base = f"{self._root}/{gw}"
             topics += [f"{share}{base}/events/#", f"{base}/status", f"{base}/seals/+/state"]
+            topics.append(f"{share}{base}/batch")
             topics.append(f"{base}/reply/resend/{self.client_id}")
         return topics
 
@@ -275,7 +279,7 @@ class MasterListener:
             kind, key = "state", parts[2]
         elif kind == "reply":
             kind = "reply"
-        elif kind not in ("events", "status"):
+        elif kind not in ("events", "status", "batch") or (kind == "batch" and len(parts) != 2):
             return None
         props = getattr(msg, "properties", None)
         correlation = getattr(props, "CorrelationData", None)
@@ -320,11 +324,11 @@ class MasterListener:
             return
 
     def _apply(self, batch: list[_Inbound]) -> None:
-        events = [item for item in batch if item.kind == "events"]
-        if events:
-            results = self.ledger.add_many([e.payload for e in events], [e.gateway for e in events])
+        payloads, gateways = self._event_payloads(batch)
+        if payloads:
+            results = self.ledger.add_many(payloads, gateways)
             self._count(results)
-            self._touched.update(e.gateway for e in events)
+            self._touched.update(gateways)
         for item in batch:
             if item.kind == "state":
                 self.ledger.put_seal_state(item.gateway, item.key, item.payload)
@@ -334,6 +338,38 @@ class MasterListener:
                 self._bump("statuses")
             elif item.kind == "reply":
                 self._on_reply(item)
+
+    def _event_payloads(self, batch: list[_Inbound]) -> tuple[list[bytes], list[str]]:
+        """Every event payload of the batch in arrival order, batch messages rebuilt.
+
+        A batch message that does not decode is one `invalid` problem (kept with its bytes),
+        and is acknowledged like any other message: it never blocks the listener.
+        """
+        payloads: list[bytes] = []
+        gateways: list[str] = []
+        for item in batch:
+            if item.kind == "events":
+                payloads.append(item.payload)
+                gateways.append(item.gateway)
+            elif item.kind == "batch":
+                rebuilt = self._decode_batch(item)
+                payloads += rebuilt
+                gateways += [item.gateway] * len(rebuilt)
+        return payloads, gateways
+
+    def _decode_batch(self, item: _Inbound) -> tuple[bytes, ...]:
+        self._bump("batches")
+        try:
+            return decode_batch(item.payload, item.gateway).payloads
+        except BatchDecodeError as exc:
+            digest = hashlib.sha256(item.payload).hexdigest()[:32]
+            detail = f"batch message does not decode: {exc}"
+            self.ledger.record_problem(
+                item.gateway, "invalid", detail, key=f"batch:{digest}", payload=item.payload
+            )
+            self._bump("invalid")
+            _log.warning("gateway %s: %s", item.gateway, detail)
+            return ()
 
     def _count(self, results: Iterable[AddResult]) -> None:
         names = {

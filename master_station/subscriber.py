@@ -1,4 +1,8 @@
-"""A paho subscriber that collects gateway events and retained messages, in its own thread."""
+"""A paho subscriber that collects gateway events and retained messages, in its own thread.
+
+Events arrive one per message on `events/{type}`, or rebuilt from `batch` messages (the batch
+encoding, docs/mqtt.md); `events` holds both, parsed.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.protocol.batch import BatchDecodeError, decode_batch
+
 
 class EventSubscriber:
     """Subscribes to `{root}/+/events/#` (and anything else asked) and keeps what arrives."""
@@ -19,6 +25,7 @@ class EventSubscriber:
         self.topic_root = topic_root
         self.events: list[dict[str, Any]] = []
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.undecodable: list[tuple[str, str]] = []  # (topic, why) of bad batch messages
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._connected = threading.Event()
@@ -96,7 +103,8 @@ class EventSubscriber:
         return True
 
     def _on_connect(self, client: mqtt.Client, *_args: Any) -> None:
-        topics = [(f"{self.topic_root}/+/events/#", 1)] + [(t, 1) for t in self.extra_topics]
+        topics = [(f"{self.topic_root}/+/events/#", 1), (f"{self.topic_root}/+/batch", 1)]
+        topics += [(t, 1) for t in self.extra_topics]
         client.subscribe(topics)
         self._connected.set()
 
@@ -105,4 +113,15 @@ class EventSubscriber:
             self.messages.append((message.topic, bytes(message.payload), bool(message.retain)))
             if "/events/" in message.topic:
                 self.events.append(json.loads(message.payload))
+            elif message.topic.endswith("/batch"):
+                self._on_batch(message.topic, bytes(message.payload))
             self._changed.notify_all()
+
+    def _on_batch(self, topic: str, payload: bytes) -> None:
+        gateway = topic[len(self.topic_root) + 1 :].split("/", maxsplit=1)[0]
+        try:
+            batch = decode_batch(payload, gateway)
+        except BatchDecodeError as exc:
+            self.undecodable.append((topic, str(exc)))
+            return
+        self.events.extend(json.loads(event) for event in batch.payloads)
