@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from gateway.protocol.batch import BatchEncodeError, encode_batch
@@ -99,7 +100,12 @@ class Batcher:
         return runs
 
     def hold(self, run: Run, flushing: bool) -> float | None:
-        """Seconds the last run may still wait for more events, or None to send it now."""
+        """Seconds the last run may still wait for more events, or None to send it now.
+
+        The linger counts from the run's oldest event (its ts), and from when the run was
+        first held: a backlog of old events never waits, a fresh reading waits at most
+        `linger_s`.
+        """
         if flushing or run.full or run.priority is Priority.ALARM or self.policy.linger_s <= 0:
             self._held_since = None
             return None
@@ -107,6 +113,10 @@ class Batcher:
         if self._held_since is None:
             self._held_since = now
         remaining = self._held_since + self.policy.linger_s - now
+        created = _event_time(run.events[0].payload)
+        if created is not None:
+            age = (self._clock.now() - created).total_seconds()
+            remaining = min(remaining, self.policy.linger_s - age)
         if remaining <= 0:
             self._held_since = None
             return None
@@ -130,6 +140,18 @@ class Batcher:
         return len(current) >= self.policy.max_events or (
             size + len(nxt.payload) > self.policy.max_bytes
         )
+
+
+def _event_time(payload: bytes) -> datetime | None:
+    """The envelope `ts` of a canonical event payload (the last "ts" member), or None."""
+    start = payload.rfind(b',"ts":"')
+    if start < 0:
+        return None
+    try:
+        text = payload[start + 7 : start + 31].decode("ascii")
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
 
 
 def _span(run: Run) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
+from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.protocol.batch import decode_batch
@@ -104,7 +105,7 @@ async def test_a_dropped_connection_resends_exactly_the_same_events(
 async def test_alarms_do_not_wait_for_the_linger(
     mosquitto: Broker, subscriber_factory: SubscriberFactory
 ) -> None:
-    buf = FakeEventBuffer()
+    buf = FakeEventBuffer(start=datetime.now(UTC))  # fresh events: they may linger
     sub = await subscriber_factory(mosquitto, [BATCH]).start()
     uplink = make_uplink(mosquitto.url, buf, encoding="batch", batch_linger_s=600)
     async with running(uplink):

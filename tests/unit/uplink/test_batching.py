@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from gateway.protocol.batch import decode_batch
 from gateway.protocol.clock import ManualClock
 from gateway.protocol.events import Priority
@@ -55,6 +57,17 @@ def test_a_run_encodes_to_one_batch_of_the_same_events() -> None:
     message = batcher.encode(run)
     assert message is not None
     assert decode_batch(message, "gw-test").payloads == tuple(e.payload for e in events)
+
+
+def test_a_backlog_of_old_events_does_not_linger() -> None:
+    clock = ManualClock()
+    batcher = Batcher(BatchPolicy(max_events=100, linger_s=2.0), clock)
+    (fresh,) = batcher.runs(_events(Priority.TELEMETRY))  # ts = the clock's start
+    clock.advance(1.0)
+    assert batcher.hold(fresh, flushing=False) == pytest.approx(1.0, abs=0.01)  # from its ts
+    clock.advance(3600)
+    (old,) = batcher.runs(_events(Priority.TELEMETRY))
+    assert batcher.hold(old, flushing=False) is None
 
 
 def test_json_is_the_default_encoding() -> None:
