@@ -21,16 +21,16 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from operator import itemgetter, sub
 from typing import Any
 
 import cbor2
 
 from gateway.errors import ProtocolError
 from gateway.protocol.canonical import (
-    MAX_SAFE_INTEGER,
     canonical_json,
     encode_basestring,
-    format_number,
 )
 from gateway.protocol.events import EVENT_VERSION, Priority
 
@@ -147,12 +147,22 @@ def decode_batch(message: bytes, gateway: str) -> DecodedBatch:
 
 
 def _parse(payload: bytes) -> dict[str, Any]:
+    """The envelope members, with `data` kept as its canonical text (`data_text`).
+
+    In canonical JSON `data` is the first member and `gateway` the second; a quote inside a
+    string is always escaped, so the last `,"gateway":` is where the envelope resumes.
+    """
     try:
-        obj = json.loads(payload)
+        text = payload.decode("utf-8")
+        cut = text.rfind(',"gateway":')
+        if not text.startswith('{"data":') or cut < 0:
+            raise BatchEncodeError("not a canonical event payload")
+        obj = json.loads("{" + text[cut + 1 :])
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BatchEncodeError(f"not an event payload: {exc}") from None
     if not isinstance(obj, dict) or obj.get("v") != EVENT_VERSION:
         raise BatchEncodeError("not a version 1 event")
+    obj["data_text"] = text[8:cut]
     return obj
 
 
@@ -176,28 +186,47 @@ def _check_run(events: Sequence[Mapping[str, Any]]) -> None:
 
 
 _ENVELOPE = frozenset(
-    ("v", "data", "gateway", "hash", "id", "prev_hash", "priority", "seq", "subject", "ts", "type")
+    (
+        "v",
+        "data_text",
+        "gateway",
+        "hash",
+        "id",
+        "prev_hash",
+        "priority",
+        "seq",
+        "subject",
+        "ts",
+        "type",
+    )
 )
 
 
 class _Encoder:
-    """Builds the CBOR body of one batch; shapes and column states live for one batch."""
+    """Builds the CBOR body of one batch; shapes and their value rows live for one batch.
+
+    Reading values are kept as their canonical number texts, row by row, and turned into
+    per-column integer deltas once the batch is complete (see _column).
+    """
 
     def __init__(self) -> None:
         self.types: dict[str, int] = {}
-        self.shapes: dict[tuple[tuple[str, str | None], ...], int] = {}
+        self.shapes: dict[tuple[tuple[str, str], ...], int] = {}
         self.shape_rows: list[list[list[Any]]] = []
-        self.columns: list[list[list[tuple[int, int]]]] = []
+        self.texts: list[list[Sequence[str]]] = []  # per shape, per reading: number texts
+        self.slots: list[list[list[Any]]] = []  # per shape, the data cells to fill in
         self.last_ms = 0
+        self.pattern: _ShapePattern | None = None  # the last reading's shape, tried first
 
     def encode(self, events: Sequence[Mapping[str, Any]]) -> bytes:
         rows = [self._event(event) for event in events]
         shapes = []
         for index, (names, units) in enumerate(self.shape_rows):
-            exps, deltas = _columns(self.columns[index])
-            shapes.append([names, units, exps])
-            for row, nums in zip(self._rows_of_shape(rows, index), deltas, strict=True):
-                row[4][2] = nums
+            columns = [_column(texts) for texts in zip(*self.texts[index], strict=True)]
+            shapes.append([names, units, [exp for exp, _ in columns]])
+            deltas = zip(*(d for _, d in columns), strict=True)
+            for cell, nums in zip(self.slots[index], deltas, strict=True):
+                cell[2] = list(nums)
         first = events[0]
         return cbor2.dumps([
             EVENT_VERSION,
@@ -209,10 +238,6 @@ class _Encoder:
             shapes,
             rows,
         ])  # fmt: skip
-
-    @staticmethod
-    def _rows_of_shape(rows: list[list[Any]], shape: int) -> list[list[Any]]:
-        return [row for row in rows if isinstance(row[4], list) and row[4][0] == shape]
 
     def _event(self, event: Mapping[str, Any]) -> list[Any]:
         ts, millis = self._ts(event["ts"])
@@ -227,84 +252,159 @@ class _Encoder:
         return delta, millis
 
     def _data(self, event: Mapping[str, Any]) -> Any:
-        data = event["data"]
+        data_text = event["data_text"]
+        fast = self._fast_reading(data_text)
+        if fast is not None:
+            return self._cell(*fast)
+        try:
+            data = json.loads(data_text)
+        except json.JSONDecodeError as exc:
+            raise BatchEncodeError(f"event data is not JSON: {exc}") from None
         if type(data) is not dict:
             raise BatchEncodeError("event data is not an object")
         reading = _reading(data)
         if reading is None:
             return data
-        shape, numbers = reading
+        rest = {key: value for key, value in data.items() if key != "values"}
+        return self._cell(*reading, rest)
+
+    def _fast_reading(self, data_text: str) -> tuple[ShapeKey, Sequence[str], Any] | None:
+        """A reading in its common form, read from its text by the last shape's pattern (a
+        literal skeleton with the numbers as groups) or else by the general one."""
+        if self.pattern is not None:
+            match = self.pattern.regex.fullmatch(data_text)
+            if match is not None:
+                groups = match.groups()
+                return self.pattern.key, groups[1:-1], _members(groups[0], groups[-1])
+        general = _reading_text(data_text)
+        if general is not None:
+            self.pattern = _shape_pattern(general[0])
+        return general
+
+    def _cell(self, shape: ShapeKey, texts: Sequence[str], rest: dict[str, Any]) -> list[Any]:
         index = self.shapes.get(shape)
         if index is None:
             index = self.shapes[shape] = len(self.shapes)
-            self.shape_rows.append([[name for name, _ in shape], [unit for _, unit in shape]])
-            self.columns.append([[] for _ in shape])
-        for column, number in zip(self.columns[index], numbers, strict=True):
-            column.append(number)
-        rest = {key: value for key, value in data.items() if key != "values"}
-        return [index, rest, None]  # the deltas are filled in once every column is known
+            names = [name for name, _ in shape]
+            units = [json.loads(unit[7:-1]) if unit else None for _, unit in shape]
+            self.shape_rows.append([names, units])
+            self.texts.append([])
+            self.slots.append([])
+        cell = [index, rest, None]  # the deltas are filled in once every row is known
+        self.texts[index].append(texts)
+        self.slots[index].append(cell)
+        return cell
 
 
-Shape = tuple[tuple[str, str | None], ...]
+ShapeKey = tuple[tuple[str, str], ...]
+"""(name, unit member text) per value: '"unit":"V",', or '' when the value has no unit."""
+
+_STR = r'"[^"\\]*"'  # a JSON string without escapes
+_NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[-+][0-9]+)?"
+_ENTRY = rf'{_STR}:\{{(?:"unit":{_STR},)?"value":{_NUM}\}}'
+_READING_TEXT = re.compile(
+    rf'\{{(?P<pre>(?:{_STR}:{_STR},)*)"values":\{{(?P<vals>{_ENTRY}(?:,{_ENTRY})*)\}}'
+    rf"(?P<post>(?:,{_STR}:{_STR})*)\}}"
+)
+_ENTRY_PARTS = re.compile(rf'"([^"\\]*)":\{{((?:"unit":{_STR},)?)"value":({_NUM})\}}')
+_FRACTION = re.compile(r"\.([0-9]+)")
+_NAME_UNIT = itemgetter(0, 1)
+_NUMBER = itemgetter(2)
+_EXACT_LIMIT = 2**50  # below this, round(float(text) * 10**d) is the exact scaled integer
 
 
-def _reading(data: Mapping[str, Any]) -> tuple[Shape, list[tuple[int, int]]] | None:
-    """A reading's (name, unit) columns and its values as decimals; None if not that form.
+def _reading_text(data_text: str) -> tuple[ShapeKey, list[str], Any] | None:
+    """The common reading read straight from its canonical text: plain text members around
+    a `values` object of plain names, units and numbers. None for anything else."""
+    match = _READING_TEXT.fullmatch(data_text)
+    if match is None:
+        return None
+    entries = _ENTRY_PARTS.findall(match["vals"])
+    rest = _members(match["pre"], match["post"])
+    return tuple(map(_NAME_UNIT, entries)), list(map(_NUMBER, entries)), rest
+
+
+def _members(pre: str, post: str) -> Any:
+    """The members around `values` (`"a":"x",` before, `,"z":"y"` after) as a dict."""
+    return json.loads("{" + (pre[:-1] + post if pre else post[1:]) + "}")
+
+
+@dataclass(frozen=True, slots=True)
+class _ShapePattern:
+    key: ShapeKey
+    regex: re.Pattern[str]
+
+
+@lru_cache(maxsize=64)
+def _shape_pattern(key: ShapeKey) -> _ShapePattern:
+    """A regex for readings of one shape: its names and units literal, its numbers groups."""
+    parts = [rf'\{{((?:{_STR}:{_STR},)*)"values":\{{']
+    for index, (name, unit) in enumerate(key):
+        prefix = "," if index else ""
+        parts.append(re.escape(f'{prefix}"{name}":{{{unit}"value":') + f"({_NUM})" + r"\}")
+    parts.append(rf"\}}((?:,{_STR}:{_STR})*)\}}")
+    return _ShapePattern(key, re.compile("".join(parts)))
+
+
+def _reading(data: Mapping[str, Any]) -> tuple[ShapeKey, list[str]] | None:
+    """A parsed reading's shape key and number texts; None if it has not the reading form.
 
     `values` must map names to {"value": number} or {"value": number, "unit": text}.
     """
     values = data.get("values")
     if type(values) is not dict or not values:
         return None
-    shape: list[tuple[str, str | None]] = []
-    numbers = []
+    shape: list[tuple[str, str]] = []
+    texts = []
     for name, entry in values.items():
         if type(entry) is not dict:
             return None
         number = entry.get("value", entry)
-        kind = type(number)
-        if kind is float:
-            numbers.append(_float_decimal(number))
-        elif kind is int and -MAX_SAFE_INTEGER <= number <= MAX_SAFE_INTEGER:
-            numbers.append((number, 0))
-        else:
+        if type(number) not in (int, float):
             return None
+        texts.append(canonical_json(number))
         if len(entry) == 1:
-            shape.append((name, None))
+            shape.append((name, ""))
             continue
         unit = entry.get("unit", entry)
         if len(entry) != 2 or type(unit) is not str:
             return None
-        shape.append((name, unit))
-    return tuple(shape), numbers
+        shape.append((name, f'"unit":{encode_basestring(unit)},'))
+    return tuple(shape), texts
 
 
-def _float_decimal(number: float) -> tuple[int, int]:
-    """(m, e) with the float's canonical JSON text = m * 10**e exactly."""
-    text = repr(number)
-    if "e" in text or "n" in text or number == 0:
-        text = format_number(number)
-    mantissa, _, exponent = text.partition("e")
-    whole, _, fraction = mantissa.partition(".")
-    if fraction == "0":
-        fraction = ""
-    return int(whole + fraction), (int(exponent) if exponent else 0) - len(fraction)
+def _column(texts: Sequence[str]) -> tuple[int, list[int]]:
+    """A column of number texts as (exponent, deltas): text i = (d_0 + .. + d_i) * 10**exp.
+
+    The common case (plain decimals of moderate size) runs in C: the scale is the most
+    decimals in the column, and round(float(text) * 10**decimals) is exact below 2**50.
+    """
+    joined = ",".join(texts)
+    decimals = max(map(len, _FRACTION.findall(joined)), default=0)
+    scaled: list[int] | None = None
+    if "e" not in joined and decimals <= 15:
+        factor = float(10**decimals)
+        scaled = list(map(round, map(factor.__mul__, map(float, texts))))
+        if max(map(abs, scaled)) >= _EXACT_LIMIT:
+            scaled = None
+    exponent = -decimals
+    if scaled is None:
+        pairs = [_text_decimal(text) for text in texts]
+        exponent = min(e for _, e in pairs)
+        scaled = [m * 10 ** (e - exponent) for m, e in pairs]
+    return exponent, list(map(sub, scaled, [0, *scaled[:-1]]))
 
 
-def _columns(columns: list[list[tuple[int, int]]]) -> tuple[list[int], list[list[int]]]:
-    """Per column the smallest exponent; per row the column deltas at that exponent."""
-    exps = [min(e for _, e in column) for column in columns]
-    scaled = [
-        [m * 10 ** (e - exp) for m, e in column] for column, exp in zip(columns, exps, strict=True)
-    ]
-    rows = len(scaled[0]) if scaled else 0
-    deltas = [[0] * len(scaled) for _ in range(rows)]
-    for col, values in enumerate(scaled):
-        previous = 0
-        for row, value in enumerate(values):
-            deltas[row][col] = value - previous
-            previous = value
-    return exps, deltas
+def _text_decimal(text: str) -> tuple[int, int]:
+    """(m, e) with the canonical number text = m * 10**e."""
+    exponent = 0
+    if "e" in text:
+        text, _, power = text.partition("e")
+        exponent = int(power)
+    whole, dot, fraction = text.partition(".")
+    if not dot:
+        return int(whole), exponent
+    return int(whole + fraction), exponent - len(fraction)
 
 
 def _ts_millis(ts: Any) -> int | None:
