@@ -197,8 +197,12 @@ class District:
                 "sig": self.rng.randbytes(64).hex(), "key_id": "3f2a9c0d11e4b7a8"}  # fmt: skip
 
     def _seal_operation(self, at: datetime) -> Iterator[EventDraft]:
-        base: dict[str, JSONValue] = {"op": "unseal", "operator": "OP-0042",
-                                      "ticket_id": "TK-20261122-0001", "work_order": "WO-7781"}  # fmt: skip
+        base: dict[str, JSONValue] = {
+            "op": "unseal",
+            "operator": "OP-0042",
+            "ticket_id": "TK-1",
+            "work_order": "WO-7781",
+        }
         for index, kind in enumerate((EventType.SEAL_OP_REQUESTED, EventType.SEAL_OP_ALLOWED)):
             yield _draft(kind, "SL-0007", base, Priority.AUDIT, at + timedelta(seconds=index))
         outcome = {**base, "result": "ok", "state": "unsealed", "log_index": 118,
@@ -238,14 +242,17 @@ class _Health:
             m: {"polls": self.counters[m][0], "ok": self.counters[m][1]} for m in sorted(chosen)
         }
         self.changed = set()
-        meters: dict[str, JSONValue] = {"configured": METERS, "ok": METERS, "failing": 0,
-                                        "never_read": 0, "read_success_rate": 1.0, "meters": per_meter}  # fmt: skip
+        meters: dict[str, JSONValue] = {
+            "configured": METERS, "ok": METERS, "failing": 0, "never_read": 0,
+            "read_success_rate": 1.0, "meters": per_meter,
+        }  # fmt: skip
         if self.compact:
             meters["meters_changed_only"] = True
         return {
             "uptime_s": float(second), "broker_connected": True, "storage_full": False,
             "buffer_depth": {"alarm": 0, "audit": 0, "state": 0, "telemetry": 0},
-            "drain_rate_per_s": 3.4, "locks": {"locks": 20, "seen": 20, "connected": 0, "offline": 0},
+            "drain_rate_per_s": 3.4,
+            "locks": {"locks": 20, "seen": 20, "connected": 0, "offline": 0},
             "meters": meters, "disk_free_mb": 11873.4, "cpu_temp_c": 48.3, "cpu_pct": 2.1,
             "rss_mb": 61.2, "tasks": 41, "operations_refused": 0,
         }  # fmt: skip
