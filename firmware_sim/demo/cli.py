@@ -1,4 +1,4 @@
-"""`sealgw demo [--broker URL] [--duration S] [--json]`: the demo's command line."""
+"""`sealgw demo [--broker URL] [--duration S] [--json] [--encoding E]`: the demo's command line."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ def register_demo_command(commands: argparse._SubParsersAction[argparse.Argument
     )
     demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     demo.add_argument("--json", action="store_true", help="print one summary object at the end")
+    demo.add_argument(
+        "--encoding",
+        choices=("json", "batch"),
+        default="json",
+        help="the gateway's uplink encoding (default json; batch: docs/mqtt.md)",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
 
@@ -25,4 +31,4 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING)
     exit_on_signals()
-    return run_demo(DemoOptions(args.broker, args.duration, args.json))
+    return run_demo(DemoOptions(args.broker, args.duration, args.json, args.encoding))

@@ -47,6 +47,7 @@ class DemoOptions:
     broker_url: str | None = None
     duration_s: float = 60.0
     json_output: bool = False
+    encoding: str = "json"  # the gateway's uplink.encoding: json or batch
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -55,7 +56,13 @@ def run_demo(options: DemoOptions) -> int:
     out = sys.stderr if options.json_output else sys.stdout
     timeline = Timeline(out, total=len(STEPS))
     with tempfile.TemporaryDirectory(prefix="sealgw-demo-") as tmp:
-        day = Day(Path(tmp), duration, timeline, external_broker=options.broker_url)
+        day = Day(
+            Path(tmp),
+            duration,
+            timeline,
+            external_broker=options.broker_url,
+            encoding=options.encoding,
+        )
         timeline.say(f"sealgw demo: a {duration:.0f} s day in {day.work}")
         try:
             results = play(day)
@@ -96,6 +103,7 @@ def summarize(day: Day, results: list[StepResult]) -> dict[str, Any]:
     )
     return {
         "events_published": len({e["id"] for e in events}),
+        "uplink_encoding": day.encoding,
         "events_per_type": dict(sorted(Counter(e["type"] for e in events).items())),
         "seal_integrity_rate": day.kpi.get("seal_integrity_rate"),
         "lock_online_rate": day.kpi.get("lock_online_rate"),
