@@ -8,6 +8,7 @@ import json
 import zlib
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -293,3 +294,54 @@ def test_property_batch_then_decode_gives_identical_canonical_json(
     assert decoded.payloads == tuple(e.payload for e in events)
     assert [json.loads(p)["hash"] for p in decoded.payloads] == [e.hash for e in events]
     assert decoded.last_seq == events[-1].seq
+
+
+# -- the worked example of docs/mqtt.md -------------------------------------------------------
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "mqtt.md"
+EXAMPLE_HEX = (
+    "1088010319126758204e07000000000000000000000000000000000000000000"
+    "00000000000000000058209d6e772cea5392d6832be810c6cc692c4c6da3dbc0"
+    "349c6d6190ad11b0a5df84816d6d657465722e72656164696e67818383696375"
+    "7272656e745f61781b666f72776172645f6163746976655f656e657267795f74"
+    "6f74616c69766f6c746167655f61836141636b576861568322212082851b0000"
+    "01a202dc32f34a0123456789abcdef012300644d2d30318300a2656d65746572"
+    "644d2d30316870726f746f636f6c66646c74363435831914031a0001e29e1908"
+    "fd8518284a0123456789abcdef012400644d2d30328300a2656d65746572644d"
+    "2d30326870726f746f636f6c66646c743634358338fc398bf022"
+)
+
+
+def _ulid(millis: int, randomness: int) -> str:
+    value = millis << 80 | randomness
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(alphabet[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def test_the_worked_example_of_the_docs_is_what_the_codec_produces() -> None:
+    prev_hash, events = "4e07" + "0" * 60, []
+    for index, (meter, volts, amps, kwh) in enumerate(
+        [("M-01", 230.1, 5.123, 1235.5), ("M-02", 229.8, 4.87, 877.25)]
+    ):
+        ts = datetime(2026, 11, 22, 10, 45, 15, 123000, tzinfo=UTC) + timedelta(
+            milliseconds=40 * index
+        )
+        values = {
+            "voltage_a": {"value": volts, "unit": "V"},
+            "current_a": {"value": amps, "unit": "A"},
+            "forward_active_energy_total": {"value": kwh, "unit": "kWh"},
+        }
+        data = {"meter": meter, "protocol": "dlt645", "values": values}
+        ulid = _ulid(int(ts.timestamp() * 1000), 0x0123456789ABCDEF0123 + index)
+        draft = EventDraft("meter.reading", meter, data, Priority.TELEMETRY, ts, id=ulid)
+        event = seal_event(draft, "gw-0001", 4711 + index, prev_hash)
+        prev_hash = event.hash
+        events.append(event)
+    doc = DOC.read_text(encoding="utf-8")
+    for event in events:
+        assert event.payload.decode() in doc
+    plain = encode_batch([e.payload for e in events], compress=False)
+    packed = encode_batch([e.payload for e in events])
+    assert plain.hex() == EXAMPLE_HEX
+    assert f"is {len(plain)} bytes (deflated, header `0x11`: {len(packed)})" in doc
+    assert decode_batch(packed, "gw-0001").payloads == tuple(e.payload for e in events)
