@@ -24,7 +24,7 @@ __all__ = ["BATCH_TOPIC", "BATCH_WINDOW", "BatchPolicy", "Batcher", "Run"]
 log = logging.getLogger(__name__)
 
 BATCH_TOPIC = "batch"  # {root}/{gateway}/batch
-BATCH_WINDOW = 8  # batch messages in flight at most: each may hold hundreds of events
+BATCH_WINDOW = 16  # batch messages in flight at most: each may hold hundreds of events
 
 
 class PendingPayload(Protocol):

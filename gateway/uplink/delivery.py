@@ -300,7 +300,8 @@ class DeliveryPump:
             free = self._delivery.free
             if free <= 0:
                 return
-            granted = self._bucket.take(free * self._delivery.per_message)
+            batching = self._batcher is not None
+            granted = self._bucket.take(self._delivery.per_message if batching else free)
             if granted == 0:
                 await self._clock.sleep(self._bucket.wait_time())
                 continue
@@ -319,6 +320,8 @@ class DeliveryPump:
                 self._prefetch()
             if held:
                 return  # the last run waits for more events or its linger
+            if batching:
+                await asyncio.sleep(0)  # one message at a time: let PUBACKs in between
 
     async def _fetch_ahead(self, wanted: int) -> bool:
         """Wait for events to send: the running prefetch, then if need be a fetch of our own.
