@@ -20,6 +20,7 @@ BENCHES = {
     "footprint": "bench.footprint",
     "modbus": "bench.modbus",
     "seal": "bench.seal",
+    "uplink": "bench.uplink",
 }
 
 

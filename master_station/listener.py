@@ -18,6 +18,7 @@ ledger keeps two masters from asking for the same range at once. Details: docs/m
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -38,6 +39,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.errors import ConfigError, ProtocolError, TransientError
+from gateway.protocol.batch import BatchDecodeError, decode_batch
 from gateway.protocol.canonical import canonical_bytes
 from gateway.protocol.strict_json import load_object
 from master_station.ledger.models import AddOutcome, AddResult, Ledger, LedgerError, SeqRange
@@ -99,6 +101,7 @@ class ListenerStats:
     resend_replies: int = 0
     resend_requeued: int = 0
     connects: int = 0
+    batches: int = 0
 
     def snapshot(self) -> ListenerStats:
         return ListenerStats(**{f.name: getattr(self, f.name) for f in fields(self)})
@@ -111,7 +114,7 @@ class ListenerStats:
 class _Inbound:
     """One message handed from paho's thread to the worker."""
 
-    kind: str  # events | status | state | reply
+    kind: str  # events | batch | status | state | reply
     gateway: str
     key: str  # the seal for `state`
     payload: bytes
@@ -212,6 +215,7 @@ class MasterListener:
         for gw in self.options.gateways:
             base = f"{self._root}/{gw}"
             topics += [f"{share}{base}/events/#", f"{base}/status", f"{base}/seals/+/state"]
+            topics.append(f"{share}{base}/batch")
             topics.append(f"{base}/reply/resend/{self.client_id}")
         return topics
 
@@ -276,7 +280,7 @@ class MasterListener:
             kind, key = "state", parts[2]
         elif kind == "reply":
             kind = "reply"
-        elif kind not in ("events", "status"):
+        elif kind not in ("events", "status", "batch") or (kind == "batch" and len(parts) != 2):
             return None
         props = getattr(msg, "properties", None)
         correlation = getattr(props, "CorrelationData", None)
@@ -332,13 +336,14 @@ class MasterListener:
 
         Only a LedgerError (the ledger itself failing) leaves the batch unacknowledged. Any
         other failure belongs to one message, which must never stop the worker: a retained
-        message would otherwise stop it again after every restart.
+        message would otherwise stop it again after every restart. Batch-encoded messages are
+        rebuilt into their events first (one that does not decode is one problem record).
         """
-        events = [item for item in batch if item.kind == "events"]
-        if events:
-            self._add_events(events)
+        payloads, gateways = self._event_payloads(batch)
+        if payloads:
+            self._add_events(payloads, gateways)
         for item in batch:
-            if item.kind == "events":
+            if item.kind in ("events", "batch"):
                 continue
             try:
                 self._apply_one(item)
@@ -347,22 +352,22 @@ class MasterListener:
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the worker
                 self._reject(item, exc)
 
-    def _add_events(self, events: list[_Inbound]) -> None:
+    def _add_events(self, payloads: list[bytes], gateways: list[str]) -> None:
         try:
-            results = self.ledger.add_many([e.payload for e in events], [e.gateway for e in events])
+            results = self.ledger.add_many(payloads, gateways)
         except LedgerError:
             raise
         except Exception:  # noqa: BLE001 - not expected (parse_event refuses bad events)
             results = []
-            for event in events:
+            for payload, gateway in zip(payloads, gateways, strict=True):
                 try:
-                    results += self.ledger.add_many([event.payload], [event.gateway])
+                    results += self.ledger.add_many([payload], [gateway])
                 except LedgerError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - the culprit becomes a problem record
-                    self._reject(event, exc)
+                    self._reject(_Inbound("events", gateway, "", payload, 0, 0), exc)
         self._count(results)
-        self._touched.update(e.gateway for e in events)
+        self._touched.update(gateways)
 
     def _apply_one(self, item: _Inbound) -> None:
         if item.kind == "state":
@@ -382,6 +387,38 @@ class MasterListener:
         level = logging.WARNING if self.stats.rejected == 1 else logging.DEBUG
         _log.log(level, "gateway %s: %s", item.gateway, detail)
         self.ledger.record_problem(item.gateway, f"bad_{item.kind}", detail)
+
+    def _event_payloads(self, batch: list[_Inbound]) -> tuple[list[bytes], list[str]]:
+        """Every event payload of the batch in arrival order, batch messages rebuilt.
+
+        A batch message that does not decode is one `invalid` problem (kept with its bytes),
+        and is acknowledged like any other message: it never blocks the listener.
+        """
+        payloads: list[bytes] = []
+        gateways: list[str] = []
+        for item in batch:
+            if item.kind == "events":
+                payloads.append(item.payload)
+                gateways.append(item.gateway)
+            elif item.kind == "batch":
+                rebuilt = self._decode_batch(item)
+                payloads += rebuilt
+                gateways += [item.gateway] * len(rebuilt)
+        return payloads, gateways
+
+    def _decode_batch(self, item: _Inbound) -> tuple[bytes, ...]:
+        self._bump("batches")
+        try:
+            return decode_batch(item.payload, item.gateway).payloads
+        except BatchDecodeError as exc:
+            digest = hashlib.sha256(item.payload).hexdigest()[:32]
+            detail = f"batch message does not decode: {exc}"
+            self.ledger.record_problem(
+                item.gateway, "invalid", detail, key=f"batch:{digest}", payload=item.payload
+            )
+            self._bump("invalid")
+            _log.warning("gateway %s: %s", item.gateway, detail)
+            return ()
 
     def _count(self, results: Iterable[AddResult]) -> None:
         names = {

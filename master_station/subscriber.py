@@ -1,4 +1,8 @@
-"""A paho subscriber that collects gateway events and retained messages, in its own thread."""
+"""A paho subscriber that collects gateway events and retained messages, in its own thread.
+
+Events arrive one per message on `events/{type}`, or rebuilt from `batch` messages (the batch
+encoding, docs/mqtt.md); `events` holds both, parsed.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.errors import ProtocolError
+from gateway.protocol.batch import BatchDecodeError, decode_batch
 from gateway.protocol.strict_json import load_object
 
 
@@ -23,6 +28,7 @@ class EventSubscriber:
         self.topic_root = topic_root
         self.events: list[dict[str, Any]] = []
         self.messages: list[tuple[str, bytes, bool]] = []
+        self.undecodable: list[tuple[str, str]] = []  # (topic, why) of bad batch messages
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._connected = threading.Event()
@@ -100,7 +106,8 @@ class EventSubscriber:
         return True
 
     def _on_connect(self, client: mqtt.Client, *_args: Any) -> None:
-        topics = [(f"{self.topic_root}/+/events/#", 1)] + [(t, 1) for t in self.extra_topics]
+        topics = [(f"{self.topic_root}/+/events/#", 1), (f"{self.topic_root}/+/batch", 1)]
+        topics += [(t, 1) for t in self.extra_topics]
         client.subscribe(topics)
         self._connected.set()
 
@@ -110,4 +117,15 @@ class EventSubscriber:
             if "/events/" in message.topic:
                 with contextlib.suppress(ProtocolError):  # a bad payload is not an event
                     self.events.append(load_object(message.payload, "event"))
+            elif message.topic.endswith("/batch"):
+                self._on_batch(message.topic, bytes(message.payload))
             self._changed.notify_all()
+
+    def _on_batch(self, topic: str, payload: bytes) -> None:
+        gateway = topic[len(self.topic_root) + 1 :].split("/", maxsplit=1)[0]
+        try:
+            batch = decode_batch(payload, gateway)
+        except BatchDecodeError as exc:
+            self.undecodable.append((topic, str(exc)))
+            return
+        self.events.extend(json.loads(event) for event in batch.payloads)

@@ -1,4 +1,4 @@
-"""`sealgw demo [--broker URL] [--duration S] [--json] [--radio R]`: the demo's command line."""
+"""`sealgw demo [--broker URL] [--duration S] [--json] [--encoding E] [--radio R]`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def register_demo_command(commands: argparse._SubParsersAction[argparse.Argument
     )
     demo.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     demo.add_argument("--json", action="store_true", help="print one summary object at the end")
+    demo.add_argument(
+        "--encoding",
+        choices=("json", "batch"),
+        default="json",
+        help="the gateway's uplink encoding (default json; batch: docs/mqtt.md)",
+    )
     demo.add_argument(
         "--radio",
         choices=("tcp", "vhci"),
@@ -45,5 +51,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     exit_on_signals()
     return run_demo(
-        DemoOptions(args.broker, args.duration, args.json, args.radio, args.patience, args.work_dir)
+        DemoOptions(
+            args.broker,
+            args.duration,
+            args.json,
+            encoding=args.encoding,
+            radio=args.radio,
+            patience=args.patience,
+            work_dir=args.work_dir,
+        )
     )

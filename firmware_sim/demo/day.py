@@ -70,6 +70,7 @@ class Day:
     external_broker: str | None = None
     radio: str = "tcp"  # sealgw sim --radio: tcp (bumble) or vhci (the gateway on BlueZ)
     patience: float = 1.0  # every deadline is multiplied by this (slow or emulated machines)
+    encoding: str = "json"  # uplink.encoding of the gateway: json or batch
     procs: ProcessSet = field(init=False)
     broker: MosquittoBroker | None = None
     relay: TcpRelay | None = None
@@ -198,7 +199,7 @@ def _start_sim(day: Day) -> None:
     day.sim = SimControl(child)
     day.sim.wait_line("sim ready", 40 * day.patience)
     day.handheld_address = f"unix:{day.work / 'handheld.sock'}"  # no free-port race
-    _tune_config(day.config, day.handheld_address)
+    _tune_config(day.config, day.handheld_address, day.encoding)
     day.meters = _meter_layout(day.config)
     day.timeline.say(f"simulator up (pid {child.pid}): {LOCKS} locks, {len(day.meters)} meters")
 
@@ -214,10 +215,13 @@ def _start_master(day: Day) -> None:
     day.timeline.say(f"master station listening (pid {day.master.pid}), ledger {day.ledger.name}")
 
 
-def _tune_config(config: Path, handheld: str) -> None:
+def _tune_config(config: Path, handheld: str, encoding: str = "json") -> None:
     """Demo pacing on top of the simulator's config: fast reconnects, health and checkpoints."""
     text = config.read_text(encoding="utf-8")
     uplink = "[uplink]\nreconnect_min_s = 0.2\nreconnect_max_s = 1.0\ndrain_rate_per_s = 2000\n"
+    if encoding == "batch":  # short linger: the demo's steps wait for events as they happen
+        uplink += 'encoding = "batch"\nbatch_linger_s = 0.3\n'
+
     text = text.replace("[uplink]\n", uplink, 1)
     text = text.replace("[meters]\n", "[meters]\nheartbeat_polls = 3\n", 1)
     text = text.replace("[audit]\n", "[audit]\ncheckpoint_interval_s = 10\n", 1)

@@ -47,6 +47,7 @@ class DemoOptions:
     broker_url: str | None = None
     duration_s: float = 60.0
     json_output: bool = False
+    encoding: str = "json"  # the gateway's uplink.encoding: json or batch
     radio: str = "tcp"
     patience: float = 1.0
     work_dir: Path | None = None  # kept after the run (logs); a temporary folder otherwise
@@ -70,6 +71,7 @@ def run_demo(options: DemoOptions) -> int:
             external_broker=options.broker_url,
             radio=options.radio,
             patience=options.patience,
+            encoding=options.encoding,
         )
         timeline.say(f"sealgw demo: a {duration:.0f} s day in {day.work}")
         try:
@@ -111,6 +113,7 @@ def summarize(day: Day, results: list[StepResult]) -> dict[str, Any]:
     )
     return {
         "events_published": len({e["id"] for e in events}),
+        "uplink_encoding": day.encoding,
         "events_per_type": dict(sorted(Counter(e["type"] for e in events).items())),
         "seal_integrity_rate": day.kpi.get("seal_integrity_rate"),
         "lock_online_rate": day.kpi.get("lock_online_rate"),

@@ -131,6 +131,7 @@ class Gateway:
                 },
             ),
             self.clock,
+            compact_meters=self.config.uplink.encoding == "batch",
         )
 
     def restart(self, exit_code: int) -> None:

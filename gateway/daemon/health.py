@@ -76,8 +76,11 @@ class HealthMonitor:
         thermal_path: Path = THERMAL_ZONE,
         statm_path: Path = STATM,
         cpu_time: Callable[[], float] = time.process_time,
+        compact_meters: bool = False,
     ) -> None:
         self.providers = providers
+        self._compact_meters = compact_meters
+        self._last_counters: Mapping[str, JSONValue] = {}
         self.clock = clock
         self._thermal = thermal_path
         self._statm = statm_path
@@ -105,9 +108,23 @@ class HealthMonitor:
         }
         if p.extra is not None:
             figures.update(p.extra())
+        if mark and self._compact_meters:
+            figures["meters"] = self._changed_counters(figures["meters"])
         if mark:
             self._last = sample
         return figures
+
+    def _changed_counters(self, meters: JSONValue) -> JSONValue:
+        """Compact health: per-meter counters only for meters whose counters changed since
+        the last periodic snapshot (`meters_changed_only` says so; a master differencing the
+        counters treats an absent meter as unchanged)."""
+        if not isinstance(meters, dict) or not isinstance(meters.get("meters"), dict):
+            return meters
+        counters = meters["meters"]
+        assert isinstance(counters, dict)
+        changed = {k: v for k, v in counters.items() if self._last_counters.get(k) != v}
+        self._last_counters = counters
+        return {**meters, "meters": changed, "meters_changed_only": True}
 
     def _rate(self, count: int, sample: _Sample) -> float:
         elapsed = sample.mono - self._last.mono

@@ -33,3 +33,7 @@ class UplinkSection:
     reconnect_max_s: float = field(default=60.0, metadata=spec(minimum=0.1, maximum=3600))
     drain_rate_per_s: float = field(default=500.0, metadata=spec(minimum=0))
     max_inflight: int = field(default=100, metadata=spec(minimum=1, maximum=65535))
+    encoding: Literal["json", "batch"] = "json"  # batch: docs/mqtt.md "Batch form"
+    batch_max_events: int = field(default=256, metadata=spec(minimum=1, maximum=65536))
+    batch_max_bytes: int = field(default=262144, metadata=spec(minimum=1024, maximum=4194304))
+    batch_linger_s: float = field(default=2.0, metadata=spec(minimum=0, maximum=600))

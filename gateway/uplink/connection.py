@@ -87,6 +87,9 @@ class UplinkConnection:
         self._outbox: deque[_Outgoing] = deque()
         self._control_slots = CONTROL_HEADROOM
         self.receive_maximum: int | None = None
+        self.topic_alias_maximum = 0
+        self._aliases: dict[str, int] = {}
+        self._alias_properties: dict[int, Properties] = {}
 
     @property
     def connected(self) -> bool:
@@ -110,6 +113,7 @@ class UplinkConnection:
             self.state = ConnectionState.CLOSED
             raise
         self.receive_maximum = info.receive_maximum
+        self.topic_alias_maximum = info.topic_alias_maximum if info.protocol == "5" else 0
         self._control_slots = control_slots(info.receive_maximum)
         self.state = ConnectionState.CONNECTED
         self._mqtt.closed.add_done_callback(self._socket_closed)
@@ -129,10 +133,28 @@ class UplinkConnection:
         return self._mqtt.new_publish_properties()
 
     def publish_event(self, topic: str, payload: bytes) -> int:
-        """Queue one event at QoS 1; its PUBACK goes to on_event_ack. TransientError if closed."""
+        """Queue one event (or batch) message at QoS 1; its PUBACK goes to on_event_ack.
+
+        Under MQTT 5 the topic gets an alias while the broker's Topic Alias Maximum allows,
+        so it is sent in full once per connection and as two bytes after that.
+        TransientError if closed.
+        """
         if not self.connected:
             raise TransientError("not connected")
-        return self._mqtt.publish(topic, payload, 1)
+        alias = self._aliases.get(topic)
+        if alias is not None:
+            return self._mqtt.publish("", payload, 1, properties=self._alias_properties[alias])
+        if len(self._aliases) >= self.topic_alias_maximum:
+            return self._mqtt.publish(topic, payload, 1)
+        alias = len(self._aliases) + 1
+        properties = self._mqtt.new_publish_properties()
+        if properties is None:
+            return self._mqtt.publish(topic, payload, 1)
+        properties.TopicAlias = alias
+        mid = self._mqtt.publish(topic, payload, 1, properties=properties)
+        self._aliases[topic] = alias  # only once the broker will have seen the full topic
+        self._alias_properties[alias] = properties
+        return mid
 
     def publish_control(
         self,

@@ -1,10 +1,13 @@
 """Delivery: drains the event buffer over the current connection, at least once.
 
-A window of at most `max_inflight` events is unacknowledged at any time; it is refilled from the
-buffer with one cursor per priority, so alarms go first and each priority goes out in seq
+A window of at most `max_inflight` messages is unacknowledged at any time; it is refilled from
+the buffer with one cursor per priority, so alarms go first and each priority goes out in seq
 order. Seqs are marked published only after their PUBACK, in batches. When the connection
 drops, the window and the cursors are forgotten and whatever was not acknowledged is fetched
 again after the reconnect: a duplicate carries the same id and seq.
+
+A message is one event (`uplink.encoding = "json"`) or a batch of consecutive events
+(`"batch"`, see batching.py); a batch's events are marked published together at its PUBACK.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from gateway.drivers.pacing import TokenBucket
 from gateway.errors import TransientError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Priority
+from gateway.uplink.batching import BATCH_TOPIC, BATCH_WINDOW, Batcher, BatchPolicy, Run
 from gateway.uplink.connection import FailureLog, UplinkConnection, UplinkStats
 
 __all__ = ["AckBatcher", "DeliveryPump", "DeliveryWindow", "EventSource", "PendingLike"]
@@ -68,11 +72,15 @@ class DeliveryWindow:
     def __init__(self) -> None:
         self.reset(0)
 
-    def reset(self, window: int) -> None:
-        """Forget the window and the cursors: everything unacked will be fetched again."""
+    def reset(self, window: int, per_message: int = 1) -> None:
+        """Forget the window and the cursors: everything unacked will be fetched again.
+
+        `window` counts messages; each carries up to `per_message` events.
+        """
         self.window = window
+        self.per_message = per_message
         self.refill_at = max(1, window // 4)
-        self.inflight: dict[int, PendingLike] = {}
+        self.inflight: dict[int, Sequence[PendingLike]] = {}
         self.seqs: set[int] = set()
         self.cursors: dict[Priority, int] = dict.fromkeys(Priority, -1)
         self.ahead: deque[PendingLike] = deque()
@@ -96,7 +104,13 @@ class DeliveryWindow:
 
     @property
     def free(self) -> int:
+        """Messages that may still be sent before the window is full."""
         return self.window - len(self.inflight)
+
+    @property
+    def event_window(self) -> int:
+        """The window in events: what a read-ahead is sized by."""
+        return self.window * self.per_message
 
     def advance(self, event: PendingLike) -> None:
         """Move the event's priority cursor past it."""
@@ -114,15 +128,20 @@ class DeliveryWindow:
     def has_seq(self, seq: int) -> bool:
         return seq in self.seqs
 
-    def add(self, mid: int, event: PendingLike) -> None:
-        self.inflight[mid] = event
-        self.seqs.add(event.seq)
+    def add(self, mid: int, events: Sequence[PendingLike]) -> None:
+        """Message `mid` carries `events`."""
+        self.inflight[mid] = events
+        self.seqs.update(event.seq for event in events)
 
-    def pop(self, mid: int) -> PendingLike | None:
-        event = self.inflight.pop(mid, None)
-        if event is not None:
-            self.seqs.discard(event.seq)
-        return event
+    def pop(self, mid: int) -> Sequence[PendingLike]:
+        """The events of message `mid` (none if it is not ours)."""
+        events = self.inflight.pop(mid, ())
+        self.seqs.difference_update(event.seq for event in events)
+        return events
+
+    def hold(self, events: Sequence[PendingLike]) -> None:
+        """Put taken events back in front of the read-ahead: they wait for the linger."""
+        self.ahead.extendleft(reversed(events))
 
 
 class AckBatcher:
@@ -179,8 +198,12 @@ class DeliveryPump:
         stats: UplinkStats,
         failures: FailureLog,
         drain_rate_per_s: float,
+        batch: BatchPolicy | None = None,
     ) -> None:
         self._source = source
+        self._batcher = Batcher(batch, clock) if batch is not None else None
+        self._linger: asyncio.TimerHandle | None = None
+        self._flushing = False
         self._topic = topic
         self._clock = clock
         self._stats = stats
@@ -195,16 +218,21 @@ class DeliveryPump:
 
     @property
     def inflight(self) -> int:
-        """Events sent over the current connection and not acknowledged yet."""
+        """Messages sent over the current connection and not acknowledged yet."""
         return self._delivery.size
 
     def start(self, window: int) -> None:
-        """A new connection: an empty window of `window` events, cursors from the start."""
-        self._delivery.reset(window)
+        """A new connection: an empty window of `window` messages, cursors from the start."""
+        self._flushing = False
+        if self._batcher is None:
+            self._delivery.reset(window)
+        else:
+            self._delivery.reset(min(window, BATCH_WINDOW), self._batcher.policy.max_events)
 
     def stop(self) -> None:
         """The connection is gone: forget the window; the unacked are fetched again later."""
         self._delivery.reset(0)
+        self._cancel_linger()
         if self._prefetching is not None:
             self._prefetching.cancel()
 
@@ -239,6 +267,7 @@ class DeliveryPump:
         """Wait (with run() going) until the buffer is drained and acked, the connection
         closes, or `timeout` passes."""
         self._drained.clear()  # only a refill that finds nothing more may set it now
+        self._flushing = True  # nothing waits for a linger now
         self._wake.set()
         drained = asyncio.ensure_future(self._drained.wait())
         try:
@@ -249,16 +278,19 @@ class DeliveryPump:
             drained.cancel()
 
     def on_ack(self, mid: int, ok: bool) -> None:
-        """An event's PUBACK (on the loop thread): record it, top the window up when worthwhile."""
-        event = self._delivery.pop(mid)
-        if event is None:
+        """A message's PUBACK (on the loop thread): record its events, top the window up."""
+        events = self._delivery.pop(mid)
+        if not events:
             return
         if ok:
-            self._stats.acked += 1
-            self._acks.add(event.seq)
+            self._stats.acked += len(events)
+            for event in events:
+                self._acks.add(event.seq)
         else:
-            self._stats.refused += 1
-            self._failures.failed(f"broker refused event seq {event.seq} (retried after reconnect)")
+            self._stats.refused += len(events)
+            self._failures.failed(
+                f"broker refused event seq {events[0].seq} (retried after reconnect)"
+            )
         if self._delivery.size == 0 or self._delivery.free >= self._delivery.refill_at:
             self._wake.set()
 
@@ -268,7 +300,8 @@ class DeliveryPump:
             free = self._delivery.free
             if free <= 0:
                 return
-            granted = self._bucket.take(free)
+            batching = self._batcher is not None
+            granted = self._bucket.take(self._delivery.per_message if batching else free)
             if granted == 0:
                 await self._clock.sleep(self._bucket.wait_time())
                 continue
@@ -277,10 +310,18 @@ class DeliveryPump:
                 if self._delivery.size == 0:
                     self._drained.set()
                 return
-            sent = self._send(conn, self._delivery.take(granted))
+            taken = self._delivery.take(granted)
+            if self._batcher is None:
+                sent, held = self._send(conn, taken), False
+            else:
+                sent, held = self._send_batches(conn, taken)
             self._bucket.give_back(granted - sent)
-            if self._reads_ahead:
+            if self._reads_ahead or held:
                 self._prefetch()
+            if held:
+                return  # the last run waits for more events or its linger
+            if batching:
+                await asyncio.sleep(0)  # one message at a time: let PUBACKs in between
 
     async def _fetch_ahead(self, wanted: int) -> bool:
         """Wait for events to send: the running prefetch, then if need be a fetch of our own.
@@ -293,7 +334,7 @@ class DeliveryPump:
             await asyncio.shield(running)
             if self._delivery.ahead:
                 return True
-        limit = max(wanted, 2 * self._delivery.window) if self._reads_ahead else wanted
+        limit = max(wanted, 2 * self._delivery.event_window) if self._reads_ahead else wanted
         self._prefetching = asyncio.create_task(self._fetch(limit))
         await asyncio.shield(self._prefetching)
         return bool(self._delivery.ahead)
@@ -305,7 +346,7 @@ class DeliveryPump:
         The read-ahead is two windows deep; a committed alarm drops it (see wake), so the
         alarm is fetched next.
         """
-        limit = 2 * self._delivery.window
+        limit = 2 * self._delivery.event_window
         running = self._prefetching is not None and not self._prefetching.done()
         if not running and len(self._delivery.ahead) < limit // 2:
             self._prefetching = asyncio.create_task(self._fetch(limit - len(self._delivery.ahead)))
@@ -331,9 +372,62 @@ class DeliveryPump:
                 mid = conn.publish_event(self._topic(f"events/{event.type}"), event.payload)
             except TransientError:
                 return sent
-            self._delivery.add(mid, event)
+            self._delivery.add(mid, (event,))
             self._stats.published += 1
             sent += 1
         if sent:
             self._drained.clear()
         return sent
+
+    def _send_batches(
+        self, conn: UplinkConnection, taken: Sequence[PendingLike]
+    ) -> tuple[int, bool]:
+        """Send `taken` as batch messages; the last run may be held back: (sent, held)."""
+        assert self._batcher is not None
+        fresh = []
+        for event in taken:
+            self._delivery.advance(event)
+            if not self._delivery.has_seq(event.seq):
+                fresh.append(event)
+        runs = self._batcher.runs(fresh)
+        sent = 0
+        for index, run in enumerate(runs):
+            if index == len(runs) - 1:
+                wait = self._batcher.hold(run, self._flushing)
+                if wait is not None:
+                    self._delivery.hold(run.events)
+                    self._arm_linger(wait)
+                    return sent, True
+            if not conn.connected:
+                break
+            count = self._send_run(conn, run)
+            sent += count
+            if count < len(run.events):
+                break
+        self._batcher.released()
+        if sent:
+            self._drained.clear()
+        return sent, False
+
+    def _send_run(self, conn: UplinkConnection, run: Run) -> int:
+        """One batch message, or the run's events one by one if it cannot be encoded."""
+        assert self._batcher is not None
+        message = self._batcher.encode(run)
+        if message is None:
+            return self._send(conn, run.events)
+        try:
+            mid = conn.publish_event(self._topic(BATCH_TOPIC), message)
+        except TransientError:
+            return 0
+        self._delivery.add(mid, run.events)
+        self._stats.published += len(run.events)
+        return len(run.events)
+
+    def _arm_linger(self, wait: float) -> None:
+        self._cancel_linger()
+        self._linger = asyncio.get_running_loop().call_later(wait, self._wake.set)
+
+    def _cancel_linger(self) -> None:
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None

@@ -82,6 +82,7 @@ class ConnackInfo:
 
     protocol: Literal["5", "3.1.1"]
     receive_maximum: int | None
+    topic_alias_maximum: int = 0  # MQTT 5: aliases we may use; 0 = none
 
 
 class ConnectFailedError(TransientError):
@@ -115,6 +116,7 @@ class MqttConnection:
         self._misc: asyncio.TimerHandle | None = None
         self._last_error = ""
         self._receive_maximum: int | None = None
+        self._topic_alias_maximum = 0
         self._client.on_connect = self._handle_connect
         self._client.on_disconnect = self._handle_disconnect
         self._client.on_publish = self._handle_publish
@@ -269,6 +271,7 @@ class MqttConnection:
         properties: Properties | None,
     ) -> None:
         self._receive_maximum = getattr(properties, "ReceiveMaximum", None)
+        self._topic_alias_maximum = int(getattr(properties, "TopicAliasMaximum", 0) or 0)
         if not self._connack.done():
             self._connack.set_result(reason)
 
@@ -321,7 +324,7 @@ class MqttConnection:
                 f"connection refused: {str(code).lower()}",
                 unsupported_protocol=code.value == UNSUPPORTED_PROTOCOL,
             )
-        return ConnackInfo(self.params.protocol, self._receive_maximum)
+        return ConnackInfo(self.params.protocol, self._receive_maximum, self._topic_alias_maximum)
 
 
 class _PahoClient(paho.Client):

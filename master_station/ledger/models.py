@@ -207,7 +207,14 @@ class Ledger(Protocol):
     def problems(self, gateway: str | None = None) -> list[Problem]: ...
 
     def record_problem(
-        self, gateway: str, kind: str, detail: str, *, seq: int | None = None
+        self,
+        gateway: str,
+        kind: str,
+        detail: str,
+        *,
+        seq: int | None = None,
+        key: str | None = None,
+        payload: bytes | None = None,
     ) -> None: ...
 
     def claim_resend(

@@ -157,11 +157,27 @@ class SqlLedger:
             )
 
     def record_problem(
-        self, gateway: str, kind: str, detail: str, *, seq: int | None = None
+        self,
+        gateway: str,
+        kind: str,
+        detail: str,
+        *,
+        seq: int | None = None,
+        key: str | None = None,
+        payload: bytes | None = None,
     ) -> None:
-        """Keep a finding once (gateway, seq, kind)."""
+        """Keep a finding once (gateway, seq, kind, key); `key` goes in the event_id column."""
         with self._db.transaction() as tx:
-            self._problem(tx, gateway, kind, detail, seq=seq, received=format_ts(self._now()))
+            self._problem(
+                tx,
+                gateway,
+                kind,
+                detail,
+                seq=seq,
+                event_id=key,
+                payload=payload,
+                received=format_ts(self._now()),
+            )
 
     def claim_resend(
         self, gateway: str, span: SeqRange, *, requester: str, now: float, min_interval_s: float

@@ -85,3 +85,10 @@ async def test_outside_subscriber_keeps_its_session_through_the_relay_cut(
     seqs = sorted(e["seq"] for e in events.values())
     assert seqs == list(range(1, summary["events_published"] + 1)), "every ledger seq, once"
     assert dict(Counter(e["type"] for e in events.values())) == summary["events_per_type"]
+
+
+def test_demo_with_the_batch_encoding_ends_with_ledger_equal_to_published() -> None:
+    """The same day with `uplink.encoding = "batch"`: the master rebuilds every event."""
+    summary = run_demo("--encoding", "batch")
+    assert summary["uplink_encoding"] == "batch"
+    assert_day_passed(summary)

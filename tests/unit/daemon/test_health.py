@@ -89,3 +89,31 @@ async def test_optional_services_and_missing_host_figures_are_none(tmp_path: Pat
     assert cpu_temperature_c(tmp_path / "absent") is None
     assert rss_mb(tmp_path / "absent") is None
     assert (rss_mb() or 0) > 1  # this very process, from /proc/self/statm
+
+
+async def test_compact_health_carries_per_meter_counters_only_when_they_changed(
+    tmp_path: Path,
+) -> None:
+    current = meters_snapshot()
+    providers = HealthProviders(
+        buffer_depth=dict,
+        acked=lambda: 0,
+        broker_connected=lambda: True,
+        state_dir=tmp_path,
+        meters=lambda: current,
+    )
+    monitor = HealthMonitor(providers, ManualClock(), compact_meters=True)
+
+    first = monitor.snapshot(mark=True)["meters"]
+    current["meters"]["M-2"] = {"polls": 11, "ok": 5, "failing": True}  # type: ignore[index]
+    second = monitor.snapshot(mark=True)["meters"]
+    third = monitor.snapshot(mark=True)["meters"]
+    status = monitor.snapshot()["meters"]  # `sealgw status` (unmarked) stays complete
+
+    assert isinstance(first, dict) and isinstance(second, dict) and isinstance(third, dict)
+    assert set(first["meters"]) == {"M-1", "M-2", "M-3"}  # type: ignore[arg-type]
+    assert second["meters"] == {"M-2": {"polls": 11, "ok": 5}}
+    assert third["meters"] == {}
+    assert third["meters_changed_only"] is True
+    assert third["read_success_rate"] == second["read_success_rate"]
+    assert isinstance(status, dict) and len(status["meters"]) == 3  # type: ignore[arg-type]
