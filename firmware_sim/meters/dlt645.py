@@ -91,6 +91,15 @@ class SimMeter:
         self.phases = phases
         self.dead = False
         self.garble = False
+        self.silent_on: set[int] = set()
+        """Identifiers this meter ignores (no reply at all), as real meters do for some."""
+        self.raw_values: dict[int, bytes] = {}
+        """Identifiers answered with these value bytes instead (e.g. an all-zero date)."""
+        self.chunk: int | None = None
+        """Longest value part of one reply; longer values go out in follow-up frames (B1/92)."""
+        self.refuse_follow_ups = False
+        """Refuse read-follow-up requests, as a meter that lost the rest of a value does."""
+        self._pending: dict[int, list[bytes]] = {}
         self.status_words = [0] * 7
         self.meter_cover = _Cover()
         self.terminal_cover = _Cover()
@@ -201,13 +210,37 @@ class SimMeter:
             return dlt645.address_reply(self.address)
         if frame.function == Function.READ_DATA:
             return self._read_reply(dlt645.parse_read_request(frame))
+        if frame.function == Function.READ_FOLLOW_UP and len(frame.data) == 5:
+            return self._follow_up_reply(int.from_bytes(frame.data[:4], "little"), frame.data[4])
         return dlt645.error_reply(self.address, frame.function, ErrorFlags.OTHER)
 
+    def answers(self, frame: Frame) -> bool:
+        """Whether this meter replies at all (it ignores the identifiers in `silent_on`)."""
+        if frame.function != Function.READ_DATA or len(frame.data) < 4:
+            return True
+        return int.from_bytes(frame.data[:4], "little") not in self.silent_on
+
     def _read_reply(self, di: int) -> Frame:
-        value = self.value(di)
-        if value is None:
-            return dlt645.error_reply(self.address, Function.READ_DATA, ErrorFlags.NO_DATA)
-        return dlt645.read_reply(self.address, di, value)
+        raw = self.raw_values.get(di)
+        if raw is None:
+            value = self.value(di)
+            if value is None:
+                return dlt645.error_reply(self.address, Function.READ_DATA, ErrorFlags.NO_DATA)
+            raw = dlt645.encode_value(di, value)
+        if self.chunk is None or len(raw) <= self.chunk:
+            return dlt645.read_reply(self.address, di, raw)
+        parts = [raw[i : i + self.chunk] for i in range(0, len(raw), self.chunk)]
+        self._pending[di] = parts[1:]
+        return dlt645.read_reply(self.address, di, parts[0], more=True)
+
+    def _follow_up_reply(self, di: int, seq: int) -> Frame:
+        """Frame `seq` (1, 2, ...) of a value announced by a B1 reply: 92, or B2 if more follow."""
+        parts = self._pending.get(di, [])
+        if self.refuse_follow_ups or not 1 <= seq <= len(parts):
+            return dlt645.error_reply(self.address, Function.READ_FOLLOW_UP, ErrorFlags.NO_DATA)
+        data = di.to_bytes(4, "little") + parts[seq - 1] + bytes([seq])
+        more = seq < len(parts)
+        return Frame(self.address, Function.READ_FOLLOW_UP, data, reply=True, more=more)
 
     def _cover(self, terminal: bool) -> tuple[_Cover, int]:
         if terminal:
@@ -308,16 +341,21 @@ class MeterBus:
         replies = [r for r in (self._reply(m, frame) for m in self._targets(frame)) if r]
         if len(replies) > 1:
             _LOGGER.debug("%d meters answered at once; the bus garbles them", len(replies))
-            return None
+            return _collided(replies)
         return replies[0] if replies else None
 
     def _targets(self, frame: Frame) -> list[SimMeter]:
-        if frame.address in (dlt645.BROADCAST, dlt645.WILDCARD):
+        """Meters addressed: all on broadcast, those matching AA wildcard bytes, or one."""
+        if frame.address == dlt645.BROADCAST:
             return [m for m in self.meters.values() if m.online]
+        if "AA" in _pairs(frame.address):
+            return [m for m in self.meters.values() if m.online and _matches(frame.address, m)]
         meter = self.meters.get(frame.address)
         return [meter] if meter is not None and meter.online else []
 
     def _reply(self, meter: SimMeter, frame: Frame) -> bytes | None:
+        if not meter.answers(frame):
+            return None
         try:
             reply = meter.reply(frame)
         except ProtocolError as exc:
@@ -327,6 +365,26 @@ class MeterBus:
             return None
         wire = dlt645.encode(reply, preamble=dlt645.WAKE_UP_LEN)
         return _garbled(wire) if meter.garble else wire
+
+
+def _pairs(address: str) -> list[str]:
+    return [address[i : i + 2] for i in range(0, 12, 2)]
+
+
+def _matches(pattern: str, meter: SimMeter) -> bool:
+    """DL/T 645-2007 section 4 shortened addressing: AAH bytes of `pattern` match any digit pair."""
+    pairs = zip(_pairs(pattern), _pairs(meter.address), strict=True)
+    return all(want in ("AA", got) for want, got in pairs)
+
+
+def _collided(replies: list[bytes]) -> bytes:
+    """What the master hears when several meters drive the line at once: a wired-AND mix."""
+    size = max(len(reply) for reply in replies)
+    mixed = bytearray(b"\xff" * size)
+    for reply in replies:
+        for index, byte in enumerate(reply.ljust(size, b"\xff")):
+            mixed[index] &= byte
+    return bytes(mixed)
 
 
 def _garbled(wire: bytes) -> bytes:

@@ -68,6 +68,8 @@ class Sample:
     values: tuple[Measurement, ...]
     active: frozenset[MeterEventKind] = frozenset()
     counters: Mapping[MeterEventKind, int] = field(default_factory=dict)
+    missing: Mapping[str, str] = field(default_factory=dict)
+    """Values the profile names that this poll did not get, with the reason for each."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,7 @@ class MeterReading:
     protocol: str
     values: tuple[Measurement, ...]
     seal: str = ""
+    missing: Mapping[str, str] = field(default_factory=dict)
 
     def energy_kwh(self) -> float | None:
         """The import energy register in kWh: a preferred name, else the first energy value."""
@@ -109,6 +112,8 @@ class MeterReading:
         }
         if self.seal:
             data["seal"] = self.seal
+        if self.missing:
+            data["missing"] = dict(sorted(self.missing.items()))
         return data
 
 

@@ -188,7 +188,7 @@ class MeterService:
         tracker = self.trackers[meter.id]
         outcome = tracker.on_success(sample)
         protocol = self.readers[meter.id].protocol
-        reading = MeterReading(meter.id, ts, protocol, sample.values, meter.seal)
+        reading = MeterReading(meter.id, ts, protocol, sample.values, meter.seal, sample.missing)
         if outcome.recovered_after:
             _log.info(
                 "meter %s: reading again after %d failed polls", meter.id, outcome.recovered_after

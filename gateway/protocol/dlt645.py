@@ -287,8 +287,8 @@ def parse_read_request(frame: Frame) -> int:
     return int.from_bytes(frame.data[:4], "little")
 
 
-def parse_read_reply(frame: Frame) -> Reading:
-    """Decode a read or read-follow-up reply; raise MeterRefusedError for an abnormal one."""
+def parse_read_reply(frame: Frame, *, raw: bool = False) -> Reading:
+    """Decode a read or read-follow-up reply (`raw`: keep the value bytes); MeterRefusedError."""
     _check_reply(frame, (Function.READ_DATA, Function.READ_FOLLOW_UP))
     follow_up = frame.function == Function.READ_FOLLOW_UP
     data = frame.data[:-1] if follow_up else frame.data
@@ -296,7 +296,7 @@ def parse_read_reply(frame: Frame) -> Reading:
         raise ProtocolError(f"read reply from {frame.address} has {len(data)} data bytes")
     di = int.from_bytes(data[:4], "little")
     partial = frame.more or follow_up
-    value = data[4:] if partial else decode_value(di, data[4:])
+    value = data[4:] if partial or raw else decode_value(di, data[4:])
     seq = frame.data[-1] if follow_up else None
     return Reading(frame.address, di, value, DATA_ITEMS.get(di), frame.more, seq)
 
