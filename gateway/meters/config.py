@@ -65,6 +65,12 @@ class MeterConfig:
     seal: str = field(default="", metadata=spec(doc="id of the box seal; empty: none"))
     district: str = field(default="", metadata=spec(doc="empty: the gateway's district"))
     deadbands: Deadbands = Deadbands()
+    ct_ratio: float = field(
+        default=1.0, metadata=spec(minimum=0.001, maximum=100_000, doc="current transformer")
+    )
+    vt_ratio: float = field(
+        default=1.0, metadata=spec(minimum=0.001, maximum=100_000, doc="voltage transformer")
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from gateway.drivers.dlt645.bus import Dlt645Bus
 from gateway.errors import GatewayError, ProfileError
 from gateway.locks.view import SealStateView
 from gateway.meters.config import MeterConfig, MetersSection, TheftSection
-from gateway.meters.model import MeterEvent, MeterReading, Sample
+from gateway.meters.model import MeterEvent, MeterReading, Sample, primary_side
 from gateway.meters.profiles import MeterProfile, load_profiles
 from gateway.meters.readers import MeterReader, failure_reason, make_reader, open_buses
 from gateway.meters.theft import TheftCorrelator
@@ -185,6 +185,7 @@ class MeterService:
     # --- outcomes -------------------------------------------------------------------------
 
     def _on_success(self, meter: MeterConfig, sample: Sample, ts: datetime) -> None:
+        sample = primary_side(sample, meter.ct_ratio, meter.vt_ratio)
         tracker = self.trackers[meter.id]
         outcome = tracker.on_success(sample)
         protocol = self.readers[meter.id].protocol

@@ -30,6 +30,7 @@ from gateway.drivers.dlt645.lines import (
     TcpLine,
     parse_dlt645_transport,
 )
+from gateway.drivers.modbus.transport import at_least_silence
 from gateway.errors import (
     DeviceTimeoutError,
     FollowUpError,
@@ -261,6 +262,10 @@ def open_dlt645_bus(
     else:
         line = TcpLine(spec.host, spec.port, connect_timeout=connect_timeout)
     gap = DEFAULT_GAP if inter_frame_gap is None else inter_frame_gap
+    if spec.serial is not None:  # 20 ms, or 3.5 characters where that is longer (1200 baud)
+        gap = at_least_silence(
+            spec.serial, inter_frame_gap, max(DEFAULT_GAP, spec.serial.default_gap())
+        )
     return Dlt645Bus(line, timeout=timeout, inter_frame_gap=gap, clock=clock)
 
 

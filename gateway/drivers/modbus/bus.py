@@ -26,7 +26,12 @@ from pymodbus.framer import FramerType
 
 from gateway.drivers.bus import BusStats
 from gateway.drivers.bus_turns import BusTurns
-from gateway.drivers.modbus.transport import TransportKind, TransportSpec, parse_transport
+from gateway.drivers.modbus.transport import (
+    TransportKind,
+    TransportSpec,
+    at_least_silence,
+    parse_transport,
+)
 from gateway.errors import (
     BusUnavailableError,
     ConfigError,
@@ -279,11 +284,8 @@ class PymodbusTransport:
             return
         import serial.rs485  # noqa: PLC0415 - pyserial is optional; only serial lines need it
 
-        tx_high = not self.spec.rs485_invert
         try:
-            port.rs485_mode = serial.rs485.RS485Settings(
-                rts_level_for_tx=tx_high, rts_level_for_rx=not tx_high
-            )
+            port.rs485_mode = serial.rs485.RS485Settings(**self.spec.rs485_settings())
         except (ValueError, OSError) as exc:
             self.close()
             raise ConfigError(
@@ -302,7 +304,7 @@ def open_bus(
 ) -> ModbusBus:
     """A bus for a transport string; the gap defaults to 3.5 characters on serial lines."""
     spec = parse_transport(text, key=key)
-    gap = spec.default_gap() if inter_frame_gap is None else inter_frame_gap
+    gap = at_least_silence(spec, inter_frame_gap, spec.default_gap())
     transport = PymodbusTransport(spec, connect_timeout=connect_timeout)
     return ModbusBus(transport, timeout=timeout, inter_frame_gap=gap, clock=clock)
 
