@@ -267,7 +267,7 @@ class ModbusLine:
         unit_at = 0 if self.rtu else 6
         meter = self.meters.get(data[unit_at]) if len(data) > unit_at else None
         if meter is None:
-            return data
+            return b""  # no such unit on the line: silence, not pymodbus's exception 4
         if meter.meter.dead:
             return b""
         if meter.meter.garble:

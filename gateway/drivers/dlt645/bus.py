@@ -167,6 +167,25 @@ class Dlt645Bus:
                 return raw
         raise FollowUpError(f"{address}: {di:08X} still has more after {MAX_FOLLOW_UPS} frames")
 
+    async def probe(self, address: str, di: int) -> Frame | None:
+        """One read request for address discovery: the reply frame (normal or abnormal), or
+        None on silence; GarbledReplyError when several meters answered at once. No failure
+        is counted or logged: silence is the common answer of a search."""
+        self.stats.count_request(address)
+        try:
+            return await self._transact(dlt645.read_request(address, di))
+        except DeviceTimeoutError:
+            return None
+
+    async def probe_address(self) -> str | None:
+        """The all-AA read-address (0x13): the address of the one meter on the bus, or None."""
+        self.stats.count_request(dlt645.WILDCARD)
+        try:
+            reply = await self._transact(dlt645.read_address_request())
+        except DeviceTimeoutError:
+            return None
+        return dlt645.parse_address_reply(reply)
+
     async def broadcast_time(self, when: datetime) -> None:
         """Send a broadcast time sync (no meter answers it)."""
         await self._transact(dlt645.time_sync_frame(when), expect_reply=False)

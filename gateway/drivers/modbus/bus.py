@@ -71,6 +71,11 @@ _RETRYABLE_CODES = frozenset(
 )
 
 
+_ABSENT_CODES = frozenset(
+    {ModbusExceptionCode.GATEWAY_PATH_UNAVAILABLE, ModbusExceptionCode.GATEWAY_TARGET_NO_RESPONSE}
+)
+
+
 class ModbusTransport(Protocol):
     """What a ModbusBus needs from a line: connect, read registers, close."""
 
@@ -146,6 +151,20 @@ class ModbusBus:
         self.stats.ok += 1
         self._turns.succeeded(unit)
         return words
+
+    async def probe(self, unit: int, function: RegisterFunction, address: int) -> bool:
+        """Whether `unit` answers a one-register read (an exception response counts), for a
+        unit-id scan; silence is the common answer, so nothing is logged."""
+        async with self._turns.turn():
+            try:
+                await self._transact(unit, function, address, 1)
+            except DeviceTimeoutError:
+                return False
+            except ModbusExceptionError as exc:  # a TCP gateway says the unit is not there
+                return exc.exception not in _ABSENT_CODES
+            except GarbledResponseError:
+                return True
+        return True
 
     async def close(self) -> None:
         """Close the line after the request in progress, if any."""
