@@ -11,7 +11,9 @@ not from the gateway's profiles: A.1 energy (00 00 xx 00 combined active, 00 01 
 voltage, 02 02 ph 00 current, 02 03 ph 00 active power, 02 06 ph 00 power factor, ph = 00 total
 or 01-03 phase A-C; 02 80 00 02 frequency), A.4 event records (03 11 00 00/01 power-down count
 and last record, 03 30 0D 00/01 meter cover, 03 30 0E 00/01 terminal cover) and A.5 parameters
-(04 00 01 01/02 date and time, 04 00 05 01-07 status words 1-7, 04 00 05 FF their block).
+(04 00 01 01/02 date and time, 04 00 05 01-07 status words 1-7, 04 00 05 FF their block), and
+A.6 freeze data (05 06 00 01 time of the last daily freeze, 05 06 01 01 forward active energy
+then: the meter freezes at meter-local midnight).
 Only the frame and value codec (gateway.protocol.dlt645) is shared with the gateway. Not sure:
 that every meter answers the 04 00 05 FF status-word block (some answer only single words),
 and the exact layout of the cover records beyond the start/end times and the two energies.
@@ -24,6 +26,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 
 from gateway.errors import FrameError, ProtocolError
@@ -97,6 +100,10 @@ class SimMeter:
         """Identifiers answered with these value bytes instead (e.g. an all-zero date)."""
         self.chunk: int | None = None
         """Longest value part of one reply; longer values go out in follow-up frames (B1/92)."""
+        self.bypass = 0.0
+        """Share of the load that flows around the meter (a bypass after a tamper): not metered."""
+        self.freezes: list[tuple[datetime, tuple[Decimal, ...]]] = []
+        """Daily freezes at meter-local midnight: (freeze time, forward energy total + tariffs)."""
         self.refuse_follow_ups = False
         """Refuse read-follow-up requests, as a meter that lost the rest of a value does."""
         self._pending: dict[int, list[bytes]] = {}
@@ -174,9 +181,15 @@ class SimMeter:
         """Set the meter clock, as a broadcast time sync does."""
         self._offset = when - self._clock.now()
 
+    def load_kw(self, when: datetime) -> float:
+        """The power the customer really draws at `when`, metered or not."""
+        return self._load(when)
+
     def power_kw(self) -> float:
-        """Active power drawn now."""
-        return self._load(self.meter_time()) if self._powered else 0.0
+        """Active power the meter measures now (a bypass takes its share away)."""
+        if not self._powered:
+            return 0.0
+        return self._load(self.meter_time()) * (1.0 - self.bypass)
 
     def advance(self) -> None:
         """Integrate the load curve up to now, in one-minute steps, into the tariff registers."""
@@ -187,12 +200,15 @@ class SimMeter:
             return
         moment = self.meter_time() - timedelta(seconds=elapsed)
         while elapsed > 0:
-            step = min(elapsed, _STEP_SECONDS)
-            energy = self._load(moment) * step / 3600.0
+            midnight = datetime.combine(moment.date() + timedelta(days=1), dtime(), METER_TZ)
+            step = min(elapsed, _STEP_SECONDS, (midnight - moment).total_seconds())
+            energy = self._load(moment) * (1.0 - self.bypass) * step / 3600.0
             self.forward_kwh[0] += energy
             self.forward_kwh[_TARIFF_BY_HOUR[moment.hour]] += energy
             moment += timedelta(seconds=step)
             elapsed -= step
+            if moment >= midnight:  # the daily freeze (DL/T 645 05 06 xx 01)
+                self.freezes.append((midnight, tuple(_kwh(v) for v in self.forward_kwh)))
 
     def value(self, di: int) -> Value | None:
         """The present value of `di`, or None if this meter does not hold it."""
@@ -269,7 +285,7 @@ class SimMeter:
         scalar = self._scalars().get(di)
         return None if scalar is None else scalar()
 
-    def _scalars(self) -> dict[int, Callable[[], Value]]:
+    def _scalars(self) -> dict[int, Callable[[], Value | None]]:
         return {
             0x02800002: lambda: Decimal("50.00"),
             0x040005FF: lambda: tuple(self.status_words),
@@ -279,6 +295,8 @@ class SimMeter:
             0x03300D01: lambda: self.meter_cover.last,
             0x03300E00: lambda: self.terminal_cover.count,
             0x03300E01: lambda: self.terminal_cover.last,
+            0x05060001: lambda: self.freezes[-1][0] if self.freezes else None,
+            0x05060101: lambda: self.freezes[-1][1] if self.freezes else None,
             0x03110000: lambda: self.outage_count,
             0x03110001: lambda: self.last_outage,
         }

@@ -71,6 +71,8 @@ class Sample:
     counters: Mapping[MeterEventKind, int] = field(default_factory=dict)
     missing: Mapping[str, str] = field(default_factory=dict)
     """Values the profile names that this poll did not get, with the reason for each."""
+    frozen: tuple[datetime, float] | None = None
+    """The last daily freeze (DL/T 645 05060001 / 05060101): meter time and forward kWh."""
 
 
 def primary_side(sample: Sample, ct_ratio: float, vt_ratio: float) -> Sample:
@@ -87,7 +89,10 @@ def primary_side(sample: Sample, ct_ratio: float, vt_ratio: float) -> Sample:
         replace(m, value=_scaled(m.value, factors[m.kind])) if m.kind in factors else m
         for m in sample.values
     )
-    return replace(sample, values=values)
+    frozen = sample.frozen
+    if frozen is not None:
+        frozen = (frozen[0], _scaled(frozen[1], ct_ratio * vt_ratio))
+    return replace(sample, values=values, frozen=frozen)
 
 
 def _scaled(value: int | float, factor: float) -> float:

@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
@@ -172,7 +173,8 @@ class Dlt645Reader:
             if name in _COUNTERS and isinstance(value, int):
                 counters[_COUNTERS[name]] = value
         missing = _missing(batch, skipped)
-        return Sample(tuple(measurements), frozenset(active), counters, missing)
+        frozen = _frozen(batch.values)
+        return Sample(tuple(measurements), frozenset(active), counters, missing, frozen)
 
 
 def make_reader(
@@ -249,6 +251,15 @@ _PROTOCOL_REASONS: tuple[tuple[type[ProtocolError], ReadFailure], ...] = (
     (GarbledReplyError, ReadFailure.CRC),
     (GarbledResponseError, ReadFailure.CRC),
 )
+
+
+def _frozen(values: Mapping[int, Value]) -> tuple[datetime, float] | None:
+    """The last daily freeze, when the meter gave both its time and its energy block."""
+    when = values.get(DI_BY_NAME["daily_freeze_time"])
+    energies = values.get(DI_BY_NAME["daily_frozen_forward_energy"])
+    if not isinstance(when, datetime) or not isinstance(energies, tuple) or not energies:
+        return None
+    return when, float(energies[0])
 
 
 def _whole_poll_error(address: str, batch: BatchResult) -> GatewayError:
