@@ -13,7 +13,10 @@ the gateway's own ModbusBus and read plan as the client:
 - `reads_per_s`: values per second read over Modbus TCP through gateway.meters.plan.read_plan, many
   cycles back to back, median of rounds;
 - `per_tag_*`: the baseline of one request per value, as naive gateways poll, measured in the
-  same run on the same servers.
+  same run on the same servers;
+- `reserved_holes`: the plan reads no register the profile does not declare (a strict meter
+  refuses reserved ones with exception 2); this compares it with a plan that reads through any
+  gap up to `max_gap`: `holes_cost_bus_bytes_per_cycle` is the difference (negative: cheaper).
 
 Headline figures are the last keys of the result.
 """
@@ -36,7 +39,14 @@ from firmware_sim.meters.fleet import PROFILE_MODELS, PROFILES_DIR
 from firmware_sim.meters.maps import MAPS
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
 from gateway.drivers.modbus.bus import ModbusBus, open_bus
-from gateway.meters.plan import ReadPlan, ReadRequest, RegisterSlice, plan_reads, read_plan
+from gateway.meters.plan import (
+    EVERY_GAP,
+    ReadPlan,
+    ReadRequest,
+    RegisterSlice,
+    plan_reads,
+    read_plan,
+)
 from gateway.meters.profiles import MAX_READ_REGISTERS, MeterProfile, RegisterSpec, load_profiles
 from gateway.protocol.clock import SystemClock
 
@@ -223,8 +233,26 @@ async def _wire(
     return wire // COST_CYCLES, requests // COST_CYCLES
 
 
-def _plan(profile: MeterProfile, max_gap: int) -> ReadPlan:
-    return plan_reads(profile.registers, max_gap=max_gap, max_registers=profile.read.max_registers)
+def _plan(profile: MeterProfile, max_gap: int, *, every_gap: bool = False) -> ReadPlan:
+    """The profile's plan at `max_gap`: through its declared holes only, or through any gap."""
+    readable = EVERY_GAP if every_gap else profile.read.readable_holes
+    return plan_reads(
+        profile.registers,
+        max_gap=max_gap,
+        max_registers=profile.read.max_registers,
+        readable=readable,
+    )
+
+
+async def _holes(rig: _Rig, profile: MeterProfile, configured: Cost) -> dict[str, Any]:
+    """What keeping out of undeclared holes costs: this plan against one that reads any gap."""
+    every = await rig.cost(_plan(profile, profile.read.max_gap, every_gap=True))
+    return {
+        "readable_holes": [[lo, hi] for lo, hi in profile.read.readable_holes],
+        "every_gap_requests_per_cycle": every.requests,
+        "every_gap_bus_bytes_per_cycle": every.bus_bytes,
+        "holes_cost_bus_bytes_per_cycle": configured.bus_bytes - every.bus_bytes,
+    }
 
 
 async def _by_gap(rig: _Rig, profile: MeterProfile, minimum: int) -> dict[str, Any]:
@@ -255,6 +283,7 @@ async def _measure(*, quick: bool, verbose: bool) -> dict[str, Any]:
     async with _Rig(profile) as rig:
         configured = await rig.cost(_plan(profile, profile.read.max_gap))
         by_gap = await _by_gap(rig, profile, minimum)
+        holes = await _holes(rig, profile, configured)
         naive_plan = per_value_plan(profile)
         naive = await rig.cost(naive_plan)
         rates, naive_rates = [], []
@@ -279,6 +308,7 @@ async def _measure(*, quick: bool, verbose: bool) -> dict[str, Any]:
         "registers_read_per_cycle": configured.registers,
         "min_requests_per_cycle": min_requests,
         "by_max_gap": by_gap,
+        "reserved_holes": holes,
         "per_tag_bus_bytes_per_cycle": naive.bus_bytes,
         "per_tag_tcp_bytes_per_cycle": naive.tcp_bytes,
         "per_tag_bus_bytes_ratio_to_min": round(naive.bus_bytes / minimum, 3),

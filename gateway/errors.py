@@ -37,6 +37,7 @@ __all__ = [
     "DeviceTimeoutError",
     "DuplicateEventError",
     "ExitCode",
+    "FollowUpError",
     "FrameError",
     "GarbledReplyError",
     "GarbledResponseError",
@@ -45,6 +46,7 @@ __all__ = [
     "LineUnavailableError",
     "LinkLostError",
     "MeterRefusedError",
+    "MeterValueError",
     "ModbusBusyError",
     "ModbusExceptionCode",
     "ModbusExceptionError",
@@ -52,6 +54,7 @@ __all__ = [
     "ProfileError",
     "ProtocolError",
     "ProvisionError",
+    "ReplyMismatchError",
     "RetryableError",
     "StorageError",
     "StorageFullError",
@@ -174,6 +177,22 @@ class GarbledResponseError(ProtocolError):
 
 class GarbledReplyError(ProtocolError):
     """DL/T 645: bytes came back but no valid reply frame (bad checksum, end byte or length)."""
+
+
+class FollowUpError(ProtocolError):
+    """DL/T 645: a reply announced follow-up frames (B1) and the follow-up sequence broke."""
+
+
+class ReplyMismatchError(ProtocolError):
+    """DL/T 645: a valid reply frame answered something else (another identifier)."""
+
+
+class MeterValueError(ProtocolError):
+    """DL/T 645: a reply frame was valid but its value is not (bad BCD, a date out of range)."""
+
+    def __init__(self, message: str, *, di: int) -> None:
+        super().__init__(message)
+        self.di = di
 
 
 # --- ConfigError: fix the configuration ----------------------------------------------------

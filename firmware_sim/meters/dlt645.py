@@ -11,7 +11,9 @@ not from the gateway's profiles: A.1 energy (00 00 xx 00 combined active, 00 01 
 voltage, 02 02 ph 00 current, 02 03 ph 00 active power, 02 06 ph 00 power factor, ph = 00 total
 or 01-03 phase A-C; 02 80 00 02 frequency), A.4 event records (03 11 00 00/01 power-down count
 and last record, 03 30 0D 00/01 meter cover, 03 30 0E 00/01 terminal cover) and A.5 parameters
-(04 00 01 01/02 date and time, 04 00 05 01-07 status words 1-7, 04 00 05 FF their block).
+(04 00 01 01/02 date and time, 04 00 05 01-07 status words 1-7, 04 00 05 FF their block), and
+A.6 freeze data (05 06 00 01 time of the last daily freeze, 05 06 01 01 forward active energy
+then: the meter freezes at meter-local midnight).
 Only the frame and value codec (gateway.protocol.dlt645) is shared with the gateway. Not sure:
 that every meter answers the 04 00 05 FF status-word block (some answer only single words),
 and the exact layout of the cover records beyond the start/end times and the two energies.
@@ -24,6 +26,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 
 from gateway.errors import FrameError, ProtocolError
@@ -91,6 +94,19 @@ class SimMeter:
         self.phases = phases
         self.dead = False
         self.garble = False
+        self.silent_on: set[int] = set()
+        """Identifiers this meter ignores (no reply at all), as real meters do for some."""
+        self.raw_values: dict[int, bytes] = {}
+        """Identifiers answered with these value bytes instead (e.g. an all-zero date)."""
+        self.chunk: int | None = None
+        """Longest value part of one reply; longer values go out in follow-up frames (B1/92)."""
+        self.bypass = 0.0
+        """Share of the load that flows around the meter (a bypass after a tamper): not metered."""
+        self.freezes: list[tuple[datetime, tuple[Decimal, ...]]] = []
+        """Daily freezes at meter-local midnight: (freeze time, forward energy total + tariffs)."""
+        self.refuse_follow_ups = False
+        """Refuse read-follow-up requests, as a meter that lost the rest of a value does."""
+        self._pending: dict[int, list[bytes]] = {}
         self.status_words = [0] * 7
         self.meter_cover = _Cover()
         self.terminal_cover = _Cover()
@@ -165,9 +181,15 @@ class SimMeter:
         """Set the meter clock, as a broadcast time sync does."""
         self._offset = when - self._clock.now()
 
+    def load_kw(self, when: datetime) -> float:
+        """The power the customer really draws at `when`, metered or not."""
+        return self._load(when)
+
     def power_kw(self) -> float:
-        """Active power drawn now."""
-        return self._load(self.meter_time()) if self._powered else 0.0
+        """Active power the meter measures now (a bypass takes its share away)."""
+        if not self._powered:
+            return 0.0
+        return self._load(self.meter_time()) * (1.0 - self.bypass)
 
     def advance(self) -> None:
         """Integrate the load curve up to now, in one-minute steps, into the tariff registers."""
@@ -178,12 +200,15 @@ class SimMeter:
             return
         moment = self.meter_time() - timedelta(seconds=elapsed)
         while elapsed > 0:
-            step = min(elapsed, _STEP_SECONDS)
-            energy = self._load(moment) * step / 3600.0
+            midnight = datetime.combine(moment.date() + timedelta(days=1), dtime(), METER_TZ)
+            step = min(elapsed, _STEP_SECONDS, (midnight - moment).total_seconds())
+            energy = self._load(moment) * (1.0 - self.bypass) * step / 3600.0
             self.forward_kwh[0] += energy
             self.forward_kwh[_TARIFF_BY_HOUR[moment.hour]] += energy
             moment += timedelta(seconds=step)
             elapsed -= step
+            if moment >= midnight:  # the daily freeze (DL/T 645 05 06 xx 01)
+                self.freezes.append((midnight, tuple(_kwh(v) for v in self.forward_kwh)))
 
     def value(self, di: int) -> Value | None:
         """The present value of `di`, or None if this meter does not hold it."""
@@ -201,13 +226,37 @@ class SimMeter:
             return dlt645.address_reply(self.address)
         if frame.function == Function.READ_DATA:
             return self._read_reply(dlt645.parse_read_request(frame))
+        if frame.function == Function.READ_FOLLOW_UP and len(frame.data) == 5:
+            return self._follow_up_reply(int.from_bytes(frame.data[:4], "little"), frame.data[4])
         return dlt645.error_reply(self.address, frame.function, ErrorFlags.OTHER)
 
+    def answers(self, frame: Frame) -> bool:
+        """Whether this meter replies at all (it ignores the identifiers in `silent_on`)."""
+        if frame.function != Function.READ_DATA or len(frame.data) < 4:
+            return True
+        return int.from_bytes(frame.data[:4], "little") not in self.silent_on
+
     def _read_reply(self, di: int) -> Frame:
-        value = self.value(di)
-        if value is None:
-            return dlt645.error_reply(self.address, Function.READ_DATA, ErrorFlags.NO_DATA)
-        return dlt645.read_reply(self.address, di, value)
+        raw = self.raw_values.get(di)
+        if raw is None:
+            value = self.value(di)
+            if value is None:
+                return dlt645.error_reply(self.address, Function.READ_DATA, ErrorFlags.NO_DATA)
+            raw = dlt645.encode_value(di, value)
+        if self.chunk is None or len(raw) <= self.chunk:
+            return dlt645.read_reply(self.address, di, raw)
+        parts = [raw[i : i + self.chunk] for i in range(0, len(raw), self.chunk)]
+        self._pending[di] = parts[1:]
+        return dlt645.read_reply(self.address, di, parts[0], more=True)
+
+    def _follow_up_reply(self, di: int, seq: int) -> Frame:
+        """Frame `seq` (1, 2, ...) of a value announced by a B1 reply: 92, or B2 if more follow."""
+        parts = self._pending.get(di, [])
+        if self.refuse_follow_ups or not 1 <= seq <= len(parts):
+            return dlt645.error_reply(self.address, Function.READ_FOLLOW_UP, ErrorFlags.NO_DATA)
+        data = di.to_bytes(4, "little") + parts[seq - 1] + bytes([seq])
+        more = seq < len(parts)
+        return Frame(self.address, Function.READ_FOLLOW_UP, data, reply=True, more=more)
 
     def _cover(self, terminal: bool) -> tuple[_Cover, int]:
         if terminal:
@@ -236,7 +285,7 @@ class SimMeter:
         scalar = self._scalars().get(di)
         return None if scalar is None else scalar()
 
-    def _scalars(self) -> dict[int, Callable[[], Value]]:
+    def _scalars(self) -> dict[int, Callable[[], Value | None]]:
         return {
             0x02800002: lambda: Decimal("50.00"),
             0x040005FF: lambda: tuple(self.status_words),
@@ -246,6 +295,8 @@ class SimMeter:
             0x03300D01: lambda: self.meter_cover.last,
             0x03300E00: lambda: self.terminal_cover.count,
             0x03300E01: lambda: self.terminal_cover.last,
+            0x05060001: lambda: self.freezes[-1][0] if self.freezes else None,
+            0x05060101: lambda: self.freezes[-1][1] if self.freezes else None,
             0x03110000: lambda: self.outage_count,
             0x03110001: lambda: self.last_outage,
         }
@@ -308,16 +359,21 @@ class MeterBus:
         replies = [r for r in (self._reply(m, frame) for m in self._targets(frame)) if r]
         if len(replies) > 1:
             _LOGGER.debug("%d meters answered at once; the bus garbles them", len(replies))
-            return None
+            return _collided(replies)
         return replies[0] if replies else None
 
     def _targets(self, frame: Frame) -> list[SimMeter]:
-        if frame.address in (dlt645.BROADCAST, dlt645.WILDCARD):
+        """Meters addressed: all on broadcast, those matching AA wildcard bytes, or one."""
+        if frame.address == dlt645.BROADCAST:
             return [m for m in self.meters.values() if m.online]
+        if "AA" in _pairs(frame.address):
+            return [m for m in self.meters.values() if m.online and _matches(frame.address, m)]
         meter = self.meters.get(frame.address)
         return [meter] if meter is not None and meter.online else []
 
     def _reply(self, meter: SimMeter, frame: Frame) -> bytes | None:
+        if not meter.answers(frame):
+            return None
         try:
             reply = meter.reply(frame)
         except ProtocolError as exc:
@@ -327,6 +383,26 @@ class MeterBus:
             return None
         wire = dlt645.encode(reply, preamble=dlt645.WAKE_UP_LEN)
         return _garbled(wire) if meter.garble else wire
+
+
+def _pairs(address: str) -> list[str]:
+    return [address[i : i + 2] for i in range(0, 12, 2)]
+
+
+def _matches(pattern: str, meter: SimMeter) -> bool:
+    """DL/T 645-2007 section 4 shortened addressing: AAH bytes of `pattern` match any digit pair."""
+    pairs = zip(_pairs(pattern), _pairs(meter.address), strict=True)
+    return all(want in ("AA", got) for want, got in pairs)
+
+
+def _collided(replies: list[bytes]) -> bytes:
+    """What the master hears when several meters drive the line at once: a wired-AND mix."""
+    size = max(len(reply) for reply in replies)
+    mixed = bytearray(b"\xff" * size)
+    for reply in replies:
+        for index, byte in enumerate(reply.ljust(size, b"\xff")):
+            mixed[index] &= byte
+    return bytes(mixed)
 
 
 def _garbled(wire: bytes) -> bytes:

@@ -18,8 +18,8 @@ Sources, written from memory of the published documents (no vendor file is in th
   units (0.1 V, 0.001 A, 0.1 W, 0.1 var, 0.001 PF, 0.01 Hz; energies in kWh).
   Energies: ImpEp (import active energy) at 0x401E and ExpEp at 0x4028; 0x4020-0x4027
   between them are reserved (a strict meter refuses reads there). The DTSU666-H (the
-  Huawei meter) has a different map. 0x2022-0x2028 (apparent power
-  in some tables) are left out.
+  Huawei meter) has a different map. 0x2022-0x2029 (apparent power in some tables) are
+  left out and marked reserved too (`RegisterMap.reserved`).
 - `dds238-2`: Hiking DDS238-2 ZN/S single-phase meter, "Modbus holding registers" table
   published with the meter: 0x0000 total energy (u32, 0.01 kWh), 0x0008 export energy,
   0x000A import energy, 0x000C voltage (u16, 0.1 V), 0x000D current (u16, 0.01 A), 0x000E
@@ -95,6 +95,8 @@ class RegisterMap:
     phases: int
     source: str
     registers: tuple[SimRegister, ...]
+    reserved: tuple[tuple[int, int], ...] = ()
+    """Inclusive address ranges the document marks reserved: a strict unit refuses reads there."""
 
     def register(self, name: str) -> SimRegister:
         """The register holding quantity `name`; KeyError if the meter has none."""
@@ -191,6 +193,7 @@ DTSU666 = RegisterMap(
             ("frequency", 0x2044, 0.01),  # Freq
         ),
     ),
+    reserved=((0x2022, 0x2029), (0x4020, 0x4027)),
 )
 
 DDS238_2 = RegisterMap(

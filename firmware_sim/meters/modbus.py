@@ -8,9 +8,10 @@ hook, so energy advances between polls. `PhaseBalance` sets per-phase voltages, 
 and power factors; the default is a balanced 230 V load at PF 0.95.
 
 Faults: `meter.dead` makes the unit silent, `meter.garble` corrupts its replies (RTU: the CRC;
-TCP: the MBAP protocol id). A powered-down Modbus meter keeps answering, as meters with an
-auxiliary supply do, with zero voltage and current (and the power_down status bit, on a map
-that has one).
+TCP: the MBAP protocol id), `strict = True` answers exception 2 to any read that touches a
+register its map marks reserved (`RegisterMap.reserved`), as strict meters do. A powered-down
+Modbus meter keeps answering, as meters with an auxiliary supply do, with zero voltage and
+current (and the power_down status bit, on a map that has one).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -66,6 +68,8 @@ class ModbusSimMeter:
         self.meter = meter
         self.balance = balance
         self.magnetic = False
+        self.strict = False
+        """Answer exception 2 (illegal data address) to a read touching a reserved register."""
         self.size = regmap.size() + 1
 
     def conditions(self) -> frozenset[Condition]:
@@ -188,11 +192,19 @@ async def _refresh(  # noqa: PLR0917 - the signature is pymodbus's action hook
     count: int,
     current_registers: list[int],
     set_values: Any,
-) -> None:
-    """pymodbus action hook: rewrite the table just before the server answers."""
+) -> ExcCodes | None:
+    """pymodbus action hook: refuse reserved reads of a strict unit, else rewrite the table."""
+    if sim.strict and _touches(sim.regmap.reserved, address, count):
+        return ExcCodes.ILLEGAL_ADDRESS
     table = Table.INPUT if function_code == _INPUT else Table.HOLDING
     image = sim.image(table)
     current_registers[: len(image)] = image
+    return None
+
+
+def _touches(ranges: tuple[tuple[int, int], ...], address: int, count: int) -> bool:
+    last = address + count - 1
+    return any(lo <= last and address <= hi for lo, hi in ranges)
 
 
 class ModbusLine:
@@ -255,7 +267,7 @@ class ModbusLine:
         unit_at = 0 if self.rtu else 6
         meter = self.meters.get(data[unit_at]) if len(data) > unit_at else None
         if meter is None:
-            return data
+            return b""  # no such unit on the line: silence, not pymodbus's exception 4
         if meter.meter.dead:
             return b""
         if meter.meter.garble:

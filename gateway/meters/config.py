@@ -65,6 +65,15 @@ class MeterConfig:
     seal: str = field(default="", metadata=spec(doc="id of the box seal; empty: none"))
     district: str = field(default="", metadata=spec(doc="empty: the gateway's district"))
     deadbands: Deadbands = Deadbands()
+    district_meter: bool = field(
+        default=False, metadata=spec(doc="the district's own meter (总表): what enters it")
+    )
+    ct_ratio: float = field(
+        default=1.0, metadata=spec(minimum=0.001, maximum=100_000, doc="current transformer")
+    )
+    vt_ratio: float = field(
+        default=1.0, metadata=spec(minimum=0.001, maximum=100_000, doc="voltage transformer")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +89,14 @@ class MetersSection:
     def __post_init__(self) -> None:
         buses = _unique_buses(self.buses)
         ids: set[str] = set()
+        districts: set[str] = set()
         for index, meter in enumerate(self.meters):
             _check_meter(meter, index, buses, ids)
+            if meter.district_meter:
+                if meter.district in districts:
+                    key = f"meters.meters[{index}].district_meter"
+                    raise ConfigError(key, f"district {meter.district!r} has two district meters")
+                districts.add(meter.district)
 
     def bus(self, name: str) -> BusConfig:
         """The bus called `name`; KeyError if there is none."""
@@ -108,6 +123,18 @@ class TheftSection:
     decrease_tolerance_kwh: float = field(default=0.01, metadata=spec(minimum=0))
     powered_voltage: float = field(default=100.0, metadata=spec(minimum=0))
     debounce_s: float | None = field(default=None, metadata=spec(minimum=0, doc="default window_s"))
+    line_loss: bool = True
+    line_loss_interval_s: float = field(default=86400.0, metadata=spec(minimum=60, maximum=86400))
+    line_loss_min_rate: float = field(default=0.0, metadata=spec(minimum=-1, maximum=1))
+    line_loss_max_rate: float = field(default=0.10, metadata=spec(minimum=0, maximum=1))
+    line_loss_jump: float = field(default=0.03, metadata=spec(minimum=0, maximum=1))
+    line_loss_baseline_intervals: int = field(default=7, metadata=spec(minimum=1, maximum=1000))
+    line_loss_min_baseline: int = field(default=3, metadata=spec(minimum=1, maximum=1000))
+    line_loss_settle_s: float = field(default=3600.0, metadata=spec(minimum=0, maximum=86400))
+    line_loss_max_skew_s: float = field(default=300.0, metadata=spec(minimum=0, maximum=3600))
+    line_loss_max_interp_s: float = field(default=7200.0, metadata=spec(minimum=1, maximum=86400))
+    line_loss_min_drop_ratio: float = field(default=0.15, metadata=spec(minimum=0, maximum=1))
+    line_loss_supply_tolerance: float = field(default=0.10, metadata=spec(minimum=0, maximum=1))
 
     @property
     def debounce(self) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -22,6 +22,7 @@ __all__ = [
     "MeterEventKind",
     "MeterReading",
     "Sample",
+    "primary_side",
 ]
 
 _ENERGY_PREFERENCE = ("energy_import", "forward_active_energy_total", "energy_total")
@@ -68,6 +69,34 @@ class Sample:
     values: tuple[Measurement, ...]
     active: frozenset[MeterEventKind] = frozenset()
     counters: Mapping[MeterEventKind, int] = field(default_factory=dict)
+    missing: Mapping[str, str] = field(default_factory=dict)
+    """Values the profile names that this poll did not get, with the reason for each."""
+    frozen: tuple[datetime, float] | None = None
+    """The last daily freeze (DL/T 645 05060001 / 05060101): meter time and forward kWh."""
+
+
+def primary_side(sample: Sample, ct_ratio: float, vt_ratio: float) -> Sample:
+    """Secondary-side values to the primary side: A x CT, V x VT, power and energy x CT x VT."""
+    if ct_ratio == 1.0 and vt_ratio == 1.0:
+        return sample
+    factors = {
+        ValueKind.CURRENT: ct_ratio,
+        ValueKind.VOLTAGE: vt_ratio,
+        ValueKind.POWER: ct_ratio * vt_ratio,
+        ValueKind.ENERGY: ct_ratio * vt_ratio,
+    }
+    values = tuple(
+        replace(m, value=_scaled(m.value, factors[m.kind])) if m.kind in factors else m
+        for m in sample.values
+    )
+    frozen = sample.frozen
+    if frozen is not None:
+        frozen = (frozen[0], _scaled(frozen[1], ct_ratio * vt_ratio))
+    return replace(sample, values=values, frozen=frozen)
+
+
+def _scaled(value: int | float, factor: float) -> float:
+    return float(f"{value * factor:.10g}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +108,7 @@ class MeterReading:
     protocol: str
     values: tuple[Measurement, ...]
     seal: str = ""
+    missing: Mapping[str, str] = field(default_factory=dict)
 
     def energy_kwh(self) -> float | None:
         """The import energy register in kWh: a preferred name, else the first energy value."""
@@ -109,6 +139,8 @@ class MeterReading:
         }
         if self.seal:
             data["seal"] = self.seal
+        if self.missing:
+            data["missing"] = dict(sorted(self.missing.items()))
         return data
 
 

@@ -3,8 +3,10 @@
 Rules (see docs/meters.md):
 - registers are grouped by function code; a request never mixes holding and input registers;
 - within a function, registers are taken in address order and appended to the open request
-  while the unused registers between them (the gap) are at most `max_gap` and the request
-  stays within `max_registers` (125 by the Modbus specification, less for some meters);
+  while the unused registers between them (the gap) are at most `max_gap`, every one of them
+  lies in a range the profile declares readable (`readable`: a strict meter refuses a read that
+  touches a reserved register with exception 2), and the request stays within `max_registers`
+  (125 by the Modbus specification, less for some meters);
 - otherwise a new request starts. Because any run of consecutive registers that fits in one
   request also fits when shortened, this greedy packing gives the fewest requests.
 
@@ -23,6 +25,7 @@ from gateway.meters.profiles import MAX_READ_REGISTERS, MeterProfile, RegisterSp
 from gateway.protocol.modbus_values import Number, RegisterFunction
 
 __all__ = [
+    "EVERY_GAP",
     "ReadPlan",
     "ReadRequest",
     "RegisterSlice",
@@ -104,7 +107,12 @@ def plan_profile(profile: MeterProfile) -> ReadPlan:
         profile.registers,
         max_gap=profile.read.max_gap,
         max_registers=profile.read.max_registers,
+        readable=profile.read.readable_holes,
     )
+
+
+EVERY_GAP: tuple[tuple[int, int], ...] = ((0, 0xFFFF),)
+"""`readable` for a meter that answers any address (what plans did before holes were declared)."""
 
 
 def plan_reads(
@@ -112,8 +120,13 @@ def plan_reads(
     *,
     max_gap: int,
     max_registers: int = MAX_READ_REGISTERS,
+    readable: Sequence[tuple[int, int]] = (),
 ) -> ReadPlan:
-    """Coalesce registers into the fewest requests; ValueError on overlaps or bad limits."""
+    """Coalesce registers into the fewest requests; ValueError on overlaps or bad limits.
+
+    A gap is bridged only if all of it lies in the inclusive `readable` ranges: by default no
+    register the profile does not name is ever read.
+    """
     if not 1 <= max_registers <= MAX_READ_REGISTERS:
         raise ValueError(f"max_registers must be 1..{MAX_READ_REGISTERS}, got {max_registers}")
     if max_gap < 0:
@@ -121,7 +134,7 @@ def plan_reads(
     ordered = sorted(registers, key=lambda spec: (spec.function, spec.address))
     requests: list[ReadRequest] = []
     for _, group in groupby(ordered, key=lambda spec: spec.function):
-        requests.extend(_pack(list(group), max_gap, max_registers))
+        requests.extend(_pack(list(group), max_gap, max_registers, readable))
     return ReadPlan(tuple(requests))
 
 
@@ -158,24 +171,37 @@ async def read_plan_raw(bus: RegisterBus, unit: int, plan: ReadPlan) -> dict[str
     return raw
 
 
-def _pack(specs: Sequence[RegisterSpec], max_gap: int, max_registers: int) -> list[ReadRequest]:
+def _pack(
+    specs: Sequence[RegisterSpec],
+    max_gap: int,
+    max_registers: int,
+    readable: Sequence[tuple[int, int]],
+) -> list[ReadRequest]:
     """Greedy packing of one function's registers, sorted by address."""
     blocks: list[list[RegisterSpec]] = []
     for spec in specs:
         if spec.words > max_registers:
             raise ValueError(f"{spec.name} is wider than max_registers={max_registers}")
-        if blocks and _fits(blocks[-1], spec, max_gap, max_registers):
+        if blocks and _fits(blocks[-1], spec, max_gap, max_registers, readable):
             blocks[-1].append(spec)
         else:
             blocks.append([spec])
     return [_request(block) for block in blocks]
 
 
-def _fits(block: Sequence[RegisterSpec], spec: RegisterSpec, max_gap: int, limit: int) -> bool:
+def _fits(
+    block: Sequence[RegisterSpec],
+    spec: RegisterSpec,
+    max_gap: int,
+    limit: int,
+    readable: Sequence[tuple[int, int]],
+) -> bool:
     end = max(item.end for item in block)
     if spec.address < end:
         raise ValueError(f"{spec.name} overlaps {_overlapping(block, spec)}")
-    return spec.address - end <= max_gap and spec.end - block[0].address <= limit
+    if spec.address - end > max_gap or spec.end - block[0].address > limit:
+        return False
+    return all(any(lo <= a <= hi for lo, hi in readable) for a in range(end, spec.address))
 
 
 def _overlapping(block: Sequence[RegisterSpec], spec: RegisterSpec) -> str:

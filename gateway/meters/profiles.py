@@ -129,6 +129,8 @@ class ReadLimits:
 
     max_registers: int = MAX_READ_REGISTERS
     max_gap: int = DEFAULT_MAX_GAP
+    readable_holes: tuple[tuple[int, int], ...] = ()
+    """Inclusive address ranges between registers that the meter answers; no others are read."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +206,7 @@ _PROFILE_KEYS = frozenset(
     {"name", "protocol", "description", "registers", "defaults", "read", "identifiers"}
 )
 _DEFAULT_KEYS = frozenset({"function", "type", "word_order", "byte_order"})
-_READ_KEYS = frozenset({"max_registers", "max_gap"})
+_READ_KEYS = frozenset({"max_registers", "max_gap", "readable_holes"})
 _REGISTER_KEYS = frozenset(
     {"name", "address", "function", "type", "word_order", "byte_order", "scale", "unit", "kind"}
     | {"bits", "description"}
@@ -300,7 +302,25 @@ def _parse_read(ctx: _Context, table: Mapping[str, Any]) -> ReadLimits:
         max_registers = ctx.integer(table, "max_registers", 4, MAX_READ_REGISTERS, prefix="read")
     if "max_gap" in table:
         max_gap = ctx.integer(table, "max_gap", 0, MAX_READ_REGISTERS, prefix="read")
-    return ReadLimits(max_registers=max_registers, max_gap=max_gap)
+    holes = _parse_holes(ctx, table.get("readable_holes", []))
+    return ReadLimits(max_registers=max_registers, max_gap=max_gap, readable_holes=holes)
+
+
+def _parse_holes(ctx: _Context, items: Any) -> tuple[tuple[int, int], ...]:
+    """`readable_holes = [[start, end], ...]`: inclusive ranges of 0..0xFFFF, start <= end."""
+    if not isinstance(items, list):
+        raise ctx.error("read.readable_holes", "expected an array of [start, end] pairs")
+    holes: list[tuple[int, int]] = []
+    for index, item in enumerate(items):
+        key = f"read.readable_holes[{index}]"
+        ok = isinstance(item, list) and len(item) == 2
+        ok = ok and all(isinstance(v, int) and not isinstance(v, bool) for v in item)
+        if not ok or not 0 <= item[0] <= item[1] <= 0xFFFF:
+            raise ctx.error(
+                key, f"expected [start, end] with 0 <= start <= end <= 65535, got {item!r}"
+            )
+        holes.append((item[0], item[1]))
+    return tuple(holes)
 
 
 def _parse_registers(ctx: _Context, data: Mapping[str, Any]) -> tuple[RegisterSpec, ...]:

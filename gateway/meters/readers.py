@@ -1,9 +1,11 @@
 """Meter readers: one poll of one meter through its bus, as a protocol-neutral Sample.
 
 - Modbus: the profile's read plan (coalesced requests), status registers to conditions.
-- DL/T 645: the profile's identifiers read in one batch, status words 1 and 7 to conditions,
-  the cover and power-down counters to counters. Identifiers a meter refuses are left out;
-  if it refuses them all, the poll fails with MeterRefusedError.
+- DL/T 645: the profile's identifiers read one by one, status words 1 and 7 to conditions,
+  the cover and power-down counters to counters. An identifier that is refused, times out or
+  carries a bad value is left out and named in the sample's `missing` with its reason; one that
+  keeps failing is skipped as unsupported (gateway.meters.support). Only a poll in which no
+  identifier answered fails.
 
 `failure_reason` names a failed poll for meter.read_failed. Buses are built by `open_buses`,
 which imports pymodbus only when a Modbus bus is configured.
@@ -14,24 +16,31 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
-from gateway.drivers.dlt645.bus import Dlt645Bus, open_dlt645_bus
+from gateway.drivers.dlt645.bus import BatchResult, Dlt645Bus, open_dlt645_bus
 from gateway.errors import (
     ConfigError,
     DeviceTimeoutError,
+    FollowUpError,
+    GarbledReplyError,
+    GarbledResponseError,
     GatewayError,
     MeterRefusedError,
+    MeterValueError,
     ModbusExceptionError,
     ProtocolError,
+    ReplyMismatchError,
 )
 from gateway.meters.config import BusConfig, MeterConfig
 from gateway.meters.model import EVENT_FOR_STATUS, Measurement, MeterEventKind, Sample
 from gateway.meters.plan import ReadPlan, plan_profile, read_plan
 from gateway.meters.profiles import MeterProfile, MeterProtocol, RegisterSpec, ValueKind
+from gateway.meters.support import IdentifierSupport
 from gateway.protocol.clock import Clock
 from gateway.protocol.dlt645 import DATA_ITEMS, DI_BY_NAME, ErrorFlags, Function, StatusWord7, Value
 
@@ -74,13 +83,18 @@ _COUNTERS: Mapping[str, MeterEventKind] = {
 
 
 class ReadFailure(StrEnum):
-    """Why a poll failed; the values are the wire strings of meter.read_failed's `reason`."""
+    """Why a poll (or one value) failed: meter.read_failed's `reason`, meter.reading's `missing`."""
 
     TIMEOUT = "timeout"
     CRC = "crc"
     EXCEPTION = "exception"
     REFUSED = "refused"
     UNAVAILABLE = "unavailable"
+    FOLLOW_UP = "follow_up"
+    OUT_OF_RANGE = "out_of_range"
+    MISMATCH = "mismatch"
+    PROTOCOL = "protocol"
+    UNSUPPORTED = "unsupported"
 
     def with_code(self, code: int) -> str:
         """`exception:<code>`: the Modbus exception code after the reason."""
@@ -128,12 +142,13 @@ class ModbusReader:
 
 @dataclass(frozen=True, slots=True)
 class Dlt645Reader:
-    """A DL/T 645 meter: its address and the identifiers its profile names."""
+    """A DL/T 645 meter: its address, the identifiers its profile names, which it answers."""
 
     bus: Dlt645Bus
     address: str
     names: tuple[str, ...]
     protocol: str = "dlt645"
+    support: IdentifierSupport = field(default_factory=IdentifierSupport)
 
     @property
     def identifiers(self) -> tuple[int, ...]:
@@ -141,11 +156,13 @@ class Dlt645Reader:
         return tuple(DI_BY_NAME[name] for name in self.names)
 
     async def read(self) -> Sample:
-        """Read every identifier in one batch; refusals drop values, refusing all fails."""
-        batch = await self.bus.read_batch(self.address, self.identifiers)
-        if not batch.values and batch.refused:
-            flags = next(iter(batch.refused.values()), ErrorFlags.OTHER)
-            raise MeterRefusedError(self.address, Function.READ_DATA, flags)
+        """Read each identifier on its own; publish what answered, name what is missing."""
+        to_read, skipped = self.support.plan(self.identifiers)
+        batch = await self.bus.read_batch(self.address, to_read)
+        if not batch.values:
+            self.support.record_silent(batch.failed)
+            raise _whole_poll_error(self.address, batch)
+        self.support.record(batch.values, [*batch.refused, *batch.failed])
         measurements: list[Measurement] = []
         active: set[MeterEventKind] = set()
         counters: dict[MeterEventKind, int] = {}
@@ -155,7 +172,9 @@ class Dlt645Reader:
             active |= _conditions(name, value)
             if name in _COUNTERS and isinstance(value, int):
                 counters[_COUNTERS[name]] = value
-        return Sample(tuple(measurements), frozenset(active), counters)
+        missing = _missing(batch, skipped)
+        frozen = _frozen(batch.values)
+        return Sample(tuple(measurements), frozenset(active), counters, missing, frozen)
 
 
 def make_reader(
@@ -172,7 +191,8 @@ def make_reader(
         unknown = [name for name in profile.identifiers if name not in DI_BY_NAME]
         if unknown:
             raise ConfigError(key, f"{profile.source}: unknown identifier {unknown[0]}")
-        return Dlt645Reader(bus, meter.address, profile.identifiers)
+        support = IdentifierSupport(meter.id)
+        return Dlt645Reader(bus, meter.address, profile.identifiers, support=support)
     if isinstance(bus, Dlt645Bus):
         raise ConfigError(key, f"{meter.id}: a modbus profile on a DL/T 645 bus")
     return ModbusReader(bus, meter.unit, profile, plan_profile(profile))
@@ -212,13 +232,50 @@ def failure_reason(exc: Exception) -> str:
         return ReadFailure.TIMEOUT
     if isinstance(exc, MeterRefusedError):
         return ReadFailure.REFUSED
+    for kind, reason in _PROTOCOL_REASONS:
+        if isinstance(exc, kind):
+            return reason
     if isinstance(exc, ProtocolError):
-        return ReadFailure.CRC
+        return ReadFailure.PROTOCOL
     if isinstance(exc, ModbusExceptionError):
         return ReadFailure.EXCEPTION.with_code(exc.code)
     if isinstance(exc, GatewayError):
         return ReadFailure.UNAVAILABLE
     return ReadFailure.CRC
+
+
+_PROTOCOL_REASONS: tuple[tuple[type[ProtocolError], ReadFailure], ...] = (
+    (FollowUpError, ReadFailure.FOLLOW_UP),
+    (MeterValueError, ReadFailure.OUT_OF_RANGE),
+    (ReplyMismatchError, ReadFailure.MISMATCH),
+    (GarbledReplyError, ReadFailure.CRC),
+    (GarbledResponseError, ReadFailure.CRC),
+)
+
+
+def _frozen(values: Mapping[int, Value]) -> tuple[datetime, float] | None:
+    """The last daily freeze, when the meter gave both its time and its energy block."""
+    when = values.get(DI_BY_NAME["daily_freeze_time"])
+    energies = values.get(DI_BY_NAME["daily_frozen_forward_energy"])
+    if not isinstance(when, datetime) or not isinstance(energies, tuple) or not energies:
+        return None
+    return when, float(energies[0])
+
+
+def _whole_poll_error(address: str, batch: BatchResult) -> GatewayError:
+    """The error of a poll in which no identifier answered: the first failure, else refusal."""
+    if batch.failed:
+        return next(iter(batch.failed.values()))
+    flags = next(iter(batch.refused.values()), ErrorFlags.OTHER)
+    return MeterRefusedError(address, Function.READ_DATA, flags)
+
+
+def _missing(batch: BatchResult, skipped: Iterable[int]) -> dict[str, str]:
+    """Why each identifier of the profile has no value in this reading."""
+    missing = {DATA_ITEMS[di].name: str(ReadFailure.REFUSED) for di in batch.refused}
+    missing |= {DATA_ITEMS[di].name: failure_reason(exc) for di, exc in batch.failed.items()}
+    missing |= {DATA_ITEMS[di].name: str(ReadFailure.UNSUPPORTED) for di in skipped}
+    return missing
 
 
 def _tidy(spec: RegisterSpec, value: int | float) -> int | float:

@@ -5,7 +5,9 @@ Events (docs/meters.md):
 - meter.event (audit): a status condition's rising edge or an event counter's step;
 - meter.read_failed (state): once per transition into failure, with a reason;
 - meter.read_recovered (state): the first good poll after a failure;
-- theft.suspected (alarm): from gateway.meters.theft, when a TheftSection is given.
+- theft.suspected (alarm): from gateway.meters.theft, when a TheftSection is given;
+- district.line_loss (state), district.line_loss_alarm (alarm) and theft.suspected with rule
+  line_loss_jump: from gateway.meters.lineloss, for districts with a district meter.
 
 Each bus has one owner (ModbusBus or Dlt645Bus), which serializes the requests of every meter
 on it; DL/T 645 buses also get a broadcast time sync every `time_sync_s`.
@@ -25,7 +27,8 @@ from gateway.drivers.dlt645.bus import Dlt645Bus
 from gateway.errors import GatewayError, ProfileError
 from gateway.locks.view import SealStateView
 from gateway.meters.config import MeterConfig, MetersSection, TheftSection
-from gateway.meters.model import MeterEvent, MeterReading, Sample
+from gateway.meters.lineloss import District, LineLossMonitor
+from gateway.meters.model import MeterEvent, MeterReading, Sample, primary_side
 from gateway.meters.profiles import MeterProfile, load_profiles
 from gateway.meters.readers import MeterReader, failure_reason, make_reader, open_buses
 from gateway.meters.theft import TheftCorrelator
@@ -81,6 +84,7 @@ class MeterService:
             meter.id: MeterTracker(meter.deadbands, settings.heartbeat_polls)
             for meter in settings.meters
         }
+        self.line_loss = self._line_loss_monitor(theft, seals)
         self.polls_done = 0
         self.time_syncs = 0
         self._polled = asyncio.Condition()
@@ -185,10 +189,11 @@ class MeterService:
     # --- outcomes -------------------------------------------------------------------------
 
     def _on_success(self, meter: MeterConfig, sample: Sample, ts: datetime) -> None:
+        sample = primary_side(sample, meter.ct_ratio, meter.vt_ratio)
         tracker = self.trackers[meter.id]
         outcome = tracker.on_success(sample)
         protocol = self.readers[meter.id].protocol
-        reading = MeterReading(meter.id, ts, protocol, sample.values, meter.seal)
+        reading = MeterReading(meter.id, ts, protocol, sample.values, meter.seal, sample.missing)
         if outcome.recovered_after:
             _log.info(
                 "meter %s: reading again after %d failed polls", meter.id, outcome.recovered_after
@@ -204,6 +209,10 @@ class MeterService:
         if outcome.report:
             self._send(EventType.METER_READING, meter, reading.to_data(), Priority.TELEMETRY, ts)
         self._correlate(reading)
+        if self.line_loss is not None:
+            energy = reading.energy_kwh()
+            for draft in self.line_loss.observe_reading(meter.id, ts, energy, sample.frozen):
+                self._submit(draft)
 
     def _on_failure(self, meter: MeterConfig, exc: Exception, ts: datetime) -> None:
         tracker = self.trackers[meter.id]
@@ -230,6 +239,8 @@ class MeterService:
         ]
 
     def _correlate(self, item: MeterReading | MeterEvent) -> None:
+        if self.line_loss is not None and isinstance(item, MeterEvent):
+            self.line_loss.observe_event(item)
         if self.theft is None:
             return
         for draft in self.theft.observe(item):
@@ -266,6 +277,23 @@ class MeterService:
             )
         key = f"meters.meters[{index}].profile"
         return make_reader(meter, profile, self.buses[meter.bus], key=key)
+
+    def _line_loss_monitor(
+        self, theft: TheftSection | None, seals: SealStateView
+    ) -> LineLossMonitor | None:
+        """Line loss for every district with a district meter, when the theft rules run."""
+        if theft is None or not theft.enabled or not theft.line_loss:
+            return None
+        districts = []
+        for supply in (m for m in self.settings.meters if m.district_meter):
+            name = self._district(supply)
+            customers = {
+                m.id: m.seal
+                for m in self.settings.meters
+                if not m.district_meter and self._district(m) == name
+            }
+            districts.append(District(name, supply.id, customers))
+        return LineLossMonitor(theft, districts, seals) if districts else None
 
     def _district(self, meter: MeterConfig) -> str:
         return meter.district or self.district

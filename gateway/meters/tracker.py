@@ -55,6 +55,7 @@ class MeterTracker:
     consecutive_failures: int = 0
     last_reason: str = ""
     reported: dict[str, int | float] | None = None
+    reported_missing: Mapping[str, str] = field(default_factory=dict)
     polls_since_report: int = 0
     active: frozenset[MeterEventKind] | None = None
     counters: dict[MeterEventKind, int] = field(default_factory=dict)
@@ -83,8 +84,10 @@ class MeterTracker:
         self.ok += 1
         recovered_after, self.consecutive_failures = self.consecutive_failures, 0
         report = recovered_after > 0 or self._worth_reporting(sample.values)
+        report = report or dict(sample.missing) != dict(self.reported_missing)
         if report:
             self.reported = {m.name: m.value for m in sample.values}
+            self.reported_missing = sample.missing
             self.polls_since_report = 0
         else:
             self.polls_since_report += 1

@@ -217,6 +217,7 @@ class Kind(Enum):
     TIME = "time"
     COVER_RECORD = "cover_record"
     OUTAGE_RECORD = "outage_record"
+    FREEZE_TIME = "freeze_time"
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,8 +288,8 @@ def parse_read_request(frame: Frame) -> int:
     return int.from_bytes(frame.data[:4], "little")
 
 
-def parse_read_reply(frame: Frame) -> Reading:
-    """Decode a read or read-follow-up reply; raise MeterRefusedError for an abnormal one."""
+def parse_read_reply(frame: Frame, *, raw: bool = False) -> Reading:
+    """Decode a read or read-follow-up reply (`raw`: keep the value bytes); MeterRefusedError."""
     _check_reply(frame, (Function.READ_DATA, Function.READ_FOLLOW_UP))
     follow_up = frame.function == Function.READ_FOLLOW_UP
     data = frame.data[:-1] if follow_up else frame.data
@@ -296,7 +297,7 @@ def parse_read_reply(frame: Frame) -> Reading:
         raise ProtocolError(f"read reply from {frame.address} has {len(data)} data bytes")
     di = int.from_bytes(data[:4], "little")
     partial = frame.more or follow_up
-    value = data[4:] if partial else decode_value(di, data[4:])
+    value = data[4:] if partial or raw else decode_value(di, data[4:])
     seq = frame.data[-1] if follow_up else None
     return Reading(frame.address, di, value, DATA_ITEMS.get(di), frame.more, seq)
 
@@ -534,6 +535,17 @@ def _encode_outage(item: DataItem, value: Value) -> bytes:
     return _encode_datetime(value.start) + _encode_datetime(value.end)
 
 
+def _decode_freeze_time(item: DataItem, raw: bytes) -> Value:
+    """Five bytes mm hh DD MM YY (the standard's YYMMDDhhmm, low byte first); zero: none."""
+    return _decode_datetime(b"\x00" + raw) or b""
+
+
+def _encode_freeze_time(item: DataItem, value: Value) -> bytes:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{item.name} needs a datetime")
+    return _encode_datetime(value)[1:]
+
+
 _CODECS: dict[
     Kind, tuple[Callable[[DataItem, bytes], Value], Callable[[DataItem, Value], bytes]]
 ] = {
@@ -543,6 +555,7 @@ _CODECS: dict[
     Kind.TIME: (_decode_time, _encode_time),
     Kind.COVER_RECORD: (_decode_cover, _encode_cover),
     Kind.OUTAGE_RECORD: (_decode_outage, _encode_outage),
+    Kind.FREEZE_TIME: (_decode_freeze_time, _encode_freeze_time),
 }
 
 
@@ -586,6 +599,8 @@ DATA_ITEMS: dict[int, DataItem] = {
     0x03300D01: DataItem("meter_cover_open_last", 60, kind=Kind.COVER_RECORD),
     0x03300E00: DataItem("terminal_cover_open_count", 3),
     0x03300E01: DataItem("terminal_cover_open_last", 60, kind=Kind.COVER_RECORD),
+    0x05060001: DataItem("daily_freeze_time", 5, kind=Kind.FREEZE_TIME),
+    0x05060101: DataItem("daily_frozen_forward_energy", 4, 2, False, "kWh", repeat=True),
     0x04000101: DataItem("date", 4, kind=Kind.DATE),
     0x04000102: DataItem("time", 3, kind=Kind.TIME),
     **_status_words(),

@@ -84,6 +84,8 @@ class EventType(StrEnum):
     METER_READ_FAILED = "meter.read_failed"
     METER_READ_RECOVERED = "meter.read_recovered"
     THEFT_SUSPECTED = "theft.suspected"
+    DISTRICT_LINE_LOSS = "district.line_loss"
+    DISTRICT_LINE_LOSS_ALARM = "district.line_loss_alarm"
     HANDHELD_PAIRING_CODE_ISSUED = "handheld.pairing_code_issued"
     HANDHELD_PAIRING_ATTEMPT = "handheld.pairing_attempt"
     HANDHELD_PAIRING_FAILED = "handheld.pairing_failed"

@@ -70,6 +70,7 @@ def render_html(report: KpiReport, chart: DayChart) -> str:
         f"<h1>{escape(title)}</h1>",
         render_svg(chart),
         _kpi_table(report),
+        report.line_loss.html(),
         "</body></html>",
     ])  # fmt: skip
 

@@ -11,7 +11,9 @@ Definitions (docs/master.md, "KPIs"):
 - open alarms: alarm-priority events not followed by a clearing event (a later `seal.sealed`
   of the seal the alarm concerns); alarms about no seal stay open;
 - operations per business flow: seal.sealed, seal.unsealed and seal.op_denied in the window,
-  by the flow of the ticket (`data.flow`, else the ledger's ticket record, else "unknown").
+  by the flow of the ticket (`data.flow`, else the ledger's ticket record, else "unknown");
+- district line loss: the daily rate per district and the qualified share, from
+  district.line_loss events in the window (master_station/kpi/lineloss.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
+from master_station.kpi.lineloss import LINE_LOSS_TYPE, LineLossKpi, line_loss_kpi
 from master_station.ledger.models import Ledger, RetainedState, StoredEvent
 
 __all__ = [
@@ -39,7 +42,14 @@ __all__ = [
 OPERATIONS = {"seal.sealed": "sealed", "seal.unsealed": "unsealed", "seal.op_denied": "denied"}
 SEAL_STATE_TYPES = ("seal.sealed", "seal.unsealed", "seal.tamper")
 SEAL_ONLINE_TYPES = ("seal.offline", "seal.online")
-KPI_TYPES = ("gateway.started", "gateway.health", *OPERATIONS, "seal.tamper", *SEAL_ONLINE_TYPES)
+KPI_TYPES = (
+    "gateway.started",
+    "gateway.health",
+    *OPERATIONS,
+    "seal.tamper",
+    *SEAL_ONLINE_TYPES,
+    LINE_LOSS_TYPE,
+)
 UNKNOWN = "unknown"
 
 
@@ -135,6 +145,7 @@ class KpiReport:
     districts: tuple[KpiRow, ...]
     total: KpiRow
     open_alarms: tuple[OpenAlarm, ...] = ()
+    line_loss: LineLossKpi = field(default_factory=LineLossKpi)
 
     def to_json(self) -> dict[str, Any]:
         """The whole report, JSON-ready."""
@@ -145,6 +156,7 @@ class KpiReport:
             "districts": [row.to_json() for row in self.districts],
             "gateways": [row.to_json() for row in self.gateways],
             "open_alarms": [alarm.to_json() for alarm in self.open_alarms],
+            "line_loss": self.line_loss.to_json(),
         }
 
 
@@ -196,6 +208,7 @@ def compute_kpis(inputs: KpiInputs) -> KpiReport:
         districts=district_rows,
         total=_merge("total", "all", "*", list(rows)),
         open_alarms=tuple(facts.alarms),
+        line_loss=line_loss_kpi(e for e in inputs.events if _in_window(e.ts, inputs)),
     )
 
 
@@ -215,7 +228,8 @@ def format_table(report: KpiReport) -> str:
     text = _columns(lines)
     flows = _flow_lines(report.total)
     window = f"window: {report.since or 'start'} .. {report.until or 'now'}"
-    return "\n".join([window, "", text, "", *flows])
+    loss = report.line_loss.text_lines()
+    return "\n".join([window, "", text, "", *flows, *(["", *loss] if loss else [])])
 
 
 # -- per gateway ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from gateway.drivers.bus import BusStats
@@ -30,13 +30,17 @@ from gateway.drivers.dlt645.lines import (
     TcpLine,
     parse_dlt645_transport,
 )
+from gateway.drivers.modbus.transport import at_least_silence
 from gateway.errors import (
     DeviceTimeoutError,
+    FollowUpError,
     FrameError,
     GarbledReplyError,
     GatewayError,
     MeterRefusedError,
+    MeterValueError,
     ProtocolError,
+    ReplyMismatchError,
 )
 from gateway.protocol import dlt645
 from gateway.protocol.clock import Clock
@@ -50,6 +54,7 @@ __all__ = [
     "Dlt645LineSpec",
     "SerialLine",
     "TcpLine",
+    "matches",
     "open_dlt645_bus",
     "parse_dlt645_transport",
 ]
@@ -61,14 +66,19 @@ DEFAULT_GAP = 0.02
 """DL/T 645 asks for at least 20 ms after a reply (or a broadcast) before the next request."""
 FRAME_SILENCE = 0.5
 """DL/T 645: at most 500 ms between the bytes of one frame."""
+MAX_FOLLOW_UPS = 16
+"""Follow-up frames taken for one identifier before the reply counts as broken."""
+SILENT_ABORT = 2
+"""Identifiers without a valid reply, with none answered, before a batch gives up."""
 
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """Values read in one batch, and the identifiers the meter refused (with why)."""
+    """Values read in one batch, the identifiers the meter refused, and those that failed."""
 
     values: dict[int, Value]
     refused: dict[int, ErrorFlags]
+    failed: dict[int, GatewayError] = field(default_factory=dict)
 
 
 class Dlt645Bus:
@@ -104,28 +114,77 @@ class Dlt645Bus:
         return self._turns.inter_frame_gap
 
     async def read(self, address: str, di: int) -> Reading:
-        """Read one data identifier from the meter at `address`."""
+        """Read one data identifier, following B1 replies with read-follow-up (0x12) requests."""
         self._count_request(address)
         try:
             reply = await self._transact(dlt645.read_request(address, di))
-            reading = _check_reading(dlt645.parse_read_reply(reply), address, di)
+            first = _check_reading(dlt645.parse_read_reply(reply, raw=True), address, di)
+            raw = bytes(first.value) if isinstance(first.value, bytes) else b""
+            if first.more:
+                raw += await self._follow_ups(address, di)
+            value = _decode(address, di, raw)
         except GatewayError as exc:
             self._count_failure(address, exc)
             raise
         self.stats.ok += 1
         self._turns.succeeded(address)
-        return reading
+        return Reading(reply.address, di, value, dlt645.DATA_ITEMS.get(di))
 
     async def read_batch(self, address: str, dis: Sequence[int]) -> BatchResult:
-        """Read several identifiers from one meter; refusals are collected, other errors raise."""
+        """Read several identifiers from one meter, each on its own.
+
+        A refusal or a failure of one identifier is kept with that identifier. A meter that
+        gives no valid reply to its first `SILENT_ABORT` identifiers is taken as silent and the
+        batch stops there; a line that cannot be opened raises LineUnavailableError.
+        """
         values: dict[int, Value] = {}
         refused: dict[int, ErrorFlags] = {}
+        failed: dict[int, GatewayError] = {}
         for di in dis:
             try:
                 values[di] = (await self.read(address, di)).value
             except MeterRefusedError as exc:
                 refused[di] = exc.flags
-        return BatchResult(values, refused)
+            except (DeviceTimeoutError, ProtocolError) as exc:
+                failed[di] = exc
+                if _silent(values, refused, failed):
+                    break
+        return BatchResult(values, refused, failed)
+
+    async def _follow_ups(self, address: str, di: int) -> bytes:
+        """The data of the follow-up frames 1, 2, ... until a reply without the more bit."""
+        raw = b""
+        for seq in range(1, MAX_FOLLOW_UPS + 1):
+            reply = await self._transact(dlt645.read_follow_up_request(address, di, seq))
+            try:
+                part = _check_reading(dlt645.parse_read_reply(reply, raw=True), address, di)
+            except MeterRefusedError as exc:
+                raise FollowUpError(f"{address}: {di:08X} follow-up {seq} refused") from exc
+            if part.seq != seq or not isinstance(part.value, bytes):
+                raise FollowUpError(f"{address}: {di:08X} follow-up {seq} came back as {part.seq}")
+            raw += part.value
+            if not part.more:
+                return raw
+        raise FollowUpError(f"{address}: {di:08X} still has more after {MAX_FOLLOW_UPS} frames")
+
+    async def probe(self, address: str, di: int) -> Frame | None:
+        """One read request for address discovery: the reply frame (normal or abnormal), or
+        None on silence; GarbledReplyError when several meters answered at once. No failure
+        is counted or logged: silence is the common answer of a search."""
+        self.stats.count_request(address)
+        try:
+            return await self._transact(dlt645.read_request(address, di))
+        except DeviceTimeoutError:
+            return None
+
+    async def probe_address(self) -> str | None:
+        """The all-AA read-address (0x13): the address of the one meter on the bus, or None."""
+        self.stats.count_request(dlt645.WILDCARD)
+        try:
+            reply = await self._transact(dlt645.read_address_request())
+        except DeviceTimeoutError:
+            return None
+        return dlt645.parse_address_reply(reply)
 
     async def broadcast_time(self, when: datetime) -> None:
         """Send a broadcast time sync (no meter answers it)."""
@@ -222,17 +281,45 @@ def open_dlt645_bus(
     else:
         line = TcpLine(spec.host, spec.port, connect_timeout=connect_timeout)
     gap = DEFAULT_GAP if inter_frame_gap is None else inter_frame_gap
+    if spec.serial is not None:  # 20 ms, or 3.5 characters where that is longer (1200 baud)
+        gap = at_least_silence(
+            spec.serial, inter_frame_gap, max(DEFAULT_GAP, spec.serial.default_gap())
+        )
     return Dlt645Bus(line, timeout=timeout, inter_frame_gap=gap, clock=clock)
 
 
 def _answers(frame: Frame, request: Frame) -> bool:
     same_function = frame.function == request.function
-    return same_function and request.address in (frame.address, dlt645.WILDCARD)
+    return same_function and matches(request.address, frame.address)
+
+
+def matches(pattern: str, address: str) -> bool:
+    """Whether `address` answers `pattern`, whose AA bytes are wildcards (shortened addressing)."""
+    pairs = zip(_bytes_of(pattern), _bytes_of(address), strict=True)
+    return all(want in ("AA", got) for want, got in pairs)
+
+
+def _bytes_of(address: str) -> list[str]:
+    return [address[i : i + 2] for i in range(0, 12, 2)]
 
 
 def _check_reading(reading: Reading, address: str, di: int) -> Reading:
     if reading.di != di:
-        raise GarbledReplyError(f"{address}: asked for {di:08X}, reply carries {reading.di:08X}")
-    if reading.more:
-        raise ProtocolError(f"{address}: {di:08X} needs follow-up frames, which are not supported")
+        raise ReplyMismatchError(f"{address}: asked for {di:08X}, reply carries {reading.di:08X}")
     return reading
+
+
+def _decode(address: str, di: int, raw: bytes) -> Value:
+    try:
+        return dlt645.decode_value(di, raw)
+    except ProtocolError as exc:
+        raise MeterValueError(f"{address}: {di:08X}: {exc}", di=di) from exc
+
+
+def _silent(
+    values: dict[int, Value], refused: dict[int, ErrorFlags], failed: dict[int, GatewayError]
+) -> bool:
+    """Nothing answered, and `SILENT_ABORT` identifiers got silence or garbage."""
+    if values or refused or len(failed) < SILENT_ABORT:
+        return False
+    return all(isinstance(exc, DeviceTimeoutError | GarbledReplyError) for exc in failed.values())

@@ -320,11 +320,8 @@ class SerialLine:
             return
         import serial.rs485  # noqa: PLC0415 - pyserial is optional (the meters extra)
 
-        tx_high = not self.spec.rs485_invert
         try:
-            self._port.rs485_mode = serial.rs485.RS485Settings(
-                rts_level_for_tx=tx_high, rts_level_for_rx=not tx_high
-            )
+            self._port.rs485_mode = serial.rs485.RS485Settings(**self.spec.rs485_settings())
         except (ValueError, OSError) as exc:
             self.close()
             raise ConfigError(

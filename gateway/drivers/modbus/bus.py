@@ -26,7 +26,12 @@ from pymodbus.framer import FramerType
 
 from gateway.drivers.bus import BusStats
 from gateway.drivers.bus_turns import BusTurns
-from gateway.drivers.modbus.transport import TransportKind, TransportSpec, parse_transport
+from gateway.drivers.modbus.transport import (
+    TransportKind,
+    TransportSpec,
+    at_least_silence,
+    parse_transport,
+)
 from gateway.errors import (
     BusUnavailableError,
     ConfigError,
@@ -63,6 +68,11 @@ _RETRYABLE_CODES = frozenset(
         ModbusExceptionCode.GATEWAY_PATH_UNAVAILABLE,
         ModbusExceptionCode.GATEWAY_TARGET_NO_RESPONSE,
     }
+)
+
+
+_ABSENT_CODES = frozenset(
+    {ModbusExceptionCode.GATEWAY_PATH_UNAVAILABLE, ModbusExceptionCode.GATEWAY_TARGET_NO_RESPONSE}
 )
 
 
@@ -141,6 +151,20 @@ class ModbusBus:
         self.stats.ok += 1
         self._turns.succeeded(unit)
         return words
+
+    async def probe(self, unit: int, function: RegisterFunction, address: int) -> bool:
+        """Whether `unit` answers a one-register read (an exception response counts), for a
+        unit-id scan; silence is the common answer, so nothing is logged."""
+        async with self._turns.turn():
+            try:
+                await self._transact(unit, function, address, 1)
+            except DeviceTimeoutError:
+                return False
+            except ModbusExceptionError as exc:  # a TCP gateway says the unit is not there
+                return exc.exception not in _ABSENT_CODES
+            except GarbledResponseError:
+                return True
+        return True
 
     async def close(self) -> None:
         """Close the line after the request in progress, if any."""
@@ -279,11 +303,8 @@ class PymodbusTransport:
             return
         import serial.rs485  # noqa: PLC0415 - pyserial is optional; only serial lines need it
 
-        tx_high = not self.spec.rs485_invert
         try:
-            port.rs485_mode = serial.rs485.RS485Settings(
-                rts_level_for_tx=tx_high, rts_level_for_rx=not tx_high
-            )
+            port.rs485_mode = serial.rs485.RS485Settings(**self.spec.rs485_settings())
         except (ValueError, OSError) as exc:
             self.close()
             raise ConfigError(
@@ -302,7 +323,7 @@ def open_bus(
 ) -> ModbusBus:
     """A bus for a transport string; the gap defaults to 3.5 characters on serial lines."""
     spec = parse_transport(text, key=key)
-    gap = spec.default_gap() if inter_frame_gap is None else inter_frame_gap
+    gap = at_least_silence(spec, inter_frame_gap, spec.default_gap())
     transport = PymodbusTransport(spec, connect_timeout=connect_timeout)
     return ModbusBus(transport, timeout=timeout, inter_frame_gap=gap, clock=clock)
 

@@ -3,20 +3,32 @@
 modbus-tcp://host[:port]                 Modbus TCP, port 502 by default
 rtu-over-tcp://host:port                 RTU frames through an Ethernet-serial converter
 rtu:///dev/ttyUSB0?baud=9600&parity=N&stopbits=1&bytesize=8&rs485=1&rs485_invert=0&echo=0
+                                         &rs485_delay_tx_ms=0&rs485_delay_rx_ms=0
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from gateway.errors import ConfigError
 
-__all__ = ["SERIAL_OPTIONS", "TransportKind", "TransportSpec", "parse_transport"]
+__all__ = [
+    "SERIAL_OPTIONS",
+    "TransportKind",
+    "TransportSpec",
+    "at_least_silence",
+    "parse_transport",
+]
+
+_log = logging.getLogger(__name__)
 
 SERIAL_OPTIONS = frozenset(
     {"baud", "parity", "stopbits", "bytesize", "rs485", "rs485_invert", "echo"}
+    | {"rs485_delay_tx_ms", "rs485_delay_rx_ms"}
 )
 _BITS_PER_CHAR = 11  # start + 8 data + parity or second stop + stop, as the RTU spec counts
 _MIN_GAP = 0.00175  # the spec's fixed 3.5-character time above 19200 baud
@@ -47,6 +59,18 @@ class TransportSpec:
     rs485: bool = False
     rs485_invert: bool = False
     echo: bool = False
+    rs485_delay_tx_ms: int = 0
+    rs485_delay_rx_ms: int = 0
+
+    def rs485_settings(self) -> dict[str, Any]:
+        """Keyword arguments of pyserial's RS485Settings: RTS direction and turnaround delays."""
+        tx_high = not self.rs485_invert
+        return {
+            "rts_level_for_tx": tx_high,
+            "rts_level_for_rx": not tx_high,
+            "delay_before_tx": self.rs485_delay_tx_ms / 1000 or None,
+            "delay_before_rx": self.rs485_delay_rx_ms / 1000 or None,
+        }
 
     def describe(self) -> str:
         """The string without options, for logs."""
@@ -59,6 +83,20 @@ class TransportSpec:
         if self.kind is not TransportKind.RTU:
             return 0.0
         return max(3.5 * _BITS_PER_CHAR / self.baud, _MIN_GAP)
+
+
+def at_least_silence(spec: TransportSpec, configured: float | None, default: float) -> float:
+    """The inter-frame gap: `default` unless configured, never under 3.5 characters on serial.
+
+    Modbus RTU ends a frame with 3.5 character times of silence (1.75 ms above 19200 baud); a
+    shorter gap lets the next request run into the end of the last reply on the wire.
+    """
+    gap = default if configured is None else configured
+    floor = spec.default_gap()
+    if gap < floor:
+        _log.warning("%s: gap %.4f s is under 3.5 characters; using %.4f s", spec.key, gap, floor)
+        return floor
+    return gap
 
 
 def parse_transport(text: str, *, key: str = "transport") -> TransportSpec:
@@ -126,6 +164,8 @@ def _serial(key: str, netloc: str, path: str, options: dict[str, str]) -> Transp
         rs485=_flag(key, options, "rs485"),
         rs485_invert=_flag(key, options, "rs485_invert"),
         echo=_flag(key, options, "echo"),
+        rs485_delay_tx_ms=_int_option(key, options, "rs485_delay_tx_ms", 0, range(1001)),
+        rs485_delay_rx_ms=_int_option(key, options, "rs485_delay_rx_ms", 0, range(1001)),
     )
 
 

@@ -248,7 +248,9 @@ async def test_rtu_over_pty_reads_profile(rtu: tuple[Path, Wire], dds: MeterProf
     finally:
         await bus.close()
     assert values == pytest.approx(_expected_dds(dds))
-    assert [direction for _, direction, _ in wire.log] == ["rx", "tx"]
+    assert [direction for _, direction, _ in wire.log] == ["rx", "tx"] * len(
+        plan_profile(dds).requests
+    )
 
 
 async def test_rtu_dead_unit_times_out_quickly(rtu: tuple[Path, Wire]) -> None:
@@ -299,7 +301,8 @@ async def test_two_meters_on_one_line_are_serialized(
     assert results[:3] == [SDM_VALUES] * 3
     assert results[3:] == [pytest.approx(_expected_dds(dds))] * 3
     frames = [(at, direction) for at, direction, _ in wire.log]
-    assert [direction for _, direction in frames] == ["rx", "tx"] * 9  # one request at a time
+    per_round = len(sdm_plan.requests) + len(dds_plan.requests)
+    assert [direction for _, direction in frames] == ["rx", "tx"] * 3 * per_round  # one at a time
     idle = [frames[i + 1][0] - frames[i][0] for i in range(1, len(frames) - 1, 2)]
     assert min(idle) >= gap
     assert {unit for _, _, unit in wire.log} == {SDM_UNIT, DDS_UNIT}

@@ -191,9 +191,48 @@ async def test_time_sync_broadcast_sets_every_clock_without_reply(client: Client
 async def test_wildcard_read_address_collides_with_two_meters(client: Client) -> None:
     await client.send(dlt645.read_address_request())
     await client.send(dlt645.read_request(ONE, 0x02010100))
+    with pytest.raises(FrameError) as caught:  # both answered at once: a mix of the two
+        await client.receive()
+    assert "checksum" in str(caught.value)
+    del client.buffer[: caught.value.consumed]
     reply = await client.receive()
     assert reply.address == ONE
     assert dlt645.parse_read_reply(reply).di == 0x02010100
+
+
+async def test_shortened_address_reaches_only_the_matching_meters(client: Client) -> None:
+    await client.send(dlt645.read_request("AAAAAAAAAA02", 0x00010000))
+    reply = await client.receive()
+    assert reply.address == TWO
+
+
+async def test_long_value_goes_out_in_follow_up_frames(
+    client: Client, meters: list[SimMeter]
+) -> None:
+    meters[0].open_cover()
+    meters[0].chunk = 20
+    first = await client.read(ONE, 0x03300D01)
+    assert first.more and isinstance(first.value, bytes) and len(first.value) == 20
+    parts = [first.value]
+    for seq in (1, 2):
+        await client.send(dlt645.read_follow_up_request(ONE, 0x03300D01, seq))
+        part = dlt645.parse_read_reply(await client.receive())
+        assert (part.seq, part.more) == (seq, seq == 1)
+        assert isinstance(part.value, bytes)
+        parts.append(part.value)
+    record = dlt645.decode_value(0x03300D01, b"".join(parts))
+    assert record == meters[0].meter_cover.last
+
+
+async def test_silent_identifier_gets_no_reply_and_raw_values_are_sent_as_set(
+    client: Client, meters: list[SimMeter]
+) -> None:
+    meters[0].silent_on.add(0x03110000)
+    meters[0].raw_values[0x04000101] = bytes(4)
+    await client.send(dlt645.read_request(ONE, 0x03110000))
+    await client.send(dlt645.read_request(ONE, 0x04000101))
+    reply = await client.receive()  # the first request got nothing
+    assert dlt645.parse_read_reply(reply, raw=True).value == bytes(4)
 
 
 async def test_wildcard_read_address_with_one_meter(clock: ManualClock) -> None:

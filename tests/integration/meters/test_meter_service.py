@@ -13,6 +13,7 @@ import pytest
 from firmware_sim.meters.dlt645 import Dlt645TcpServer, MeterBus, SimMeter
 from firmware_sim.meters.maps import DDS238_2
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
+from gateway.drivers.dlt645.bus import SILENT_ABORT
 from gateway.errors import ConfigError, ProfileError
 from gateway.meters.config import TheftSection
 from gateway.meters.profiles import load_profiles, parse_profile
@@ -278,7 +279,7 @@ async def test_success_rate_per_meter_and_district(service: Any, bench: Bench) -
     assert rates.districts == {"d-west": pytest.approx(2 / 3), "d-east": 1.0}
     snapshot = svc.snapshot()
     assert snapshot["districts"] == {"d-west": 0.6667, "d-east": 1.0}
-    assert snapshot["buses"]["rs485-1"]["timeouts"] == 1
+    assert snapshot["buses"]["rs485-1"]["timeouts"] == SILENT_ABORT  # then M-1 counts as silent
     assert snapshot["meters"]["M-1"]["failed_polls"] == 1
 
 

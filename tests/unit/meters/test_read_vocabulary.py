@@ -56,6 +56,11 @@ def test_read_failure_values_are_unchanged() -> None:
         "exception",
         "refused",
         "unavailable",
+        "follow_up",
+        "out_of_range",
+        "mismatch",
+        "protocol",
+        "unsupported",
     ]
     assert ReadFailure.EXCEPTION.with_code(11) == "exception:11"
 

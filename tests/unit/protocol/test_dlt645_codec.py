@@ -123,6 +123,16 @@ def test_time_sync_matches_hand_vector() -> None:
     assert dlt645.parse_time_sync(frame) == when
 
 
+def test_time_sync_field_order_is_seconds_first() -> None:
+    """DL/T 645-2007 08H: data ssmmhhDDMMYY; a year-first frame reads as another time."""
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=METER_TZ)
+    assert dlt645.time_sync_frame(when).data == bytes.fromhex("050403020126")
+    year_first = dlt645.Frame(
+        dlt645.BROADCAST, Function.BROADCAST_TIME, bytes.fromhex("260102030405")
+    )
+    assert dlt645.parse_time_sync(year_first) == datetime(2005, 4, 3, 2, 1, 26, tzinfo=METER_TZ)
+
+
 def test_time_sync_converts_utc_to_meter_time() -> None:
     utc = datetime.fromisoformat("2026-01-01T19:04:05+00:00")
     assert encode(dlt645.time_sync_frame(utc)) == TIME_SYNC
