@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
 
 .PHONY: test test-unit test-bluez demo lint typecheck bench clean deps
 
@@ -22,7 +23,7 @@ lint: deps
 	$(BIN)/lint-imports
 
 test: deps lint
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 # The BlueZ test bed alone (docs/ble-transport.md); `make test` runs it too.
 test-bluez: deps

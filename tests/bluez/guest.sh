@@ -15,23 +15,22 @@ modprobe hci_vhci || { log "modprobe hci_vhci failed"; exit 10; }
 mkdir -p /run/dbus
 dbus-daemon --system --fork --nopidfile || exit 11
 # -E: experimental interfaces off is the Pi default; keep the stock daemon as a Pi runs it.
-/usr/libexec/bluetooth/bluetoothd -n > /tmp/bluetoothd.log 2>&1 &
+/usr/libexec/bluetooth/bluetoothd -n > $SHARE/bluetoothd.log 2>&1 &
 BTD=$!
-stdbuf -oL btmon -T > /tmp/btmon.log 2>&1 &
+stdbuf -oL btmon -T > $SHARE/btmon.log 2>&1 &
 BTMON=$!
 log "bluetoothd pid $BTD, btmon pid $BTMON"
 SCENARIO=$(cat $SHARE/scenario 2>/dev/null || echo locks)
 DURATION=$(cat $SHARE/duration 2>/dev/null || echo 60)
-PATIENCE=$(cat $SHARE/patience 2>/dev/null || echo 4)
+PATIENCE=$(cat $SHARE/patience 2>/dev/null || echo 2)
 rc=0
 case $SCENARIO in
   locks)
     log "lock scenarios (guest_scenarios.py), patience $PATIENCE"
-    PATIENCE=$PATIENCE timeout 1200 python3 $SHARE/guest_scenarios.py $SHARE/summary.json /tmp/work \
-      > /tmp/scenarios.log 2>&1
+    # The work folder is in the share, so its logs survive a hung guest.
+    PATIENCE=$PATIENCE timeout 780 python3 $SHARE/guest_scenarios.py $SHARE/summary.json $SHARE/work \
+      > $SHARE/scenarios.log 2>&1
     rc=$?
-    for f in /tmp/work/*.log; do [ -f "$f" ] && cp "$f" "$SHARE/locks-$(basename "$f")"; done
-    cp /tmp/scenarios.log $SHARE/ 2>/dev/null
     ;;
   demo)
     log "sealgw demo --radio vhci --duration $DURATION --patience $PATIENCE"
@@ -45,5 +44,5 @@ case $SCENARIO in
 esac
 log "scenario rc=$rc"
 kill $BTD $BTMON 2>/dev/null; sleep 0.5
-cp /tmp/bluetoothd.log /tmp/btmon.log /tmp/demo.log $SHARE/ 2>/dev/null
+cp /tmp/demo.log $SHARE/ 2>/dev/null
 exit $rc

@@ -38,7 +38,7 @@ GUEST_PACKAGES = (
 """Installed in the guest at the versions this venv has, so host and guest run the same stack."""
 EXTRA_GUEST_PACKAGES = ("cbor2", "spake2")
 """Added at this venv's version when installed here (optional runtime dependencies)."""
-VM_TIMEOUT_S = 600
+VM_TIMEOUT_S = 900
 
 
 @dataclass
@@ -160,7 +160,7 @@ def _boot(folder: Path, share: Path) -> GuestRun:
             run.summary = json.loads(summary.read_text())
         except json.JSONDecodeError:
             run.logs["summary.json"] = summary.read_text()
-    for path in sorted(share.glob("*.log")):
+    for path in sorted([*share.glob("*.log"), *share.glob("work/*.log")]):
         run.logs[path.name] = path.read_text(errors="replace")
     return run
 
