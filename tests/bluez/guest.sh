@@ -27,8 +27,10 @@ rc=0
 case $SCENARIO in
   locks)
     log "lock scenarios (guest_scenarios.py), patience $PATIENCE"
-    # The work folder is in the share, so its logs survive a hung guest.
-    PATIENCE=$PATIENCE timeout 780 python3 $SHARE/guest_scenarios.py $SHARE/summary.json $SHARE/work \
+    # State on the guest's tmpfs (SQLite cannot lock on 9p); logs in the share, so they survive
+    # a hung guest.
+    PATIENCE=$PATIENCE timeout 780 python3 $SHARE/guest_scenarios.py $SHARE/summary.json /tmp/work \
+      $SHARE/work \
       > $SHARE/scenarios.log 2>&1
     rc=$?
     ;;

@@ -5,7 +5,9 @@ and checks each scenario on what reached it. Prints one JSON object (scenario ->
 and exits 0 only when every scenario passed. Lean on purpose: under QEMU's software emulation
 each Python start-up costs seconds.
 
-Usage (inside the VM): python3 guest_scenarios.py OUT_JSON WORK_DIR
+Usage (inside the VM): python3 guest_scenarios.py OUT_JSON WORK_DIR LOG_DIR
+
+WORK_DIR holds state (SQLite: a local file system); LOG_DIR the processes' logs (the 9p share).
 """
 
 from __future__ import annotations
@@ -72,8 +74,8 @@ def wait(what: str, condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.2)
 
 
-def start_gateway(config: Path, work: Path) -> subprocess.Popen[bytes]:
-    log = (work / "gateway.log").open("ab")
+def start_gateway(config: Path, logs: Path) -> subprocess.Popen[bytes]:
+    log = (logs / "gateway.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", "run", "-c", str(config)], stdout=log, stderr=log
     )
@@ -97,9 +99,10 @@ def delivered(broker: Broker) -> dict[tuple[str, int], set[str]]:
     return seen
 
 
-def main(out: Path, work: Path) -> int:
+def main(out: Path, work: Path, logs: Path) -> int:
     results: dict[str, dict[str, Any]] = {}
     work.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     mosquitto = subprocess.Popen(
         ["mosquitto", "-p", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -109,7 +112,7 @@ def main(out: Path, work: Path) -> int:
          "--locks", str(LOCKS), "--advertising-interval-ms", "500",
          "--broker", f"mqtt://127.0.0.1:{PORT}", "--gateway-id", GATEWAY,
          "--write-config", str(config), "--truth", str(truth), "--state-dir", str(work / "sim")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(work / "sim.log").open("ab"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=(logs / "sim.log").open("ab"),
     )  # fmt: skip
     assert sim.stdout is not None and sim.stdin is not None
     gateway: subprocess.Popen[bytes] | None = None
@@ -146,7 +149,7 @@ def main(out: Path, work: Path) -> int:
         if not ready.startswith("sim ready"):
             raise RuntimeError(f"simulator did not start: {ready!r}")
         broker = Broker()
-        gateway = start_gateway(config, work)
+        gateway = start_gateway(config, logs)
         b = broker
 
         def adverts() -> str:
@@ -189,7 +192,7 @@ def main(out: Path, work: Path) -> int:
             gateway.wait(30)
             control("lock SL-0003 wire_cut")
             control("lock SL-0004 tamper")
-            gateway = start_gateway(config, work)
+            gateway = start_gateway(config, logs)
             wait("a second gateway.started", lambda: len(b.typed("gateway.started")) >= 2, 30)
             expected = lock_entries(truth)
             wait(
@@ -227,4 +230,4 @@ def main(out: Path, work: Path) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])))
