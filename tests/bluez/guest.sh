@@ -22,7 +22,7 @@ BTMON=$!
 log "bluetoothd pid $BTD, btmon pid $BTMON"
 SCENARIO=$(cat $SHARE/scenario 2>/dev/null || echo locks)
 DURATION=$(cat $SHARE/duration 2>/dev/null || echo 60)
-PATIENCE=$(cat $SHARE/patience 2>/dev/null || echo 2)
+PATIENCE=$(cat $SHARE/patience 2>/dev/null || echo 3)
 rc=0
 case $SCENARIO in
   locks)

@@ -26,7 +26,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 GATEWAY = "gw-bluez"
-LOCKS = 6
+LOCKS = 3  # each lock costs a probe connection first (advert seeding), seconds under TCG
 ROOT = "sealgw/v1"
 PORT = 1883
 PATIENCE = float(os.environ.get("PATIENCE", "4"))

@@ -103,11 +103,13 @@ def run_scenario(scenario: str = "locks", *, duration_s: float = 60) -> GuestRun
     """Boot the VM once and run `scenario` inside; never raises for a failing guest."""
     folder = image()
     share = Path(tempfile.mkdtemp(prefix="sealgw-bluez-"))
-    try:
-        _fill_share(share, scenario, duration_s)
-        return _boot(folder, share)
-    finally:
+    _fill_share(share, scenario, duration_s)
+    run = _boot(folder, share)
+    if run.rc == 0:
         shutil.rmtree(share, ignore_errors=True)
+    else:  # keep every log of a failed run
+        run.console += f"\n(the guest's share, with every log, is kept in {share})"
+    return run
 
 
 def _fill_share(share: Path, scenario: str, duration_s: float) -> None:
