@@ -91,7 +91,7 @@ class LockService:
         self.locks = {lock.seal_id: lock for lock in (locks or load_locks(section))}
         self.store = LockStore.open(state_dir / LOCKS_DB_FILE)
         self.beliefs = SealBeliefs(self.locks, self.store, emit, clock, publish_state)
-        self._seen_address: dict[str, str] = {}
+        self._seen_device: dict[str, BLEDevice] = {}
         connector = BleLockConnector(
             transport,
             self.locks,
@@ -206,13 +206,19 @@ class LockService:
         heard = self.beliefs.observe_payload(bytes(payload), source="advert")
         if heard is None:
             return
-        self._seen_address[heard.seal_id] = device.address
+        self._seen_device[heard.seal_id] = device
         self.reach.heard(heard.seal_id)
         if heard.reconcile is not None:
             self.log_sync.request(heard.seal_id, heard.reconcile)
 
-    def _address(self, seal_id: str) -> str | None:
-        return self._seen_address.get(seal_id)
+    def _address(self, seal_id: str) -> BLEDevice | None:
+        """The device our own scanner saw: connecting to it needs no second discovery.
+
+        On BlueZ, a connect by address string makes bleak start a discovery of its own, which
+        BlueZ refuses with org.bluez.Error.InProgress while the gateway's scanner is running
+        (one discovery per D-Bus client). Found by the BlueZ test bed (docs/ble-transport.md).
+        """
+        return self._seen_device.get(seal_id)
 
     def _seed_known_addresses(self) -> None:
         """Probe unseeded locks whose address is configured (others once an advert names it)."""

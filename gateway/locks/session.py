@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from bleak import BleakClient
+from bleak.backends.device import BLEDevice
 from bleak.exc import BleakError
 
 from gateway.drivers.ble.adapters import BleTransport
@@ -306,7 +307,7 @@ class BleLockConnector:
         locks: Mapping[str, LockSpec],
         *,
         op_timeout_s: float,
-        addresses: Callable[[str], str | None] | None = None,
+        addresses: Callable[[str], BLEDevice | str | None] | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._transport = transport
@@ -318,7 +319,8 @@ class BleLockConnector:
     async def connect(self, seal_id: str, timeout_s: float) -> LockSession:
         """Connect to the seal's lock and subscribe to its answers."""
         lock = self._locks[seal_id]
-        address = lock.address or (self._addresses(seal_id) if self._addresses else None)
+        seen = self._addresses(seal_id) if self._addresses else None
+        address = seen or lock.address  # the scanned device first: no discovery of bleak's own
         if not address:
             raise LinkLostError(f"seal {seal_id}: address unknown until its advert is seen")
         session = LockSession(lock.lock_id, op_timeout_s=self._op_timeout_s, clock=self._clock)
