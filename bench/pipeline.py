@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.raw_paho import raw_paho_rate
+from bench.uplink_common import raw_paho_rate, timed_drain
 from firmware_sim.mosquitto import MosquittoBroker
 from gateway.config.model import BufferSection, UplinkSection
 from gateway.protocol.clock import SystemClock
@@ -129,17 +129,7 @@ async def _drain_rate(broker: MosquittoBroker, path: Path, count: int) -> float:
         clock=SystemClock(),
         version="bench",
     )
-    start = time.perf_counter()
-    task = asyncio.create_task(uplink.run())
-    while sum(buffer.depth().values()) > 0:
-        if task.done():
-            task.result()
-            raise RuntimeError("uplink stopped during the drain")
-        await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - start
-    await uplink.stop(timeout=5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    elapsed = await timed_drain(uplink, buffer)
     await buffer.close()
     return count / elapsed
 

@@ -24,14 +24,13 @@ import statistics
 import struct
 import sys
 import tempfile
-import time
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.raw_paho import raw_paho_rate
+from bench.uplink_common import raw_paho_rate, timed_drain
 from firmware_sim.mosquitto import MosquittoBroker
 from gateway.config.model import BufferSection, UplinkSection
 from gateway.protocol.canonical import JSONValue
@@ -378,16 +377,7 @@ async def _drain(url: str, path: Path, encoding: str) -> float:
     )
     uplink = Uplink(settings, GATEWAY, f"{GATEWAY}-{path.stem}", buffer, CommandDispatcher(),
                     SystemClock(), "bench")  # fmt: skip
-    start = time.perf_counter()
-    task = asyncio.create_task(uplink.run())
-    while sum(buffer.depth().values()) > 0:
-        if task.done():
-            task.result()
-            raise RuntimeError("uplink stopped during the drain")
-        await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - start
-    await uplink.stop(timeout=5)
-    await asyncio.gather(task, return_exceptions=True)
+    elapsed = await timed_drain(uplink, buffer)
     await buffer.close()
     return elapsed
 

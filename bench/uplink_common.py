@@ -1,7 +1,8 @@
-"""The raw-paho baseline of the uplink benches: plain paho-mqtt, QoS 1, until every PUBACK."""
+"""What the uplink and pipeline benches share: the raw-paho baseline and a timed Uplink drain."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -10,6 +11,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.mosquitto import MosquittoBroker
+from gateway.store.buffer import EventBuffer
+from gateway.uplink.uplink import Uplink
 
 # paho numbers a message when it is queued, so queueing more than 65,535 at once makes message
 # ids collide and acks vanish: at most this many wait unacknowledged.
@@ -47,3 +50,19 @@ def raw_paho_rate(
     client.disconnect()
     client.loop_stop()
     return len(payloads) / elapsed
+
+
+async def timed_drain(uplink: Uplink, buffer: EventBuffer) -> float:
+    """Run `uplink` until `buffer` holds nothing unpublished; the seconds that took."""
+    start = time.perf_counter()
+    task = asyncio.create_task(uplink.run())
+    while sum(buffer.depth().values()) > 0:
+        if task.done():
+            task.result()
+            raise RuntimeError("uplink stopped during the drain")
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - start
+    await uplink.stop(timeout=5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return elapsed
