@@ -14,14 +14,11 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from bench.uplink_common import raw_paho_rate, timed_drain
 from firmware_sim.mosquitto import MosquittoBroker
 from gateway.config.model import BufferSection, UplinkSection
 from gateway.protocol.clock import SystemClock
@@ -32,7 +29,6 @@ from gateway.uplink.uplink import Uplink
 
 GATEWAY = "gw-bench"
 MAX_INFLIGHT = 100
-RAW_QUEUE_MAX = 1000
 MIB = 1024 * 1024
 
 
@@ -112,39 +108,11 @@ async def _fill_backlog(path: Path, count: int) -> list[bytes]:
 
 
 def _raw_paho_rate(broker: MosquittoBroker, payloads: list[bytes]) -> float:
-    """Plain paho: publish every payload at QoS 1 and wait for every PUBACK.
-
-    At most RAW_QUEUE_MAX messages wait unacknowledged: paho numbers a message when it is
-    queued, so queueing more than 65,535 at once makes message ids collide and acks vanish.
-    """
-    done = threading.Event()
-    room = threading.BoundedSemaphore(RAW_QUEUE_MAX)
-    acked = 0
-
-    def on_publish(*_args: Any) -> None:
-        nonlocal acked
-        acked += 1
-        room.release()
-        if acked == len(payloads):
-            done.set()
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw-bench", protocol=mqtt.MQTTv5)
-    client.max_inflight_messages_set(MAX_INFLIGHT)
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect(broker.host, broker.port)
-    client.loop_start()
+    """Plain paho: every payload at QoS 1 with the same in-flight window, until every PUBACK."""
     topic = f"sealgw/v1/{GATEWAY}-raw/events/meter.reading"
-    start = time.perf_counter()
-    for payload in payloads:
-        room.acquire()
-        client.publish(topic, payload, qos=1)
-    if not done.wait(300):
-        raise RuntimeError(f"raw paho: only {acked} of {len(payloads)} acknowledged")
-    elapsed = time.perf_counter() - start
-    client.disconnect()
-    client.loop_stop()
-    return len(payloads) / elapsed
+    return raw_paho_rate(
+        broker, payloads, client_id="raw-bench", topic=topic, max_inflight=MAX_INFLIGHT
+    )
 
 
 async def _drain_rate(broker: MosquittoBroker, path: Path, count: int) -> float:
@@ -161,17 +129,7 @@ async def _drain_rate(broker: MosquittoBroker, path: Path, count: int) -> float:
         clock=SystemClock(),
         version="bench",
     )
-    start = time.perf_counter()
-    task = asyncio.create_task(uplink.run())
-    while sum(buffer.depth().values()) > 0:
-        if task.done():
-            task.result()
-            raise RuntimeError("uplink stopped during the drain")
-        await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - start
-    await uplink.stop(timeout=5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    elapsed = await timed_drain(uplink, buffer)
     await buffer.close()
     return count / elapsed
 

@@ -24,17 +24,13 @@ import statistics
 import struct
 import sys
 import tempfile
-import threading
-import time
 import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
+from bench.uplink_common import raw_paho_rate, timed_drain
 from firmware_sim.mosquitto import MosquittoBroker
 from gateway.config.model import BufferSection, UplinkSection
 from gateway.protocol.canonical import JSONValue
@@ -48,7 +44,6 @@ GATEWAY = "gw-bench"
 METERS = 200
 READS_PER_HOUR = 4
 MAX_INFLIGHT = 100
-RAW_QUEUE_MAX = 1000
 MIB = 1024 * 1024
 ENCODINGS = ("json", "batch")
 PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles" / "dtsu666.toml"
@@ -382,16 +377,7 @@ async def _drain(url: str, path: Path, encoding: str) -> float:
     )
     uplink = Uplink(settings, GATEWAY, f"{GATEWAY}-{path.stem}", buffer, CommandDispatcher(),
                     SystemClock(), "bench")  # fmt: skip
-    start = time.perf_counter()
-    task = asyncio.create_task(uplink.run())
-    while sum(buffer.depth().values()) > 0:
-        if task.done():
-            task.result()
-            raise RuntimeError("uplink stopped during the drain")
-        await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - start
-    await uplink.stop(timeout=5)
-    await asyncio.gather(task, return_exceptions=True)
+    elapsed = await timed_drain(uplink, buffer)
     await buffer.close()
     return elapsed
 
@@ -402,35 +388,10 @@ async def _drain_rate(broker: MosquittoBroker, path: Path, encoding: str, count:
 
 def _raw_paho(broker: MosquittoBroker, payloads: list[bytes]) -> float:
     """Plain paho: every payload at QoS 1 with the same in-flight window, until every PUBACK."""
-    done = threading.Event()
-    room = threading.BoundedSemaphore(RAW_QUEUE_MAX)
-    acked = 0
-
-    def on_publish(*_args: Any) -> None:
-        nonlocal acked
-        acked += 1
-        room.release()
-        if acked == len(payloads):
-            done.set()
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="raw-uplink-bench",
-                         protocol=mqtt.MQTTv5)  # fmt: skip
-    client.max_inflight_messages_set(MAX_INFLIGHT)
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect(broker.host, broker.port)
-    client.loop_start()
     topic = f"sealgw/v1/{GATEWAY}-raw/events/meter.reading"
-    start = time.perf_counter()
-    for payload in payloads:
-        room.acquire()
-        client.publish(topic, payload, qos=1)
-    if not done.wait(300):
-        raise RuntimeError(f"raw paho: only {acked} of {len(payloads)} acknowledged")
-    elapsed = time.perf_counter() - start
-    client.disconnect()
-    client.loop_stop()
-    return len(payloads) / elapsed
+    return raw_paho_rate(
+        broker, payloads, client_id="raw-uplink-bench", topic=topic, max_inflight=MAX_INFLIGHT
+    )
 
 
 def _say(verbose: bool, text: str) -> None:

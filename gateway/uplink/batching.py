@@ -28,7 +28,10 @@ BATCH_WINDOW = 16  # batch messages in flight at most: each may hold hundreds of
 
 
 class PendingPayload(Protocol):
-    """What a run needs of an event (gateway.uplink.delivery.PendingLike is one)."""
+    """An unpublished event as the buffer hands it out (gateway.store.buffer.PendingEvent).
+
+    What a run needs of an event; gateway.uplink.delivery calls it PendingLike.
+    """
 
     @property
     def seq(self) -> int: ...

@@ -23,7 +23,14 @@ from gateway.drivers.pacing import TokenBucket
 from gateway.errors import TransientError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Priority
-from gateway.uplink.batching import BATCH_TOPIC, BATCH_WINDOW, Batcher, BatchPolicy, Run
+from gateway.uplink.batching import (
+    BATCH_TOPIC,
+    BATCH_WINDOW,
+    Batcher,
+    BatchPolicy,
+    PendingPayload,
+    Run,
+)
 from gateway.uplink.connection import FailureLog, UplinkConnection, UplinkStats
 
 __all__ = ["AckBatcher", "DeliveryPump", "DeliveryWindow", "EventSource", "PendingLike"]
@@ -35,17 +42,7 @@ ACK_DELAY_S = 0.05  # ... or this long after the first unflushed one
 IDLE_POLL_S = 1.0  # refill now and then even without a wake(), in case one was missed
 
 
-class PendingLike(Protocol):
-    """An unpublished event as the buffer hands it out (gateway.store.buffer.PendingEvent)."""
-
-    @property
-    def seq(self) -> int: ...
-    @property
-    def priority(self) -> Priority: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def payload(self) -> bytes: ...
+PendingLike = PendingPayload  # the uplink's name for an unpublished event
 
 
 class EventSource(Protocol):

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,58 +27,12 @@ from gateway.remote.config_update import prepare_config
 from tests.fixtures.mosquitto import SubscriberFactory
 from tests.fixtures.remote import (
     GATEWAY,
-    REPLY_TOPIC,
-    ROOT,
     RemoteRig,
+    launch_rig,
     signed_command,
-    start_rig,
     write_gateway_config,
     write_master_key,
 )
-
-
-@pytest.fixture
-def master() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def config_path(tmp_path: Path, mosquitto: MosquittoBroker, master: Ed25519PrivateKey) -> Path:
-    return write_gateway_config(tmp_path, mosquitto, write_master_key(tmp_path / "ms.pub", master))
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    level = root.level
-    yield
-    root.setLevel(level)
-
-
-async def _rig(
-    config_path: Path,
-    mosquitto: MosquittoBroker,
-    subscriber_factory: SubscriberFactory,
-    master: Ed25519PrivateKey,
-) -> RemoteRig:
-    subscriber = subscriber_factory(mosquitto, [f"{ROOT}/#", REPLY_TOPIC])
-    return await start_rig(config_path, subscriber, master)
-
-
-@pytest.fixture
-async def rig(
-    config_path: Path,
-    mosquitto: MosquittoBroker,
-    subscriber_factory: SubscriberFactory,
-    master: Ed25519PrivateKey,
-    restore_logging: None,
-) -> AsyncIterator[RemoteRig]:
-    running = await _rig(config_path, mosquitto, subscriber_factory, master)
-    try:
-        yield running
-    finally:
-        if not running.task.done():
-            await running.stop()
 
 
 def _signed_by_hand(master: Ed25519PrivateKey, name: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +79,7 @@ async def test_an_unreadable_nonce_file_refuses_commands_instead_of_forgetting(
     state = config_path.parent / "state"
     state.mkdir(mode=0o700, exist_ok=True)
     (state / REPLAY_FILE).write_bytes(b'{"v": 1, "floor": 17, "nonces": {"abc')  # torn write
-    rig = await _rig(config_path, mosquitto, subscriber_factory, master)
+    rig = await launch_rig(config_path, mosquitto, subscriber_factory, master)
     try:
         reply = await rig.command("time_check", signed_command(master, "time_check"))
     finally:

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gateway.drivers.bus import BusStats
-from gateway.drivers.bus_turns import BusTurns
+from gateway.drivers.bus_turns import TurnTakingBus
 from gateway.drivers.dlt645.lines import (
     DEFAULT_CONNECT_TIMEOUT,
     Dlt645Kind,
@@ -81,7 +80,7 @@ class BatchResult:
     failed: dict[int, GatewayError] = field(default_factory=dict)
 
 
-class Dlt645Bus:
+class Dlt645Bus(TurnTakingBus[str]):
     """The single owner of one DL/T 645 line; serializes every request on it."""
 
     def __init__(
@@ -100,18 +99,12 @@ class Dlt645Bus:
         self.timeout = timeout
         self.frame_silence = frame_silence
         self.preamble = preamble
-        self.stats = BusStats()
-        self._turns: BusTurns[str] = BusTurns(_log, inter_frame_gap=inter_frame_gap, clock=clock)
+        super().__init__(_log, inter_frame_gap=inter_frame_gap, clock=clock)
 
     @property
     def name(self) -> str:
         """The line's description."""
         return self.line.name
-
-    @property
-    def inter_frame_gap(self) -> float:
-        """Seconds of silence kept after each transaction."""
-        return self._turns.inter_frame_gap
 
     async def read(self, address: str, di: int) -> Reading:
         """Read one data identifier, following B1 replies with read-follow-up (0x12) requests."""
@@ -126,8 +119,7 @@ class Dlt645Bus:
         except GatewayError as exc:
             self._count_failure(address, exc)
             raise
-        self.stats.ok += 1
-        self._turns.succeeded(address)
+        self._count_ok(address)
         return Reading(reply.address, di, value, dlt645.DATA_ITEMS.get(di))
 
     async def read_batch(self, address: str, dis: Sequence[int]) -> BatchResult:
@@ -258,10 +250,6 @@ class Dlt645Bus:
 
     def _count_request(self, address: str) -> None:
         self.stats.count_request(address)
-
-    def _count_failure(self, address: str, exc: GatewayError) -> None:
-        self.stats.count_failure(exc)
-        self._turns.failed(address, self.name, exc)
 
 
 def open_dlt645_bus(

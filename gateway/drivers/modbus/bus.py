@@ -24,8 +24,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
-from gateway.drivers.bus import BusStats
-from gateway.drivers.bus_turns import BusTurns
+from gateway.drivers.bus_turns import TurnTakingBus
 from gateway.drivers.modbus.transport import (
     TransportKind,
     TransportSpec,
@@ -109,7 +108,7 @@ class ModbusTransport(Protocol):
         ...
 
 
-class ModbusBus:
+class ModbusBus(TurnTakingBus[int]):
     """The single owner of one Modbus line; serializes every request on it."""
 
     def __init__(
@@ -124,18 +123,12 @@ class ModbusBus:
             raise ValueError("timeout must be > 0 and inter_frame_gap >= 0")
         self.transport = transport
         self.timeout = timeout
-        self.stats = BusStats()
-        self._turns: BusTurns[int] = BusTurns(_log, inter_frame_gap=inter_frame_gap, clock=clock)
+        super().__init__(_log, inter_frame_gap=inter_frame_gap, clock=clock)
 
     @property
     def name(self) -> str:
         """The transport's description."""
         return self.transport.name
-
-    @property
-    def inter_frame_gap(self) -> float:
-        """Seconds of silence kept after each transaction."""
-        return self._turns.inter_frame_gap
 
     async def read(
         self, unit: int, function: RegisterFunction, address: int, count: int
@@ -145,11 +138,9 @@ class ModbusBus:
             try:
                 words = await self._transact(unit, function, address, count)
             except GatewayError as exc:
-                self.stats.count_failure(exc)
-                self._turns.failed(unit, self.name, exc)
+                self._count_failure(unit, exc)
                 raise
-        self.stats.ok += 1
-        self._turns.succeeded(unit)
+        self._count_ok(unit)
         return words
 
     async def probe(self, unit: int, function: RegisterFunction, address: int) -> bool:

@@ -2,30 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import shutil
-import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from gateway.auth.provision import (
-    init_gateway,
-)
-from gateway.cli.admin import register_init_command
+from gateway.auth.provision import init_gateway
 from tests.fixtures.mosquitto import BrokerFactory, Pki
-
-
-def mode_of(path: Path) -> int:
-    return stat.S_IMODE(path.stat().st_mode)
-
-
-def parse_init(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    register_init_command(parser.add_subparsers())
-    return parser.parse_args(["init", *argv])
 
 
 def test_openssl_reads_the_csr_and_the_fingerprints_match(tmp_path: Path) -> None:

@@ -1,41 +1,13 @@
-"""The [ble] config section: what the simulator writes validates; mistakes name their key."""
+"""The [ble] fragment a simulated lock world writes validates and holds no lock secret."""
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from firmware_sim.locks.world import LockWorld
-from gateway.errors import ConfigError
 from gateway.locks.config import read_key_file
 from tests.fixtures.ble import ble_section
-
-KEY_HEX = "11" * 32
-
-
-def _key(path: Path, text: str = KEY_HEX, mode: int = 0o600) -> str:
-    path.write_text(text)
-    path.chmod(mode)
-    return path.name
-
-
-def _lock(tmp_path: Path, seal: str = "SL-1", lock_id: str = "5ea1000000000001") -> dict[str, Any]:
-    return {
-        "seal_id": seal,
-        "lock_id": lock_id,
-        "adv_key_file": _key(tmp_path / f"{seal}.adv"),
-        "log_key_file": _key(tmp_path / f"{seal}.log"),
-    }
-
-
-def _error_key(table: Mapping[str, Any], base_dir: Path) -> str:
-    with pytest.raises(ConfigError) as caught:
-        ble_section(table, base_dir)
-    return caught.value.key
 
 
 async def test_the_worlds_fragment_validates_and_holds_no_lock_secret(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Config loading: good files load, every kind of bad key is named."""
+"""`sealgw config check` as a subprocess: a bad key is named and exits 2, a good file is OK."""
 
 from __future__ import annotations
 
@@ -8,13 +8,6 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-EXAMPLE = REPO / "config" / "gateway.example.toml"
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "gw.toml"
-    path.write_text(text)
-    return path
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -29,7 +22,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_config_check_cli_names_the_key_and_exits_nonzero(tmp_path: Path) -> None:
-    bad = write(tmp_path, '[gateway]\nid = "gw"\n[buffer]\nsynchronous = "sometimes"\n')
+    bad = tmp_path / "gw.toml"
+    bad.write_text('[gateway]\nid = "gw"\n[buffer]\nsynchronous = "sometimes"\n')
     result = run_cli("config", "check", str(bad))
     assert result.returncode == 2
     assert "buffer.synchronous" in result.stderr

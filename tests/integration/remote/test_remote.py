@@ -7,64 +7,20 @@ import logging
 import sqlite3
 import time
 import tomllib
-from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_sim.mosquitto import MosquittoBroker
 from gateway.protocol.events import EventDraft, Priority
 from gateway.remote.service import EXIT_RESTART
-from tests.fixtures.mosquitto import SubscriberFactory, wait_until
+from tests.fixtures.mosquitto import wait_until
 from tests.fixtures.remote import (
     GATEWAY,
-    REPLY_TOPIC,
     ROOT,
     RemoteRig,
     signed_command,
-    start_rig,
-    write_gateway_config,
-    write_master_key,
 )
-
-
-@pytest.fixture
-def master() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture
-def config_path(tmp_path: Path, mosquitto: MosquittoBroker, master: Ed25519PrivateKey) -> Path:
-    return write_gateway_config(tmp_path, mosquitto, write_master_key(tmp_path / "ms.pub", master))
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    """Remote log_level changes the process's loggers; put them back after the test."""
-    root, uplink = logging.getLogger(), logging.getLogger("gateway.uplink")
-    levels = root.level, uplink.level
-    yield
-    root.setLevel(levels[0])
-    uplink.setLevel(levels[1])
-
-
-@pytest.fixture
-async def rig(
-    config_path: Path,
-    mosquitto: MosquittoBroker,
-    subscriber_factory: SubscriberFactory,
-    master: Ed25519PrivateKey,
-    restore_logging: None,
-) -> AsyncIterator[RemoteRig]:
-    subscriber = subscriber_factory(mosquitto, [f"{ROOT}/#", REPLY_TOPIC])
-    running = await start_rig(config_path, subscriber, master)
-    try:
-        yield running
-    finally:
-        if not running.task.done():
-            await running.stop()
 
 
 def buffer_fingerprint(db: Path) -> tuple[int, str, str]:

@@ -1,44 +1,20 @@
-"""Commands: the dispatcher on its own, then over a real broker through the uplink."""
+"""Commands over a real broker through the uplink: replies, errors and signed commands."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.errors import AuthError, ConfigError
-from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import SystemClock
 from gateway.protocol.events import Priority
 from gateway.remote.auth import CommandVerifier, ReplayCache
-from gateway.uplink.commands import Command, CommandDispatcher
+from gateway.uplink.commands import CommandDispatcher
+from tests.fixtures.commands import make_dispatcher
 from tests.fixtures.fake_buffer import FakeEventBuffer
 from tests.fixtures.mosquitto import Broker, SubscriberFactory, wait_until
 from tests.fixtures.remote import signed_command
 from tests.fixtures.uplink import GATEWAY, ROOT, make_uplink, running, seqs_of
-
-SECRET = "hunter2-do-not-log"
-
-
-async def _echo(command: Command) -> Mapping[str, JSONValue]:
-    return {"echo": command.payload.get("x")}
-
-
-async def _raise(exc: Exception) -> Mapping[str, JSONValue]:
-    raise exc
-
-
-def _dispatcher() -> CommandDispatcher:
-    dispatcher = CommandDispatcher()
-    dispatcher.register("echo", _echo)
-    dispatcher.register("denied", lambda _c: _raise(AuthError("operator revoked", code="revoked")))
-    dispatcher.register("badcfg", lambda _c: _raise(ConfigError("uplink.url", "bad scheme")))
-    dispatcher.register("badval", lambda _c: _raise(ValueError("window must be positive")))
-    dispatcher.register("boom", lambda _c: _raise(RuntimeError(f"token={SECRET}")))
-    dispatcher.register("ticket.install", _echo, signed=True)
-    return dispatcher
-
 
 # -- over the broker --
 
@@ -47,7 +23,7 @@ async def test_error_replies_go_to_the_reply_topic(
     mosquitto: Broker, subscriber_factory: SubscriberFactory
 ) -> None:
     sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
-    uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=_dispatcher())
+    uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=make_dispatcher())
     async with running(uplink):
         sub.publish(f"{ROOT}/cmd/nope", b'{"id": "a"}')
         sub.publish(f"{ROOT}/cmd/echo", b'{"id": "b", oops')
@@ -64,7 +40,7 @@ async def test_response_topic_and_correlation_data_are_honoured(
     mosquitto: Broker, subscriber_factory: SubscriberFactory
 ) -> None:
     sub = await subscriber_factory(mosquitto, ["ms/responses/#", f"{ROOT}/reply/#"]).start()
-    uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=_dispatcher())
+    uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=make_dispatcher())
     async with running(uplink):
         sub.publish(
             f"{ROOT}/cmd/echo",

@@ -3,14 +3,11 @@ checkpoints are named, from JSON lines and from a master ledger, in process and 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import random
 import sqlite3
-import sys
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,73 +18,18 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.audit.verify import LEDGER_SCHEMA, GatewayKeys, audit_events, verify_file
 from gateway.cli.audit import main as audit_main
 from gateway.protocol.checkpoint import CHECKPOINT_TYPE, checkpoint_data, public_key_fingerprint
-from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, event_hash, seal_event
-
-REPO = Path(__file__).resolve().parents[3]
-GATEWAY = "gw-0001"
-T0 = datetime(2026, 11, 22, 8, tzinfo=UTC)
-Signer = Callable[[str, tuple[int, str], datetime], dict[str, Any]]
-
-
-def trail(
-    identity: Ed25519PrivateKey,
-    count: int = 20,
-    *,
-    every: int = 5,
-    gateway: str = GATEWAY,
-    signer: Signer | None = None,
-) -> list[dict[str, Any]]:
-    """`count` events with a checkpoint after every `every` of them (seq 6 covers 5, ...)."""
-    sign = signer or (lambda gw, head, ts: checkpoint_data(identity, gw, head, ts))
-    objs: list[dict[str, Any]] = []
-    head = (0, GENESIS_HASH)
-    for n in range(count):
-        ts = T0 + timedelta(seconds=n)
-        draft = EventDraft("seal.sealed", "SL-0001", {"n": n}, Priority.AUDIT, ts)
-        head = _append(objs, draft, gateway, head)
-        if (n + 1) % every == 0:
-            data = sign(gateway, head, ts)
-            draft = EventDraft(CHECKPOINT_TYPE, gateway, data, Priority.AUDIT, ts)
-            head = _append(objs, draft, gateway, head)
-    return objs
-
-
-def _append(
-    objs: list[dict[str, Any]], draft: EventDraft, gateway: str, head: tuple[int, str]
-) -> tuple[int, str]:
-    event = seal_event(draft, gateway, head[0] + 1, head[1])
-    objs.append(json.loads(event.payload))
-    return event.seq, event.hash
-
-
-def by_seq(objs: list[dict[str, Any]], seq: int) -> dict[str, Any]:
-    return next(obj for obj in objs if obj["seq"] == seq)
-
-
-def rechain(objs: list[dict[str, Any]], start: int) -> None:
-    """What a forger without the key can do: recompute hashes and links from seq `start` on."""
-    ordered = sorted(objs, key=lambda o: o["seq"])
-    for index, obj in enumerate(ordered):
-        if obj["seq"] >= start:
-            obj["prev_hash"] = ordered[index - 1]["hash"] if index else GENESIS_HASH
-            obj["hash"] = event_hash(obj)
-
-
-def write_lines(path: Path, objs: list[dict[str, Any]], extra: Sequence[str] = ()) -> Path:
-    lines = [json.dumps(obj, separators=(",", ":")) for obj in objs] + list(extra)
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def pem(identity: Ed25519PrivateKey, path: Path) -> Path:
-    path.write_bytes(
-        identity.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    )
-    return path
-
-
-def kinds(report: Any) -> list[tuple[str, int]]:
-    return [(p.kind, p.seq) for p in report.problems]
+from gateway.protocol.events import EventDraft, Priority, event_hash
+from tests.fixtures.trails import (
+    GATEWAY,
+    T0,
+    append_event,
+    by_seq,
+    kinds,
+    pem,
+    rechain,
+    trail,
+    write_lines,
+)
 
 
 @pytest.fixture(scope="module")
@@ -347,20 +289,6 @@ def test_sqlite_file_without_an_events_table_is_a_usage_error(
     assert "no events table" in capsys.readouterr().err
 
 
-# -- the command line, as an operator runs it ---------------------------------------------------
-
-
-def audit_command() -> list[str]:
-    """`python -m gateway audit` once the lead wires it into sealgw, else the module's own."""
-    from gateway.cli.main import build_parser
-
-    wired = any(
-        isinstance(action, argparse._SubParsersAction) and "audit" in action.choices
-        for action in build_parser()._actions
-    )
-    return [sys.executable, "-m", "gateway" if wired else "gateway.cli.audit", "audit"]
-
-
 # -- huge holes ---------------------------------------------------------------------------------
 
 
@@ -370,9 +298,11 @@ def shifted_trail(identity: Ed25519PrivateKey, start: int, count: int) -> list[d
     head = (start - 1, "cd" * 32)
     for n in range(count - 1):
         draft = EventDraft("meter.reading", "M-01", {"n": n}, Priority.TELEMETRY, T0)
-        head = _append(objs, draft, GATEWAY, head)
+        head = append_event(objs, draft, GATEWAY, head)
     data = checkpoint_data(identity, GATEWAY, head, T0)
-    _append(objs, EventDraft(CHECKPOINT_TYPE, GATEWAY, data, Priority.AUDIT, T0), GATEWAY, head)
+    append_event(
+        objs, EventDraft(CHECKPOINT_TYPE, GATEWAY, data, Priority.AUDIT, T0), GATEWAY, head
+    )
     return objs
 
 
@@ -403,6 +333,6 @@ def test_announced_evictions_shrink_a_wide_gap(identity: Ed25519PrivateKey) -> N
         Priority.STATE,
         T0,
     )
-    _append(objs, announce, GATEWAY, (objs[-1]["seq"], objs[-1]["hash"]))
+    append_event(objs, announce, GATEWAY, (objs[-1]["seq"], objs[-1]["hash"]))
     report = audit_events(objs, GatewayKeys())
     assert [(p.kind, p.seq, p.last_seq) for p in report.problems] == [("gap", 40_001, 50_000)]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,6 @@ from gateway.auth.provision import init_gateway, load_identity
 from gateway.cli.admin import cmd_init, register_init_command
 from gateway.errors import ConfigError, ProvisionError
 from gateway.protocol.checkpoint import public_key_fingerprint
-from tests.fixtures.mosquitto import Pki
 
 
 def mode_of(path: Path) -> int:
@@ -194,41 +191,3 @@ def test_cli_init_reads_only_the_gateway_table_of_the_config(tmp_path: Path) -> 
     assert cmd_init(parse_init("-c", str(config))) == 0
     csr = x509.load_pem_x509_csr((tmp_path / "state" / "mqtt-client.csr").read_bytes())
     assert csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "gw-from-config"
-
-
-def openssl_pki(folder: Path, csr: Path) -> Pki:
-    """A CA, a server cert for 127.0.0.1, and the gateway's cert signed from its CSR."""
-    folder.mkdir()
-    ca_key, ca_pem = folder / "ca.key", folder / "ca.pem"
-    server_key, server_pem = folder / "server.key", folder / "server.pem"
-    client_pem = folder / "mqtt-client.pem"
-    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes")
-    openssl("req", "-x509", *ec, "-keyout", ca_key, "-out", ca_pem, "-subj", "/CN=MS CA",
-            "-days", "2")  # fmt: skip
-    server_csr = folder / "server.csr"
-    openssl("req", "-new", *ec, "-keyout", server_key, "-out", server_csr, "-subj", "/CN=broker")
-    extensions = folder / "ext.cnf"
-    extensions.write_text(
-        "[server]\nsubjectAltName=IP:127.0.0.1\n[client]\nextendedKeyUsage=clientAuth\n"
-    )
-    for request, out, section in ((server_csr, server_pem, "server"), (csr, client_pem, "client")):
-        openssl("x509", "-req", "-in", request, "-CA", ca_pem, "-CAkey", ca_key,
-                "-CAcreateserial", "-days", "2", "-sha256", "-extfile", extensions,
-                "-extensions", section, "-out", out)  # fmt: skip
-    return Pki(ca_pem, server_pem, server_key, client_pem, Path(), ca_pem, client_pem, Path())
-
-
-def openssl(*argv: str | Path) -> str:
-    """Run openssl; return stdout plus stderr (some versions print -subject on stderr)."""
-    proc = subprocess.run(
-        [openssl_binary(), *map(str, argv)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout + proc.stderr
-
-
-def openssl_binary() -> str:
-    binary = shutil.which("openssl")
-    if binary is None:
-        pytest.fail("openssl is required (apt install openssl)")
-    return binary

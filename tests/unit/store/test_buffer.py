@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable
@@ -17,11 +16,11 @@ import pytest
 from gateway.config.model import BufferSection
 from gateway.errors import StorageError, StorageFullError
 from gateway.protocol.clock import ManualClock
-from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority, event_hash
+from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority
 from gateway.store.buffer import EventBuffer
 from gateway.store.buffer_file import load_migrations
+from tests.fixtures.buffers import assert_chain, user_version
 
-REPO = Path(__file__).resolve().parents[3]
 SMALL = BufferSection(max_bytes=256 * 1024, audit_reserve_bytes=64 * 1024)
 DEFAULT = BufferSection()
 
@@ -41,35 +40,6 @@ def draft(n: int = 0, priority: Priority = Priority.TELEMETRY, kind: str = "") -
     )
     data = {"n": n, "kwh": 1000.25 + n, "note": "x" * 200}
     return EventDraft(kind, "M-0001", data, priority, datetime(2026, 1, 1, tzinfo=UTC))
-
-
-def rows(path: Path) -> list[tuple[int, int, int, bytes]]:
-    """(seq, priority, published, payload) of every stored row, by seq."""
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        query = "SELECT seq, priority, published, payload FROM events ORDER BY seq"
-        return conn.execute(query).fetchall()
-
-
-def user_version(path: Path) -> int:
-    with contextlib.closing(sqlite3.connect(path)) as conn:
-        return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def assert_chain(path: Path, *, complete: bool = True) -> list[Event]:
-    """Every row parses and hashes to its hash; neighbours link; with `complete`, seq is 1..n."""
-    events: list[Event] = []
-    for seq, _priority, _published, payload in rows(path):
-        event = Event.from_payload(payload)
-        assert event.seq == seq
-        assert event_hash(json.loads(payload)) == event.hash
-        if not events:
-            assert not complete or (seq, event.prev_hash) == (1, GENESIS_HASH)
-        elif events[-1].seq == seq - 1:
-            assert event.prev_hash == events[-1].hash
-        else:
-            assert not complete, f"gap before seq {seq}"
-        events.append(event)
-    return events
 
 
 @pytest.fixture
@@ -392,31 +362,3 @@ async def test_newer_or_foreign_database_is_refused_not_replaced(
 
 
 # -- crash durability ----------------------------------------------------------------------
-
-CHILD = """
-import asyncio, sys
-from datetime import UTC, datetime
-from pathlib import Path
-from gateway.store.buffer import EventBuffer
-from gateway.protocol.clock import SystemClock
-from gateway.config.model import BufferSection
-from gateway.protocol.events import EventDraft, Priority
-
-def report(future):
-    sys.stdout.write(f"{future.result().seq}\\n")
-    sys.stdout.flush()
-
-async def main():
-    buffer = EventBuffer(Path(sys.argv[1]), "gw-crash", BufferSection(), SystemClock())
-    await buffer.open()
-    n = 0
-    while True:
-        for _ in range(25):
-            draft = EventDraft("meter.reading", "M-1", {"n": n}, Priority(n % 4),
-                               datetime.now(UTC))
-            buffer.submit(draft).add_done_callback(report)
-            n += 1
-        await asyncio.sleep(0.002)
-
-asyncio.run(main())
-"""

@@ -1,41 +1,19 @@
-"""Commands: the dispatcher on its own, then over a real broker through the uplink."""
+"""Commands: the dispatcher on its own: replies, error kinds, secrets kept out, registration."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 
 import pytest
 
-from gateway.errors import AuthError, ConfigError
-from gateway.protocol.canonical import JSONValue
-from gateway.uplink.commands import Command, CommandDispatcher
-
-SECRET = "hunter2-do-not-log"
-
-
-async def _echo(command: Command) -> Mapping[str, JSONValue]:
-    return {"echo": command.payload.get("x")}
-
-
-async def _raise(exc: Exception) -> Mapping[str, JSONValue]:
-    raise exc
-
-
-def _dispatcher() -> CommandDispatcher:
-    dispatcher = CommandDispatcher()
-    dispatcher.register("echo", _echo)
-    dispatcher.register("denied", lambda _c: _raise(AuthError("operator revoked", code="revoked")))
-    dispatcher.register("badcfg", lambda _c: _raise(ConfigError("uplink.url", "bad scheme")))
-    dispatcher.register("badval", lambda _c: _raise(ValueError("window must be positive")))
-    dispatcher.register("boom", lambda _c: _raise(RuntimeError(f"token={SECRET}")))
-    dispatcher.register("ticket.install", _echo, signed=True)
-    return dispatcher
+from gateway.errors import AuthError
+from gateway.uplink.commands import Command
+from tests.fixtures.commands import SECRET, echo, make_dispatcher
 
 
 async def test_success_reply_carries_the_result_and_request_id() -> None:
-    reply = await _dispatcher().dispatch(Command.parse("echo", b'{"id": "r-1", "x": 5}'))
+    reply = await make_dispatcher().dispatch(Command.parse("echo", b'{"id": "r-1", "x": 5}'))
     assert reply == {"ok": True, "result": {"echo": 5}, "id": "r-1"}
 
 
@@ -53,7 +31,7 @@ async def test_success_reply_carries_the_result_and_request_id() -> None:
     ],
 )
 async def test_failures_get_stable_codes(name: str, raw: bytes, code: str) -> None:
-    reply = await _dispatcher().dispatch(Command.parse(name, raw))
+    reply = await make_dispatcher().dispatch(Command.parse(name, raw))
     assert reply["ok"] is False
     assert reply["error"] == code
     assert isinstance(reply["detail"], str) and reply["detail"]
@@ -62,7 +40,7 @@ async def test_failures_get_stable_codes(name: str, raw: bytes, code: str) -> No
 async def test_internal_error_is_logged_with_traceback_but_not_leaked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    reply = await _dispatcher().dispatch(Command.parse("boom", b'{"id": 9}'))
+    reply = await make_dispatcher().dispatch(Command.parse("boom", b'{"id": 9}'))
     assert reply == {"ok": False, "error": "internal_error", "detail": "RuntimeError", "id": 9}
     (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert record.exc_info is not None
@@ -70,12 +48,12 @@ async def test_internal_error_is_logged_with_traceback_but_not_leaked(
 
 
 async def test_empty_payload_is_an_empty_object() -> None:
-    reply = await _dispatcher().dispatch(Command.parse("echo", b""))
+    reply = await make_dispatcher().dispatch(Command.parse("echo", b""))
     assert reply == {"ok": True, "result": {"echo": None}, "id": None}
 
 
 async def test_signed_commands_need_the_verifier() -> None:
-    dispatcher = _dispatcher()
+    dispatcher = make_dispatcher()
     command = Command.parse("ticket.install", b'{"x": 1}')
     refused = await dispatcher.dispatch(command)
     assert refused["error"] == "verifier_missing"
@@ -93,11 +71,11 @@ async def test_signed_commands_need_the_verifier() -> None:
 
 
 def test_register_rejects_duplicates_and_bad_names() -> None:
-    dispatcher = _dispatcher()
+    dispatcher = make_dispatcher()
     with pytest.raises(ValueError, match="already registered"):
-        dispatcher.register("echo", _echo)
+        dispatcher.register("echo", echo)
     with pytest.raises(ValueError, match="lowercase"):
-        dispatcher.register("Bad Name", _echo)
+        dispatcher.register("Bad Name", echo)
     assert "echo" in dispatcher.names()
 
 
