@@ -21,7 +21,7 @@ from bumble.core import InvalidArgumentError
 from bumble.device import Advertisement, Device
 from bumble.transport import open_transport
 
-__all__ = ["AdvertisementListener", "BumbleAdapter", "HciLink"]
+__all__ = ["AdvertisementListener", "BumbleAdapter", "HciLink", "OpenHook"]
 
 _log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ _SEEN_MAX = 512
 """Advertisers remembered for their address type; nearby phones rotate addresses, so bound it."""
 
 AdvertisementListener = Callable[[Advertisement], None]
+OpenHook = Callable[[Device], Awaitable[None]]
+"""Run on every (re)opened Device before it is used, e.g. to add a GATT service and advertise."""
 
 
 class HciLink(Protocol):
@@ -62,6 +64,7 @@ class BumbleAdapter:
         self._listeners: dict[AdvertisementListener, bool] = {}
         self._scan_active: bool | None = None
         self._seen: OrderedDict[str, tuple[hci.Address, str | None]] = OrderedDict()
+        self._open_hooks: list[OpenHook] = []
         self._closed = False
 
     @classmethod
@@ -98,9 +101,27 @@ class BumbleAdapter:
             if self._closed:
                 raise BleakError(f"BLE adapter {self.name} is closed")
             if self._device is None:
-                self._device = await self._open()
-                await self._restore_scan(self._device)
+                device = await self._open()
+                for hook in self._open_hooks:
+                    await hook(device)
+                self._device = device
+                await self._restore_scan(device)
             return self._device
+
+    async def add_open_hook(self, hook: OpenHook) -> Device:
+        """Run `hook` on the Device now (opening it) and again after every reopen."""
+        async with self._open_lock:
+            self._open_hooks.append(hook)
+            device = self._device
+        if device is not None:
+            await hook(device)
+            return device
+        return await self.device()
+
+    def remove_open_hook(self, hook: OpenHook) -> None:
+        """Stop running `hook` on reopen."""
+        if hook in self._open_hooks:
+            self._open_hooks.remove(hook)
 
     async def close(self) -> None:
         """Disconnect every link, stop scanning and close the transport. Idempotent."""
