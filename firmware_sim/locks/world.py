@@ -202,6 +202,13 @@ class LockWorld:
         return self._server.adapter
 
     @property
+    def link(self) -> LocalLink:
+        """The virtual radio, for more devices (a BLE handheld) to join."""
+        if self._link is None:
+            raise RuntimeError("LockWorld is not started")
+        return self._link
+
+    @property
     def server(self) -> HciServer:
         """The gateway's controller (e.g. `server.drop_host()` to cut the gateway's socket)."""
         if self._server is None:
