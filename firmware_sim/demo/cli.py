@@ -31,6 +31,13 @@ def register_demo_command(commands: argparse._SubParsersAction[argparse.Argument
         help="multiply every step's deadline (default 1; e.g. 4 in an emulated VM)",
     )
     demo.add_argument(
+        "--handheld",
+        choices=("ble", "tcp"),
+        default="ble",
+        help="how the handhelds reach the gateway: BLE GATT on the virtual radio (default), or "
+        "the local stream socket (with --radio vhci, always the socket)",
+    )
+    demo.add_argument(
         "--work-dir",
         type=Path,
         help="keep every process's state and log here (default: a temporary folder)",
@@ -45,5 +52,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING)
     exit_on_signals()
     return run_demo(
-        DemoOptions(args.broker, args.duration, args.json, args.radio, args.patience, args.work_dir)
+        DemoOptions(
+            args.broker,
+            args.duration,
+            args.json,
+            args.radio,
+            args.patience,
+            args.work_dir,
+            args.handheld,
+        )
     )

@@ -50,6 +50,7 @@ class DemoOptions:
     radio: str = "tcp"
     patience: float = 1.0
     work_dir: Path | None = None  # kept after the run (logs); a temporary folder otherwise
+    handheld: str = "ble"  # ble: handhelds over GATT on the radio; tcp: the local socket
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -70,6 +71,7 @@ def run_demo(options: DemoOptions) -> int:
             external_broker=options.broker_url,
             radio=options.radio,
             patience=options.patience,
+            handheld=options.handheld,
         )
         timeline.say(f"sealgw demo: a {duration:.0f} s day in {day.work}")
         try:

@@ -1,7 +1,9 @@
 """The simulated handheld over BLE: a bumble central on the bench radio (docs/handheld.md, 8.1).
 
 `BleHandheldRadio` puts the handheld's own controller and bumble Device on the simulator's
-LocalLink, as a seal lock joins it. `dial()` scans for the gateway's handheld service,
+LocalLink, as a seal lock joins it; `HciHandheldDialer` drives a controller that `sealgw sim
+--handheld-radio` serves over TCP HCI (the demo's handhelds live in another process than the
+radio). `dial()` scans for the gateway's handheld service,
 connects, pairs (LE Secure Connections, Just Works), asks for ATT_MTU 247, subscribes to TX and
 returns a `BleHandheldStream`: frames chunked into RX writes, TX notifications reassembled.
 It shares only gateway.protocol with the gateway, so the simulator stays the far end.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from bumble import core, hci
 from bumble.core import AdvertisingData
@@ -20,6 +23,7 @@ from bumble.gatt_client import CharacteristicProxy
 from bumble.host import Host
 from bumble.link import LocalLink
 from bumble.pairing import PairingConfig, PairingDelegate
+from bumble.transport import open_transport
 
 from firmware_sim.radio import SpecController, attach_host
 from gateway.errors import ProtocolError
@@ -33,7 +37,7 @@ from gateway.protocol.handheld_gatt import (
     chunk_frame,
 )
 
-__all__ = ["BLE_ADDRESS", "BleHandheldRadio", "BleHandheldStream"]
+__all__ = ["BLE_ADDRESS", "BleHandheldRadio", "BleHandheldStream", "HciHandheldDialer"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +53,7 @@ class BleHandheldStream:
 
     def __init__(self, connection: Connection, rx: CharacteristicProxy[bytes]) -> None:
         self.connection = connection
+        self.on_close: Callable[[], Awaitable[None]] | None = None
         self._rx = rx
         self._reassembler = FrameReassembler()
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -87,11 +92,13 @@ class BleHandheldStream:
 
     async def close(self) -> None:
         """Disconnect (idempotent, quiet when the gateway already left)."""
-        if self._closed:
-            return
-        self._closed = True
-        with contextlib.suppress(*_LINK_ERRORS):
-            await self.connection.disconnect()
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(*_LINK_ERRORS):
+                await self.connection.disconnect()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            await on_close()
 
     def _end(self) -> None:
         self._closed = True
@@ -115,15 +122,7 @@ class BleHandheldRadio:
         if not self._powered:
             await self.device.power_on()
             self._powered = True
-        async with asyncio.timeout(timeout_s):
-            target = await self._scan()
-            connection = await self.device.connect(target)
-            try:
-                return await _open_stream(connection)
-            except BaseException:
-                with contextlib.suppress(*_LINK_ERRORS):
-                    await connection.disconnect()
-                raise
+        return await _dial(self.device, timeout_s)
 
     async def close(self) -> None:
         """Leave the radio."""
@@ -133,19 +132,62 @@ class BleHandheldRadio:
         self._link.remove_controller(self._controller)
 
     async def _scan(self) -> hci.Address:
-        found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
+        return await _scan(self.device)
 
-        def on_advertisement(advertisement: Advertisement) -> None:
-            if not found.done() and _offers_service(advertisement):
-                found.set_result(advertisement.address)
 
-        self.device.on(self.device.EVENT_ADVERTISEMENT, on_advertisement)
-        await self.device.start_scanning(filter_duplicates=False)
+class HciHandheldDialer:
+    """Dials over a controller on an HCI transport (`tcp-client:HOST:PORT`), one link at a time.
+
+    Each dial opens the transport (in the caller's event loop) and closing the stream closes
+    it, so each `asyncio.run` of a bench script gets a fresh host on the same controller.
+    """
+
+    def __init__(self, transport: str, *, address: str = "F4:A0:00:00:00:02") -> None:
+        self.transport = transport
+        self.address = address
+
+    async def __call__(self, address: str = BLE_ADDRESS) -> BleHandheldStream:
+        """Open the transport, power on, find the gateway and return a ready stream."""
+        del address
+        link = await open_transport(self.transport)
         try:
-            return await found
-        finally:
-            self.device.remove_listener(self.device.EVENT_ADVERTISEMENT, on_advertisement)
-            await self.device.stop_scanning()
+            device = Device.with_hci("handheld", hci.Address(self.address), link.source, link.sink)
+            device.pairing_config_factory = _pairing_config
+            await device.power_on()
+            stream = await _dial(device, DIAL_TIMEOUT_S)
+        except BaseException:
+            await link.close()
+            raise
+        stream.on_close = link.close
+        return stream
+
+
+async def _dial(device: Device, timeout_s: float) -> BleHandheldStream:
+    async with asyncio.timeout(timeout_s):
+        target = await _scan(device)
+        connection = await device.connect(target)
+        try:
+            return await _open_stream(connection)
+        except BaseException:
+            with contextlib.suppress(*_LINK_ERRORS):
+                await connection.disconnect()
+            raise
+
+
+async def _scan(device: Device) -> hci.Address:
+    found: asyncio.Future[hci.Address] = asyncio.get_running_loop().create_future()
+
+    def on_advertisement(advertisement: Advertisement) -> None:
+        if not found.done() and _offers_service(advertisement):
+            found.set_result(advertisement.address)
+
+    device.on(device.EVENT_ADVERTISEMENT, on_advertisement)
+    await device.start_scanning(filter_duplicates=False)
+    try:
+        return await found
+    finally:
+        device.remove_listener(device.EVENT_ADVERTISEMENT, on_advertisement)
+        await device.stop_scanning()
 
 
 async def _open_stream(connection: Connection) -> BleHandheldStream:

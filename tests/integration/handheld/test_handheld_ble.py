@@ -21,7 +21,7 @@ from bumble import core
 from bumble.device import Peer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_sim.handheld.ble import BleHandheldRadio, BleHandheldStream
+from firmware_sim.handheld.ble import BleHandheldRadio, BleHandheldStream, HciHandheldDialer
 from firmware_sim.handheld.client import HandheldIdentity, HandheldSession, SimulatedHandheld
 from firmware_sim.handheld.transport import HandheldLink
 from gateway.drivers.ble.bumble.backend import BumbleTransport
@@ -207,3 +207,18 @@ async def test_a_wrong_code_over_ble_is_refused_with_its_reason(ble: BleBench) -
     finally:
         await stream.close()
     assert isinstance(answer, Refusal) and answer.reason == "bad_code"
+
+
+async def test_a_handheld_in_another_process_dials_over_tcp_hci(ble: BleBench) -> None:
+    """The demo's way: the simulator serves the handheld a controller over TCP HCI."""
+    transport = await ble.locks.locks.serve_handheld_controller()
+    world = ble.locks.world
+    document = encode_certificate(world.certificate).decode("utf-8")
+    handheld = SimulatedHandheld(
+        HandheldIdentity(document, world.handheld), dial=HciHandheldDialer(transport)
+    )
+    issued = await ble.service.issue_pairing_code()
+    await handheld.pair("ble", issued.code)
+    async with await handheld.open_session("ble") as session:
+        assert (await session.seal_state("SL-0002"))["seal_id"] == "SL-0002"
+    await wait_until(lambda: ble.server.links == 0, WAIT_S)
