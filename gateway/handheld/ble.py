@@ -141,6 +141,7 @@ class BleHandheldServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._device: Device | None = None
         self._tx: gatt.Characteristic[bytes] | None = None
+        self._advertising = asyncio.Lock()
         self.address = "ble"
 
     @property
@@ -150,6 +151,7 @@ class BleHandheldServer:
 
     async def start(self) -> None:
         """Add the service to the adapter's Device (on every reopen too) and advertise."""
+        self._adapter.add_connect_guard(self._pause)
         device = await self._adapter.add_open_hook(self._install)
         self.address = f"ble:{device.random_address.to_string(with_type_qualifier=False)}"
         _log.info("handheld GATT service on %s as %s", self._adapter.name, self.address)
@@ -157,6 +159,7 @@ class BleHandheldServer:
     async def stop(self) -> None:
         """Stop advertising and drop the connected handhelds."""
         self._adapter.remove_open_hook(self._install)
+        self._adapter.remove_connect_guard(self._pause)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -195,11 +198,29 @@ class BleHandheldServer:
         await self._advertise(device)
 
     async def _advertise(self, device: Device) -> None:
-        if device is not self._device or device.is_advertising or self.links >= self._max_links:
+        async with self._advertising:
+            if (
+                self._adapter.connect_lock.locked()
+                or device is not self._device
+                or device.is_advertising
+                or self.links >= self._max_links
+            ):
+                return
+            await device.start_advertising(
+                advertising_data=advertising_data(self._name), auto_restart=False
+            )
+
+    async def _pause(self, connecting: bool) -> None:
+        """No advertising while the adapter connects out (see adapter.ConnectGuard)."""
+        device = self._device
+        if device is None:
             return
-        await device.start_advertising(
-            advertising_data=advertising_data(self._name), auto_restart=False
-        )
+        if not connecting:
+            await self._advertise(device)
+            return
+        async with self._advertising:
+            if device.is_advertising:
+                await device.stop_advertising()
 
     def _on_connection(self, connection: Connection) -> None:
         device = self._device
