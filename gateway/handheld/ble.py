@@ -149,6 +149,11 @@ class BleHandheldServer:
         """Handheld links open now."""
         return len(self._streams)
 
+    @property
+    def advertising(self) -> bool:
+        """True while handhelds can find and connect to the gateway."""
+        return self._device is not None and self._device.is_advertising
+
     async def start(self) -> None:
         """Add the service to the adapter's Device (on every reopen too) and advertise."""
         self._adapter.add_connect_guard(self._pause)

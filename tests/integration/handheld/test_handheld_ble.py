@@ -222,3 +222,21 @@ async def test_a_handheld_in_another_process_dials_over_tcp_hci(ble: BleBench) -
     async with await handheld.open_session("ble") as session:
         assert (await session.seal_state("SL-0002"))["seal_id"] == "SL-0002"
     await wait_until(lambda: ble.server.links == 0, WAIT_S)
+
+
+async def test_handheld_links_hold_budget_slots_and_stop_at_their_cap(ble: BleBench) -> None:
+    """max_links = 2 of a budget of 3: a third handheld finds no advert; one slot stays free."""
+    first = await ble.raw()
+    second = BleHandheldRadio(ble.locks.locks.link, address="F4:A0:00:00:00:09")
+    try:
+        other = await second.dial()
+        await wait_until(lambda: ble.server.links == 2 and ble.budget.free == 1, WAIT_S)
+        await wait_until(lambda: not ble.server.advertising, WAIT_S)
+        ticket = ble.locks.issue()  # a lock operation still gets the last slot
+        outcome = await ble.locks.run(ble.locks.request(ticket, seal_id="SL-0001", op="unseal"))
+        assert outcome.ok
+        await other.close()
+        await wait_until(lambda: ble.server.advertising and ble.budget.free == 2, WAIT_S)
+    finally:
+        await first.close()
+        await second.close()
