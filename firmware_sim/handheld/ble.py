@@ -57,6 +57,7 @@ class BleHandheldStream:
         self._rx = rx
         self._reassembler = FrameReassembler()
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._closing: asyncio.Task[None] | None = None
         self._closed = False
         connection.on(connection.EVENT_DISCONNECTION, lambda _reason: self._end())
 
@@ -66,7 +67,7 @@ class BleHandheldStream:
             payloads = self._reassembler.feed(bytes(chunk))
         except ProtocolError as exc:
             _log.warning("gateway sent a frame over the cap: %s", exc)
-            asyncio.get_running_loop().create_task(self.close())
+            self._closing = asyncio.get_running_loop().create_task(self.close())
             return
         for payload in payloads:
             self._frames.put_nowait(payload)

@@ -71,6 +71,7 @@ class GattFrameStream:
         self._tx = tx
         self._reassembler = FrameReassembler()
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue(PENDING_FRAMES)
+        self._closing: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -84,7 +85,7 @@ class GattFrameStream:
             payloads = self._reassembler.feed(chunk)
         except ProtocolError as exc:
             _log.warning("handheld %s: %s; dropping the link", self.peer, exc)
-            asyncio.get_running_loop().create_task(self.close())
+            self._closing = asyncio.get_running_loop().create_task(self.close())
             raise att.ATT_Error(att.ErrorCode.UNLIKELY_ERROR) from exc
         for payload in payloads:
             await self._frames.put(payload)
