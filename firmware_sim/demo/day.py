@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from firmware_sim.demo.procs import Child, DemoStepError, ProcessSet, SimControl, TcpRelay, run_cli
-from firmware_sim.handheld.ble import BLE_ADDRESS, HciHandheldDialer
+from firmware_sim.handheld.ble import BLE_ADDRESS, DIAL_TIMEOUT_S, HciHandheldDialer
 from firmware_sim.handheld.client import SimulatedHandheld, load_identity
 from firmware_sim.handheld.transport import Dialer, connect
 from firmware_sim.locks.world import lock_id_for
@@ -204,7 +204,8 @@ def _start_sim(day: Day) -> None:
     ready = day.sim.wait_line("sim ready", 40 * day.patience)
     found = re.search(r"handheld_radio=(\S+)", ready)
     if found is not None:  # the handhelds' own controller on the radio; the gateway serves GATT
-        day.handheld_address, day.handheld_dial = BLE_ADDRESS, HciHandheldDialer(found.group(1))
+        dialer = HciHandheldDialer(found.group(1), timeout_s=DIAL_TIMEOUT_S * day.patience)
+        day.handheld_address, day.handheld_dial = BLE_ADDRESS, dialer
     else:
         day.handheld_address = f"unix:{day.work / 'handheld.sock'}"  # no free-port race
     _tune_config(day.config, day.handheld_address)

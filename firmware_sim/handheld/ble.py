@@ -43,7 +43,8 @@ _log = logging.getLogger(__name__)
 
 BLE_ADDRESS = "ble"
 """The address a simulated handheld dials to reach the gateway over the radio."""
-DIAL_TIMEOUT_S = 10.0
+DIAL_TIMEOUT_S = 20.0
+"""Scan, connect, pair, MTU, discovery and subscription together (a loaded bench is slow)."""
 _SERVICE = core.UUID(HANDHELD_SERVICE_UUID)
 _LINK_ERRORS = (core.BaseBumbleError, ConnectionError, TimeoutError, hci.HCI_Error)
 
@@ -143,9 +144,16 @@ class HciHandheldDialer:
     it, so each `asyncio.run` of a bench script gets a fresh host on the same controller.
     """
 
-    def __init__(self, transport: str, *, address: str = "F4:A0:00:00:00:02") -> None:
+    def __init__(
+        self,
+        transport: str,
+        *,
+        address: str = "F4:A0:00:00:00:02",
+        timeout_s: float = DIAL_TIMEOUT_S,
+    ) -> None:
         self.transport = transport
         self.address = address
+        self.timeout_s = timeout_s
 
     async def __call__(self, address: str = BLE_ADDRESS) -> BleHandheldStream:
         """Open the transport, power on, find the gateway and return a ready stream."""
@@ -155,7 +163,7 @@ class HciHandheldDialer:
             device = Device.with_hci("handheld", hci.Address(self.address), link.source, link.sink)
             device.pairing_config_factory = _pairing_config
             await device.power_on()
-            stream = await _dial(device, DIAL_TIMEOUT_S)
+            stream = await _dial(device, self.timeout_s)
         except BaseException:
             await link.close()
             raise
