@@ -61,6 +61,9 @@ class LockRig:
     handheld: Ed25519PrivateKey
     tap: AttTap
     clock: SystemClock
+    adapters: BleAdapters | None = None
+    trust: GatewayTrust | None = None
+    certificate: str = ""
     started: float = 0.0
     committed: list[Event] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -128,7 +131,8 @@ async def lock_rig(directory: Path, count: int, **settings: Any) -> AsyncIterato
     tickets = TicketStore.open(
         gw / "tickets.db", trust=trust, credential_key=credential_key, clock=clock
     )
-    tickets.accept_certificate(encode_certificate(_certificate(authority, handheld, clock)))
+    document = encode_certificate(_certificate(authority, handheld, clock))
+    tickets.accept_certificate(document)
     adapters = BleAdapters()
     service = LockService(
         _section(locks, settings),
@@ -145,6 +149,7 @@ async def lock_rig(directory: Path, count: int, **settings: Any) -> AsyncIterato
     )
     tap = AttTap(locks.server.controller.link, locks.server.controller)
     rig = LockRig(locks, service, buffer, tickets, authority, credential_key, handheld, tap, clock)
+    rig.adapters, rig.trust, rig.certificate = adapters, trust, document.decode("utf-8")
     buffer.on_commit = rig._on_commit
     rig.started = time.perf_counter()
     task = asyncio.create_task(service.run(), name="bench-lock-service")

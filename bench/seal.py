@@ -11,6 +11,9 @@ connection budget at 5, waits for the boot reconciliation of every lock, then me
   (`SealOperations.execute`, then `wait` for the settled outcome) and timed from the call until
   the outcome is settled (its event is then durably committed). The in-session
   part is the scheduler action (link up and subscribed, until the disconnect starts);
+- handheld over BLE (last, after the lock figures): a handheld central on the same radio pairs
+  with the gateway's handheld GATT service and times `seal_state` requests in one session
+  (`handheld_ble_request_p50_ms`, `_p95_ms`; bench/handheld_ble.py);
 - round trips: counted on the wire by `bench.att_tap`, not inferred. An ATT round trip is a run
   of gateway PDUs answered by the lock. The seal operation itself is CHALLENGE_REQUEST and
   COMMAND; `execute` then fetches the log entry the lock wrote on the same link (LOG_FETCH).
@@ -42,6 +45,7 @@ from bench.att_tap import (
     split_setup,
     turns,
 )
+from bench.handheld_ble import measure_requests
 from bench.lock_rig import WAIT_S, LockRig, lock_rig
 from firmware_sim.locks.peripheral import ADVERTISING_INTERVAL_MS
 from firmware_sim.locks.world import address_for
@@ -79,6 +83,7 @@ class _Round:
     op_writes: list[int] = field(default_factory=list)
     op_notifications: list[int] = field(default_factory=list)
     execute_round_trips: list[int] = field(default_factory=list)
+    handheld_ble_ms: list[float] = field(default_factory=list)
     extra_connects: int = 0
     peak_links: int = 0
     att_mtu: int = 0
@@ -138,12 +143,17 @@ async def _measure(rounds: int, sweep_locks: int, ops: int, verbose: bool) -> di
         with tempfile.TemporaryDirectory(prefix="sealgw-bench-seal-") as tmp:
             async with lock_rig(Path(tmp), sweep_locks, max_connections=BUDGET) as rig:
                 results.append(await _round(rig, sweep_locks, ops))
+                # last, so the lock figures above see no handheld traffic on the radio
+                results[-1].handheld_ble_ms = await measure_requests(
+                    rig, Path(tmp) / "gw", ops, next(iter(rig.service.locks))
+                )
         r = results[-1]
         _say(
             verbose,
             f"round {index + 1}: sweep {sweep_locks} locks {r.sweep_s:.3f} s "
             f"(peak {r.sweep_peak_links} links), op p50 {_pct(r.op_ms, 50):.1f} ms "
-            f"p95 {_pct(r.op_ms, 95):.1f} ms, {_median(r.op_round_trips)} round trips per op",
+            f"p95 {_pct(r.op_ms, 95):.1f} ms, {_median(r.op_round_trips)} round trips per op, "
+            f"handheld BLE request p50 {_pct(r.handheld_ble_ms, 50):.1f} ms",
         )
     return _result(results, rounds, sweep_locks, ops)
 
@@ -262,6 +272,13 @@ def _result(results: list[_Round], rounds: int, sweep_locks: int, ops: int) -> d
         "notifications_per_op": _median([_median(r.op_notifications) for r in results]),
         "att_round_trips_per_execute": _median([_median(r.execute_round_trips) for r in results]),
         "peak_connections": max(r.peak_links for r in results),
+        "handheld_ble_requests": ops,
+        "handheld_ble_request_p50_ms": round(
+            _median([_pct(r.handheld_ble_ms, 50) for r in results]), 1
+        ),
+        "handheld_ble_request_p95_ms": round(
+            _median([_pct(r.handheld_ble_ms, 95) for r in results]), 1
+        ),
         "att_round_trips_per_op": _median([_median(r.op_round_trips) for r in results]),
         "op_p50_ms": round(_median(p50s), 1),
         "op_p95_ms": round(_median(p95s), 1),

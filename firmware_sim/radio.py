@@ -20,8 +20,7 @@ from bumble.controller import Controller
 from bumble.core import PhysicalTransport
 from bumble.link import LocalLink
 from bumble.transport import open_transport
-from bumble.transport.common import AsyncPipeSink
-from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
+from bumble.transport.common import AsyncPipeSink, StreamPacketSource, Transport
 
 __all__ = [
     "HciServer",
@@ -125,7 +124,7 @@ async def serve_controller(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen()
-        transport = await open_tcp_server_transport_with_socket(sock)
+        transport = await _open_tcp_hci_server(sock)
     except BaseException:
         sock.close()
         raise
@@ -135,6 +134,57 @@ async def serve_controller(
     )
     _log.info("controller %s served over TCP HCI on %s:%d", name, host, bound_port)
     return HciServer(controller, host, bound_port, transport)
+
+
+class _HostSink:
+    """Packets to the current host; dropped while none is connected."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.BaseTransport | None = None
+
+    def on_packet(self, packet: bytes) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.write(packet)
+
+
+class _HostProtocol(asyncio.Protocol):
+    """One host connection of a TCP HCI server.
+
+    Unlike bumble's tcp-server transport (0.0.236), a late `connection_lost` of a previous
+    host does not detach the host that has just connected: a handheld process that closes its
+    host and opens the next one at once would otherwise get no answer to HCI Reset.
+    """
+
+    def __init__(self, source: StreamPacketSource, sink: _HostSink) -> None:
+        self._source = source
+        self._sink = sink
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport
+        self._sink.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._sink.transport is self._transport:
+            self._sink.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink.transport is self._transport:
+            self._source.data_received(data)
+
+
+class _TcpHciServer(Transport):
+    def __init__(self, source: StreamPacketSource, sink: _HostSink, server: asyncio.Server):
+        super().__init__(source, sink)
+        self.server = server
+
+
+async def _open_tcp_hci_server(sock: socket.socket) -> _TcpHciServer:
+    source, sink = StreamPacketSource(), _HostSink()
+    server = await asyncio.get_running_loop().create_server(
+        lambda: _HostProtocol(source, sink), sock=sock
+    )
+    return _TcpHciServer(source, sink, server)
 
 
 def attach_host(controller: Controller) -> tuple[Controller, AsyncPipeSink]:

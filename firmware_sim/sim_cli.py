@@ -65,6 +65,7 @@ class SimOptions:
     meter_poll_s: float = 15.0
     radio: str = "tcp"
     advertising_interval_ms: float = ADVERTISING_INTERVAL_MS
+    handheld_radio: bool = False
 
 
 def register_sim_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -95,6 +96,12 @@ def register_sim_command(subparsers: argparse._SubParsersAction[argparse.Argumen
         default=ADVERTISING_INTERVAL_MS,
         help=f"each lock's advertising interval (default {ADVERTISING_INTERVAL_MS:g})",
     )
+    sim.add_argument(
+        "--handheld-radio",
+        action="store_true",
+        help="serve one more controller over TCP HCI for handhelds over BLE (its bumble "
+        "transport is in the ready line as handheld_radio=...)",
+    )
     sim.add_argument("--log-level", default="WARNING", help="simulator log level")
     sim.set_defaults(handler=_cmd_sim)
 
@@ -123,9 +130,12 @@ async def run_sim(options: SimOptions, stop: asyncio.Event) -> None:
         if meters is not None:
             await stack.enter_async_context(meters)
         options.config_path.write_text(gateway_config(options, world, meters), encoding="utf-8")
+        handheld = ""
+        if options.handheld_radio:
+            handheld = f" handheld_radio={await world.serve_handheld_controller()}"
         print(
             f"sim ready: config={options.config_path} adapter={world.adapter} "
-            f"locks={len(world.locks)} meters={len(meters.meters) if meters else 0}",
+            f"locks={len(world.locks)} meters={len(meters.meters) if meters else 0}{handheld}",
             flush=True,
         )
         control = asyncio.create_task(serve_stdin(world, meters))
@@ -195,6 +205,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         locks=args.locks,
         radio=args.radio,
         advertising_interval_ms=args.advertising_interval_ms,
+        handheld_radio=args.handheld_radio,
         meters=not args.no_meters,
         gateway_id=args.gateway_id,
         seed=args.seed,

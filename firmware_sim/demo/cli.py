@@ -37,6 +37,13 @@ def register_demo_command(commands: argparse._SubParsersAction[argparse.Argument
         help="multiply every step's deadline (default 1; e.g. 4 in an emulated VM)",
     )
     demo.add_argument(
+        "--handheld",
+        choices=("ble", "tcp"),
+        default="ble",
+        help="how the handhelds reach the gateway: BLE GATT on the virtual radio (default), or "
+        "the local stream socket (with --radio vhci, always the socket)",
+    )
+    demo.add_argument(
         "--work-dir",
         type=Path,
         help="keep every process's state and log here (default: a temporary folder)",
@@ -59,5 +66,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             radio=args.radio,
             patience=args.patience,
             work_dir=args.work_dir,
+            handheld=args.handheld,
         )
     )

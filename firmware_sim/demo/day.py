@@ -22,7 +22,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from firmware_sim.demo.procs import Child, DemoStepError, ProcessSet, SimControl, TcpRelay, run_cli
+from firmware_sim.handheld.ble import BLE_ADDRESS, DIAL_TIMEOUT_S, HciHandheldDialer
 from firmware_sim.handheld.client import SimulatedHandheld, load_identity
+from firmware_sim.handheld.transport import Dialer, connect
 from firmware_sim.locks.world import lock_id_for
 from firmware_sim.mosquitto import MosquittoBroker
 from gateway.protocol.handheld_crypto import ed25519_public_bytes
@@ -71,6 +73,7 @@ class Day:
     radio: str = "tcp"  # sealgw sim --radio: tcp (bumble) or vhci (the gateway on BlueZ)
     patience: float = 1.0  # every deadline is multiplied by this (slow or emulated machines)
     encoding: str = "json"  # uplink.encoding of the gateway: json or batch
+    handheld: str = "ble"  # how handhelds reach the gateway: ble (GATT on the radio) or tcp
     procs: ProcessSet = field(init=False)
     broker: MosquittoBroker | None = None
     relay: TcpRelay | None = None
@@ -80,6 +83,7 @@ class Day:
     subscriber: EventSubscriber | None = None
     gateway_key: str = ""
     handheld_address: str = ""
+    handheld_dial: Dialer = connect
     meters: dict[str, dict[str, str]] = field(default_factory=dict)
     handhelds: dict[str, SimulatedHandheld] = field(default_factory=dict)
     kpi: dict[str, Any] = field(default_factory=dict)
@@ -195,13 +199,24 @@ def _start_sim(day: Day) -> None:
         "--activity-seconds", "0", "--locks", str(LOCKS), "--gateway-id", GATEWAY_ID,
         "--seed", "1", "--meter-poll-s", str(METER_POLL_S), "--radio", day.radio,
         "--advertising-interval-ms", str(VHCI_ADVERTISING_MS if day.radio == "vhci" else 200),
+        *(["--handheld-radio"] if _handhelds_over_ble(day) else []),
     ], control=True)  # fmt: skip
     day.sim = SimControl(child)
-    day.sim.wait_line("sim ready", 40 * day.patience)
-    day.handheld_address = f"unix:{day.work / 'handheld.sock'}"  # no free-port race
+    ready = day.sim.wait_line("sim ready", 40 * day.patience)
+    found = re.search(r"handheld_radio=(\S+)", ready)
+    if found is not None:  # the handhelds' own controller on the radio; the gateway serves GATT
+        dialer = HciHandheldDialer(found.group(1), timeout_s=DIAL_TIMEOUT_S * day.patience)
+        day.handheld_address, day.handheld_dial = BLE_ADDRESS, dialer
+    else:
+        day.handheld_address = f"unix:{day.work / 'handheld.sock'}"  # no free-port race
     _tune_config(day.config, day.handheld_address, day.encoding)
     day.meters = _meter_layout(day.config)
     day.timeline.say(f"simulator up (pid {child.pid}): {LOCKS} locks, {len(day.meters)} meters")
+
+
+def _handhelds_over_ble(day: Day) -> bool:
+    """BLE handhelds need the gateway on bumble (the BlueZ GATT side is not built yet)."""
+    return day.handheld == "ble" and day.radio == "tcp"
 
 
 def _start_master(day: Day) -> None:
@@ -259,7 +274,7 @@ def enroll(day: Day, operator: str, name: str, role: str) -> SimulatedHandheld:
         "--device-key", ed25519_public_bytes(key).hex(), "--out", str(directory / "operator.cert"),
         "--publish", "--broker", day.broker_url, "--gateway", GATEWAY_ID,
     ])  # fmt: skip
-    handheld = SimulatedHandheld(load_identity(directory))
+    handheld = SimulatedHandheld(load_identity(directory), dial=day.handheld_dial)
     day.handhelds[operator] = handheld
     return handheld
 

@@ -51,6 +51,7 @@ class DemoOptions:
     radio: str = "tcp"
     patience: float = 1.0
     work_dir: Path | None = None  # kept after the run (logs); a temporary folder otherwise
+    handheld: str = "ble"  # ble: handhelds over GATT on the radio; tcp: the local socket
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -72,6 +73,7 @@ def run_demo(options: DemoOptions) -> int:
             radio=options.radio,
             patience=options.patience,
             encoding=options.encoding,
+            handheld=options.handheld,
         )
         timeline.say(f"sealgw demo: a {duration:.0f} s day in {day.work}")
         try:

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from firmware_sim.handheld.transport import HandheldStream, connect
+from firmware_sim.handheld.transport import Dialer, HandheldLink, connect
 from gateway.errors import AuthError, ProtocolError
 from gateway.protocol.certs import encode_certificate
 from gateway.protocol.handheld import (
@@ -136,9 +136,16 @@ def load_pairing(directory: Path) -> tuple[PairedGateway, str]:
 class SimulatedHandheld:
     """One handheld: pairs with a gateway, then opens sessions to it."""
 
-    def __init__(self, identity: HandheldIdentity, paired: PairedGateway | None = None) -> None:
+    def __init__(
+        self,
+        identity: HandheldIdentity,
+        paired: PairedGateway | None = None,
+        *,
+        dial: Dialer = connect,
+    ) -> None:
         self.identity = identity
         self.paired = paired
+        self.dial = dial
 
     async def pair(
         self, address: str, code: str, *, gateway_fingerprint: str | None = None
@@ -150,7 +157,7 @@ class SimulatedHandheld:
             code,
             expected_fingerprint=gateway_fingerprint,
         )
-        stream = await connect(address)
+        stream = await self.dial(address)
         try:
             await stream.write(pairing.hello())
             challenge = _expect(await stream.read(), PairChallenge)
@@ -168,7 +175,7 @@ class SimulatedHandheld:
         if self.paired is None:
             raise HandheldRefusedError("this handheld is not paired", code="unpaired_device")
         handshake = HandheldHandshake(self.identity.device_key, self.paired)
-        stream = await connect(address)
+        stream = await self.dial(address)
         try:
             await stream.write(handshake.hello())
             confirm = handshake.on_accept(_expect(await stream.read(), SessionAccept))
@@ -184,7 +191,7 @@ class SimulatedHandheld:
 class HandheldSession:
     """An open session: one request at a time, each answered by its bound response."""
 
-    def __init__(self, stream: HandheldStream, channel: Channel, operator: str) -> None:
+    def __init__(self, stream: HandheldLink, channel: Channel, operator: str) -> None:
         self.stream = stream
         self.channel = channel
         self.operator = operator

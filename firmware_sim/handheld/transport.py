@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from gateway.errors import ProtocolError
 from gateway.protocol.handheld import (
@@ -20,7 +22,21 @@ from gateway.protocol.handheld import (
     encode_message,
 )
 
-__all__ = ["HandheldStream", "connect"]
+__all__ = ["Dialer", "HandheldLink", "HandheldStream", "connect"]
+
+
+class HandheldLink(Protocol):
+    """One connection to the gateway, over TCP, a Unix socket or BLE (ble.py)."""
+
+    async def read(self) -> Message: ...
+
+    async def write(self, message: Message) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+Dialer = Callable[[str], Awaitable[HandheldLink]]
+"""Opens a HandheldLink to an address; `connect` is the default."""
 
 
 class HandheldStream:
@@ -54,7 +70,7 @@ class HandheldStream:
             await self._writer.wait_closed()
 
 
-async def connect(address: str) -> HandheldStream:
+async def connect(address: str) -> HandheldLink:
     """Dial a gateway's handheld listener at `tcp:HOST:PORT` or `unix:PATH`."""
     scheme, _, rest = address.partition(":")
     if scheme == "unix" and rest:

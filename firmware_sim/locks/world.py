@@ -150,6 +150,7 @@ class LockWorld:
         self._interval_ms = advertising_interval_ms
         self._link: LocalLink | None = None
         self._server: HciServer | None = None
+        self._handheld_server: HciServer | None = None
         self._vhci: VhciController | None = None
         self.radio = radio
         for number in range(1, count + 1):
@@ -170,8 +171,21 @@ class LockWorld:
             self._server = await serve_controller(self._link)
         _log.info("%d locks on the radio; gateway adapter %s", len(self.locks), self.adapter)
 
+    async def serve_handheld_controller(self) -> str:
+        """One more controller on the radio, over TCP HCI, for a handheld in another process.
+
+        Returns its bumble transport string (`tcp-client:127.0.0.1:PORT`).
+        """
+        if self._handheld_server is None:
+            self._handheld_server = await serve_controller(self.link, name="handheld")
+        server = self._handheld_server
+        return f"tcp-client:{server.host}:{server.port}"
+
     async def close(self) -> None:
         """Stop the gateway's controller and every lock, close the truth file."""
+        if self._handheld_server is not None:
+            await self._handheld_server.close()
+            self._handheld_server = None
         if self._vhci is not None:
             await self._vhci.close()
             self._vhci = None
@@ -200,6 +214,13 @@ class LockWorld:
         if self._server is None:
             raise RuntimeError("LockWorld is not started")
         return self._server.adapter
+
+    @property
+    def link(self) -> LocalLink:
+        """The virtual radio, for more devices (a BLE handheld) to join."""
+        if self._link is None:
+            raise RuntimeError("LockWorld is not started")
+        return self._link
 
     @property
     def server(self) -> HciServer:

@@ -13,6 +13,7 @@ from typing import Literal
 from gateway.audit.config import AuditSection
 from gateway.auth.config import AuthorizationSection
 from gateway.config.spec import spec
+from gateway.errors import ConfigError
 from gateway.handheld.config import HandheldSection
 from gateway.locks.config import BleSection
 from gateway.meters.config import MetersSection, TheftSection
@@ -80,6 +81,10 @@ class GatewayConfig:
     audit: AuditSection = field(default_factory=AuditSection)
     source: Path | None = field(default=None, metadata=spec(doc="the file it was loaded from"))
 
+    def __post_init__(self) -> None:
+        if self.handheld.enabled and self.handheld.listen == "ble":
+            _check_handheld_ble(self.ble)
+
     @property
     def buffer_path(self) -> Path:
         return self.buffer.path or self.gateway.state_dir / "buffer.db"
@@ -87,3 +92,16 @@ class GatewayConfig:
     @property
     def client_id(self) -> str:
         return self.uplink.client_id or self.gateway.id
+
+
+def _check_handheld_ble(ble: BleSection) -> None:
+    """Handhelds over BLE share the locks' adapter: `[ble]` must be configured, on bumble."""
+    if not ble.locks:
+        raise ConfigError("handheld.listen", "ble needs the [ble] adapter and its locks")
+    if ble.max_connections < 2:
+        raise ConfigError("ble.max_connections", "handhelds over BLE need at least 2 links")
+    if not ble.adapter.startswith("bumble:"):
+        raise ConfigError(
+            "handheld.listen",
+            "ble is served on a bumble adapter; BlueZ (docs/handheld.md, 8.2) is not built yet",
+        )

@@ -18,7 +18,7 @@ from gateway.daemon.supervisor import Supervisor
 from gateway.errors import ConfigError
 from gateway.handheld.service import HandheldService
 from gateway.handheld.store import HANDHELDS_FILE, PairedDeviceStore
-from gateway.handheld.transport import HandheldServer
+from gateway.handheld.transport import BLE_LISTEN, HandheldServer
 from gateway.locks.view import NoSealsKnown, SealStateView
 from gateway.meters.service import MeterService
 from gateway.protocol.canonical import JSONValue
@@ -30,6 +30,7 @@ from gateway.uplink.uplink import Uplink
 
 if TYPE_CHECKING:
     from gateway.drivers.ble.adapters import BleAdapters
+    from gateway.handheld.ble import BleHandheldServer
     from gateway.locks.service import LockService
 
 ControlHandler = Callable[[], Awaitable[dict[str, Any]]]
@@ -44,7 +45,7 @@ class Services:
     locks: LockService | None = None
     meters: MeterService | None = None
     handheld: HandheldService | None = None
-    handheld_server: HandheldServer | None = None
+    handheld_server: HandheldServer | BleHandheldServer | None = None
 
     @property
     def seals(self) -> SealStateView:
@@ -180,4 +181,27 @@ def _add_handheld(
         skew_s=authorization.skew_s,
         revocations=authorization.tickets.revocations,
     )
-    services.handheld_server = HandheldServer(config.handheld.listen, services.handheld.handle)
+    if config.handheld.listen == BLE_LISTEN:
+        services.handheld_server = _ble_handheld_server(services, config, services.handheld)
+    else:
+        services.handheld_server = HandheldServer(config.handheld.listen, services.handheld.handle)
+
+
+def _ble_handheld_server(
+    services: Services, config: GatewayConfig, handheld: HandheldService
+) -> BleHandheldServer:
+    """The handheld GATT service on the locks' adapter; its links count in their budget."""
+    from gateway.drivers.ble.bumble.backend import BumbleTransport  # noqa: PLC0415 - bumble is optional
+    from gateway.handheld.ble import BleHandheldServer  # noqa: PLC0415 - bumble is optional
+
+    assert services.ble_adapters is not None and services.locks is not None
+    transport = services.ble_adapters.get(config.ble.adapter)
+    if not isinstance(transport, BumbleTransport):
+        raise ConfigError("handheld.listen", "ble is served on a bumble adapter only")
+    return BleHandheldServer(
+        transport.bumble_adapter,
+        handheld.handle,
+        name=f"sealgw-{config.gateway.id}",
+        slots=services.locks.scheduler.budget,
+        max_links=config.ble.max_connections - 1,
+    )

@@ -1,7 +1,8 @@
 """Config section of the handheld service ([handheld]); see docs/handheld.md.
 
-`listen` chooses the local transport by a string: `tcp:HOST:PORT` (the bench default, on
-loopback) or `unix:PATH` (a socket file, mode 0660). Port 0 picks a free port (tests).
+`listen` chooses the transport by a string: `tcp:HOST:PORT` (the default, on loopback),
+`unix:PATH` (a socket file, mode 0660), or `ble` (the handheld GATT service on the `[ble]`
+adapter, docs/handheld.md section 8.1). Port 0 picks a free port (tests).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from gateway.protocol.handheld import DEFAULT_LISTEN
 
 __all__ = ["DEFAULT_LISTEN", "HandheldSection"]
 
-_LISTEN = r"^(tcp:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}|unix:/.+)$"
+_LISTEN = r"^(tcp:(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}|unix:/.+|ble)$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +24,7 @@ class HandheldSection:
     enabled: bool = False
     listen: str = field(
         default=DEFAULT_LISTEN,
-        metadata=spec(pattern=_LISTEN, doc="tcp:HOST:PORT or unix:/path/to.sock"),
+        metadata=spec(pattern=_LISTEN, doc="tcp:HOST:PORT, unix:/path/to.sock or ble"),
     )
     code_ttl_s: int = field(
         default=300, metadata=spec(minimum=30, maximum=3600, doc="pairing code lifetime")

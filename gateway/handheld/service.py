@@ -28,7 +28,7 @@ from gateway.handheld.api import OperationsBackend
 from gateway.handheld.budget import FailureBudget
 from gateway.handheld.config import HandheldSection
 from gateway.handheld.store import PairedDevice, PairedDeviceStore
-from gateway.handheld.transport import FrameStream
+from gateway.handheld.transport import MessageStream
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.certs import OperatorCertificate, RevocationList, decode_certificate
 from gateway.protocol.clock import Clock
@@ -154,7 +154,7 @@ class HandheldService:
 
     # -- connections ---------------------------------------------------------------------
 
-    async def handle(self, stream: FrameStream) -> None:
+    async def handle(self, stream: MessageStream) -> None:
         """Serve one connection: a pairing or a session, then close."""
         try:
             first = await self._read(stream, object, self.section.handshake_timeout_s)
@@ -174,7 +174,7 @@ class HandheldService:
             unexpected = _RefusedError(HandheldReason.UNEXPECTED_MESSAGE, type(first).__name__)
             await self._deny_session(stream, unexpected, self._trust.gateway_id, {})
 
-    async def _guard(self, stream: FrameStream, work: Awaitable[None]) -> None:
+    async def _guard(self, stream: MessageStream, work: Awaitable[None]) -> None:
         try:
             await work
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -185,7 +185,7 @@ class HandheldService:
 
     # -- pairing -------------------------------------------------------------------------
 
-    async def _pair(self, stream: FrameStream, hello: PairHello) -> None:
+    async def _pair(self, stream: MessageStream, hello: PairHello) -> None:
         subject, data = self._trust.gateway_id, {}
         try:
             cert = _parse_cert(hello.certificate, self._trust)
@@ -209,7 +209,7 @@ class HandheldService:
 
     async def _complete_pairing(
         self,
-        stream: FrameStream,
+        stream: MessageStream,
         pairing: GatewayPairing,
         proof: PairProof,
         cert: OperatorCertificate,
@@ -281,7 +281,7 @@ class HandheldService:
 
     # -- sessions ------------------------------------------------------------------------
 
-    async def _session(self, stream: FrameStream, hello: SessionHello) -> None:
+    async def _session(self, stream: MessageStream, hello: SessionHello) -> None:
         device = self._store.get(hello.device_key)
         subject = device.operator if device else self._trust.gateway_id
         data: dict[str, JSONValue] = {"device": key_fingerprint(hello.device_key)}
@@ -311,7 +311,7 @@ class HandheldService:
 
     async def _serve_records(
         self,
-        stream: FrameStream,
+        stream: MessageStream,
         channel: Channel,
         device: PairedDevice,
         data: dict[str, JSONValue],
@@ -337,7 +337,7 @@ class HandheldService:
 
     async def _deny_session(
         self,
-        stream: FrameStream,
+        stream: MessageStream,
         refused: _RefusedError,
         subject: str,
         data: Mapping[str, JSONValue],
@@ -408,7 +408,7 @@ class HandheldService:
 
     # -- helpers -------------------------------------------------------------------------
 
-    async def _read(self, stream: FrameStream, kind: type[M], limit_s: float) -> M:
+    async def _read(self, stream: MessageStream, kind: type[M], limit_s: float) -> M:
         try:
             async with asyncio.timeout(limit_s):
                 message: Message = await stream.read()
@@ -426,7 +426,7 @@ class HandheldService:
         return message
 
     async def _audit_refusal(
-        self, stream: FrameStream, kind: EventType, subject: str, data: Mapping[str, JSONValue]
+        self, stream: MessageStream, kind: EventType, subject: str, data: Mapping[str, JSONValue]
     ) -> None:
         """Audit a pairing attempt or a refusal within the peer's budget; count it beyond."""
         suppressed = self.failure_budget.take(stream.peer)
@@ -511,7 +511,7 @@ def _refusal_data(refused: _RefusedError, data: Mapping[str, JSONValue]) -> dict
     return {**data, "reason": refused.reason, "detail": refused.detail[:200]}
 
 
-async def _send_refusal(stream: FrameStream, refused: _RefusedError) -> None:
+async def _send_refusal(stream: MessageStream, refused: _RefusedError) -> None:
     try:
         await stream.write(Refusal(refused.reason, refused.detail[:200]), version=refused.version)
     except (ConnectionError, OSError):

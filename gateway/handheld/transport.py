@@ -1,9 +1,10 @@
-"""The bench transport of the handheld protocol: length-prefixed frames over TCP or a Unix socket.
+"""The stream transports of the handheld protocol: length-prefixed frames over TCP or a Unix socket.
 
-Chosen by a string: `tcp:HOST:PORT` or `unix:PATH`. FrameStream serves the gateway
-(HandheldServer) and local clients (`connect`); the simulated handheld has its own client in
-firmware_sim/handheld/transport.py over the same codec. A production handheld carries the same
-frames over BLE GATT (docs/handheld.md); only this module would change.
+Chosen by a string: `tcp:HOST:PORT` or `unix:PATH` (`ble`, the GATT transport of a
+production handheld, is in ble.py). FrameStream serves the gateway (HandheldServer) and local
+clients (`connect`); the simulated handheld has its own client in
+firmware_sim/handheld/transport.py over the same codec. The HandheldService sees any of them
+as a `MessageStream`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from gateway.drivers.stream_server import listen_unix, stop_serving
 from gateway.errors import ConfigError, ProtocolError
@@ -28,19 +30,43 @@ from gateway.protocol.handheld import (
     encode_message,
 )
 
-__all__ = ["FrameStream", "HandheldServer", "ListenAddress", "connect", "parse_listen"]
+__all__ = [
+    "BLE_LISTEN",
+    "FrameStream",
+    "HandheldServer",
+    "ListenAddress",
+    "MessageStream",
+    "connect",
+    "parse_listen",
+]
 
 _log = logging.getLogger(__name__)
 
 SOCKET_MODE = 0o660
 DEFAULT_MAX_CONNECTIONS = 8
+BLE_LISTEN = "ble"
+"""`handheld.listen` for the GATT transport on the `[ble]` adapter (docs/handheld.md, 8.1)."""
+
+
+class MessageStream(Protocol):
+    """One handheld connection as the HandheldService sees it, whatever carries it."""
+
+    @property
+    def peer(self) -> str: ...
+
+    async def read(self) -> Message: ...
+
+    async def write(self, message: Message, *, version: int = PROTOCOL_VERSION) -> None: ...
+
+    async def close(self) -> None: ...
+
 
 ConnectionHandler = Callable[["FrameStream"], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class ListenAddress:
-    """A parsed `tcp:HOST:PORT` or `unix:PATH`."""
+    """A parsed `tcp:HOST:PORT`, `unix:PATH` or `ble`."""
 
     scheme: str
     host: str = ""
@@ -48,6 +74,8 @@ class ListenAddress:
     path: str = ""
 
     def __str__(self) -> str:
+        if self.scheme == BLE_LISTEN:
+            return BLE_LISTEN
         if self.scheme == "unix":
             return f"unix:{self.path}"
         host = f"[{self.host}]" if ":" in self.host else self.host
@@ -56,6 +84,8 @@ class ListenAddress:
 
 def parse_listen(text: str) -> ListenAddress:
     """Parse a transport string; raise ConfigError naming `handheld.listen`."""
+    if text == BLE_LISTEN:
+        return ListenAddress(BLE_LISTEN)
     scheme, sep, rest = text.partition(":")
     if scheme == "unix" and sep and rest:
         return ListenAddress("unix", path=rest)
@@ -64,7 +94,7 @@ def parse_listen(text: str) -> ListenAddress:
         host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if host and port.isdigit() and int(port) <= 65535:
             return ListenAddress("tcp", host=host, port=int(port))
-    raise ConfigError("handheld.listen", f"{text!r} is not tcp:HOST:PORT or unix:PATH")
+    raise ConfigError("handheld.listen", f"{text!r} is not tcp:HOST:PORT, unix:PATH or ble")
 
 
 class FrameStream:
@@ -128,6 +158,8 @@ class HandheldServer:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self._listen = parse_listen(listen)
+        if self._listen.scheme == BLE_LISTEN:
+            raise ConfigError("handheld.listen", "ble is served by BleHandheldServer")
         self._handler = handler
         self._max = max_connections
         self._server: asyncio.Server | None = None

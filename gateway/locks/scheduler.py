@@ -148,6 +148,11 @@ class ConnectionScheduler(Generic[LinkT]):
         self.stats = SchedulerStats()
 
     @property
+    def budget(self) -> PriorityGate:
+        """The link budget; other BLE links (handhelds) hold slots of it too."""
+        return self._budget
+
+    @property
     def connected(self) -> frozenset[str]:
         """Seals with a link open right now."""
         return frozenset(self._connected)

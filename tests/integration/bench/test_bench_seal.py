@@ -19,3 +19,4 @@ def test_quick_seal_bench_reports_round_trips_latency_and_sweep() -> None:
     assert result["sweep_peak_sessions"] <= 5
     assert 0 < result["op_p50_ms"] <= result["op_p95_ms"]
     assert result["locks_swept_per_min"] > 0
+    assert 0 < result["handheld_ble_request_p50_ms"] <= result["handheld_ble_request_p95_ms"]

@@ -607,7 +607,7 @@ def test_messages_round_trip(message: Message) -> None:
     assert decode_message(encode_message(message)) == message
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.binary(max_size=300))
 def test_decode_message_never_crashes_on_garbage(data: bytes) -> None:
     try:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from bleak.exc import BleakBluetoothNotAvailableError, BleakBluetoothNotAvailableReason, BleakError
 from bumble import hci
@@ -23,7 +23,7 @@ from bumble.device import Advertisement, Device
 from bumble.transport import open_transport
 from bumble.transport.common import TransportLostError
 
-__all__ = ["AdvertisementListener", "BumbleAdapter", "HciLink"]
+__all__ = ["AdvertisementListener", "BumbleAdapter", "HciLink", "OpenHook"]
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ _SEEN_MAX = 512
 """Advertisers remembered for their address type; nearby phones rotate addresses, so bound it."""
 
 AdvertisementListener = Callable[[Advertisement], None]
+OpenHook = Callable[[Device], Awaitable[None]]
+ConnectGuard = Callable[[bool], Awaitable[None]]
+"""Called with True before an outgoing connect starts and False after it ended.
+
+bumble 0.0.236 (`Device.connect_le`) takes the next connection of any role as the result of
+a pending connect, so a peripheral role on the same Device (the handheld GATT service) stops
+advertising while the adapter connects out.
+"""
+"""Run on every (re)opened Device before it is used, e.g. to add a GATT service and advertise."""
 
 
 class _QuietLostTransport(logging.Filter):
@@ -73,11 +82,13 @@ class BumbleAdapter:
         self._link: HciLink | None = None
         self._open_lock = asyncio.Lock()
         self._scan_lock = asyncio.Lock()
-        self.connect_lock = asyncio.Lock()
+        self.connect_lock: asyncio.Lock = _ConnectGate(self)
         """Held while one LE connection is being created; bumble and controllers allow one."""
+        self._connect_guards: list[ConnectGuard] = []
         self._listeners: dict[AdvertisementListener, bool] = {}
         self._scan_active: bool | None = None
         self._seen: OrderedDict[str, tuple[hci.Address, str | None]] = OrderedDict()
+        self._open_hooks: list[OpenHook] = []
         self._closed = False
         self._lost = asyncio.Event()
 
@@ -115,8 +126,11 @@ class BumbleAdapter:
             if self._closed:
                 raise BleakError(f"BLE adapter {self.name} is closed")
             if self._device is None:
-                self._device = await self._open()
-                await self._restore_scan(self._device)
+                device = await self._open()
+                for hook in self._open_hooks:
+                    await hook(device)
+                self._device = device
+                await self._restore_scan(device)
             return self._device
 
     async def wait_lost(self) -> None:
@@ -124,6 +138,34 @@ class BumbleAdapter:
         if self._device is None:
             return
         await self._lost.wait()
+
+    async def add_open_hook(self, hook: OpenHook) -> Device:
+        """Run `hook` on the Device now (opening it) and again after every reopen."""
+        async with self._open_lock:
+            self._open_hooks.append(hook)
+            device = self._device
+        if device is not None:
+            await hook(device)
+            return device
+        return await self.device()
+
+    def add_connect_guard(self, guard: ConnectGuard) -> None:
+        """Call `guard(True)` before each outgoing connect and `guard(False)` after it."""
+        self._connect_guards.append(guard)
+
+    def remove_connect_guard(self, guard: ConnectGuard) -> None:
+        """Stop calling `guard`."""
+        if guard in self._connect_guards:
+            self._connect_guards.remove(guard)
+
+    async def _guard_connects(self, connecting: bool) -> None:
+        for guard in list(self._connect_guards):
+            await guard(connecting)
+
+    def remove_open_hook(self, hook: OpenHook) -> None:
+        """Stop running `hook` on reopen."""
+        if hook in self._open_hooks:
+            self._open_hooks.remove(hook)
 
     async def close(self) -> None:
         """Disconnect every link, stop scanning and close the transport. Idempotent."""
@@ -251,6 +293,33 @@ class BumbleAdapter:
     async def _restore_scan(self, device: Device) -> None:
         if self._listeners:
             await self._apply_scan(device)
+
+
+class _ConnectGate(asyncio.Lock):
+    """The connect lock: while held, the adapter's connect guards keep incoming links out."""
+
+    def __init__(self, adapter: BumbleAdapter) -> None:
+        super().__init__()
+        self._adapter = adapter
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def acquire(self) -> Literal[True]:
+        """Take the lock, then let the guards pause (e.g. stop advertising)."""
+        await super().acquire()
+        try:
+            await self._adapter._guard_connects(True)
+        except BaseException:
+            super().release()
+            raise
+        return True
+
+    def release(self) -> None:
+        """Give the lock back; the guards resume in the background."""
+        super().release()
+        if self._adapter._connect_guards:
+            task = asyncio.get_running_loop().create_task(self._adapter._guard_connects(False))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
 
 class _FixedLink:
