@@ -191,7 +191,7 @@ def main(out: Path, work: Path, logs: Path) -> int:
             gateway.send_signal(signal.SIGKILL)
             gateway.wait(30)
             control("lock SL-0003 wire_cut")
-            control("lock SL-0004 tamper")
+            control("lock SL-0001 tamper")
             gateway = start_gateway(config, logs)
             wait("a second gateway.started", lambda: len(b.typed("gateway.started")) >= 2, 30)
             expected = lock_entries(truth)
