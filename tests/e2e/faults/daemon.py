@@ -1,0 +1,81 @@
+"""Helpers of the fault tests: a gateway process, its log, and a black-holed TCP port."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from tests.fixtures.procs import REPO
+
+GATEWAY = "gw-fault"
+
+
+def write_config(
+    tmp_path: Path, broker_url: str, extra: str = "", *, name: str = "gw.toml"
+) -> Path:
+    """A minimal gateway config with its state dir under `tmp_path`, plus `extra` TOML."""
+    config = tmp_path / name
+    config.write_text(
+        f'[gateway]\nid = "{GATEWAY}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[uplink]\nurl = "{broker_url}"\nreconnect_min_s = 0.1\nreconnect_max_s = 0.5\n'
+        f"[health]\ninterval_s = 1\n{extra}"
+    )
+    return config
+
+
+def start_gateway(config: Path, **env: str) -> subprocess.Popen[bytes]:
+    """`sealgw run` as a child process, logging at DEBUG to gateway.log next to the config."""
+    with (config.parent / "gateway.log").open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "-c", str(config), "--log-level", "DEBUG"],
+            env={**os.environ, "PYTHONPATH": str(REPO), **env},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def log_text(config: Path) -> str:
+    """What the gateway wrote to its log so far."""
+    path = config.parent / "gateway.log"
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+@contextlib.contextmanager
+def black_hole() -> Iterator[int]:
+    """A loopback port whose SYNs go unanswered: a listener that never accepts, backlog full.
+
+    Linux drops a SYN when the listener's accept queue is full, so a connect() there hangs
+    until its own timeout, as it does towards a firewalled broker.
+    """
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(3):  # fill the accept queue; later SYNs are dropped
+            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+            fillers.append(filler)
+        yield port
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def syn_sent_to(port: int) -> bool:
+    """True while some socket on this host waits in SYN_SENT for 127.0.0.1:`port`."""
+    wanted = f"0100007F:{port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[2] == wanted and fields[3] == "02":
+            return True
+    return False
