@@ -53,6 +53,7 @@ __all__ = [
     "ProtocolError",
     "ProvisionError",
     "RetryableError",
+    "StateFileCorruptError",
     "StorageError",
     "StorageFullError",
     "TransientError",
@@ -223,6 +224,14 @@ class DatabaseCorruptError(StorageError):
         self.moved_to = moved_to
 
 
+class StateFileCorruptError(StorageError):
+    """A state or key file in the state dir does not parse; `path` names it."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 # --- A device refused: retrying will not help (unless it said busy) -------------------------
 
 
@@ -310,13 +319,22 @@ class ExitCode(IntEnum):
     OK = 0
     FAILURE = 1  # the command ran and failed, or a gateway refused
     USAGE = 2  # bad arguments or config: fix them, do not restart
+    IDENTITY_CORRUPT = 3  # the identity key does not parse: restore it, do not restart
     INTERRUPTED = 130  # SIGINT (128 + 2)
     TERMINATED = 143  # SIGTERM (128 + 15)
 
 
 def exit_code_for(exc: GatewayError) -> ExitCode:
-    """USAGE for a ConfigError, FAILURE for any other GatewayError."""
-    return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.FAILURE
+    """USAGE for a ConfigError, IDENTITY_CORRUPT for a corrupt file, FAILURE otherwise.
+
+    Every other corrupt state file is moved aside and the gateway carries on; only the
+    identity key reaches the top (gateway.auth.provision.load_identity).
+    """
+    if isinstance(exc, ConfigError):
+        return ExitCode.USAGE
+    if isinstance(exc, StateFileCorruptError):
+        return ExitCode.IDENTITY_CORRUPT
+    return ExitCode.FAILURE
 
 
 # -- seal locks (gateway/locks) ------------------------------------------------------------------

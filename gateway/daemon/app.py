@@ -26,6 +26,7 @@ from gateway.protocol.clock import Clock, SystemClock
 from gateway.protocol.events import Event, EventDraft, EventType, Priority
 from gateway.remote.service import RemoteManagement, install_remote_management
 from gateway.store.buffer import EventBuffer
+from gateway.store.state_files import CorruptFile
 from gateway.uplink.commands import CommandDispatcher
 from gateway.uplink.uplink import Uplink
 
@@ -164,6 +165,8 @@ class Gateway:
         self.buffer.on_commit = self.uplink.committed
         self.buffer.on_storage_full = self._on_storage_full
         await self.buffer.append(self._started_event())
+        for corrupt in self.services.corrupt_files():
+            await self.buffer.append(self._corrupt_event(corrupt))
         await self._start_control()
         self._start_components()
         self.notifier.ready(f"gateway {self.config.gateway.id} running")
@@ -234,6 +237,15 @@ class Gateway:
         if self.buffer.recovered_from is not None:
             data["buffer_recovered_from"] = str(self.buffer.recovered_from)
         return self.draft(EventType.GATEWAY_STARTED, self._subject(), data, Priority.AUDIT)
+
+    def _corrupt_event(self, corrupt: CorruptFile) -> EventDraft:
+        data: dict[str, JSONValue] = {
+            "file": corrupt.path.name,
+            "moved_to": corrupt.moved_to.name if corrupt.moved_to is not None else None,
+            "reason": corrupt.reason[:200],
+            "consequence": corrupt.consequence,
+        }
+        return self.draft(EventType.GATEWAY_STATE_CORRUPT, self._subject(), data, Priority.ALARM)
 
     async def _health_loop(self) -> None:
         while True:

@@ -58,6 +58,8 @@ class EventType(StrEnum):
     GATEWAY_TELEMETRY_EVICTED = "gateway.telemetry_evicted"
     GATEWAY_BUFFER_RECOVERED = "gateway.buffer_recovered"
     GATEWAY_STORAGE_FULL = "gateway.storage_full"
+    GATEWAY_STATE_CORRUPT = "gateway.state_corrupt"
+    GATEWAY_CLOCK_JUMP = "gateway.clock_jump"
     SEAL_SEALED = "seal.sealed"
     SEAL_UNSEALED = "seal.unsealed"
     SEAL_TIME_SET = "seal.time_set"

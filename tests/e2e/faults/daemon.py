@@ -79,3 +79,47 @@ def syn_sent_to(port: int) -> bool:
         if fields[2] == wanted and fields[3] == "02":
             return True
     return False
+
+
+@contextlib.contextmanager
+def simulator(
+    tmp_path: Path, broker_url: str, *, locks: int = 1, meters: bool = False, poll_s: float = 1.0
+) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    """`sealgw sim` with a control channel on stdin; yields (gateway config, process)."""
+    config, truth = tmp_path / "gw.toml", tmp_path / "truth.jsonl"
+    argv = [
+        sys.executable, "-m", "gateway", "sim", "--broker", broker_url,
+        "--write-config", str(config), "--truth", str(truth), "--state-dir", str(tmp_path / "sim"),
+        "--locks", str(locks), "--gateway-id", GATEWAY, "--meter-poll-s", str(poll_s),
+    ]  # fmt: skip
+    if not meters:
+        argv.append("--no-meters")
+    with (tmp_path / "sim.log").open("ab") as log:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"},
+        )
+    assert process.stdout is not None
+    try:
+        ready = process.stdout.readline().decode()
+        assert ready.startswith("sim ready"), ready
+        assert process.stdout.readline().startswith(b"sim quiet")
+        yield config, process
+    finally:
+        process.terminate()
+        process.wait(20)
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def sim_command(process: subprocess.Popen[bytes], line: str) -> None:
+    """Send one control line to the simulator and insist on its `ok`."""
+    assert process.stdin is not None and process.stdout is not None
+    process.stdin.write(line.encode() + b"\n")
+    process.stdin.flush()
+    answer = process.stdout.readline().decode().strip()
+    assert answer == f"ok {line}", answer
