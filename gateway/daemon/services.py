@@ -68,6 +68,8 @@ class Services:
             found += self.authorization.corrupt
         if self.locks is not None and self.locks.store.corrupt is not None:
             found.append(self.locks.store.corrupt)
+        if self.meters is not None and self.meters.memory.corrupt is not None:
+            found.append(self.meters.memory.corrupt)
         if self.handheld_store is not None and self.handheld_store.corrupt is not None:
             found.append(self.handheld_store.corrupt)
         return found
@@ -168,6 +170,7 @@ def _meters(
         seals,
         district=config.gateway.district,
         theft=config.theft,
+        state_dir=config.gateway.state_dir,
     )
 
 
