@@ -24,6 +24,7 @@ from gateway.meters.service import MeterService
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Emit
+from gateway.protocol.wallclock import clock_synchronized
 from gateway.store.buffer import EventBuffer
 from gateway.store.state_files import CorruptFile
 from gateway.uplink.commands import CommandDispatcher
@@ -171,6 +172,7 @@ def _meters(
         district=config.gateway.district,
         theft=config.theft,
         state_dir=config.gateway.state_dir,
+        clock_synced=clock_synchronized,
     )
 
 

@@ -8,16 +8,18 @@ Events (docs/meters.md):
 - theft.suspected (alarm): from gateway.meters.theft, when a TheftSection is given.
 
 Each bus has one owner (ModbusBus or Dlt645Bus), which serializes the requests of every meter
-on it; DL/T 645 buses also get a broadcast time sync every `time_sync_s`.
+on it; DL/T 645 buses also get a broadcast time sync every `time_sync_s`, but only while the
+clock is trusted: `clock_synced` (the kernel's flag, from the daemon) does not say False, and
+the time is not before 2025. Skipped syncs are counted (`time_syncs_skipped`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +52,9 @@ __all__ = ["MeterService", "SealStateView", "SuccessRates"]
 
 _log = logging.getLogger(__name__)
 
+_PLAUSIBLE_FROM = datetime(2025, 1, 1, tzinfo=UTC)
+"""Earlier than this release could have run: a clock reading it is wrong, whatever NTP says."""
+
 
 @dataclass(frozen=True, slots=True)
 class SuccessRates:
@@ -77,6 +82,7 @@ class MeterService:
         theft: TheftSection | None = None,
         profiles: Mapping[str, MeterProfile] | None = None,
         state_dir: Path | None = None,
+        clock_synced: Callable[[], bool | None] | None = None,
     ) -> None:
         self.settings = settings
         self._emit = emit
@@ -93,6 +99,8 @@ class MeterService:
         }
         self.polls_done = 0
         self.time_syncs = 0
+        self.time_syncs_skipped = 0
+        self._clock_synced = clock_synced
         self._polled = asyncio.Condition()
         self.memory = MeterMemory.load(state_dir / MEMORY_FILE if state_dir else None)
         for meter_id, tracker in self.trackers.items():
@@ -167,6 +175,7 @@ class MeterService:
             "districts": rates["districts"],
             "buses": {name: _bus_health(bus) for name, bus in self.buses.items()},
             "time_syncs": self.time_syncs,
+            "time_syncs_skipped": self.time_syncs_skipped,
         }
 
     # --- loops ----------------------------------------------------------------------------
@@ -186,6 +195,11 @@ class MeterService:
             await self._clock.sleep(self.settings.time_sync_s)
 
     async def _sync(self, bus: Dlt645Bus) -> bool:
+        if not self._clock_trusted():
+            self.time_syncs_skipped += 1
+            log = _log.warning if self.time_syncs_skipped == 1 else _log.debug
+            log("%s: time sync skipped: the system clock is not synchronised", bus.name)
+            return False
         try:
             await bus.broadcast_time(self._clock.now())
         except GatewayError as exc:
@@ -193,6 +207,12 @@ class MeterService:
             return False
         self.time_syncs += 1
         return True
+
+    def _clock_trusted(self) -> bool:
+        """Sync meters only from a clock the kernel calls synchronised, and never to the past."""
+        if self._clock.now() < _PLAUSIBLE_FROM:
+            return False
+        return self._clock_synced is None or self._clock_synced() is not False
 
     async def _count_poll(self) -> None:
         async with self._polled:

@@ -83,7 +83,13 @@ def syn_sent_to(port: int) -> bool:
 
 @contextlib.contextmanager
 def simulator(
-    tmp_path: Path, broker_url: str, *, locks: int = 1, meters: bool = False, poll_s: float = 1.0
+    tmp_path: Path,
+    broker_url: str,
+    *,
+    locks: int = 1,
+    meters: bool = False,
+    poll_s: float = 1.0,
+    log_level: str = "WARNING",
 ) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     """`sealgw sim` with a control channel on stdin; yields (gateway config, process)."""
     config, truth = tmp_path / "gw.toml", tmp_path / "truth.jsonl"
@@ -91,6 +97,7 @@ def simulator(
         sys.executable, "-m", "gateway", "sim", "--broker", broker_url,
         "--write-config", str(config), "--truth", str(truth), "--state-dir", str(tmp_path / "sim"),
         "--locks", str(locks), "--gateway-id", GATEWAY, "--meter-poll-s", str(poll_s),
+        "--log-level", log_level,
     ]  # fmt: skip
     if not meters:
         argv.append("--no-meters")
