@@ -251,13 +251,14 @@ class SerialLine:
 
         self.close()
         self._inbox = _Inbox()
+        settings = self._settings()
         try:
-            self._port = serial.Serial(**self._settings())
+            self._port = serial.Serial(**settings)
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             raise LineUnavailableError(f"{self.name}: cannot open: {exc}") from exc
         self._apply_rs485()
         asyncio.get_running_loop().add_reader(self._port.fileno(), self._on_readable)
-        _log.info("%s: opened at %d baud %s", self.name, self.spec.baud, self.spec.parity)
+        _log.info("%s: opened at %d baud %s", self.name, self.spec.baud, settings["parity"])
 
     def write(self, data: bytes) -> None:
         """Send bytes; a DL/T 645 request fits the kernel's buffer, so this does not block."""

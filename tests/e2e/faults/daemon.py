@@ -71,14 +71,14 @@ def black_hole() -> Iterator[int]:
         listener.close()
 
 
-def syn_sent_to(port: int) -> bool:
-    """True while some socket on this host waits in SYN_SENT for 127.0.0.1:`port`."""
+def syn_sent_to(port: int) -> int:
+    """How many sockets on this host wait in SYN_SENT for 127.0.0.1:`port`.
+
+    The black hole's own queue fillers count too: compare with the count before the gateway.
+    """
     wanted = f"0100007F:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if fields[2] == wanted and fields[3] == "02":
-            return True
-    return False
+    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for row in rows if row.split()[2] == wanted and row.split()[3] == "02")
 
 
 @contextlib.contextmanager

@@ -40,10 +40,13 @@ def test_sigterm_with_black_holed_broker_exits_promptly(tmp_path: Path) -> None:
         if not _connect_hangs(port):
             pytest.skip("this kernel answers SYNs to a full accept queue; no black hole")
         config = write_config(tmp_path, f"mqtt://127.0.0.1:{port}")
+        fillers = syn_sent_to(port)
         gateway = start_gateway(config)
         try:
             poll_until(lambda: "running" in log_text(config), 30, "gateway running")
-            poll_until(lambda: syn_sent_to(port), 30, "a connect attempt hanging in SYN_SENT")
+            poll_until(
+                lambda: syn_sent_to(port) > fillers, 30, "a connect attempt hanging in SYN_SENT"
+            )
             gateway.send_signal(signal.SIGTERM)
             try:
                 code = gateway.wait(STOP_BOUND_S)
