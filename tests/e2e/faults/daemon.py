@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +38,18 @@ def start_gateway(config: Path, **env: str) -> subprocess.Popen[bytes]:
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
+
+
+def stop_gateway(gateway: subprocess.Popen[bytes], timeout: float = 30) -> int | None:
+    """SIGTERM and wait; a gateway still running after `timeout` is killed (None returned)."""
+    if gateway.poll() is None:
+        gateway.send_signal(signal.SIGTERM)
+    try:
+        return gateway.wait(timeout)
+    except subprocess.TimeoutExpired:
+        gateway.kill()
+        gateway.wait()
+        return None
 
 
 def log_text(config: Path) -> str:

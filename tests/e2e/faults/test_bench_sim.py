@@ -17,7 +17,7 @@ from typing import Any
 
 from firmware_sim.mosquitto import MosquittoBroker
 from master_station.subscriber import EventSubscriber
-from tests.e2e.faults.daemon import log_text, simulator, start_gateway
+from tests.e2e.faults.daemon import log_text, simulator, start_gateway, stop_gateway
 from tests.fixtures.procs import REPO
 
 SERIAL_METERS = ("M-645-3", "M-645-5")
@@ -54,8 +54,8 @@ def test_serial_dlt645_meters_are_read_again_after_a_gateway_sigkill(
                     lambda m=meter: _read_since_start(subscriber, m, 2), 60
                 ), f"{meter} is dead after the restart: {log_text(config)[-1500:]}"
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            assert gateway.wait(30) == 0
+            code = stop_gateway(gateway)
+        assert code == 0
     log = log_text(config)
     assert "pymodbus" in log or "modbus" in log  # the Modbus meters were polled at DEBUG
     assert "send: 0x" not in log and "recv: 0x" not in log

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,14 @@ from gateway.protocol.clock import ManualClock
 from gateway.protocol.events import EventDraft, Priority
 from gateway.store.buffer import EventBuffer
 from master_station.subscriber import EventSubscriber
-from tests.e2e.faults.daemon import GATEWAY, log_text, simulator, start_gateway, write_config
+from tests.e2e.faults.daemon import (
+    GATEWAY,
+    log_text,
+    simulator,
+    start_gateway,
+    stop_gateway,
+    write_config,
+)
 from tests.fixtures.procs import poll_until
 
 FOUR_DAYS_S = 4 * 86400.0
@@ -73,14 +79,15 @@ def test_meters_are_never_synced_from_an_unsynchronised_clock(
     with simulator(tmp_path, mosquitto.url, meters=True, log_level="INFO") as (config, _sim):
         gateway = start_gateway(config, **env)
         try:
+            poll_until(lambda: "own address" in log_text(config), 60, "the BLE adapter open")
             if syncs:
                 poll_until(lambda: "clock set to" in _sim_log(tmp_path), 60, "a time sync")
             else:
                 skipped = "time sync skipped: the system clock is not synchronised"
                 poll_until(lambda: log_text(config).count(skipped) >= 2, 60, "skips on both buses")
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            assert gateway.wait(30) == 0
+            code = stop_gateway(gateway)
+    assert code == 0
     assert ("clock set to" in _sim_log(tmp_path)) is syncs
     assert "clock set to 19" not in _sim_log(tmp_path)
 
@@ -104,8 +111,8 @@ def test_a_wall_clock_jump_raises_gateway_clock_jump(
                 lambda: bool(_of_type(subscriber, "gateway.clock_jump")), 30
             ), log_text(config)[-2000:]
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            assert gateway.wait(30) == 0
+            code = stop_gateway(gateway)
+        assert code == 0
     [jump] = _of_type(subscriber, "gateway.clock_jump")
     assert jump["priority"] == "alarm"
     assert abs(jump["data"]["jump_s"] - FOUR_DAYS_S) < 60

@@ -8,7 +8,6 @@ replace: the gateway exits with status 3 (RestartPreventExitStatus) and says wha
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ import pytest
 
 from firmware_sim.mosquitto import MosquittoBroker
 from master_station.subscriber import EventSubscriber
-from tests.e2e.faults.daemon import GATEWAY, log_text, simulator, start_gateway
+from tests.e2e.faults.daemon import GATEWAY, log_text, simulator, start_gateway, stop_gateway
 from tests.fixtures.procs import REPO, poll_until
 
 GARBAGE = b"\x00garbage, not what the gateway wrote\xff" * 40
@@ -40,12 +39,11 @@ def sim_config(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[Path]:
         assert init.returncode == 0, init.stderr.decode()
         first = start_gateway(config)  # a first run writes every file the gateway keeps
         poll_until(
-            lambda: (state / "tickets.db").exists() and "running" in log_text(config),
+            lambda: (state / "tickets.db").exists() and "own address" in log_text(config),
             60,
             "a first run",
         )
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(30) == 0
+        assert stop_gateway(first) == 0
         yield config
 
 
@@ -81,8 +79,7 @@ def test_corrupt_file_is_moved_aside_and_reported(
             ), (sim_config.parent / "gateway.log").read_text()[-3000:]
             assert gateway.poll() is None, "the gateway did not carry on after the move"
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            code = gateway.wait(30)
+            code = stop_gateway(gateway)
     assert code == 0
     [alarm] = [a for a in _alarms(subscriber) if a["data"]["file"] == name]
     assert alarm["priority"] == "alarm"
@@ -96,9 +93,10 @@ def test_corrupt_file_is_moved_aside_and_reported(
 def test_corrupt_identity_key_exits_with_status_3_and_says_why(sim_config: Path) -> None:
     identity = _state(sim_config) / "identity.key"
     identity.write_bytes(identity.read_bytes()[:40])
+    before = len(log_text(sim_config))  # the fixture's first run wrote to the same log
     gateway = start_gateway(sim_config)
     code = gateway.wait(60)
-    log = (sim_config.parent / "gateway.log").read_text()
+    log = log_text(sim_config)[before:]
     assert code == 3, log[-2000:]
     assert "identity key" in log and "corrupt" in log and "sealgw init --force" in log
     assert "Traceback" not in log

@@ -19,7 +19,7 @@ import pytest
 
 from firmware_sim.mosquitto import MosquittoBroker
 from master_station.subscriber import EventSubscriber
-from tests.e2e.faults.daemon import GATEWAY, sim_command, simulator, start_gateway
+from tests.e2e.faults.daemon import GATEWAY, sim_command, simulator, start_gateway, stop_gateway
 
 METER, SEAL = "M-645-1", "SL-0001"
 
@@ -86,8 +86,8 @@ def test_cover_opened_during_downtime_is_reported_exactly_once(
             gateway = start_gateway(config)
             assert subscriber.wait_for(lambda: _polled_since_start(subscriber, 3), 60)
         finally:
-            gateway.send_signal(signal.SIGTERM)
-            assert gateway.wait(30) == 0
+            code = stop_gateway(gateway)
+        assert code == 0
 
     covers = _covers(subscriber)
     assert len(covers) == 2, covers
