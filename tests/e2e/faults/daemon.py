@@ -129,8 +129,12 @@ def simulator(
         assert process.stdout.readline().startswith(b"sim quiet")
         yield config, process
     finally:
-        process.terminate()
-        process.wait(20)
+        process.terminate()  # its own stop is tested in tests/e2e/test_sim_cli.py
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         for stream in (process.stdin, process.stdout):
             if stream is not None:
                 stream.close()
