@@ -16,6 +16,7 @@ from firmware_sim.children import exit_on_signals
 
 BENCHES = {
     "authz": "bench.authz",
+    "faults": "bench.faults",
     "pipeline": "bench.pipeline",
     "footprint": "bench.footprint",
     "modbus": "bench.modbus",

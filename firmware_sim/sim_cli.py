@@ -196,9 +196,10 @@ async def _activity(world: LockWorld, options: SimOptions, stop: asyncio.Event) 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    logging.getLogger("pymodbus").setLevel(logging.WARNING)  # no hex dump of every frame
     options = SimOptions(
         config_path=args.write_config,
-        state_dir=args.state_dir,
+        state_dir=args.state_dir.resolve(),  # written into the config: must be absolute
         broker=args.broker,
         truth=args.truth,
         activity_s=args.activity_seconds,

@@ -56,6 +56,7 @@ __all__ = [
     "ProvisionError",
     "ReplyMismatchError",
     "RetryableError",
+    "StateFileCorruptError",
     "StorageError",
     "StorageFullError",
     "TransientError",
@@ -243,6 +244,14 @@ class DatabaseCorruptError(StorageError):
         self.moved_to = moved_to
 
 
+class StateFileCorruptError(StorageError):
+    """A state or key file in the state dir does not parse; `path` names it."""
+
+    def __init__(self, message: str, *, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 # --- A device refused: retrying will not help (unless it said busy) -------------------------
 
 
@@ -335,15 +344,24 @@ class ExitCode(IntEnum):
     FAILURE = 1  # the command ran and failed, or a gateway refused
     USAGE = 2  # bad arguments or config: fix them, do not restart
     NO_IDENTITY = 78  # EX_CONFIG: no usable identity.key; run `sealgw init` (docs/audit.md)
+    IDENTITY_CORRUPT = 3  # the identity key does not parse: restore it, do not restart
     INTERRUPTED = 130  # SIGINT (128 + 2)
     TERMINATED = 143  # SIGTERM (128 + 15)
 
 
 def exit_code_for(exc: GatewayError) -> ExitCode:
-    """USAGE for a ConfigError, NO_IDENTITY for an IdentityRequiredError, else FAILURE."""
+    """USAGE for a ConfigError, NO_IDENTITY without identity, IDENTITY_CORRUPT for a bad one.
+
+    Every other corrupt state file is moved aside and the gateway carries on; only the
+    identity key reaches the top (gateway.auth.provision.load_identity).
+    """
     if isinstance(exc, IdentityRequiredError):
         return ExitCode.NO_IDENTITY
-    return ExitCode.USAGE if isinstance(exc, ConfigError) else ExitCode.FAILURE
+    if isinstance(exc, ConfigError):
+        return ExitCode.USAGE
+    if isinstance(exc, StateFileCorruptError):
+        return ExitCode.IDENTITY_CORRUPT
+    return ExitCode.FAILURE
 
 
 # -- seal locks (gateway/locks) ------------------------------------------------------------------

@@ -220,7 +220,9 @@ class SimMeter:
     def reply(self, frame: Frame) -> Frame | None:
         """The reply frame to a request addressed to this meter (None for broadcasts)."""
         if frame.function == Function.BROADCAST_TIME:
-            self.set_time(dlt645.parse_time_sync(frame))
+            when = dlt645.parse_time_sync(frame)
+            _LOGGER.info("meter %s: clock set to %s by a broadcast", self.address, when.isoformat())
+            self.set_time(when)
             return None
         if frame.function == Function.READ_ADDRESS:
             return dlt645.address_reply(self.address)

@@ -22,9 +22,11 @@ profiles, so the simulator checks them instead of echoing them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
+import termios
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,6 +159,9 @@ class Dlt645SerialServer:
         """Stop answering and close the port."""
         if self._port is not None:
             asyncio.get_running_loop().remove_reader(self._port.fileno())
+            # Unsent replies (the gateway end is gone) would make close() wait 30 s to drain.
+            with contextlib.suppress(OSError, termios.error):
+                termios.tcflush(self._port.fileno(), termios.TCOFLUSH)
             self._port.close()
             self._port = None
 

@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from gateway.auth.config import AuthorizationSection
 from gateway.auth.policy import GatewayTrust, RoleTable, role_table
 from gateway.auth.ticket_store import AcceptResult, TicketStore, load_or_create_credential_key
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DatabaseCorruptError, StateFileCorruptError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
+from gateway.store.state_files import CorruptFile, move_aside
 from gateway.uplink.commands import Command, CommandDispatcher
 
 __all__ = ["TICKETS_FILE", "Authorization", "load_master_key"]
@@ -31,6 +33,8 @@ _log = logging.getLogger(__name__)
 
 TICKETS_FILE = "tickets.db"
 CREDENTIAL_KEY_FILE = "credential.key"
+_LOST = "every ticket held is lost: the master station must issue them again"
+_NEW_KEY = "a new credential key was made: the master station must learn it before issuing tickets"
 
 
 class GatewayIdentity(Protocol):
@@ -58,13 +62,35 @@ class Authorization:
         )
         self.table: RoleTable = role_table(section)
         self.skew_s = section.skew_s
-        credential_key = load_or_create_credential_key(state_dir / CREDENTIAL_KEY_FILE)
-        self.tickets = TicketStore.open(
-            state_dir / TICKETS_FILE,
-            trust=self.trust,
-            credential_key=credential_key,
-            clock=clock,
-            skew_s=section.skew_s,
+        self.corrupt: list[CorruptFile] = []
+        credential_key = self._credential_key(state_dir)
+        self.tickets = self._open_tickets(state_dir / TICKETS_FILE, credential_key, clock)
+
+    def _credential_key(self, state_dir: Path) -> X25519PrivateKey:
+        """The credential key; a corrupt one is replaced, and the tickets sealed to it dropped."""
+        path = state_dir / CREDENTIAL_KEY_FILE
+        try:
+            return load_or_create_credential_key(path)
+        except StateFileCorruptError as exc:
+            self.corrupt.append(move_aside(path, str(exc), _NEW_KEY))
+        tickets = state_dir / TICKETS_FILE
+        if tickets.exists():
+            self.corrupt.append(move_aside(tickets, "sealed to the lost credential key", _LOST))
+        return load_or_create_credential_key(path)
+
+    def _open_tickets(self, path: Path, key: X25519PrivateKey, clock: Clock) -> TicketStore:
+        """The ticket store; a corrupt one was moved aside and a new, empty one is opened."""
+        try:
+            return self._ticket_store(path, key, clock)
+        except DatabaseCorruptError as exc:
+            moved = Path(exc.moved_to)
+            self.corrupt.append(CorruptFile(path, moved, str(exc), _LOST))
+            _log.error("%s is corrupt: moved to %s; %s", path, moved, _LOST)
+        return self._ticket_store(path, key, clock)
+
+    def _ticket_store(self, path: Path, key: X25519PrivateKey, clock: Clock) -> TicketStore:
+        return TicketStore.open(
+            path, trust=self.trust, credential_key=key, clock=clock, skew_s=self.skew_s
         )
 
     def register(self, dispatcher: CommandDispatcher) -> None:

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.errors import ConfigError, ProvisionError
+from gateway.errors import ConfigError, ProvisionError, StateFileCorruptError
 from gateway.protocol.checkpoint import public_key_fingerprint
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 IDENTITY_KEY = "identity.key"
+_RESTORE = (
+    "restore it from backup, or re-provision with `sealgw init --force` and have the master "
+    "station enrol the new key (docs/deploy.md, exit status 3)"
+)
 IDENTITY_PUBLIC = "identity.pub"
 MQTT_KEY = "mqtt-client.key"
 MQTT_CSR = "mqtt-client.csr"
@@ -104,7 +108,12 @@ def load_identity(state_dir: Path) -> Ed25519PrivateKey:
         ) from exc
     if mode & 0o077:
         raise ProvisionError(f"identity key {path} has mode {mode:o}; use 600", paths=(path,))
-    key = serialization.load_pem_private_key(data, password=None)
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except ValueError as exc:  # truncated or garbled: the gateway cannot sign as itself
+        raise StateFileCorruptError(
+            f"identity key {path} is corrupt ({exc}); {_RESTORE}", path=path
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ProvisionError(f"identity key {path} is not an Ed25519 key", paths=(path,))
     return key

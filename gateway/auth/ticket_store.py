@@ -24,7 +24,14 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 
 from gateway.auth.policy import DEFAULT_SKEW_S, GatewayTrust
 from gateway.drivers.sqlite_util import execute_script, transaction
-from gateway.errors import AuthCode, AuthError, ConfigError, DatabaseCorruptError, StorageError
+from gateway.errors import (
+    AuthCode,
+    AuthError,
+    ConfigError,
+    DatabaseCorruptError,
+    StateFileCorruptError,
+    StorageError,
+)
 from gateway.protocol.certs import (
     OperatorCertificate,
     RevocationList,
@@ -45,6 +52,7 @@ from gateway.protocol.tickets import (
     parse_ticket,
     x25519_public_bytes,
 )
+from gateway.store.state_files import write_atomic
 
 __all__ = [
     "CREDENTIAL_KEY_FILE",
@@ -309,16 +317,13 @@ class TicketStore:
 
 
 def load_or_create_credential_key(path: Path) -> X25519PrivateKey:
-    """The gateway's X25519 credential key (raw, 0600), generated on first use."""
+    """The gateway's X25519 credential key (raw, 0600), generated on first use.
+
+    Raise StateFileCorruptError when the file exists but does not hold a key.
+    """
     if not path.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = X25519PrivateKey.generate()
-        raw = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_atomic(path, key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption()))
         _log.info("created credential key %s", path)
         return key
     mode = stat.S_IMODE(path.stat().st_mode)
@@ -326,7 +331,8 @@ def load_or_create_credential_key(path: Path) -> X25519PrivateKey:
         raise ConfigError(str(path), f"credential key is readable by others (mode {mode:o})")
     raw = path.read_bytes()
     if len(raw) != 32:
-        raise ConfigError(str(path), "credential key must hold 32 bytes")
+        message = f"{path}: credential key must hold 32 bytes, not {len(raw)}"
+        raise StateFileCorruptError(message, path=path)
     return X25519PrivateKey.from_private_bytes(raw)
 
 

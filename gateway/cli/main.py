@@ -131,6 +131,8 @@ def configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # pymodbus logs a hex dump of every frame at DEBUG: far too much, and not ours to debug.
+    logging.getLogger("pymodbus").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def _version() -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -25,15 +27,25 @@ from gateway.daemon.synthetic import run_synthetic_source
 from gateway.errors import GatewayError, IdentityRequiredError, ProvisionError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock, SystemClock
-from gateway.protocol.events import Event, EventDraft, EventType, Priority
+from gateway.protocol.events import Event, EventDraft, EventType, Priority, format_ts
+from gateway.protocol.wallclock import (
+    OFFSET_FILE_ENV,
+    JumpDetector,
+    OffsetClock,
+    clock_synchronized,
+)
 from gateway.remote.service import RemoteManagement, install_remote_management
 from gateway.store.buffer import EventBuffer
+from gateway.store.state_files import CorruptFile
 from gateway.uplink.commands import CommandDispatcher
 from gateway.uplink.uplink import Uplink
 
 _LOGGER = logging.getLogger(__name__)
 
 SHUTDOWN_FLUSH_S = 5.0
+CLOCK_CHECK_S = 2.0
+CLOCK_JUMP_THRESHOLD_S = 10.0
+"""Wall and monotonic time drifting apart by more than this between two checks is a jump."""
 
 
 class TrailClosedError(GatewayError):
@@ -82,6 +94,7 @@ class Gateway:
         self.monitor = self._health_monitor()
         self.exit_code = 0
         self.operations_refused = False
+        self.jumps = 0
         self._stop = asyncio.Event()
         self._trail_closed = False
         self._started_mono = time.monotonic()
@@ -128,6 +141,8 @@ class Gateway:
                 extra=lambda: {
                     "storage_full": self.buffer.storage_full,
                     "operations_refused": self.operations_refused,
+                    "clock_synchronized": clock_synchronized(),
+                    "clock_jumps": self.jumps,
                 },
             ),
             self.clock,
@@ -164,6 +179,8 @@ class Gateway:
         self.buffer.on_commit = self.uplink.committed
         self.buffer.on_storage_full = self._on_storage_full
         await self.buffer.append(self._started_event())
+        for corrupt in self.services.corrupt_files():
+            await self.buffer.append(self._corrupt_event(corrupt))
         await self._start_control()
         self._start_components()
         self.notifier.ready(f"gateway {self.config.gateway.id} running")
@@ -186,6 +203,7 @@ class Gateway:
         if self.checkpointer is not None:
             self.supervisor.start("checkpoint", self.checkpointer.run)
         self.supervisor.start("health", self._health_loop)
+        self.supervisor.start("clock", self._clock_loop)
         if self.notifier.watchdog_interval_s:
             self.supervisor.start("watchdog", self._watchdog_loop)
         if self.config.synthetic.enabled:
@@ -234,6 +252,37 @@ class Gateway:
         if self.buffer.recovered_from is not None:
             data["buffer_recovered_from"] = str(self.buffer.recovered_from)
         return self.draft(EventType.GATEWAY_STARTED, self._subject(), data, Priority.AUDIT)
+
+    def _corrupt_event(self, corrupt: CorruptFile) -> EventDraft:
+        data: dict[str, JSONValue] = {
+            "file": corrupt.path.name,
+            "moved_to": corrupt.moved_to.name if corrupt.moved_to is not None else None,
+            "reason": corrupt.reason[:200],
+            "consequence": corrupt.consequence,
+        }
+        return self.draft(EventType.GATEWAY_STATE_CORRUPT, self._subject(), data, Priority.ALARM)
+
+    async def _clock_loop(self) -> None:
+        """Raise gateway.clock_jump when the wall clock steps (docs/deploy.md, section 5)."""
+        detector = JumpDetector(self.clock, CLOCK_JUMP_THRESHOLD_S)
+        while True:
+            await self.clock.sleep(CLOCK_CHECK_S)
+            found = detector.check()
+            if found is None:
+                continue
+            jump_s, expected, wall = found
+            _LOGGER.warning("wall clock jumped by %+.1f s (%s -> %s)", jump_s, expected, wall)
+            self.jumps += 1
+            data: dict[str, JSONValue] = {
+                "jump_s": round(jump_s, 3),
+                "before": format_ts(expected),
+                "after": format_ts(wall),
+                "threshold_s": CLOCK_JUMP_THRESHOLD_S,
+                "synchronized": clock_synchronized(),
+            }
+            self.emit(
+                self.draft(EventType.GATEWAY_CLOCK_JUMP, self._subject(), data, Priority.ALARM)
+            )
 
     async def _health_loop(self) -> None:
         while True:
@@ -305,7 +354,18 @@ def install_signal_handlers(gateway: Gateway) -> None:
 
 async def run_daemon(config: GatewayConfig) -> int:
     """Entry point of `sealgw run`; returns the exit code (non-zero after a remote restart)."""
-    gateway = Gateway(config)
+    gateway = Gateway(config, clock=_daemon_clock())
     install_signal_handlers(gateway)
     await gateway.run()
     return gateway.exit_code
+
+
+def _daemon_clock() -> Clock:
+    """The system clock; tests shift its wall time through SEALGW_TEST_CLOCK_OFFSET_FILE."""
+    offset_file = os.environ.get(OFFSET_FILE_ENV)
+    if not offset_file:
+        return SystemClock()
+    _LOGGER.warning(
+        "wall clock offset from %s (%s is for tests only)", offset_file, OFFSET_FILE_ENV
+    )
+    return OffsetClock(SystemClock(), Path(offset_file))

@@ -24,7 +24,9 @@ from gateway.meters.service import MeterService
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Emit
+from gateway.protocol.wallclock import clock_synchronized
 from gateway.store.buffer import EventBuffer
+from gateway.store.state_files import CorruptFile
 from gateway.uplink.commands import CommandDispatcher
 from gateway.uplink.uplink import Uplink
 
@@ -46,6 +48,7 @@ class Services:
     meters: MeterService | None = None
     handheld: HandheldService | None = None
     handheld_server: HandheldServer | BleHandheldServer | None = None
+    handheld_store: PairedDeviceStore | None = None
 
     @property
     def seals(self) -> SealStateView:
@@ -59,6 +62,19 @@ class Services:
             supervisor.start("meters", self.meters.run)
         if self.handheld_server is not None:
             supervisor.start("handheld", self.handheld_server.run)
+
+    def corrupt_files(self) -> list[CorruptFile]:
+        """State files found corrupt and moved aside while the services opened them."""
+        found: list[CorruptFile] = []
+        if self.authorization is not None:
+            found += self.authorization.corrupt
+        if self.locks is not None and self.locks.store.corrupt is not None:
+            found.append(self.locks.store.corrupt)
+        if self.meters is not None and self.meters.memory.corrupt is not None:
+            found.append(self.meters.memory.corrupt)
+        if self.handheld_store is not None and self.handheld_store.corrupt is not None:
+            found.append(self.handheld_store.corrupt)
+        return found
 
     def control_handlers(self) -> dict[str, ControlHandler]:
         """Extra commands on the local control socket."""
@@ -156,6 +172,8 @@ def _meters(
         seals,
         district=config.gateway.district,
         theft=config.theft,
+        state_dir=config.gateway.state_dir,
+        clock_synced=clock_synchronized,
     )
 
 
@@ -170,11 +188,12 @@ def _add_handheld(
     if services.locks is None:
         raise ConfigError("handheld.enabled", "handhelds need seal locks ([[ble.locks]])")
     state_dir = config.gateway.state_dir
+    services.handheld_store = PairedDeviceStore.open(state_dir / HANDHELDS_FILE)
     services.handheld = HandheldService(
         config.handheld,
         identity=load_identity(state_dir),
         trust=authorization.trust,
-        store=PairedDeviceStore.open(state_dir / HANDHELDS_FILE),
+        store=services.handheld_store,
         backend=services.locks.operations,
         emit=emit,
         clock=clock,

@@ -2,14 +2,15 @@
 
 A record names the operator, the device's Ed25519 public key, the serial of the certificate
 it paired with (and the certificate document itself, to re-check validity and revocation at
-every session), and when it paired. Writes are atomic (temporary file, fsync, rename).
+every session), and when it paired. Writes are atomic (temporary file, fsync, rename, fsync of
+the directory). A file that does not parse is moved aside (`corrupt` says so) and the store
+starts empty: the handhelds pair again.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from gateway.errors import ConfigError, StorageError
 from gateway.protocol.signed import b64url, b64url_decode
+from gateway.store.state_files import CorruptFile, move_aside, write_atomic
 
 __all__ = ["HANDHELDS_FILE", "PairedDevice", "PairedDeviceStore"]
 
@@ -66,6 +68,7 @@ class PairedDeviceStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._devices: dict[bytes, PairedDevice] = {}
+        self.corrupt: CorruptFile | None = None
 
     @classmethod
     def open(cls, path: Path) -> PairedDeviceStore:
@@ -110,7 +113,9 @@ class PairedDeviceStore:
             obj = json.loads(raw)
             records = [PairedDevice.from_json(item) for item in obj["devices"]]
         except (ValueError, KeyError, TypeError) as exc:
-            raise StorageError(f"{self.path} is not a paired-device file: {exc}") from exc
+            reason = f"not a paired-device file: {exc}"
+            self.corrupt = move_aside(self.path, reason, "every handheld must pair again")
+            return
         self._devices = {record.device_key: record for record in records}
         _log.info("%d paired handhelds loaded", len(self._devices))
 
@@ -118,14 +123,7 @@ class PairedDeviceStore:
         records = sorted(devices.values(), key=lambda d: d.paired_at)
         data = {"v": STORE_VERSION, "devices": [d.to_json() for d in records]}
         payload = json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            tmp.replace(self.path)
+            write_atomic(self.path, payload)
         except OSError as exc:
             raise StorageError(f"cannot write {self.path}: {exc.strerror}") from exc

@@ -27,6 +27,7 @@ from gateway.protocol.canonical import JSONValue
 from gateway.protocol.events import format_ts
 from gateway.protocol.seal_advert import Advert, decode_advert, encode_advert
 from gateway.protocol.seal_frames import LockState, StatusFlags, WireLoop
+from gateway.store.state_files import CorruptFile, move_aside
 
 __all__ = ["LOCKS_DB_FILE", "LockRecord", "LockSpec", "LockStore", "SealRecord", "SealStates"]
 
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS emitted (
     PRIMARY KEY (lock_id, log_index)
 ) WITHOUT ROWID;
 """
+_LOST = "reconciliation cursors and replay marks start again from the locks' own logs"
 _SET_COUNTER = "UPDATE locks SET counter = max(coalesce(counter, 0), ?) WHERE lock_id = ?"
 _SET_ADVERT = "UPDATE locks SET advert = ? WHERE lock_id = ?"
 
@@ -87,10 +89,27 @@ class LockStore:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        self.corrupt: CorruptFile | None = None
 
     @classmethod
     def open(cls, path: Path) -> LockStore:
-        """Open (creating) the store at `path`."""
+        """Open (creating) the store; a corrupt file is moved aside and a new one started.
+
+        Losing it is safe: cursors restart at 0 (reconciliation refetches the lock logs, whose
+        entries are MAC'd), and the replay marks are re-learned from the locks' next answers.
+        """
+        try:
+            return cls._open(path)
+        except StorageError as exc:
+            if not isinstance(exc.__cause__, sqlite3.DatabaseError):
+                raise
+            corrupt = move_aside(path, str(exc.__cause__), _LOST)
+        store = cls._open(path)
+        store.corrupt = corrupt
+        return store
+
+    @classmethod
+    def _open(cls, path: Path) -> LockStore:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None)
         try:

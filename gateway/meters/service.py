@@ -10,24 +10,28 @@ Events (docs/meters.md):
   line_loss_jump: from gateway.meters.lineloss, for districts with a district meter.
 
 Each bus has one owner (ModbusBus or Dlt645Bus), which serializes the requests of every meter
-on it; DL/T 645 buses also get a broadcast time sync every `time_sync_s`.
+on it; DL/T 645 buses also get a broadcast time sync every `time_sync_s`, but only while the
+clock is trusted: `clock_synced` (the kernel's flag, from the daemon) does not say False, and
+the time is not before 2025. Skipped syncs are counted (`time_syncs_skipped`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.drivers.bus import Bus
 from gateway.drivers.dlt645.bus import Dlt645Bus
-from gateway.errors import GatewayError, ProfileError
+from gateway.errors import DuplicateEventError, GatewayError, ProfileError
 from gateway.locks.view import SealStateView
 from gateway.meters.config import MeterConfig, MetersSection, TheftSection
 from gateway.meters.lineloss import District, LineLossMonitor
+from gateway.meters.memory import MEMORY_FILE, MeterMemory
 from gateway.meters.model import MeterEvent, MeterReading, Sample, primary_side
 from gateway.meters.profiles import MeterProfile, load_profiles
 from gateway.meters.readers import MeterReader, failure_reason, make_reader, open_buses
@@ -35,7 +39,14 @@ from gateway.meters.theft import TheftCorrelator
 from gateway.meters.tracker import MeterTracker, PollOutcome
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
-from gateway.protocol.events import Emit, Event, EventDraft, EventType, Priority
+from gateway.protocol.events import (
+    Emit,
+    Event,
+    EventDraft,
+    EventType,
+    Priority,
+    derived_event_id,
+)
 
 if TYPE_CHECKING:
     from gateway.drivers.modbus.bus import ModbusBus
@@ -43,6 +54,9 @@ if TYPE_CHECKING:
 __all__ = ["MeterService", "SealStateView", "SuccessRates"]
 
 _log = logging.getLogger(__name__)
+
+_PLAUSIBLE_FROM = datetime(2025, 1, 1, tzinfo=UTC)
+"""Earlier than this release could have run: a clock reading it is wrong, whatever NTP says."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +84,8 @@ class MeterService:
         district: str = "district-1",
         theft: TheftSection | None = None,
         profiles: Mapping[str, MeterProfile] | None = None,
+        state_dir: Path | None = None,
+        clock_synced: Callable[[], bool | None] | None = None,
     ) -> None:
         self.settings = settings
         self._emit = emit
@@ -87,10 +103,19 @@ class MeterService:
         self.line_loss = self._line_loss_monitor(theft, seals)
         self.polls_done = 0
         self.time_syncs = 0
+        self.time_syncs_skipped = 0
+        self._clock_synced = clock_synced
         self._polled = asyncio.Condition()
+        self.memory = MeterMemory.load(state_dir / MEMORY_FILE if state_dir else None)
+        for meter_id, tracker in self.trackers.items():
+            remembered = self.memory.state(meter_id)
+            if remembered is not None:
+                tracker.restore(*remembered)
 
     async def run(self) -> None:
         """Poll every meter and sync DL/T 645 clocks until cancelled; closes the buses."""
+        for draft in self.memory.pending():  # found before a restart, maybe not committed
+            self._submit_durable(draft)
         try:
             async with asyncio.TaskGroup() as group:
                 for meter in self.settings.meters:
@@ -154,6 +179,7 @@ class MeterService:
             "districts": rates["districts"],
             "buses": {name: _bus_health(bus) for name, bus in self.buses.items()},
             "time_syncs": self.time_syncs,
+            "time_syncs_skipped": self.time_syncs_skipped,
         }
 
     # --- loops ----------------------------------------------------------------------------
@@ -173,6 +199,11 @@ class MeterService:
             await self._clock.sleep(self.settings.time_sync_s)
 
     async def _sync(self, bus: Dlt645Bus) -> bool:
+        if not self._clock_trusted():
+            self.time_syncs_skipped += 1
+            log = _log.warning if self.time_syncs_skipped == 1 else _log.debug
+            log("%s: time sync skipped: the system clock is not synchronised", bus.name)
+            return False
         try:
             await bus.broadcast_time(self._clock.now())
         except GatewayError as exc:
@@ -180,6 +211,12 @@ class MeterService:
             return False
         self.time_syncs += 1
         return True
+
+    def _clock_trusted(self) -> bool:
+        """Sync meters only from a clock the kernel calls synchronised, and never to the past."""
+        if self._clock.now() < _PLAUSIBLE_FROM:
+            return False
+        return self._clock_synced is None or self._clock_synced() is not False
 
     async def _count_poll(self) -> None:
         async with self._polled:
@@ -203,9 +240,13 @@ class MeterService:
                 "failed_polls": outcome.recovered_after,
             }
             self._send(EventType.METER_READ_RECOVERED, meter, data, Priority.STATE, ts)
+        durable: list[EventDraft] = []
         for event in self._events(meter, outcome, ts):
-            self._send(EventType.METER_EVENT, meter, event.to_data(), Priority.AUDIT, ts)
-            self._correlate(event)
+            draft = _event_draft(event, tracker.counters.get(event.event))
+            durable += [draft, *self._theft_drafts(event, draft.id)]
+        self.memory.remember(meter.id, tracker.active or frozenset(), tracker.counters, durable)
+        for draft in durable:
+            self._submit_durable(draft)
         if outcome.report:
             self._send(EventType.METER_READING, meter, reading.to_data(), Priority.TELEMETRY, ts)
         self._correlate(reading)
@@ -237,6 +278,34 @@ class MeterService:
             )
             for edge in outcome.events
         ]
+
+    def _theft_drafts(self, event: MeterEvent, event_id: str) -> list[EventDraft]:
+        """theft.suspected for a meter event, with ids derived from the event's."""
+        if self.theft is None:
+            return []
+        return [
+            replace(draft, id=derived_event_id(draft.ts, f"{event_id}|{i}"))
+            for i, draft in enumerate(self.theft.observe(event))
+        ]
+
+    def _submit_durable(self, draft: EventDraft) -> None:
+        """Submit an event kept pending in the memory; settle it once it is in the buffer."""
+
+        def settled(future: asyncio.Future[Event]) -> None:
+            error = None if future.cancelled() else future.exception()
+            if future.cancelled() or (
+                error is not None and not isinstance(error, DuplicateEventError)
+            ):
+                _log.warning(
+                    "%s %s not stored yet (%s): kept for the next start",
+                    draft.type,
+                    draft.id,
+                    error,
+                )
+                return
+            self.memory.settle(draft.id)
+
+        self._emit(draft).add_done_callback(settled)
 
     def _correlate(self, item: MeterReading | MeterEvent) -> None:
         if self.line_loss is not None and isinstance(item, MeterEvent):
@@ -309,6 +378,16 @@ class MeterService:
             "reason": tracker.last_reason if tracker.failing else None,
             "success_rate": None if rate is None else round(rate, 4),
         }
+
+
+def _event_draft(event: MeterEvent, counter: int | None) -> EventDraft:
+    """The meter.event draft, its id derived from the meter, the kind and the counter reached."""
+    key = f"meter.event|{event.meter}|{event.event.value}|{event.source}|{counter}"
+    ts = event.ts
+    draft_id = derived_event_id(ts, key)
+    return EventDraft(
+        EventType.METER_EVENT, event.meter, event.to_data(), Priority.AUDIT, ts, id=draft_id
+    )
 
 
 def _bus_health(bus: Bus) -> dict[str, JSONValue]:

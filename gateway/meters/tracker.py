@@ -10,6 +10,10 @@ Pure: no I/O, no clock. The service feeds it each poll's outcome and acts on the
   counter went up (which also catches an opening that closed between two polls). A counter
   seen for the first time, or one that went down (cleared), only sets the baseline.
 - A failure is reported once, on the transition from success (or start) into failure.
+
+`restore` starts a tracker from the conditions and counters a previous run saw (the service
+keeps them in gateway.meters.memory), so a step across a restart is an event and a condition
+still present is not a new edge.
 """
 
 from __future__ import annotations
@@ -69,6 +73,13 @@ class MeterTracker:
     def success_rate(self) -> float | None:
         """Successful polls / polls, None before the first poll."""
         return self.ok / self.polls if self.polls else None
+
+    def restore(
+        self, active: frozenset[MeterEventKind], counters: dict[MeterEventKind, int]
+    ) -> None:
+        """Start from what a previous run last saw: edges and steps are then against that."""
+        self.active = active
+        self.counters = dict(counters)
 
     def on_failure(self, reason: str) -> bool:
         """Count a failed poll; True if this is the transition into failure."""

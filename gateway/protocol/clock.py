@@ -59,6 +59,10 @@ class ManualClock:
         self._sleepers.append((self._mono + seconds, future))
         await future
 
+    def jump_wall(self, seconds: float) -> None:
+        """Step the wall clock alone, as NTP or `date -s` does; monotonic time stays put."""
+        self._wall += timedelta(seconds=seconds)
+
     def advance(self, seconds: float) -> None:
         """Move both clocks forward and wake every sleeper now due."""
         self._mono += seconds

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -39,6 +38,7 @@ from gateway.protocol.command_doc import (
     parse_command,
     verify_command,
 )
+from gateway.store.state_files import write_atomic
 from gateway.uplink.commands import Command
 
 __all__ = [
@@ -127,13 +127,8 @@ class ReplayCache:
 
     def _save(self, path: Path) -> None:
         data = {"v": _FILE_VERSION, "floor": self.floor, "nonces": self._expiry}
-        tmp = path.with_name(f".{path.name}.tmp")
         try:
-            with tmp.open("w", encoding="utf-8") as out:
-                json.dump(data, out, separators=(",", ":"))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
         except OSError as exc:
             _log.error("could not persist the replay cache %s: %s", path, exc)
 

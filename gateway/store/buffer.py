@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from gateway.errors import StorageError, StorageFullError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Event, EventDraft, Priority
+from gateway.protocol.wallclock import MonotonicCutoff
 from gateway.store.buffer_file import load_migrations
 from gateway.store.buffer_store import (
     BatchOutcome,
@@ -78,6 +79,7 @@ class EventBuffer:
         self._tasks: list[asyncio.Task[None]] = []
         self._full_reported = False
         self._errors = 0  # batches the writer failed on: the first is logged, then a count
+        self._cutoff = MonotonicCutoff(clock, slack_s=PRUNE_INTERVAL_S)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -165,7 +167,7 @@ class EventBuffer:
 
     async def prune(self) -> int:
         """Delete rows published longer ago than retain_published_s, in small transactions."""
-        cutoff = self.clock.now().timestamp() - self.settings.retain_published_s
+        cutoff = self._cutoff.cutoff(self.settings.retain_published_s)  # jump-proof
         total = 0
         while True:
             count = await self._run(self._store.prune, cutoff, PRUNE_CHUNK)

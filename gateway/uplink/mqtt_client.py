@@ -9,9 +9,12 @@ loop_misc are called from loop callbacks, as paho's "external event loop" mode a
   has to hop back into the loop (call_soon_threadsafe) with the GIL ping-ponging between them;
 - correctness: every paho callback (CONNACK, PUBACK, message, disconnect) runs on the loop
   thread, so the uplink's state needs no locks and no thread hops.
-The one blocking step, paho's connect() (TCP connect, TLS handshake, CONNECT), runs in a
-worker thread; the socket callbacks are installed only after it returns, so nothing from that
-thread touches the loop.
+The one blocking step, paho's connect() (name resolution, TCP connect, TLS handshake, CONNECT),
+runs in a daemon thread of its own, not the loop's default executor: `asyncio.run` joins that
+executor at exit, so a connect hanging on a black-holed broker or a dead DNS server would hold
+up a stop for as long as it hangs. The attempt is abandoned after `connect_timeout_s` (plus a
+grace) whatever the thread does; the socket callbacks are installed only after it returns, so
+nothing from that thread touches the loop.
 
 A connection is never reused: the uplink makes a new one (hence a new paho client) for every
 attempt, so paho's own queue of unacknowledged messages dies with the connection and paho
@@ -44,6 +47,7 @@ __all__ = ["ConnackInfo", "ConnectFailedError", "ConnectParams", "MqttConnection
 log = logging.getLogger(__name__)
 
 MISC_INTERVAL_S = 1.0
+CONNECT_GRACE_S = 1.0
 UNSUPPORTED_PROTOCOL = 0x84  # v5 reason code; paho maps a v3 CONNACK return code 1 onto it
 PROTOCOLS = {"5": paho.MQTTv5, "3.1.1": paho.MQTTv311}
 
@@ -190,9 +194,13 @@ class MqttConnection:
 
     async def _connect_socket(self) -> None:
         p = self.params
-        worker = self._loop.run_in_executor(None, self._blocking_connect)
+        worker = _in_daemon_thread(self._loop, self._blocking_connect, f"mqtt-connect:{p.host}")
         try:
-            await asyncio.shield(worker)
+            async with asyncio.timeout(p.connect_timeout_s + CONNECT_GRACE_S):
+                await asyncio.shield(worker)
+        except TimeoutError:  # name resolution hung: paho's timeout covers only the TCP part
+            worker.add_done_callback(lambda _f: self._client._sock_close())
+            raise ConnectFailedError(f"cannot reach {p.host}:{p.port}: timed out") from None
         except asyncio.CancelledError:
             worker.add_done_callback(lambda _f: self._client._sock_close())
             raise
@@ -342,6 +350,33 @@ class _PahoClient(paho.Client):
             ssl_sock.close()
             raise
         return ssl_sock
+
+
+def _in_daemon_thread(
+    loop: asyncio.AbstractEventLoop, work: Callable[[], None], name: str
+) -> asyncio.Future[None]:
+    """Run blocking `work` in a daemon thread; the future resolves on the loop when it ends."""
+    future: asyncio.Future[None] = loop.create_future()
+
+    def settle(exc: BaseException | None) -> None:
+        if future.done():
+            return
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+
+    def body() -> None:
+        error: BaseException | None = None
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the loop, raised there
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, error)
+
+    threading.Thread(target=body, name=name, daemon=True).start()
+    return future
 
 
 def _make_client(params: ConnectParams) -> paho.Client:

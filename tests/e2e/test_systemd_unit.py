@@ -145,9 +145,17 @@ def test_service_lifecycle(unit: dict[str, Directives]) -> None:
     assert service["Type"] == ["notify"]
     assert service["ExecStart"] == [f"{INSTALLED_BINARY} run -c /etc/sealgw/gateway.toml"]
     assert service["Restart"] == ["on-failure"]
-    assert service["RestartPreventExitStatus"] == ["2"]  # config errors: EXIT_USAGE
+    assert service["RestartPreventExitStatus"] == ["2 3"]  # EXIT_USAGE, IDENTITY_CORRUPT
     assert unit["Install"]["WantedBy"] == ["multi-user.target"]
     assert unit["Unit"]["StartLimitIntervalSec"] == ["0"]
+
+
+def test_starts_after_the_clock_is_synchronised(unit: dict[str, Directives]) -> None:
+    """Issue 13 item 6: never stamp events or sync meters from an unsynchronised clock."""
+    after = " ".join(unit["Unit"]["After"]).split()
+    wants = " ".join(unit["Unit"]["Wants"]).split()
+    assert "time-sync.target" in after
+    assert "time-sync.target" in wants  # a passive target: only pulled in when wanted
 
 
 def test_watchdog_is_pinged_well_within_its_timeout(unit: dict[str, Directives]) -> None:

@@ -3,9 +3,9 @@
 - `dlt645-tcp://host:port`: a TCP socket (a transparent Ethernet-to-RS-485 converter, or the
   simulator), on an asyncio protocol;
 - `dlt645-serial:///dev/ttyUSB0?baud=2400&parity=E`: a local serial port, 2400 baud 8E1 unless
-  the string says otherwise, with the options of `rtu://` (rs485, rs485_invert, echo). pyserial
-  runs in non-blocking mode and the event loop reads the port (`add_reader`): no thread and no
-  pyserial-asyncio.
+  the string says otherwise (a pseudo-terminal is always 8N1: see `_is_pty`), with the options
+  of `rtu://` (rs485, rs485_invert, echo). pyserial runs in non-blocking mode and the event
+  loop reads the port (`add_reader`): no thread and no pyserial-asyncio.
 
 Received bytes wait in an inbox the bus can flush.
 """
@@ -13,7 +13,9 @@ Received bytes wait in an inbox the bus can flush.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import termios  # pyserial lets termios.error (not an OSError) escape from open()
 from dataclasses import dataclass
 from enum import StrEnum
@@ -249,13 +251,14 @@ class SerialLine:
 
         self.close()
         self._inbox = _Inbox()
+        settings = self._settings()
         try:
-            self._port = serial.Serial(**self._settings())
+            self._port = serial.Serial(**settings)
         except (serial.SerialException, OSError, ValueError, termios.error) as exc:
             raise LineUnavailableError(f"{self.name}: cannot open: {exc}") from exc
         self._apply_rs485()
         asyncio.get_running_loop().add_reader(self._port.fileno(), self._on_readable)
-        _log.info("%s: opened at %d baud %s", self.name, self.spec.baud, self.spec.parity)
+        _log.info("%s: opened at %d baud %s", self.name, self.spec.baud, settings["parity"])
 
     def write(self, data: bytes) -> None:
         """Send bytes; a DL/T 645 request fits the kernel's buffer, so this does not block."""
@@ -283,7 +286,7 @@ class SerialLine:
             return
         port, self._port = self._port, None
         asyncio.get_running_loop().remove_reader(port.fileno())
-        port.close()
+        _close_without_drain(port)
         self._inbox.close("closed")
 
     def _settings(self) -> dict[str, Any]:
@@ -292,7 +295,7 @@ class SerialLine:
             "port": spec.device,
             "baudrate": spec.baud,
             "bytesize": spec.bytesize,
-            "parity": spec.parity,
+            "parity": "N" if _is_pty(spec.device) else spec.parity,
             "stopbits": spec.stopbits,
             "timeout": 0,
             "write_timeout": 1.0,
@@ -311,7 +314,7 @@ class SerialLine:
         _log.warning("%s: %s", self.name, reason)
         if self._port is not None:
             asyncio.get_running_loop().remove_reader(self._port.fileno())
-            self._port.close()
+            _close_without_drain(self._port)
             self._port = None
         self._inbox.close(reason)
 
@@ -327,3 +330,26 @@ class SerialLine:
             raise ConfigError(
                 f"{self.spec.key}.rs485", f"the port refused RS-485 mode: {exc}"
             ) from exc
+
+
+_PTY_SLAVE_MAJORS = range(136, 144)  # Unix98 pseudo-terminal slaves (Documentation/devices)
+
+
+def _is_pty(device: str) -> bool:
+    """True for a pseudo-terminal (the simulator's socat pair), where parity does not exist.
+
+    A pty carries bytes, not bits on a wire, and Linux refuses PARENB on one once it has been
+    set up (tcsetattr: EINVAL), so a reopened 8E1 line would stay dead: open it 8N1.
+    """
+    try:
+        return os.major(os.stat(device).st_rdev) in _PTY_SLAVE_MAJORS
+    except OSError:
+        return False
+
+
+def _close_without_drain(port: Any) -> None:
+    """Close a port at once: discard unsent output first, so close() does not wait to drain it."""
+    with contextlib.suppress(OSError, termios.error):
+        termios.tcflush(port.fileno(), termios.TCOFLUSH)
+    with contextlib.suppress(OSError):
+        port.close()
