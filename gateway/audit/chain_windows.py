@@ -40,9 +40,9 @@ def verify_sparse_chain(events: Iterable[EventObj]) -> tuple[ChainReport, list[S
         announced = _announced(group)
         for (low, high), skip_leading in _windows(group):
             window = [obj for obj in group if low <= obj["seq"] <= high]
-            evicted = _clip(announced, low if skip_leading else 1, high)
-            evicted |= {1} if skip_leading else set()
-            _merge(combined, verify_chain(window, evicted={gateway: evicted}))
+            start = low if skip_leading else 1
+            evicted = _clip(announced, start, high)
+            _merge(combined, verify_chain(window, evicted={gateway: evicted}, start=start))
         for first, last in _wide_gaps(group):
             wide.extend(SeqRange(gateway, a, b) for a, b in _subtract(first, last, announced))
     return combined, wide
@@ -112,3 +112,4 @@ def _merge(into: ChainReport, part: ChainReport) -> None:
         into.heads[gateway] = max(into.heads.get(gateway, 0), part.heads[gateway])
     into.duplicates += part.duplicates
     into.problems.extend(part.problems)
+    into.weak.extend(part.weak)

@@ -160,10 +160,14 @@ class AuditReport:
 
     @property
     def outcome(self) -> AuditOutcome:
-        """BROKEN with any problem; else UNSIGNED unless every event of every gateway is signed."""
+        """BROKEN with any problem; else UNSIGNED unless every event of every gateway is signed.
+
+        An eviction notice without exact runs (an old gateway's) also makes the trail UNSIGNED:
+        it excuses a whole seq range, so a deleted audit event inside it cannot be ruled out.
+        """
         if self.problems:
             return AuditOutcome.BROKEN
-        if not self.chain.heads or any(s.unsigned for s in self._summaries()):
+        if not self.chain.heads or self.chain.weak or any(s.unsigned for s in self._summaries()):
             return AuditOutcome.UNSIGNED
         return AuditOutcome.VERIFIED
 
@@ -200,6 +204,9 @@ class AuditReport:
             "signed_through_seq": summary.signed_through,
             "unsigned_events": summary.unsigned,
             "unsigned_from_seq": summary.unsigned_from,
+            "unverifiable_evictions": [
+                [w.seq, w.first, w.last] for w in self.chain.weak if w.gateway == gateway
+            ],
         }
 
 

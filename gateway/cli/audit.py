@@ -129,6 +129,12 @@ def _gateway_lines(report: AuditReport, gateway: str) -> list[str]:
             f"  unsigned: {summary.unsigned} events from seq {summary.unsigned_from} on are not "
             "covered by a verified checkpoint"
         )
+    lines.extend(
+        f"  unverifiable: eviction notice seq {w.seq} excuses seq {w.first}-{w.last} without"
+        " exact runs"
+        for w in report.chain.weak
+        if w.gateway == gateway
+    )
     lines.extend(f"  {_problem_line(p)}" for p in report.problems if p.gateway == gateway)
     return lines
 
@@ -156,6 +162,8 @@ def _verdict(report: AuditReport) -> str:
         return "VERIFIED: chain intact, every event covered by a verified checkpoint"
     if outcome == "unsigned":
         why = "" if report.keys_given else " (no --gateway-key given)"
+        if report.chain.weak and report.keys_given:
+            why = " (old eviction notices without exact runs)"
         return f"UNSIGNED: chain intact, but not every event is signed{why}"
     count = len(report.problems)
     return f"BROKEN: {count} problem{'s' if count != 1 else ''} found"

@@ -5,7 +5,14 @@ Chain epochs (docs/events.md, "Chain epochs"): a `gateway.chain_epoch` event who
 data names that event (`prev_seq` = seq - 1, `prev_hash` = its hash), which must agree when the
 event is held. Its `lost_first_seq`..`lost_last_seq` are announced, like evicted telemetry.
 Any other event whose prev_hash is not the previous event's hash is a broken link.
-`link_ok`, `epoch_start` and `announced_ranges` are the pure rules a master station applies.
+
+Evictions (docs/events.md, "Evicted telemetry"): a `gateway.telemetry_evicted` event names the
+exact runs of seqs it dropped (`runs`) and, per run, the prev_hash of its first event and the hash
+of its last (`run_hashes`), so an event kept beside a run still has both links checked. A notice
+without `runs` (written before they existed) still excuses `first_seq`..`last_seq`, but it is
+reported as weak: a kept audit event inside that range could have been deleted unseen.
+`link_ok`, `epoch_start`, `announced_ranges` and `eviction_runs` are the pure rules a master
+station applies.
 """
 
 from __future__ import annotations
@@ -78,11 +85,66 @@ def link_ok(obj: Mapping[str, Any], previous_hash: str | None) -> bool:
     return previous_hash is None or obj.get("prev_hash") == previous_hash
 
 
+@dataclass(frozen=True, slots=True)
+class EvictedRun:
+    """Seqs `first`..`last`, all evicted; `before` is the prev_hash of `first`, `after` the hash
+    of `last` (so the kept events on either side stay linked)."""
+
+    first: int
+    last: int
+    before: str
+    after: str
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def eviction_runs(obj: Mapping[str, Any]) -> list[EvictedRun] | None:
+    """The exact runs a gateway.telemetry_evicted notice announces; None when it has none.
+
+    A notice with malformed `runs` or `run_hashes` announces nothing (an empty list), so junk
+    excuses no missing seq.
+    """
+    data = obj.get("data")
+    if obj.get("type") != EVICTED_TYPE or not isinstance(data, Mapping) or "runs" not in data:
+        return None
+    runs, hashes = data.get("runs"), data.get("run_hashes")
+    if not isinstance(runs, list) or not isinstance(hashes, list) or len(runs) != len(hashes):
+        return []
+    found: list[EvictedRun] = []
+    for run, pair in zip(runs, hashes, strict=True):
+        if not (isinstance(run, list) and len(run) == 2 and all(_is_int(v) for v in run)):
+            return []
+        if not (
+            isinstance(pair, list) and len(pair) == 2 and all(isinstance(h, str) for h in pair)
+        ):
+            return []
+        if not 1 <= run[0] <= run[1]:
+            return []
+        found.append(EvictedRun(run[0], run[1], pair[0], pair[1]))
+    return found
+
+
+def legacy_eviction(obj: Mapping[str, Any]) -> tuple[int, int] | None:
+    """`first_seq`..`last_seq` of a notice without exact runs (a weak announcement), or None."""
+    data = obj.get("data")
+    if obj.get("type") != EVICTED_TYPE or not isinstance(data, Mapping) or "runs" in data:
+        return None
+    first, last = data.get("first_seq"), data.get("last_seq")
+    if isinstance(first, int) and isinstance(last, int) and _is_int(first) and first <= last:
+        return first, last
+    return None
+
+
 def announced_ranges(obj: Mapping[str, Any]) -> list[tuple[int, int]]:
     """Seq ranges an event announces as absent: evicted telemetry, or an epoch's lost history."""
     data = obj.get("data")
     if not isinstance(data, Mapping):
         return []
+    runs = eviction_runs(obj)
+    if runs is not None:
+        return [(run.first, run.last) for run in runs]
     if obj.get("type") == EVICTED_TYPE:
         first, last = data.get("first_seq"), data.get("last_seq")
     elif epoch_start(obj) is not None:
@@ -104,6 +166,16 @@ class ChainProblem:
     detail: str
 
 
+@dataclass(frozen=True, slots=True)
+class WeakNotice:
+    """An eviction notice without exact runs: `first`..`last` is excused but not verifiable."""
+
+    gateway: str
+    seq: int
+    first: int
+    last: int
+
+
 @dataclass(slots=True)
 class ChainReport:
     """What verification found, per gateway."""
@@ -112,6 +184,7 @@ class ChainReport:
     heads: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     problems: list[ChainProblem] = field(default_factory=list)
+    weak: list[WeakNotice] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -122,15 +195,64 @@ class ChainReport:
 
 
 def verify_chain(
-    events: Iterable[Mapping[str, Any]], *, evicted: Mapping[str, set[int]] | None = None
+    events: Iterable[Mapping[str, Any]],
+    *,
+    evicted: Mapping[str, set[int]] | None = None,
+    start: int = 1,
 ) -> ChainReport:
-    """Check hashes, links and seq continuity per gateway. `evicted` seqs are announced gaps."""
+    """Check hashes, links and seq continuity per gateway. `evicted` seqs are announced gaps.
+
+    Seqs below `start` are outside the events given (a window of a longer trail) and not checked.
+    """
     report = ChainReport()
     by_gateway = _collect(events, report)
     for gateway, chain in sorted(by_gateway.items()):
         announced = _Evicted((evicted or {}).get(gateway, set()), _announced_evictions(chain))
-        _verify_one(gateway, chain, announced, report)
+        _verify_one(gateway, chain, announced, report, start)
+        _check_run_links(gateway, chain, report)
     return report
+
+
+class RunLinks:
+    """Announced hashes around evicted runs: `ends[last]` = hash of last, `starts[first]` =
+    prev_hash of first."""
+
+    __slots__ = ("ends", "starts")
+
+    def __init__(self, notices: Iterable[Mapping[str, Any]]) -> None:
+        self.ends: dict[int, str] = {}
+        self.starts: dict[int, str] = {}
+        for obj in notices:
+            for run in eviction_runs(obj) or []:
+                self.ends[run.last] = run.after
+                self.starts[run.first] = run.before
+
+    def problem(self, obj: Mapping[str, Any], next_held: bool) -> str | None:
+        """Why a held event disagrees with the runs evicted beside it, or None."""
+        seq = int(obj.get("seq", 0))
+        after = self.ends.get(seq - 1)
+        if after is not None and epoch_start(obj) is None and obj.get("prev_hash") != after:
+            return "prev_hash differs from the announced hash of the evicted event before it"
+        before = self.starts.get(seq + 1)
+        if before is not None and not next_held and obj.get("hash") != before:
+            return "hash differs from the prev_hash announced for the evicted event after it"
+        return None
+
+
+def _check_run_links(
+    gateway: str, chain: Mapping[int, Mapping[str, Any]], report: ChainReport
+) -> None:
+    """Check held events against announced run hashes; list notices without runs as weak."""
+    links = RunLinks(chain.values())
+    for seq, obj in sorted(chain.items()):
+        legacy = legacy_eviction(obj)
+        if legacy is not None:
+            report.weak.append(WeakNotice(gateway, seq, *legacy))
+        if seq - 1 in chain and seq + 1 in chain:
+            continue
+        detail = links.problem(obj, seq + 1 in chain)
+        if detail is not None:
+            report.problems.append(ChainProblem(gateway, ProblemKind.BROKEN_LINK, seq, detail))
 
 
 def _collect(
@@ -173,13 +295,16 @@ class _Evicted:
 
 
 def _verify_one(
-    gateway: str, chain: Mapping[int, Mapping[str, Any]], evicted: _Evicted, report: ChainReport
+    gateway: str,
+    chain: Mapping[int, Mapping[str, Any]],
+    evicted: _Evicted,
+    report: ChainReport,
+    start: int,
 ) -> None:
     report.events[gateway] = len(chain)
     head = max(chain)
     report.heads[gateway] = head
-    first = 1 if 1 in chain or 1 not in evicted else min(chain)
-    for seq in range(first, head + 1):
+    for seq in range(min(start, head), head + 1):
         obj = chain.get(seq)
         if obj is None:
             if seq not in evicted:

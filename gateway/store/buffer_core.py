@@ -41,6 +41,7 @@ from gateway.store.buffer_sql import (
     Scratch,
     estimate,
     evicted_data,
+    evicted_links,
     insert_sql,
     is_refusal,
     reserve_size,
@@ -454,7 +455,9 @@ class StoreCore:
     def _evict(self, scratch: Scratch) -> bool:
         """Delete the oldest unpublished telemetry committed before this batch; True if any."""
         rows = self._db.execute(EVICT, (self.head[0], _CHUNK)).fetchall()
-        scratch.evicted.extend(seq for (seq,) in rows)
+        for seq, payload in rows:
+            scratch.evicted.append(seq)
+            scratch.links[seq] = evicted_links(payload)
         return bool(rows)
 
     def _prune_to(self, scratch: Scratch, target: int, chunks: int) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from gateway.protocol.canonical import JSONValue
 from gateway.protocol.events import Event, Priority
 from gateway.store.disk import is_full_error
 
@@ -40,7 +42,7 @@ PRUNE_ANY = (
 )
 EVICT = (
     "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE published = 0"
-    " AND priority = 3 AND seq <= ? ORDER BY seq LIMIT ?) RETURNING seq"  # 3: TELEMETRY
+    " AND priority = 3 AND seq <= ? ORDER BY seq LIMIT ?) RETURNING seq, payload"  # 3: TELEMETRY
 )
 
 
@@ -52,6 +54,7 @@ class Scratch:
     events: list[Event] = field(default_factory=list)
     depth: list[int] = field(default_factory=lambda: [0] * len(Priority))
     evicted: list[int] = field(default_factory=list)
+    links: dict[int, tuple[str, str]] = field(default_factory=dict)  # seq: (prev_hash, hash)
     pruned: int = 0
     bulk_blocked: bool = False
 
@@ -93,9 +96,33 @@ def estimate(events: Iterable[Event]) -> int:
     return sum(len(e.payload) + len(e.id) + ROW_OVERHEAD for e in events)
 
 
-def evicted_data(scratch: Scratch) -> dict[str, int | str]:
-    seqs = scratch.evicted
-    return {"first_seq": min(seqs), "last_seq": max(seqs), "count": len(seqs)}
+def evicted_data(scratch: Scratch) -> dict[str, JSONValue]:
+    """The gateway.telemetry_evicted data: exact runs and the hashes that keep links checkable."""
+    seqs = sorted(scratch.evicted)
+    runs: list[JSONValue] = []
+    hashes: list[JSONValue] = []
+    start = previous = seqs[0]
+    for seq in [*seqs[1:], None]:
+        if seq is not None and seq == previous + 1:
+            previous = seq
+            continue
+        runs.append([start, previous])
+        hashes.append([scratch.links[start][0], scratch.links[previous][1]])
+        if seq is not None:
+            start = previous = seq
+    return {
+        "first_seq": seqs[0],
+        "last_seq": seqs[-1],
+        "count": len(seqs),
+        "runs": runs,
+        "run_hashes": hashes,
+    }
+
+
+def evicted_links(payload: bytes) -> tuple[str, str]:
+    """(prev_hash, hash) of an evicted row's payload."""
+    obj = json.loads(payload)
+    return str(obj["prev_hash"]), str(obj["hash"])
 
 
 def reserve_size(max_bytes: int) -> int:

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from gateway.errors import ProtocolError
-from gateway.protocol.chain import link_ok
+from gateway.protocol.chain import RunLinks, link_ok
 from gateway.protocol.events import event_hash
 from gateway.protocol.strict_json import load_object
 from master_station.ledger.evidence import REJECTING
@@ -50,6 +50,17 @@ def link_to(head: tuple[int, str], seq: int, evicted: Sequence[SeqRange]) -> str
         return head[1]
     missing = (head[0] + 1, seq - 1)
     return "" if not subtract_ranges(missing, evicted) else None
+
+
+def check_runs(runs: RunLinks, head: tuple[int, str], seq: int) -> tuple[str, str] | None:
+    """A broken link when the verified head disagrees with the run evicted right after it."""
+    before = runs.starts.get(head[0] + 1)
+    if seq != head[0] + 1 and head[0] > 0 and before is not None and before != head[1]:
+        return (
+            "broken_link",
+            "hash differs from the prev_hash announced for the evicted event after it",
+        )
+    return None
 
 
 def check_row(payload: bytes, stored_hash: str, link: str) -> tuple[str, str] | None:

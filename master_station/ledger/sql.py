@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway.errors import ProtocolError
-from gateway.protocol.chain import EPOCH_TYPE, announced_ranges, verify_chain
+from gateway.protocol.chain import EPOCH_TYPE, RunLinks, announced_ranges, verify_chain
 from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.events import GENESIS_HASH, EventType, event_hash, format_ts
 from master_station.ledger.evidence import (
@@ -43,6 +43,7 @@ from master_station.ledger.models import (
 from master_station.ledger.rows import (
     as_bytes,
     check_row,
+    check_runs,
     event_row,
     json_object,
     link_to,
@@ -422,13 +423,16 @@ class SqlLedger:
         """Walk the stored chain past the verified head while it is contiguous and sound."""
         start = head = self._head(gateway)
         evicted = self._evicted(gateway)
+        runs = RunLinks(self._notices(gateway))
         findings: list[tuple[int, str, str]] = []
         checkpoints = 0
         for seq, payload, stored_hash in self._rows_after(gateway, head[0]):
             link = link_to(head, seq, evicted)
             if link is None:
                 break  # a gap: stop here until it is filled
-            finding = check_row(payload, stored_hash, link)
+            finding = check_runs(runs, head, seq) or check_row(
+                payload, stored_hash, link or runs.ends.get(seq - 1, "")
+            )
             if finding is not None:
                 findings.append((seq, *finding))
                 break
@@ -549,14 +553,15 @@ class SqlLedger:
 
     def _evicted(self, gateway: str) -> list[SeqRange]:
         """Seq ranges announced as absent: evicted telemetry and the lost history of epochs."""
+        return sorted(span for obj in self._notices(gateway) for span in announced_ranges(obj))
+
+    def _notices(self, gateway: str) -> list[dict[str, Any]]:
+        """The eviction notices and epoch starts of `gateway`, parsed."""
         rows = self._db.query(
             "SELECT payload FROM events WHERE gateway = ? AND type IN (?, ?)",
             (gateway, EVICTED_TYPE, EPOCH_TYPE),
         )
-        spans: list[SeqRange] = []
-        for (payload,) in rows:
-            spans += announced_ranges(json.loads(as_bytes(payload)))
-        return sorted(spans)
+        return [json.loads(as_bytes(payload)) for (payload,) in rows]
 
     def _check_version(self) -> None:
         self._db.create_schema(schema_statements(*_types(self._db)))

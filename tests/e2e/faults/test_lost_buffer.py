@@ -32,7 +32,11 @@ async def restart(path: Path) -> list[Event]:
 
 
 def audit_verify(tmp_path: Path, objs: list[dict[str, object]]) -> int:
-    """Exit code of `sealgw audit verify` over the events as JSON lines."""
+    """Exit code of `sealgw audit verify` over the events as JSON lines, without a key.
+
+    0 verified needs a checkpoint key; an intact chain without one is 3 (unsigned), and a
+    broken one 1 (docs/audit.md, section 5).
+    """
     file = tmp_path / "received.jsonl"
     file.write_text("".join(json.dumps(obj) + "\n" for obj in objs))
     command = [sys.executable, "-m", "gateway.cli.main", "audit", "verify", str(file)]
@@ -63,7 +67,7 @@ def test_lost_buffer_file_continues_seq_in_a_new_epoch(tmp_path: Path, how: str)
 
     received = delivered + [json.loads(e.payload) for e in new]
     assert verify_chain(received).ok
-    assert audit_verify(tmp_path, received) == 0
+    assert audit_verify(tmp_path, received) == 3  # intact but unsigned: no key given (audit.md)
     unannounced = [obj for obj in received if obj["type"] != "gateway.chain_epoch"]
     assert not verify_chain(unannounced).ok
     assert audit_verify(tmp_path, unannounced) == 1
