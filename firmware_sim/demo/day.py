@@ -31,7 +31,14 @@ from gateway.protocol.handheld_crypto import ed25519_public_bytes
 from gateway.protocol.tickets import x25519_public_bytes
 from master_station.subscriber import EventSubscriber
 
-__all__ = ["GATEWAY_ID", "Day", "Timeline", "start_district", "start_gateway"]
+__all__ = [
+    "GATEWAY_ID",
+    "Day",
+    "Timeline",
+    "locks_heard_since",
+    "start_district",
+    "start_gateway",
+]
 
 GATEWAY_ID = "gw-demo-01"
 DISTRICT = "district-1"
@@ -365,6 +372,21 @@ def buffer_head(day: Day) -> int:
 def ledger_complete_to(day: Day, head: int) -> Callable[[], bool]:
     """A condition: the ledger holds every seq 1..head."""
     return lambda: set(range(1, head + 1)) <= ledger_seqs(day)
+
+
+def locks_heard_since(day: Day, ts: str) -> Callable[[], bool]:
+    """A condition: the ledger's retained state of every lock says it was heard at or after `ts`.
+
+    A (re)started gateway first republishes every seal with `online: false` and `last_seen:
+    null` (not heard yet by this process); the KPIs are only meaningful once it heard them again.
+    """
+
+    def heard() -> bool:
+        rows = _query(day.ledger, "SELECT payload FROM seal_state WHERE gateway = ?", (GATEWAY_ID,))
+        seen = [json.loads(bytes(row[0])).get("last_seen") for row in rows]
+        return len(seen) == LOCKS and all(isinstance(t, str) and t >= ts for t in seen)
+
+    return heard
 
 
 def _query(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -29,6 +29,7 @@ from firmware_sim.demo.day import (
     issue_ticket,
     ledger_complete_to,
     ledger_seqs,
+    locks_heard_since,
     operate,
     pair,
     read_state,
@@ -196,6 +197,8 @@ def gateway_restart(day: Day) -> None:
         raise DemoStepError(f"gateway.started at seq {started['seq']} does not follow {head}")
     day.wait("ledger complete after restart", ledger_complete_to(day, started["seq"]), 30)
     say(f"resumed at seq {started['seq']}; ledger complete to it, no gap")
+    day.wait("every lock heard again", locks_heard_since(day, started["ts"]), 20)
+    say("every lock heard again: its retained state is fresh in the ledger")
 
 
 def end_of_day(day: Day) -> None:

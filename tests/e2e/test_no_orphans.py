@@ -11,7 +11,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,17 @@ def _children_up(mark: str, parent: int, *needles: str) -> bool:
     return all(any(needle in cmd for cmd in others) for needle in needles)
 
 
+def _wait_up(proc: subprocess.Popen[bytes], condition: Callable[[], bool], what: str) -> None:
+    """poll_until; if it fails, kill and reap the program so no un-waited Popen outlives the test
+    (its ResourceWarning would otherwise fail whichever later test collects it)."""
+    try:
+        poll_until(condition, STARTUP_S, what)
+    except AssertionError:
+        proc.kill()
+        proc.wait(GONE_S)
+        raise
+
+
 def _signal_and_check(proc: subprocess.Popen[bytes], mark: str, signum: int, log: Path) -> int:
     """Send `signum`; return the exit code once nothing marked is left (AssertionError if not)."""
     before = marked_pids(mark)
@@ -66,9 +77,9 @@ def _signal_and_check(proc: subprocess.Popen[bytes], mark: str, signum: int, log
 def test_bench_footprint_sigterm_leaves_no_process(mark: str, tmp_path: Path) -> None:
     log = tmp_path / "bench.log"
     proc = _start(["-m", "bench", "footprint", "--json"], mark, log)
-    poll_until(
+    _wait_up(
+        proc,
         lambda: _children_up(mark, proc.pid, "mosquitto", "bench.footprint_sim", "gateway run"),
-        STARTUP_S,
         "broker, device simulator and gateway started",
     )
     assert _signal_and_check(proc, mark, signal.SIGTERM, log) == 128 + signal.SIGTERM
@@ -76,9 +87,9 @@ def test_bench_footprint_sigterm_leaves_no_process(mark: str, tmp_path: Path) ->
 
 def _demo(mark: str, log: Path) -> subprocess.Popen[bytes]:
     proc = _start(["-m", "gateway", "demo", "--duration", "30", "--json"], mark, log)
-    poll_until(
+    _wait_up(
+        proc,
         lambda: _children_up(mark, proc.pid, "mosquitto", "master listen", " sim ", " run -c"),
-        STARTUP_S,
         "broker, master, simulator and gateway started",
     )
     return proc

@@ -35,7 +35,8 @@ async def test_a_json_bomb_on_cmd_is_refused_and_events_keep_flowing(
     dispatcher = CommandDispatcher()
     dispatcher.register("echo", _echo)
     sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
-    async with running(make_uplink(mosquitto.url, buf, dispatcher=dispatcher)):
+    uplink = make_uplink(mosquitto.url, buf, dispatcher=dispatcher)
+    async with running(uplink, commands_from=mosquitto):
         sub.publish(f"{ROOT}/cmd/echo", BOMB)
         sub.publish(f"{ROOT}/cmd/echo", b'{"id": "after", "x": 1}')
         buf.add_many(Priority.AUDIT, 20)
@@ -57,7 +58,7 @@ async def test_an_oversized_command_never_reaches_the_parser(
         sub.clear()
         uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=dispatcher,
                              protocol=protocol)  # fmt: skip
-        async with running(uplink):
+        async with running(uplink, commands_from=mosquitto):
             sub.publish(f"{ROOT}/cmd/echo", big)
             sub.publish(f"{ROOT}/cmd/echo", b'{"id": "after"}')
             await sub.wait_for(lambda m: any(r["id"] == "after" for r in _replies(m)))
@@ -88,7 +89,7 @@ async def test_a_command_flood_runs_at_most_max_running_and_answers_the_rest_bus
     flood = 300
     sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
     uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=dispatcher)
-    async with running(uplink):
+    async with running(uplink, commands_from=mosquitto):
         for n in range(flood):
             sub.publish(f"{ROOT}/cmd/slow", json.dumps({"id": n}).encode())
         await wait_until(lambda: uplink.commands.refused["busy"] == flood - MAX_RUNNING,
@@ -109,7 +110,8 @@ async def test_a_wildcard_response_topic_is_refused_with_a_reply(
     dispatcher = CommandDispatcher()
     dispatcher.register("echo", _echo)
     sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#", "ms/#"]).start()
-    async with running(make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=dispatcher)):
+    uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=dispatcher)
+    async with running(uplink, commands_from=mosquitto):
         sub.publish(f"{ROOT}/cmd/echo", b'{"id": "w", "x": 1}', response_topic="ms/+/r")
         sub.publish(f"{ROOT}/cmd/echo", b'{"id": "ok", "x": 2}', response_topic="ms/gw/r")
         await sub.wait_for(lambda m: len(m) >= 2)
@@ -124,7 +126,7 @@ async def test_an_unsigned_resend_is_refused_without_a_master_key(
 ) -> None:
     buf = FakeEventBuffer()
     sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
-    async with running(make_uplink(mosquitto.url, buf)):
+    async with running(make_uplink(mosquitto.url, buf), commands_from=mosquitto):
         sub.publish(f"{ROOT}/cmd/resend", b'{"id": "rs", "from_seq": 1}')
         (reply,) = await sub.wait_for(lambda m: len(m) >= 1)
     answer = json.loads(reply.payload)

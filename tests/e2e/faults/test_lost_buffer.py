@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli.audit import EXIT_PROBLEMS, EXIT_UNSIGNED
 from gateway.config.model import BufferSection
 from gateway.protocol.chain import verify_chain
 from gateway.protocol.clock import ManualClock
@@ -67,7 +68,7 @@ def test_lost_buffer_file_continues_seq_in_a_new_epoch(tmp_path: Path, how: str)
 
     received = delivered + [json.loads(e.payload) for e in new]
     assert verify_chain(received).ok
-    assert audit_verify(tmp_path, received) == 3  # intact but unsigned: no key given (audit.md)
+    assert audit_verify(tmp_path, received) == EXIT_UNSIGNED, "intact (no key given: unsigned)"
     unannounced = [obj for obj in received if obj["type"] != "gateway.chain_epoch"]
     assert not verify_chain(unannounced).ok
-    assert audit_verify(tmp_path, unannounced) == 1
+    assert audit_verify(tmp_path, unannounced) == EXIT_PROBLEMS

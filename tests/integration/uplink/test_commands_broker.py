@@ -24,7 +24,7 @@ async def test_error_replies_go_to_the_reply_topic(
 ) -> None:
     sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
     uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=make_dispatcher())
-    async with running(uplink):
+    async with running(uplink, commands_from=mosquitto):
         sub.publish(f"{ROOT}/cmd/nope", b'{"id": "a"}')
         sub.publish(f"{ROOT}/cmd/echo", b'{"id": "b", oops')
         await sub.wait_for(lambda m: len(m) >= 2)
@@ -41,7 +41,7 @@ async def test_response_topic_and_correlation_data_are_honoured(
 ) -> None:
     sub = await subscriber_factory(mosquitto, ["ms/responses/#", f"{ROOT}/reply/#"]).start()
     uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=make_dispatcher())
-    async with running(uplink):
+    async with running(uplink, commands_from=mosquitto):
         sub.publish(
             f"{ROOT}/cmd/echo",
             b'{"id": 77, "x": "hi"}',
@@ -65,7 +65,7 @@ async def test_resend_requeues_and_republishes(
         CommandVerifier(master.public_key(), GATEWAY, SystemClock(), ReplayCache())
     )
     uplink = make_uplink(mosquitto.url, buf, dispatcher=dispatcher)
-    async with running(uplink):
+    async with running(uplink, commands_from=mosquitto):
         await wait_until(lambda: len(buf.published) == 8, 10, "all published")
         await sub.wait_for(lambda m: len(m) >= 8)
         sub.clear()
