@@ -420,6 +420,7 @@ class Dlt645TcpServer:
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def start(self) -> int:
         """Start listening; return the bound port."""
@@ -434,9 +435,17 @@ class Dlt645TcpServer:
         return self._port
 
     async def close(self) -> None:
-        """Stop listening and wait for connections to end."""
+        """Stop listening, end every open connection (closing its socket), and wait for them.
+
+        Server.wait_closed() on Python 3.11 neither ends nor waits for the connection
+        handlers, so a client still connected would leave its socket to the garbage collector.
+        """
         if self._server is not None:
             self._server.close()
+            handlers = list(self._handlers)
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
             await self._server.wait_closed()
 
     async def __aenter__(self) -> Dlt645TcpServer:
@@ -448,6 +457,9 @@ class Dlt645TcpServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buffer = bytearray()
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         try:
             while chunk := await reader.read(4096):
                 buffer += chunk
@@ -457,6 +469,8 @@ class Dlt645TcpServer:
         except ConnectionError as exc:
             _LOGGER.debug("client left: %s", exc)
         finally:
+            if task is not None:
+                self._handlers.discard(task)
             writer.close()
 
     def _drain(self, buffer: bytearray) -> list[bytes]:

@@ -242,6 +242,8 @@ class MeterService:
             self._send(EventType.METER_READ_RECOVERED, meter, data, Priority.STATE, ts)
         durable: list[EventDraft] = []
         for event in self._events(meter, outcome, ts):
+            if self.line_loss is not None:  # the evidence a line-loss suspect is ranked by
+                self.line_loss.observe_event(event)
             draft = _event_draft(event, tracker.counters.get(event.event))
             durable += [draft, *self._theft_drafts(event, draft.id)]
         self.memory.remember(meter.id, tracker.active or frozenset(), tracker.counters, durable)
