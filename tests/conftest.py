@@ -3,6 +3,7 @@
 from hypothesis import settings
 
 pytest_plugins: list[str] = [
+    "tests.fixtures.browser",
     "tests.fixtures.mosquitto",
     "tests.fixtures.remote",
 ]
