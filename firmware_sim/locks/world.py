@@ -182,7 +182,15 @@ class LockWorld:
         return f"tcp-client:{server.host}:{server.port}"
 
     async def close(self) -> None:
-        """Stop the gateway's controller and every lock, close the truth file."""
+        """Stop every lock, then the gateway's controller, close the truth file.
+
+        Locks first: a lock still linked to a gateway whose process is gone disconnects through
+        the gateway's controller; with that controller already off the radio, bumble's
+        controller raises on the disconnect and the lock waits for an answer that never comes.
+        """
+        for lock in self.locks.values():
+            await lock.close()
+        self.locks.clear()
         if self._handheld_server is not None:
             await self._handheld_server.close()
             self._handheld_server = None
@@ -192,9 +200,6 @@ class LockWorld:
         if self._server is not None:
             await self._server.close()
             self._server = None
-        for lock in self.locks.values():
-            await lock.close()
-        self.locks.clear()
         self.truth.close()
 
     async def __aenter__(self) -> LockWorld:
