@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Playwright's Python package drives Debian's Chromium (tests/browser); it never downloads one.
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
-.PHONY: test test-unit test-bluez demo lint typecheck bench clean deps
+.PHONY: test test-unit test-bluez test-browser screenshots demo lint typecheck bench clean deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,14 @@ test-bluez: deps
 # The fast, pure part: no process, socket or pty (tests/unit/conftest.py enforces it).
 test-unit: deps
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+# The console in Debian's Chromium (tests/browser; also part of `make test`).
+test-browser: deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/browser
+
+# The same browser tests, writing the README's console pictures into docs/img.
+screenshots: deps
+	SEALGW_SCREENSHOTS=docs/img $(BIN)/pytest -q -p no:cacheprovider tests/browser
 
 demo: deps
 	$(BIN)/sealgw demo --duration 60

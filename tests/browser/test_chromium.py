@@ -62,7 +62,7 @@ def test_the_browser_is_debians_chromium(browser: Browser, chromium_executable: 
 
 
 def test_a_local_page_renders_clicks_and_photographs(
-    browser: Browser, local_url: str, screenshots: Screenshots
+    browser: Browser, local_url: str, tmp_path: Path
 ) -> None:
     context = browser.new_context(viewport=VIEWPORT, locale="zh-CN")
     try:
@@ -72,7 +72,7 @@ def test_a_local_page_renders_clicks_and_photographs(
         assert "HeadlessChrome" in page.evaluate("navigator.userAgent")
         page.get_by_test_id("ack").click(timeout=5_000)
         expect(page.get_by_test_id("ack")).to_have_text("acknowledged", timeout=5_000)
-        shot = screenshots.take(page, "chromium-smoke", full_page=False)
+        shot = Screenshots(tmp_path).take(page, "chromium-smoke", full_page=False)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:
         context.close()
