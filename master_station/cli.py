@@ -240,6 +240,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from master_station.ledger.factory import open_ledger  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from master_station.ledger.rollup import rollups_for  # noqa: PLC0415 - CLI command body: loaded when it runs
     from master_station.listener import MasterListener  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -253,7 +254,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         _log.warning("no --master-dir: lock log entries and checkpoint signatures not verified")
     ledger = open_ledger(args.ledger, trust=authority)
     try:
-        listener = MasterListener(options, ledger).start(args.timeout)
+        listener = MasterListener(options, ledger, observer=rollups_for(ledger))
+        listener.start(args.timeout)
         print(f"listening as {listener.client_id} on {options.broker_url}"
               f" (ledger {ledger.location}, healing {'on' if listener.healing else 'off'})",
               flush=True)  # fmt: skip
