@@ -21,6 +21,7 @@ a gateway whose rollups missed events; acknowledgements and closes are never los
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from master_station.ledger.models import Ledger
     from master_station.ledger.sql import Db, Tx
 
-__all__ = ["SealView", "Rollups", "alarm_seal", "rollups_for", "seal_condition", "seal_views"]
+__all__ = ["Rollups", "SealView", "alarm_seal", "rollups_for", "seal_condition", "seal_views"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,6 +56,22 @@ UNDER_SEAL_SKIPPED = frozenset({"meter.reading"})  # telemetry: too many, not ev
 def rollups_for(ledger: Ledger) -> Rollups:
     """The rollups of a ledger opened with `open_ledger` (SqlLedger exposes its `db`)."""
     return Rollups(ledger.db)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """The parts of one stored event the fold reads."""
+
+    gateway: str
+    seq: int
+    kind: str
+    subject: str
+    ts: str
+    data: Mapping[str, Any]
+
+    @property
+    def day(self) -> str:
+        return self.ts[:10]
 
 
 @dataclass(slots=True)
@@ -174,12 +191,14 @@ class Rollups:
 
     # -- folding -----------------------------------------------------------------------------
 
-    def _fold_one(self, tx: Tx, event: Mapping[str, Any], fold: _Fold, now: str) -> None:
-        gateway, seq, kind = str(event["gateway"]), int(event["seq"]), str(event["type"])
-        ts, subject = str(event["ts"]), str(event.get("subject", ""))
-        data = event.get("data") if isinstance(event.get("data"), dict) else {}
-        assert isinstance(data, dict)
-        day = ts[:10]
+    def _fold_one(self, tx: Tx, obj: Mapping[str, Any], fold: _Fold, now: str) -> None:
+        raw = obj.get("data")
+        event = _Event(str(obj["gateway"]), int(obj["seq"]), str(obj["type"]),
+                       str(obj.get("subject", "")), str(obj["ts"]),
+                       raw if isinstance(raw, dict) else {})  # fmt: skip
+        gateway, seq, kind, subject, ts, data = (event.gateway, event.seq, event.kind,
+                                                 event.subject, event.ts, event.data)  # fmt: skip
+        day = event.day
         fold.counted[gateway] = fold.counted.get(gateway, 0) + 1
         fold.bump(gateway, day, "events")
         if kind in OPERATION_COLUMNS:
@@ -187,30 +206,29 @@ class Rollups:
         if kind == "gateway.started" and isinstance(data.get("district"), str):
             _upsert_district(tx, gateway, str(data["district"]), seq)
         elif kind == "gateway.health":
-            self._fold_health(tx, gateway, seq, day, data, fold)
+            self._fold_health(tx, event, fold)
         elif kind.startswith("district.line_loss"):
             _fold_line_loss(tx, gateway, seq, subject, data)
         seal = subject if kind.startswith("seal.") else _text(data.get("seal"))
         if kind.startswith("seal.") and subject:
-            _fold_seal(tx, gateway, seq, kind, subject, data, now)
+            _fold_seal(tx, event, now)
         if seal and kind not in UNDER_SEAL_SKIPPED:
             tx.execute(
                 "INSERT INTO console_seal_events (gateway, seal, seq, type, ts) VALUES"
                 " (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (gateway, seal, seq, kind, ts),
             )
-        if event.get("priority") == "alarm":
+        if obj.get("priority") == "alarm":
             fold.bump(gateway, day, "alarms")
             fold.bump(gateway, day, "tampers", int(kind == "seal.tamper"))
             fold.bump(gateway, day, "thefts", int(kind == "theft.suspected"))
             cleared = _sealed_after(tx, gateway, seal, seq) if seal else None
-            _insert_alarm(tx, (str(event["id"]), "event", gateway, seq, kind, subject, seal, ts,
+            _insert_alarm(tx, (str(obj["id"]), "event", gateway, seq, kind, subject, seal, ts,
                                _summary(data), cleared, now))  # fmt: skip
 
-    def _fold_health(
-        self, tx: Tx, gateway: str, seq: int, day: str, data: Mapping[str, Any], fold: _Fold
-    ) -> None:
+    def _fold_health(self, tx: Tx, event: _Event, fold: _Fold) -> None:
         """Poll counter differences since the previous snapshot (restarted at gateway.started)."""
+        gateway, seq, day, data = event.gateway, event.seq, event.day, event.data
         started = tx.query("SELECT started_seq FROM console_gateways WHERE gateway = ?",
                            (gateway,))  # fmt: skip
         started_seq = int(started[0][0]) if started else 0
@@ -323,8 +341,10 @@ def seal_views(db: Db, gateways: Iterable[str] | None = None) -> list[SealView]:
     for gw, seal, lock, state, wire, tamper, up, ticket in db.query(
         "SELECT gateway, seal, lock_id, state, wire, tamper, online, ticket_id FROM console_seals"
     ):
-        views[(str(gw), str(seal))] = SealView(str(gw), str(seal), str(lock), str(state),
-                                               str(wire), bool(tamper), bool(up), str(ticket))  # fmt: skip
+        views[(str(gw), str(seal))] = SealView(
+            str(gw), str(seal), str(lock), str(state), str(wire), bool(tamper), bool(up),
+            str(ticket),
+        )  # fmt: skip
     for gw, seal, payload in db.query("SELECT gateway, seal, payload FROM seal_state"):
         body = json_object(payload)
         known = views.get((str(gw), str(seal)))
@@ -338,10 +358,8 @@ def seal_views(db: Db, gateways: Iterable[str] | None = None) -> list[SealView]:
     for (gw, _seal), view in sorted(views.items()):
         if wanted is not None and gw not in wanted:
             continue
-        if not online.get(gw, True):
-            view = SealView(view.gateway, view.seal, view.lock_id, view.state, view.wire,
-                            view.tamper, False, view.ticket_id)  # fmt: skip
-        result.append(view)
+        gateway_up = online.get(gw, True)
+        result.append(view if gateway_up else dataclasses.replace(view, online=False))
     return result
 
 
@@ -362,9 +380,8 @@ def _load(payload: bytes) -> dict[str, Any] | None:
     return obj if ok and "type" in obj and "ts" in obj else None
 
 
-def _fold_seal(
-    tx: Tx, gateway: str, seq: int, kind: str, seal: str, data: Mapping[str, Any], now: str
-) -> None:
+def _fold_seal(tx: Tx, event: _Event, now: str) -> None:
+    gateway, seq, kind, seal, data = event.gateway, event.seq, event.kind, event.subject, event.data
     tx.execute(
         "INSERT INTO console_seals (gateway, seal) VALUES (?, ?) ON CONFLICT DO NOTHING",
         (gateway, seal),
@@ -418,7 +435,8 @@ def _upsert_district(tx: Tx, gateway: str, district: str, seq: int) -> None:
     tx.execute(
         "INSERT INTO console_gateways (gateway, district, started_seq) VALUES (?, ?, ?)"
         " ON CONFLICT (gateway) DO UPDATE SET district = excluded.district,"
-        " started_seq = excluded.started_seq WHERE console_gateways.started_seq < excluded.started_seq",
+        " started_seq = excluded.started_seq"
+        " WHERE console_gateways.started_seq < excluded.started_seq",
         (gateway, district or "unknown", seq),
     )
 
