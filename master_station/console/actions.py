@@ -165,8 +165,8 @@ class Actions:
                  ",".join(ticket.ops), ticket.not_before, ticket.not_after, ticket.max_uses,
                  user.username, issued, issued),
             )  # fmt: skip
-            _audit(tx, user, "ticket_issued", f"ticket:{ticket.ticket_id}",
-                   note=f"{ticket.flow} {ticket.work_order} for {ticket.operator}", at=issued)  # fmt: skip
+            note = f"{ticket.flow} {ticket.work_order} for {ticket.operator}"
+            _audit(tx, user, "ticket_issued", f"ticket:{ticket.ticket_id}", note=note, at=issued)
         status, reply = self._publish(ticket.gateway, "ticket", encode_ticket(ticket))
         self._ticket_status(ticket.ticket_id, _accepted(status, reply), reply)
         return {"ticket_id": ticket.ticket_id, "status": _accepted(status, reply), "reply": reply}
