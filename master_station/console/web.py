@@ -86,7 +86,7 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Subscriber:
     user: User
     queue: asyncio.Queue[Alarm | None] = field(default_factory=lambda: asyncio.Queue(256))
