@@ -1,9 +1,10 @@
 """The master station's signing authority: its Ed25519 key, per-lock K_lock, and document issuing.
 
 Everything lives in one directory (mode 0700): `ms_signing.key` (raw Ed25519 private key),
-`locks/<lock id hex>.key` (raw 32-byte K_lock), `revocations.json` (the last list issued) and
-`gateways/<gateway>/<key fingerprint>.pem` (enrolled gateway identity public keys). It is also
-the ledger's `LedgerTrust`: K_audit per lock, identity keys per gateway.
+`locks/<lock id hex>.key` (raw 32-byte K_lock), `revocations.json` (the last list issued),
+`gateways/<gateway>/<key fingerprint>.pem` (enrolled gateway identity public keys) and
+`gateways/<gateway>/credential.x25519` (its credential public key, for the console's tickets).
+It is also the ledger's `LedgerTrust`: K_audit per lock, identity keys per gateway.
 Secret files are created 0600 and refused when readable by others; secrets are never logged.
 Used by tests and by the `sealgw master ...` commands. Formats: docs/authorization.md.
 """
@@ -61,6 +62,9 @@ SIGNING_KEY_FILE = "ms_signing.key"
 LOCKS_DIR = "locks"
 REVOCATIONS_FILE = "revocations.json"
 GATEWAYS_DIR = "gateways"
+CREDENTIAL_FILE = (
+    "credential.x25519"  # the gateway's X25519 public key, raw (docs/authorization.md)
+)
 _GATEWAY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PLACEHOLDER_KEY = bytes(48)
 
@@ -147,6 +151,25 @@ class MasterAuthority:
         )
         _log.info("enrolled gateway %s identity %s", gateway, fingerprint)
         return path
+
+    def set_gateway_credential(self, gateway: str, public_key: bytes) -> Path:
+        """Remember `gateway`'s X25519 credential public key (tickets are encrypted to it)."""
+        if len(public_key) != X25519_LEN:
+            raise ValueError("a credential key is the gateway's raw 32-byte X25519 public key")
+        folder = self._gateway_dir(gateway)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = folder / CREDENTIAL_FILE
+        _write_atomic(path, public_key)
+        _log.info("gateway %s credential key recorded", gateway)
+        return path
+
+    def gateway_credential(self, gateway: str) -> bytes | None:
+        """The X25519 credential public key recorded for `gateway`, or None."""
+        if not _GATEWAY_ID.match(gateway):
+            return None
+        path = self._gateway_dir(gateway) / CREDENTIAL_FILE
+        data = path.read_bytes() if path.is_file() else b""
+        return data if len(data) == X25519_LEN else None
 
     def gateway_keys(self, gateway: str) -> tuple[Ed25519PublicKey, ...]:
         """Every identity key enrolled for `gateway` (old keys stay after `sealgw init --force`)."""

@@ -63,6 +63,14 @@ def register_master_command(
     _add_enroll_gateway(sub)
     _add_kpi(sub)
     _add_verify(sub)
+    from master_station.console.cli import register_console_commands  # noqa: PLC0415 - argparse only; the console loads when `serve` runs
+
+    register_console_commands(
+        sub,
+        default_ledger=DEFAULT_LEDGER,
+        add_broker=lambda cmd: _add_broker_options(cmd, required=False),
+        options=_listener_options,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +207,9 @@ def _add_enroll_gateway(sub: SubParsers) -> None:
     cmd = sub.add_parser("enroll-gateway", help="trust a gateway's identity key (checkpoints)")
     _add_master_dir(cmd)
     cmd.add_argument("--gateway", required=True, help="gateway id")
-    cmd.add_argument("--identity", required=True, type=Path, help="its identity.pub (PEM)")
+    cmd.add_argument("--identity", type=Path, help="its identity.pub (PEM)")
+    cmd.add_argument("--credential-key", help="its X25519 credential public key: hex or a file"
+                     " (the console encrypts tickets to it)")  # fmt: skip
     cmd.set_defaults(handler=_cmd_enroll_gateway)
 
 
@@ -240,6 +250,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from master_station.ledger.factory import open_ledger  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from master_station.ledger.rollup import rollups_for  # noqa: PLC0415 - CLI command body: loaded when it runs
     from master_station.listener import MasterListener  # noqa: PLC0415 - CLI command body: loaded when it runs
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
@@ -253,7 +264,8 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         _log.warning("no --master-dir: lock log entries and checkpoint signatures not verified")
     ledger = open_ledger(args.ledger, trust=authority)
     try:
-        listener = MasterListener(options, ledger).start(args.timeout)
+        listener = MasterListener(options, ledger, observer=rollups_for(ledger))
+        listener.start(args.timeout)
         print(f"listening as {listener.client_id} on {options.broker_url}"
               f" (ledger {ledger.location}, healing {'on' if listener.healing else 'off'})",
               flush=True)  # fmt: skip
@@ -338,13 +350,22 @@ def _cmd_enroll_gateway(args: argparse.Namespace) -> int:
 
     from gateway.protocol.checkpoint import public_key_fingerprint  # noqa: PLC0415 - CLI command body: loaded when it runs
 
+    if args.identity is None and args.credential_key is None:
+        raise ConfigError("identity", "give --identity, --credential-key or both")
+    authority = _authority(args.master_dir)
+    if args.credential_key is not None:
+        credential = _key_arg(args.credential_key, "credential-key")
+        path = _checked(lambda: authority.set_gateway_credential(args.gateway, credential))
+        print(f"gateway {args.gateway}: credential key {credential.hex()} recorded ({path})")
+    if args.identity is None:
+        return EXIT_OK
     try:
         key = load_pem_public_key(args.identity.read_bytes())
     except (OSError, ValueError) as exc:
         raise ConfigError("identity", f"{args.identity}: not a readable PEM public key") from exc
     if not isinstance(key, Ed25519PublicKey):
         raise ConfigError("identity", f"{args.identity} is not an Ed25519 public key")
-    path = _checked(lambda: _authority(args.master_dir).enroll_gateway(args.gateway, key))
+    path = _checked(lambda: authority.enroll_gateway(args.gateway, key))
     print(f"gateway {args.gateway}: identity {public_key_fingerprint(key)} enrolled ({path})")
     return EXIT_OK
 

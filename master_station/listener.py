@@ -27,10 +27,10 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as paho
@@ -44,7 +44,13 @@ from gateway.protocol.canonical import canonical_bytes
 from gateway.protocol.strict_json import load_object
 from master_station.ledger.models import AddOutcome, AddResult, Ledger, LedgerError, SeqRange
 
-__all__ = ["ListenerOptions", "ListenerStats", "MasterListener", "parse_broker_url"]
+__all__ = [
+    "LedgerObserver",
+    "ListenerOptions",
+    "ListenerStats",
+    "MasterListener",
+    "parse_broker_url",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -55,6 +61,24 @@ _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _GATEWAY = re.compile(r"^(\+|[A-Za-z0-9_-]{1,64})$")
 MAX_RANGES_PER_TICK = 16
 RETRY_S = 1.0
+
+
+class LedgerObserver(Protocol):
+    """Told what the listener stored (the console's rollups: master_station/ledger/rollup.py).
+
+    Called on the worker thread after each commit. A failing observer never holds the
+    listener: the failure is logged and `dirty` set, so the observer catches up at its `tick`.
+    """
+
+    dirty: bool
+
+    def reconcile(self) -> list[str]: ...
+
+    def stored(self, payloads: Sequence[bytes]) -> None: ...
+
+    def outside_alarm(self, gateway: str, kind: str, payload: bytes) -> None: ...
+
+    def tick(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +138,7 @@ class ListenerStats:
 class _Inbound:
     """One message handed from paho's thread to the worker."""
 
-    kind: str  # events | batch | status | state | reply
+    kind: str  # events | batch | status | state | reply | alarm
     gateway: str
     key: str  # the seal for `state`
     payload: bytes
@@ -140,8 +164,10 @@ class MasterListener:
         ledger: Ledger,
         *,
         clock: Callable[[], float] = time.monotonic,
+        observer: LedgerObserver | None = None,
     ) -> None:
         _check_options(options)
+        self.observer = observer
         self.options = options
         self.ledger = ledger
         self.client_id = options.resolved_client_id()
@@ -216,6 +242,7 @@ class MasterListener:
             base = f"{self._root}/{gw}"
             topics += [f"{share}{base}/events/#", f"{base}/status", f"{base}/seals/+/state"]
             topics.append(f"{share}{base}/batch")
+            topics.append(f"{share}{base}/alarm/#")
             topics.append(f"{base}/reply/resend/{self.client_id}")
         return topics
 
@@ -278,6 +305,8 @@ class MasterListener:
         gateway, kind, key = parts[0], parts[1], ""
         if kind == "seals" and len(parts) == 4 and parts[3] == "state":
             kind, key = "state", parts[2]
+        elif kind == "alarm" and len(parts) == 3:
+            key = parts[2]
         elif kind == "reply":
             kind = "reply"
         elif kind not in ("events", "status", "batch") or (kind == "batch" and len(parts) != 2):
@@ -289,6 +318,7 @@ class MasterListener:
     # -- worker thread ---------------------------------------------------------------------
 
     def _work(self) -> None:
+        self._observe(lambda o: o.reconcile())
         next_tick = self._clock() + self.options.tick_s
         while not (self._stop.is_set() and self._inbox.empty()):
             batch = self._take(min(self.options.tick_s, max(0.0, next_tick - self._clock())))
@@ -368,6 +398,12 @@ class MasterListener:
                     self._reject(_Inbound("events", gateway, "", payload, 0, 0), exc)
         self._count(results)
         self._touched.update(gateways)
+        if len(results) == len(payloads):
+            stored = [p for p, r in zip(payloads, results, strict=True) if r.stored]
+            if stored:
+                self._observe(lambda o: o.stored(stored))
+        elif self.observer is not None:
+            self.observer.dirty = True
 
     def _apply_one(self, item: _Inbound) -> None:
         if item.kind == "state":
@@ -378,6 +414,9 @@ class MasterListener:
             self._bump("statuses")
         elif item.kind == "reply":
             self._on_reply(item)
+        elif item.kind == "alarm":
+            load_object(item.payload, "alarm message")
+            self._observe(lambda o: o.outside_alarm(item.gateway, item.key, item.payload))
 
     def _reject(self, item: _Inbound, exc: Exception) -> None:
         """Keep a refused message as a problem (once per gateway and kind), acknowledge it."""
@@ -439,7 +478,18 @@ class MasterListener:
 
     # -- gaps and resends ------------------------------------------------------------------
 
+    def _observe(self, call: Callable[[LedgerObserver], object]) -> None:
+        """Tell the observer; its failure is logged and marks it dirty, never stops the worker."""
+        if self.observer is None:
+            return
+        try:
+            call(self.observer)
+        except Exception:  # noqa: BLE001 - the rollups catch up at their next tick
+            _log.exception("the ledger observer failed; it catches up at its next tick")
+            self.observer.dirty = True
+
     def _tick_safely(self) -> None:
+        self._observe(lambda o: o.tick())
         try:
             self._tick()
         except LedgerError as exc:

@@ -30,7 +30,7 @@ from gateway.protocol.certs import (
 )
 from gateway.protocol.events import EventDraft, EventType, Priority, make_draft
 from gateway.protocol.seal_frames import LockState, ResultCode
-from gateway.protocol.tickets import LOCK_OPS, Flow, Op, Ticket, verify_ticket
+from gateway.protocol.tickets import DEFAULT_GRANTS, LOCK_OPS, Flow, Op, Ticket, verify_ticket
 
 __all__ = [
     "DEFAULT_SKEW_S",
@@ -153,21 +153,7 @@ def _freeze(
     return MappingProxyType({flow: MappingProxyType(dict(roles)) for flow, roles in table.items()})
 
 
-_READS = frozenset({Op.READ_STATE, Op.READ_LOG})
-_OPEN_CLOSE = frozenset({Op.UNSEAL, Op.SEAL}) | _READS
-_ALL = _OPEN_CLOSE | {Op.SET_TIME}
-
-DEFAULT_TABLE = RoleTable(
-    _freeze(
-        {
-            Flow.NEW_INSTALL: {"district_manager": _ALL, "meter_installer": _ALL},
-            Flow.METER_REPLACE: {"district_manager": _ALL, "meter_installer": _OPEN_CLOSE},
-            Flow.COLLECTION_FIX: {"district_manager": _ALL, "meter_installer": _OPEN_CLOSE},
-            Flow.ROTATION: {"district_manager": _ALL, "meter_installer": _OPEN_CLOSE},
-            Flow.AUDIT: {"district_manager": _ALL, "auditor": _READS},
-        }
-    )
-)
+DEFAULT_TABLE = RoleTable(_freeze(DEFAULT_GRANTS))
 
 
 # -- configuration ----------------------------------------------------------------------------

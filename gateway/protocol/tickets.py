@@ -53,6 +53,7 @@ from gateway.protocol.signed import (
 
 __all__ = [
     "CREDENTIAL_ALG",
+    "DEFAULT_GRANTS",
     "LOCK_OPS",
     "NAME_PATTERN",
     "TICKET_ID_PATTERN",
@@ -127,6 +128,19 @@ class Flow(StrEnum):
     ROTATION = "rotation"
     AUDIT = "audit"
 
+
+_READS = frozenset({Op.READ_STATE.value, Op.READ_LOG.value})
+_OPEN_CLOSE = frozenset({Op.UNSEAL.value, Op.SEAL.value}) | _READS
+_ALL = _OPEN_CLOSE | {Op.SET_TIME.value}
+DEFAULT_GRANTS: Mapping[str, Mapping[str, frozenset[str]]] = {
+    Flow.NEW_INSTALL.value: {"district_manager": _ALL, "meter_installer": _ALL},
+    Flow.METER_REPLACE.value: {"district_manager": _ALL, "meter_installer": _OPEN_CLOSE},
+    Flow.COLLECTION_FIX.value: {"district_manager": _ALL, "meter_installer": _OPEN_CLOSE},
+    Flow.ROTATION.value: {"district_manager": _ALL, "meter_installer": _OPEN_CLOSE},
+    Flow.AUDIT.value: {"district_manager": _ALL, "auditor": _READS},
+}
+"""The role table gateways enforce by default (docs/authorization.md): flow -> role -> ops.
+The master station shows it before signing; a gateway's config may override it."""
 
 LOCK_OPS: Mapping[str, Operation] = {
     Op.UNSEAL: Operation.UNSEAL,

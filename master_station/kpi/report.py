@@ -61,6 +61,7 @@ class KpiInputs:
     seal_states: Sequence[RetainedState] = ()
     statuses: Sequence[RetainedState] = ()
     ticket_flows: Mapping[str, str] = field(default_factory=dict)
+    closed_alarms: frozenset[str] = frozenset()  # event ids closed in the console
     since: str | None = None
     until: str | None = None
 
@@ -178,6 +179,7 @@ def load_inputs(ledger: Ledger, *, day: date | None = None) -> KpiInputs:
         seal_states=ledger.seal_states(),
         statuses=ledger.statuses(),
         ticket_flows=ledger.ticket_flows(),
+        closed_alarms=frozenset(ledger.closed_alarms()),
         since=since,
         until=until,
     )
@@ -193,7 +195,11 @@ def compute_kpis(inputs: KpiInputs) -> KpiReport:
         districts=_districts(inputs.events),
         online=online,
         seals=_seal_views(inputs.seal_states, by_gateway, online),
-        alarms=[a for gw in sorted(by_gateway) for a in _open_alarms(by_gateway[gw])],
+        alarms=[
+            a
+            for gw in sorted(by_gateway)
+            for a in _open_alarms(by_gateway[gw], inputs.closed_alarms)
+        ],
     )
     names = sorted(set(by_gateway) | set(online) | {s[0] for s in facts.seals})
     rows = tuple(_gateway_row(gw, facts) for gw in names)
@@ -353,11 +359,14 @@ def _health_counters(data: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     return counters
 
 
-def _open_alarms(events: Sequence[StoredEvent]) -> list[OpenAlarm]:
-    """Alarms of one gateway (seq order) not cleared by a later seal.sealed of their seal."""
+def _open_alarms(
+    events: Sequence[StoredEvent], closed: frozenset[str] = frozenset()
+) -> list[OpenAlarm]:
+    """Alarms of one gateway (seq order) not closed in the console nor cleared by a later
+    seal.sealed of their seal."""
     open_by_seal: dict[str | None, list[OpenAlarm]] = defaultdict(list)
     for event in events:
-        if event.priority == "alarm":
+        if event.priority == "alarm" and event.id not in closed:
             alarm = OpenAlarm(event.gateway, event.seq, event.type, event.subject, event.ts)
             open_by_seal[_alarm_seal(event)].append(alarm)
         elif event.type == "seal.sealed":

@@ -225,6 +225,8 @@ class Ledger(Protocol):
 
     def ticket_flows(self) -> dict[str, str]: ...
 
+    def closed_alarms(self) -> set[str]: ...
+
     def events(
         self,
         *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "CLAIM",
+    "CONSOLE_SCHEMA",
     "EVENT_COLUMNS",
     "GAPS",
     "INSERT_EVENT",
@@ -93,6 +94,139 @@ CREATE TABLE IF NOT EXISTS lock_entries (
 );
 CREATE INDEX IF NOT EXISTS lock_entries_by_gateway ON lock_entries (gateway, lock_id)
 """
+# The console's tables (master_station/console, docs/master.md "Console"): rollups the listener
+# keeps current (master_station/ledger/rollup.py), the alarm inbox with its acknowledgements, the
+# master-side audit trail, accounts and sessions. Every console page reads these through an index.
+CONSOLE_SCHEMA = """
+CREATE INDEX IF NOT EXISTS problems_by_received ON problems (received_at);
+CREATE TABLE IF NOT EXISTS console_gateways (
+    gateway TEXT PRIMARY KEY,
+    district TEXT NOT NULL,
+    started_seq BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_gateways_by_district ON console_gateways (district);
+CREATE TABLE IF NOT EXISTS console_seals (
+    gateway TEXT NOT NULL,
+    seal TEXT NOT NULL,
+    lock_id TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'unknown',
+    wire TEXT NOT NULL DEFAULT 'unknown',
+    tamper INTEGER NOT NULL DEFAULT 0,
+    state_seq BIGINT NOT NULL DEFAULT 0,
+    sealed_seq BIGINT NOT NULL DEFAULT 0,
+    ticket_id TEXT NOT NULL DEFAULT '',
+    online INTEGER NOT NULL DEFAULT 1,
+    online_seq BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (gateway, seal)
+);
+CREATE TABLE IF NOT EXISTS console_seal_events (
+    gateway TEXT NOT NULL,
+    seal TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    type TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    PRIMARY KEY (gateway, seal, seq)
+);
+CREATE TABLE IF NOT EXISTS console_alarms (
+    alarm_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    gateway TEXT NOT NULL,
+    seq BIGINT,
+    type TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    seal TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    status TEXT NOT NULL,
+    cleared_seq BIGINT,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_alarms_by_status ON console_alarms (status, ts);
+CREATE INDEX IF NOT EXISTS console_alarms_by_updated ON console_alarms (updated_at);
+CREATE INDEX IF NOT EXISTS console_alarms_by_seal ON console_alarms (gateway, seal, seq);
+CREATE TABLE IF NOT EXISTS console_audit (
+    id TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL,
+    note TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_audit_by_target ON console_audit (target, at);
+CREATE TABLE IF NOT EXISTS kpi_daily (
+    gateway TEXT NOT NULL,
+    day TEXT NOT NULL,
+    events BIGINT NOT NULL DEFAULT 0,
+    alarms BIGINT NOT NULL DEFAULT 0,
+    tampers BIGINT NOT NULL DEFAULT 0,
+    thefts BIGINT NOT NULL DEFAULT 0,
+    sealed BIGINT NOT NULL DEFAULT 0,
+    unsealed BIGINT NOT NULL DEFAULT 0,
+    denied BIGINT NOT NULL DEFAULT 0,
+    meter_polls BIGINT NOT NULL DEFAULT 0,
+    meter_ok BIGINT NOT NULL DEFAULT 0,
+    seals BIGINT,
+    seals_intact BIGINT,
+    locks_online BIGINT,
+    gateway_online INTEGER,
+    PRIMARY KEY (gateway, day)
+);
+CREATE INDEX IF NOT EXISTS kpi_daily_by_day ON kpi_daily (day);
+CREATE TABLE IF NOT EXISTS line_loss_daily (
+    district TEXT NOT NULL,
+    day TEXT NOT NULL,
+    gateway TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    rate {real},
+    status TEXT NOT NULL,
+    qualified INTEGER NOT NULL,
+    complete INTEGER NOT NULL,
+    PRIMARY KEY (district, day)
+);
+CREATE TABLE IF NOT EXISTS meter_counters (
+    gateway TEXT NOT NULL,
+    meter TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    polls BIGINT NOT NULL,
+    ok BIGINT NOT NULL,
+    PRIMARY KEY (gateway, meter)
+);
+CREATE TABLE IF NOT EXISTS rollup_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS console_users (
+    username TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role TEXT NOT NULL,
+    districts TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    token_hash TEXT PRIMARY KEY,
+    username TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS console_tickets (
+    ticket_id TEXT PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    work_order TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    role TEXT NOT NULL,
+    seals TEXT NOT NULL,
+    ops TEXT NOT NULL,
+    not_before BIGINT NOT NULL,
+    not_after BIGINT NOT NULL,
+    max_uses BIGINT NOT NULL,
+    issued_by TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reply TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS console_tickets_by_issued ON console_tickets (issued_at)
+"""
 EVENT_COLUMNS = "gateway, seq, id, type, ts, priority, subject, payload"
 INSERT_EVENT = (
     "INSERT INTO events (id, gateway, seq, payload, type, ts, priority, subject, hash,"
@@ -129,5 +263,5 @@ UPSERT_HEAD = (
 
 def schema_statements(blob: str, real: str) -> list[str]:
     """The schema's statements with the backend's binary and floating-point column types."""
-    text = SCHEMA.format(blob=blob, real=real)
+    text = SCHEMA.format(blob=blob, real=real) + ";" + CONSOLE_SCHEMA.format(real=real)
     return [s.strip() for s in text.split(";") if s.strip()]

@@ -107,6 +107,7 @@ class SqlLedger:
         trust: LedgerTrust | None = None,
     ) -> None:
         self._db = db
+        self.db = db  # the console and the rollups (master_station/ledger/rollup.py) query it
         self._now = now or _utcnow
         self._trust = trust
         self.location = db.location
@@ -262,6 +263,11 @@ class SqlLedger:
         )
         rows = self._db.query(sql, params)
         return [Problem(r[0], None if r[1] is None else int(r[1]), *r[2:]) for r in rows]
+
+    def closed_alarms(self) -> set[str]:
+        """Ids of the alarms closed in the console (the open-alarms KPI leaves them out)."""
+        rows = self._db.query("SELECT alarm_id FROM console_alarms WHERE status = 'closed'")
+        return {str(r[0]) for r in rows}
 
     def ticket_flows(self) -> dict[str, str]:
         """ticket id → business flow, for every ticket recorded."""

@@ -1,0 +1,281 @@
+"""The console's web plumbing: security headers, sessions and CSRF, rendering, the live feed.
+
+Pages (master_station/console/pages.py) use `Console` for everything that is not their own
+content. Rules kept here, once:
+
+- every response carries a CSP without inline scripts or styles, nosniff, no framing, no
+  referrer outside the origin, and `Cache-Control: no-store` (pages hold district data);
+- the session cookie is HttpOnly, SameSite=Strict and Secure (unless `secure_cookies` is off
+  for a plain-HTTP bench), and its token is stored hashed (accounts.py);
+- every POST must carry the session's CSRF token (or, for the login form, the pre-login token
+  of its cookie) and, when the browser sends one, an Origin of this console; GET and the event
+  stream never change anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from master_station.console.accounts import Accounts, LoginLimiter, Session, User, csrf_matches
+from master_station.console.i18n import choose_language, translator
+from master_station.console.queries import Alarm, alarms_since, newest_alarm_change
+
+__all__ = ["AlarmFeed", "Console", "CsrfRefused", "SecurityHeaders", "login_redirect", "safe_next"]
+
+_log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+SESSION_COOKIE = "sealgw_session"
+LOGIN_COOKIE = "sealgw_login_csrf"
+LANG_COOKIE = "sealgw_lang"
+MAX_FORM_BYTES = 64 * 1024
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none';"
+    " form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: the security headers on every HTTP response."""
+
+    def __init__(self, app: ASGIApp, *, tls: bool) -> None:
+        self.app = app
+        self.headers = [
+            (b"content-security-policy", CSP.encode()),
+            (b"x-content-type-options", b"nosniff"),
+            (b"x-frame-options", b"DENY"),
+            (b"referrer-policy", b"same-origin"),
+            (b"cross-origin-opener-policy", b"same-origin"),
+            (b"permissions-policy", b"camera=(), microphone=(), geolocation=()"),
+        ]
+        if tls:
+            self.headers.append((b"strict-transport-security", b"max-age=31536000"))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        static = str(scope.get("path", "")).startswith("/static/")
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += self.headers
+                if not static:
+                    headers.append((b"cache-control", b"no-store"))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+@dataclass(slots=True, eq=False)
+class _Subscriber:
+    user: User
+    queue: asyncio.Queue[Alarm | None] = field(default_factory=lambda: asyncio.Queue(256))
+
+
+class AlarmFeed:
+    """One poller of `console_alarms.updated_at` for every open event stream (indexed)."""
+
+    def __init__(self, db: Any, *, poll_s: float = 1.0) -> None:
+        self.db = db
+        self.poll_s = poll_s
+        self._subscribers: set[_Subscriber] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for subscriber in list(self._subscribers):
+            with contextlib.suppress(asyncio.QueueFull):
+                subscriber.queue.put_nowait(None)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def stream(self, user: User) -> AsyncIterator[str]:
+        """Server-sent events: `alarm` (JSON of the alarm) for every change the user may see."""
+        subscriber = _Subscriber(user)
+        self._subscribers.add(subscriber)
+        if self._task is None:
+            self._task = asyncio.create_task(self._poll())
+        try:
+            yield "retry: 2000\n\n"
+            while not self._stopping.is_set():
+                try:
+                    item = await asyncio.wait_for(subscriber.queue.get(), 15.0)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                if item is None:
+                    return
+                yield f"event: alarm\ndata: {json.dumps(item.to_json(), sort_keys=True)}\n\n"
+        finally:
+            self._subscribers.discard(subscriber)
+
+    async def _poll(self) -> None:
+        cursor = await run_in_threadpool(newest_alarm_change, self.db)
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.poll_s)
+            if not self._subscribers:
+                continue
+            try:
+                changed = await run_in_threadpool(alarms_since, self.db, cursor)
+            except Exception:  # noqa: BLE001 - the feed outlives a failed read
+                _log.exception("alarm feed: read failed")
+                continue
+            for item in changed:
+                cursor = max(cursor, item.updated_at)
+                for subscriber in list(self._subscribers):
+                    if subscriber.user.sees(None if item.district == "unknown" else item.district):
+                        with contextlib.suppress(asyncio.QueueFull):
+                            subscriber.queue.put_nowait(item)
+
+
+class Console:
+    """Sessions, CSRF, language and rendering for the pages."""
+
+    def __init__(
+        self,
+        accounts: Accounts,
+        *,
+        secure_cookies: bool = True,
+        limiter: LoginLimiter | None = None,
+    ) -> None:
+        self.accounts = accounts
+        self.secure_cookies = secure_cookies
+        self.limiter = limiter or LoginLimiter()
+        self.env = Environment(
+            loader=FileSystemLoader(HERE / "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+        )
+        self.env.filters["pct"] = _pct
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def session(self, request: Request) -> Session | None:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        if not token:
+            return None
+        return await run_in_threadpool(self.accounts.session, token)
+
+    async def form(self, request: Request, session: Session | None) -> FormData:
+        """The POSTed form, refused (CsrfRefused) without this session's CSRF token."""
+        _check_origin(request)
+        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+            raise CsrfRefused("form_too_large")
+        form = await request.form(max_files=0, max_fields=64)
+        given = form.get("csrf_token")
+        expected = session.csrf if session else request.cookies.get(LOGIN_COOKIE, "")
+        if not expected or not csrf_matches(expected, given if isinstance(given, str) else None):
+            raise CsrfRefused("csrf_missing_or_wrong")
+        return form
+
+    def set_session_cookie(self, response: Response, token: str) -> None:
+        response.set_cookie(SESSION_COOKIE, token, httponly=True, secure=self.secure_cookies,
+                            samesite="strict", path="/")  # fmt: skip
+        response.delete_cookie(LOGIN_COOKIE, path="/")
+
+    def clear_session_cookie(self, response: Response) -> None:
+        response.delete_cookie(SESSION_COOKIE, path="/", secure=self.secure_cookies,
+                               httponly=True, samesite="strict")  # fmt: skip
+
+    def login_token(self, request: Request) -> str:
+        existing = request.cookies.get(LOGIN_COOKIE, "")
+        return existing if 20 <= len(existing) <= 64 else secrets.token_urlsafe(32)
+
+    def set_login_cookie(self, response: Response, token: str) -> None:
+        response.set_cookie(LOGIN_COOKIE, token, httponly=True, secure=self.secure_cookies,
+                            samesite="strict", path="/", max_age=3600)  # fmt: skip
+
+    def set_language_cookie(self, response: Response, language: str) -> None:
+        response.set_cookie(LANG_COOKIE, language, httponly=True, secure=self.secure_cookies,
+                            samesite="strict", path="/", max_age=365 * 86400)  # fmt: skip
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def language(self, request: Request) -> str:
+        return choose_language(request.cookies.get(LANG_COOKIE),
+                               request.headers.get("accept-language"))  # fmt: skip
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        context: Mapping[str, Any],
+        *,
+        session: Session | None = None,
+        status_code: int = 200,
+        csrf: str | None = None,
+    ) -> HTMLResponse:
+        language = self.language(request)
+        page = self.env.get_template(template).render(
+            request=request,
+            t=translator(language),
+            lang=language,
+            user=session.user if session else None,
+            csrf=csrf if csrf is not None else (session.csrf if session else ""),
+            path=request.url.path,
+            **context,
+        )
+        return HTMLResponse(page, status_code=status_code)
+
+    def refuse(
+        self, request: Request, session: Session | None, status_code: int, message: str
+    ) -> HTMLResponse:
+        return self.render(request, "error.html", {"message": message}, session=session,
+                           status_code=status_code)  # fmt: skip
+
+
+class CsrfRefused(Exception):  # noqa: N818 - the refusal, with its reason code
+    """A POST without a valid CSRF token, or from another origin."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def login_redirect() -> RedirectResponse:
+    return RedirectResponse("/login", status_code=303)
+
+
+def safe_next(value: object) -> str:
+    """A local path to go back to (never another site)."""
+    text = value if isinstance(value, str) else ""
+    ok = text.startswith("/") and not text.startswith(("//", "/\\")) and len(text) < 512
+    return text if ok else "/districts"
+
+
+def _check_origin(request: Request) -> None:
+    origin = request.headers.get("origin")
+    if origin is None:  # not every client sends one; the CSRF token is the check that counts
+        return
+    parts = urlsplit(origin)
+    if parts.netloc != request.headers.get("host", ""):
+        raise CsrfRefused("cross_origin")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+Handler = Callable[[Request], Awaitable[Response]]
