@@ -158,9 +158,11 @@ def test_tamper_appears_live_then_evidence_acknowledge_close_and_the_kpi_drops(
     expect(south.locator(f'[data-testid="alarm-row"][data-district="{NORTH}"]')).to_have_count(0)
     assert south.evaluate("window.sealgwNoReload") is True, "the south inbox reloaded"
     # One forced shell is told twice (the advert's flag, then the lock's log entry): wait for
-    # both, so the KPI below counts a settled district.
+    # both, and for the listener's rollups to have folded them, so the KPI below counts a
+    # settled district.
     district.wait("the lock's own tamper entry in the ledger", lambda: len(
         [e for e in district.events("seal.tamper") if e["subject"] == TAMPERED]) >= 2)  # fmt: skip
+    _wait_rolled_up(district, NORTH_GW)
 
     # The districts page in a second tab: the open-alarms KPI with the tamper counted.
     kpi_page = context.new_page()
@@ -316,6 +318,19 @@ def test_a_manager_of_another_district_sees_none_of_it(
 
 
 # -- helpers --------------------------------------------------------------------------------------
+
+
+def _wait_rolled_up(district: District, gateway: str) -> None:
+    """Until the rollups (console_alarms with them) folded every event the ledger holds now."""
+    held = district.query("SELECT count(*) FROM events WHERE gateway = ?", (gateway,))[0][0]
+
+    def folded() -> bool:
+        rows = district.query(
+            "SELECT value FROM rollup_meta WHERE name = ?", (f"events:{gateway}",)
+        )
+        return bool(rows) and int(rows[0][0]) >= int(held)
+
+    district.wait(f"the rollups folded {held} events of {gateway}", folded)
 
 
 def _open_alarms(district: District, gateway: str) -> int:
