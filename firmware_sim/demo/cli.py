@@ -48,6 +48,13 @@ def register_demo_command(commands: argparse._SubParsersAction[argparse.Argument
         type=Path,
         help="keep every process's state and log here (default: a temporary folder)",
     )
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="after the day, keep the master console up on the ledger (prints its URL and a "
+        "one-time admin password) until Ctrl-C",
+    )
+    demo.add_argument("--serve-port", type=int, default=8080, help="the console's port")
     demo.set_defaults(handler=_cmd_demo)
 
 
@@ -67,5 +74,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             patience=args.patience,
             work_dir=args.work_dir,
             handheld=args.handheld,
+            serve=args.serve,
+            serve_port=args.serve_port,
         )
     )

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import sqlite3
+import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -28,6 +30,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from firmware_sim.demo.day import GATEWAY_ID, Day, Timeline, buffer_head
+from firmware_sim.demo.procs import PYTHON, child_env
 from firmware_sim.demo.script import STEPS, StepResult, play
 from gateway.protocol.chain import verify_chain
 from master_station.ledger.factory import open_ledger
@@ -52,6 +55,8 @@ class DemoOptions:
     patience: float = 1.0
     work_dir: Path | None = None  # kept after the run (logs); a temporary folder otherwise
     handheld: str = "ble"  # ble: handhelds over GATT on the radio; tcp: the local socket
+    serve: bool = False  # keep the master console up on the ledger after the day, until Ctrl-C
+    serve_port: int = 8080
 
 
 def run_demo(options: DemoOptions) -> int:
@@ -85,10 +90,12 @@ def run_demo(options: DemoOptions) -> int:
         summary = summarize(day, results)
         if not all(r.ok for r in results):
             _show_logs(day, sys.stderr)
-    if options.json_output:
-        print(json.dumps(summary, sort_keys=False))
-    else:
-        print(format_summary(summary))
+        if options.json_output:
+            print(json.dumps(summary, sort_keys=False), flush=True)
+        else:
+            print(format_summary(summary), flush=True)
+        if options.serve:
+            serve_console(day, options.serve_port)
     return 0 if passed(summary) else 1
 
 
@@ -151,6 +158,39 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines += [f"  {t:<{width - 2}}  {n}" for t, n in summary["events_per_type"].items()]
     lines.append("PASS" if passed(summary) else "FAIL")
     return "\n".join(lines)
+
+
+def serve_console(day: Day, port: int) -> None:
+    """`sealgw master serve` on the day's ledger, with a one-time admin password; until Ctrl-C."""
+    password = secrets.token_urlsafe(12)
+    env = {**child_env(), "SEALGW_CONSOLE_PASSWORD": password}
+    done = subprocess.run(
+        [*PYTHON, "master", "user", "add", "--ledger", str(day.ledger), "--username", "admin",
+         "--role", "admin"],
+        capture_output=True, text=True, env=env, check=False, timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0:
+        print(f"console: could not create the admin: {done.stderr.strip()}", file=sys.stderr)
+        return
+    child = day.procs.start("console", [
+        "master", "serve", "--ledger", str(day.ledger), "--master-dir", str(day.master_dir),
+        "--host", "127.0.0.1", "--port", str(port),
+    ])  # fmt: skip
+    log = day.work / "console.log"
+    try:
+        day.wait("the console listening", lambda: "console at" in _text(log), 30)
+        url = next(line for line in _text(log).splitlines() if "console at" in line)
+        print(f"\n{url.split('console at ', 1)[1].split(' ')[0]}  user admin, one-time password"
+              f" {password}\n(Ctrl-C stops it)", flush=True)  # fmt: skip
+        child.process.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        day.procs.close()
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 # -- helpers ----------------------------------------------------------------------------------
