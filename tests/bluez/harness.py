@@ -162,6 +162,7 @@ def _fill_share(share: Path, scenario: str, duration_s: float) -> None:
     shutil.copytree(REPO / "config", share / "site" / "config")
     shutil.copy(HERE / "guest.sh", share / "guest.sh")
     shutil.copy(HERE / "guest_scenarios.py", share / "guest_scenarios.py")
+    shutil.copy(HERE / "guest_handheld.py", share / "guest_handheld.py")
     (share / "guest.sh").chmod(0o755)
     (share / "scenario").write_text(scenario)
     (share / "duration").write_text(f"{duration_s:g}")
