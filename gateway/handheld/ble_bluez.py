@@ -172,7 +172,7 @@ class BluezHandheldServer:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._end_link()
+        self._end_link(readvertise=False)
         await self._peripheral.close()
 
     async def run(self) -> None:
@@ -259,12 +259,15 @@ class BluezHandheldServer:
             stream.on_disconnect()
             self._end_link(stream)
 
-    def _end_link(self, stream: BluezFrameStream | None = None) -> None:
+    def _end_link(
+        self, stream: BluezFrameStream | None = None, *, readvertise: bool = True
+    ) -> None:
         if self._stream is None or (stream is not None and stream is not self._stream):
             return
         self._stream.on_disconnect()
         self._stream = None
-        self._spawn(self._readvertise())
+        if readvertise:
+            self._spawn(self._readvertise())
 
     async def _readvertise(self) -> None:
         if self._stream is None:
