@@ -29,6 +29,7 @@ __all__ = [
     "AuditInputError",
     "AuthCode",
     "AuthError",
+    "BluetoothUnavailableError",
     "BusUnavailableError",
     "ConfigError",
     "ControlError",
@@ -81,6 +82,15 @@ class DeviceTimeoutError(TransientError, TimeoutError):
     def __init__(self, message: str, *, device: str | None = None) -> None:
         super().__init__(message)
         self.device = device
+
+
+class BluetoothUnavailableError(TransientError):
+    """BlueZ cannot be reached over D-Bus, has no such adapter, or refused a registration."""
+
+    def __init__(self, message: str, *, adapter: str, dbus_error: str = "") -> None:
+        super().__init__(message)
+        self.adapter = adapter
+        self.dbus_error = dbus_error
 
 
 class BusUnavailableError(TransientError):

@@ -222,8 +222,8 @@ def _start_sim(day: Day) -> None:
 
 
 def _handhelds_over_ble(day: Day) -> bool:
-    """BLE handhelds need the gateway on bumble (the BlueZ GATT side is not built yet)."""
-    return day.handheld == "ble" and day.radio == "tcp"
+    """BLE handhelds on either radio: the gateway serves GATT on bumble (tcp) or BlueZ (vhci)."""
+    return day.handheld == "ble"
 
 
 def _start_master(day: Day) -> None:

@@ -95,13 +95,8 @@ class GatewayConfig:
 
 
 def _check_handheld_ble(ble: BleSection) -> None:
-    """Handhelds over BLE share the locks' adapter: `[ble]` must be configured, on bumble."""
+    """Handhelds over BLE share the locks' adapter (BlueZ or bumble): `[ble]` must be set."""
     if not ble.locks:
         raise ConfigError("handheld.listen", "ble needs the [ble] adapter and its locks")
     if ble.max_connections < 2:
         raise ConfigError("ble.max_connections", "handhelds over BLE need at least 2 links")
-    if not ble.adapter.startswith("bumble:"):
-        raise ConfigError(
-            "handheld.listen",
-            "ble is served on a bumble adapter; BlueZ (docs/handheld.md, 8.2) is not built yet",
-        )

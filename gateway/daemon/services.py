@@ -33,6 +33,7 @@ from gateway.uplink.uplink import Uplink
 if TYPE_CHECKING:
     from gateway.drivers.ble.adapters import BleAdapters
     from gateway.handheld.ble import BleHandheldServer
+    from gateway.handheld.ble_bluez import BluezHandheldServer
     from gateway.locks.service import LockService
 
 ControlHandler = Callable[[], Awaitable[dict[str, Any]]]
@@ -47,7 +48,7 @@ class Services:
     locks: LockService | None = None
     meters: MeterService | None = None
     handheld: HandheldService | None = None
-    handheld_server: HandheldServer | BleHandheldServer | None = None
+    handheld_server: HandheldServer | BleHandheldServer | BluezHandheldServer | None = None
     handheld_store: PairedDeviceStore | None = None
 
     @property
@@ -208,19 +209,27 @@ def _add_handheld(
 
 def _ble_handheld_server(
     services: Services, config: GatewayConfig, handheld: HandheldService
-) -> BleHandheldServer:
+) -> BleHandheldServer | BluezHandheldServer:
     """The handheld GATT service on the locks' adapter; its links count in their budget."""
-    from gateway.drivers.ble.bumble.backend import BumbleTransport  # noqa: PLC0415 - bumble is optional
-    from gateway.handheld.ble import BleHandheldServer  # noqa: PLC0415 - bumble is optional
+    from gateway.drivers.ble.adapters import BlueZTransport  # noqa: PLC0415 - bleak is optional
 
     assert services.ble_adapters is not None and services.locks is not None
     transport = services.ble_adapters.get(config.ble.adapter)
+    name = f"sealgw-{config.gateway.id}"
+    budget = services.locks.scheduler.budget
+    if isinstance(transport, BlueZTransport):
+        from gateway.handheld.ble_bluez import BluezHandheldServer  # noqa: PLC0415 - dbus-fast is optional
+
+        return BluezHandheldServer(transport.hci_name, handheld.handle, name=name, slots=budget)
+    from gateway.drivers.ble.bumble.backend import BumbleTransport  # noqa: PLC0415 - bumble is optional
+    from gateway.handheld.ble import BleHandheldServer  # noqa: PLC0415 - bumble is optional
+
     if not isinstance(transport, BumbleTransport):
-        raise ConfigError("handheld.listen", "ble is served on a bumble adapter only")
+        raise ConfigError("handheld.listen", "ble needs a bluez: or bumble: adapter")
     return BleHandheldServer(
         transport.bumble_adapter,
         handheld.handle,
-        name=f"sealgw-{config.gateway.id}",
-        slots=services.locks.scheduler.budget,
+        name=name,
+        slots=budget,
         max_links=config.ble.max_connections - 1,
     )

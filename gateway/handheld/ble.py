@@ -14,8 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+from collections.abc import Awaitable
 
 from bumble import att, core, gatt, hci
 from bumble.core import AdvertisingData
@@ -24,99 +23,57 @@ from bumble.pairing import PairingConfig, PairingDelegate
 
 from gateway.drivers.ble.bumble.adapter import BumbleAdapter
 from gateway.errors import ProtocolError
-from gateway.handheld.transport import MessageStream
-from gateway.protocol.handheld import (
-    PROTOCOL_VERSION,
-    Message,
-    decode_message,
-    encode_frame,
-    encode_message,
+from gateway.handheld.gatt_link import (
+    HANDHELD_URGENCY,
+    ChunkedFrameStream,
+    ConnectionHandler,
+    LinkSlots,
+    advertised_name,
 )
 from gateway.protocol.handheld_gatt import (
     HANDHELD_RX_CHAR_UUID,
     HANDHELD_SERVICE_UUID,
     HANDHELD_TX_CHAR_UUID,
     PREFERRED_ATT_MTU,
-    FrameReassembler,
-    chunk_frame,
 )
 
 __all__ = ["BleHandheldServer", "GattFrameStream", "LinkSlots"]
 
 _log = logging.getLogger(__name__)
 
-HANDHELD_URGENCY = 0
-"""The scheduler's most urgent class (handheld work): a handheld link waits behind nothing."""
-PENDING_FRAMES = 2
-"""Frames received but not yet read; more stalls the handheld's writes (ATT back-pressure)."""
 _LINK_ERRORS = (core.BaseBumbleError, ConnectionError, TimeoutError)
 
-ConnectionHandler = Callable[[MessageStream], Awaitable[None]]
 
-
-class LinkSlots(Protocol):
-    """Slots of the BLE connection budget (the lock scheduler's PriorityGate)."""
-
-    async def acquire(self, urgency: int) -> None: ...
-
-    def release(self) -> None: ...
-
-
-class GattFrameStream:
-    """Handheld protocol messages over one GATT connection (RX writes in, TX notifications out)."""
+class GattFrameStream(ChunkedFrameStream):
+    """Handheld protocol messages over one bumble GATT connection."""
 
     def __init__(self, device: Device, connection: Connection, tx: gatt.Characteristic[bytes]):
+        super().__init__()
         self._device = device
         self._connection = connection
         self._tx = tx
-        self._reassembler = FrameReassembler()
-        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue(PENDING_FRAMES)
-        self._closing: asyncio.Task[None] | None = None
-        self._closed = False
 
     @property
     def peer(self) -> str:
         """The handheld's LE address (for per-source limits)."""
         return str(self._connection.peer_address.to_string(with_type_qualifier=False))
 
+    @property
+    def att_mtu(self) -> int:
+        """The link's ATT MTU (23 until the handheld exchanges MTUs)."""
+        return int(self._connection.att_mtu)
+
     async def on_write(self, chunk: bytes) -> None:
-        """An RX write: reassemble; a frame over the cap refuses the write and drops the link."""
+        """An RX write: a frame over the cap refuses the write (ATT 0x0E) and drops the link."""
         try:
-            payloads = self._reassembler.feed(chunk)
+            await self.feed(chunk)
         except ProtocolError as exc:
-            _log.warning("handheld %s: %s; dropping the link", self.peer, exc)
-            self._closing = asyncio.get_running_loop().create_task(self.close())
             raise att.ATT_Error(att.ErrorCode.UNLIKELY_ERROR) from exc
-        for payload in payloads:
-            await self._frames.put(payload)
 
-    def on_disconnect(self) -> None:
-        """The link is gone: the reader sees the end of the stream."""
-        self._closed = True
-        with contextlib.suppress(asyncio.QueueFull):
-            self._frames.put_nowait(None)
+    async def _notify(self, chunk: bytes) -> None:
+        await self._device.notify_subscriber(self._connection, self._tx, chunk)
 
-    async def read(self) -> Message:
-        """The next message; ProtocolError on a bad frame, IncompleteReadError at disconnect."""
-        payload = await self._frames.get()
-        if payload is None:
-            self._frames.put_nowait(None)  # every later read sees the end too
-            raise asyncio.IncompleteReadError(b"", None)
-        return decode_message(payload)
-
-    async def write(self, message: Message, *, version: int = PROTOCOL_VERSION) -> None:
-        """Send one message as notifications of at most ATT_MTU - 3 bytes."""
-        frame = encode_frame(encode_message(message, version))
-        for chunk in chunk_frame(frame, self._connection.att_mtu):
-            if self._closed:
-                raise ConnectionError("handheld link is gone")
-            await self._device.notify_subscriber(self._connection, self._tx, chunk)
-
-    async def close(self) -> None:
-        """Disconnect (idempotent, quiet when the handheld already left)."""
-        if self._closed:
-            return
-        self._closed = True
+    async def _disconnect(self) -> None:
         with contextlib.suppress(*_LINK_ERRORS, hci.HCI_Error):
             await self._connection.disconnect()
 
@@ -279,13 +236,12 @@ class BleHandheldServer:
 def advertising_data(name: str) -> bytes:
     """Flags, the handheld service UUID and a local name that fits the 31-byte advert."""
     uuid = core.UUID(HANDHELD_SERVICE_UUID)
-    room = 31 - 3 - (2 + 16) - 2
     return bytes(
         AdvertisingData(
             [
                 (AdvertisingData.FLAGS, bytes([0x06])),
                 (AdvertisingData.COMPLETE_LIST_OF_128_BIT_SERVICE_CLASS_UUIDS, bytes(uuid)),
-                (AdvertisingData.COMPLETE_LOCAL_NAME, name.encode("utf-8")[:room]),
+                (AdvertisingData.COMPLETE_LOCAL_NAME, advertised_name(name).encode("utf-8")),
             ]
         )
     )

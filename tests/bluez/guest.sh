@@ -23,6 +23,12 @@ log "bluetoothd pid $BTD, btmon pid $BTMON"
 SCENARIO=$(cat $SHARE/scenario 2>/dev/null || echo locks)
 DURATION=$(cat $SHARE/duration 2>/dev/null || echo 60)
 PATIENCE=$(cat $SHARE/patience 2>/dev/null || echo 3)
+# A handheld session over BLE (guest_handheld.py): its own sim and gateway after the locks'.
+handheld() {
+  log "handheld over BLE (guest_handheld.py)"
+  PATIENCE=$PATIENCE timeout 420 python3 $SHARE/guest_handheld.py $SHARE/summary.json /tmp/hh \
+    $SHARE/work $SHARE/btmon.log >> $SHARE/handheld.log 2>&1
+}
 rc=0
 case $SCENARIO in
   locks)
@@ -33,6 +39,10 @@ case $SCENARIO in
       $SHARE/work \
       > $SHARE/scenarios.log 2>&1
     rc=$?
+    handheld || rc=1
+    ;;
+  handheld)
+    handheld; rc=$?
     ;;
   demo)
     log "sealgw demo --radio vhci --duration $DURATION --patience $PATIENCE"

@@ -50,3 +50,18 @@ def test_a_gateway_sigkilled_on_bluez_reconciles_what_happened_meanwhile(
 
 def test_the_guest_ran_every_scenario_and_exited_cleanly(bluez_run: GuestRun) -> None:
     assert bluez_run.rc == 0, bluez_run.report()
+
+
+HANDHELD_SCENARIOS = (
+    "bluetoothd_with_deploy_settings",
+    "handheld_link_security",
+    "handheld_pairs_over_ble",
+    "handheld_unseals_over_ble",
+    "handheld_after_bluetoothd_restart",
+)
+"""guest_handheld.py: a handheld over BLE, after the lock scenarios in the same boot."""
+
+
+@pytest.mark.parametrize("name", HANDHELD_SCENARIOS)
+def test_a_handheld_pairs_and_unseals_over_ble_on_bluez(bluez_run: GuestRun, name: str) -> None:
+    _scenario(bluez_run, name)

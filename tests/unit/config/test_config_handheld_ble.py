@@ -1,4 +1,4 @@
-"""`handheld.listen = "ble"`: valid beside a bumble [ble] adapter with locks, else a named error."""
+"""`handheld.listen = "ble"`: valid beside a [ble] adapter (BlueZ or bumble) with locks."""
 
 from __future__ import annotations
 
@@ -28,18 +28,21 @@ def _config(tmp_path: Path, *, adapter: str | None, listen: str, max_connections
     return path
 
 
-def test_ble_listen_on_a_bumble_adapter_is_valid(tmp_path: Path) -> None:
-    config = load_config(
-        _config(tmp_path, adapter="bumble:tcp-client:127.0.0.1:9000", listen="ble")
-    )
+@pytest.mark.parametrize(
+    "adapter", ["bumble:tcp-client:127.0.0.1:9000", "bluez:hci0", "bluez", "bumble:usb:0"]
+)
+def test_ble_listen_on_a_bluez_or_bumble_adapter_is_valid(tmp_path: Path, adapter: str) -> None:
+    config = load_config(_config(tmp_path, adapter=adapter, listen="ble"))
     assert config.handheld.listen == "ble"
+    assert config.ble.adapter == adapter
 
 
 @pytest.mark.parametrize(
     ("adapter", "listen", "max_connections", "key", "words"),
     [
         (None, "ble", 5, "handheld.listen", "[ble]"),
-        ("bluez:hci0", "ble", 5, "handheld.listen", "bumble"),
+        ("bluez:hci0", "ble", 1, "ble.max_connections", "2 links"),
+        ("bluez:hcizero", "ble", 5, "ble.adapter", "hci0"),
         ("bumble:tcp-client:127.0.0.1:9000", "ble", 1, "ble.max_connections", "2 links"),
         ("bumble:tcp-client:127.0.0.1:9000", "bluetooth", 5, "handheld.listen", ""),
     ],
