@@ -120,7 +120,10 @@ class District:
     """Events of a district of METERS meters, deterministic (seeded)."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        # Two days back: a drain backlog spans 25 hours, and every event of it must lie in the
+        # past, as after an outage. A reading stamped in the future counts as fresh, so the
+        # last run of the backlog would wait out the linger and the drain would time the wait.
+        self.start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
         self.rng = random.Random(7)
         spec = tomllib.loads(PROFILE.read_text(encoding="utf-8"))
         self.registers = [(r["name"], r.get("kind"), r.get("unit"), r.get("scale", 1.0))
