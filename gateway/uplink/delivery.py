@@ -307,11 +307,10 @@ class DeliveryPump:
                 if self._delivery.size == 0:
                     self._drained.set()
                 return
-            taken = self._delivery.take(granted)
             if self._batcher is None:
-                sent, held = self._send(conn, taken), False
+                sent, held = self._send(conn, self._delivery.take(granted)), False
             else:
-                sent, held = self._send_batches(conn, taken)
+                sent, held = self._send_batch(conn, granted)
             self._bucket.give_back(granted - sent)
             if self._reads_ahead or held:
                 self._prefetch()
@@ -376,32 +375,30 @@ class DeliveryPump:
             self._drained.clear()
         return sent
 
-    def _send_batches(
-        self, conn: UplinkConnection, taken: Sequence[PendingLike]
-    ) -> tuple[int, bool]:
-        """Send `taken` as batch messages; the last run may be held back: (sent, held)."""
+    def _send_batch(self, conn: UplinkConnection, limit: int) -> tuple[int, bool]:
+        """Send the next run of the read-ahead (at most `limit` events) as one batch message,
+        unless it is the last one and may linger: (events sent, held)."""
         assert self._batcher is not None
-        fresh = []
-        for event in taken:
-            self._delivery.advance(event)
-            if not self._delivery.has_seq(event.seq):
-                fresh.append(event)
-        runs = self._batcher.runs(fresh)
-        sent = 0
-        for index, run in enumerate(runs):
-            if index == len(runs) - 1:
-                wait = self._batcher.hold(run, self._flushing)
-                if wait is not None:
-                    self._delivery.hold(run.events)
-                    self._arm_linger(wait)
-                    return sent, True
-            if not conn.connected:
-                break
-            count = self._send_run(conn, run)
-            sent += count
-            if count < len(run.events):
-                break
+        ahead = self._delivery.ahead
+        while ahead and self._delivery.has_seq(ahead[0].seq):  # in flight already
+            self._delivery.advance(ahead.popleft())
+        if not ahead:
+            return 0, False
+        run, last = self._batcher.take_run(ahead, limit, self._delivery.seqs)
+        self._delivery.advance(run.events[-1])  # a run: consecutive seqs of one priority
+        if last:
+            wait = self._batcher.hold(run, self._flushing)
+            if wait is not None:
+                self._delivery.hold(run.events)
+                self._arm_linger(wait)
+                return 0, True
         self._batcher.released()
+        if not conn.connected:
+            self._delivery.hold(run.events)
+            return 0, False
+        sent = self._send_run(conn, run)
+        if sent < len(run.events):  # the connection failed mid-way: fetch the rest again
+            self._delivery.hold(run.events[sent:])
         if sent:
             self._drained.clear()
         return sent, False
