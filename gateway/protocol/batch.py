@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from operator import itemgetter, sub
-from typing import Any
+from typing import Any, NamedTuple
 
 import cbor2
 
@@ -50,11 +50,11 @@ HEADER_DEFLATE = 0x11  # batch format 1, CBOR in raw deflate (RFC 1951) with DIC
 MAX_DECODED_BYTES = 8 * 1024 * 1024
 MAX_EVENTS = 65_536
 MAX_EXPONENT = 400
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_ULID = re.compile(r"^[0-7][0-9A-HJKMNP-TV-Z]{25}$")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_ULID = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _TO_BASE32 = str.maketrans(_CROCKFORD, "0123456789abcdefghijklmnopqrstuv")
-_TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+_TS_SECOND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
 
 DICTIONARY_WORDS = (
     "meter.reading", "meter.event", "meter.read_failed", "meter.read_recovered",
@@ -113,9 +113,7 @@ def encode_batch(payloads: Sequence[bytes], *, compress: bool = True) -> bytes:
     """
     if not payloads:
         raise BatchEncodeError("an empty batch")
-    events = [_parse(payload) for payload in payloads]
-    _check_run(events)
-    body = _Encoder().encode(events)
+    body = _Encoder().encode(payloads)
     if compress:
         packer = zlib.compressobj(6, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
         packed = packer.compress(body) + packer.flush()
@@ -125,88 +123,112 @@ def encode_batch(payloads: Sequence[bytes], *, compress: bool = True) -> bytes:
 
 
 def decode_batch(message: bytes, gateway: str) -> DecodedBatch:
-    """Rebuild the events of a batch published by `gateway`; raise BatchDecodeError."""
+    """Rebuild the events of a batch published by `gateway`; raise BatchDecodeError.
+
+    The message is untrusted: whatever goes wrong while reading it (a failure of the CBOR or
+    deflate library included) is a BatchDecodeError, never another exception.
+    """
     try:
         root = cbor2.loads(_unpack(message))
         return _Decoder(gateway).decode(root)
     except BatchDecodeError:
         raise
-    except (
-        cbor2.CBORError,
-        ValueError,
-        TypeError,
-        KeyError,
-        IndexError,
-        OverflowError,
-        RecursionError,
-    ) as exc:
+    except Exception as exc:  # noqa: BLE001 - hostile input: every failure is a refusal
         raise BatchDecodeError(f"batch does not decode: {exc}") from None
 
 
 # -- encoding ---------------------------------------------------------------------------------
 
 
-def _parse(payload: bytes) -> dict[str, Any]:
-    """The envelope members, with `data` kept as its canonical text (`data_text`).
+class _Envelope(NamedTuple):
+    """An event's envelope members, with `data` kept as its canonical text."""
+
+    gateway: str
+    hash: str
+    id: str
+    prev_hash: str
+    priority: str
+    seq: int
+    subject: str
+    ts: str
+    type: str
+    data_text: str
+
+
+_PLAIN = r'"([^"\\\x00-\x1f]*)"'  # a JSON string without escapes: its text is its value
+_ENVELOPE_TAIL = re.compile(
+    rf',"gateway":{_PLAIN},"hash":"([0-9a-f]{{64}})","id":{_PLAIN}'
+    rf',"prev_hash":"([0-9a-f]{{64}})","priority":"(alarm|audit|state|telemetry)"'
+    rf',"seq":(0|[1-9][0-9]*),"subject":{_PLAIN},"ts":{_PLAIN},"type":{_PLAIN},"v":1\}}'
+)
+"""The envelope after `data`, as seal_event writes it with plain strings (the common case)."""
+
+_ENVELOPE_NAMES = frozenset(_Envelope._fields) - {"data_text"} | {"v"}
+_PRIORITIES = {priority.wire_name: int(priority) for priority in Priority}
+
+
+def _decode_text(payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BatchEncodeError(f"not an event payload: {exc}") from None
+
+
+def _parse(text: str) -> _Envelope:
+    """The envelope of a canonical event payload.
 
     In canonical JSON `data` is the first member and `gateway` the second; a quote inside a
-    string is always escaped, so the last `,"gateway":` is where the envelope resumes.
+    string is always escaped, so the last `,"gateway":` is where the envelope resumes. The
+    envelope is read by one pattern when its strings have no escapes, else parsed as JSON.
     """
-    try:
-        text = payload.decode("utf-8")
-        cut = text.rfind(',"gateway":')
-        if not text.startswith('{"data":') or cut < 0:
-            raise BatchEncodeError("not a canonical event payload")
-        obj = json.loads("{" + text[cut + 1 :])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BatchEncodeError(f"not an event payload: {exc}") from None
-    if not isinstance(obj, dict) or obj.get("v") != EVENT_VERSION:
-        raise BatchEncodeError("not a version 1 event")
-    obj["data_text"] = text[8:cut]
-    return obj
+    cut = text.rfind(',"gateway":')
+    if not text.startswith('{"data":') or cut < 0:
+        raise BatchEncodeError("not a canonical event payload")
+    match = _ENVELOPE_TAIL.fullmatch(text, cut)
+    if match is None:
+        return _parse_general(text, cut)
+    return _envelope(match.groups(), text[8:cut])
 
 
-def _check_run(events: Sequence[Mapping[str, Any]]) -> None:
-    first = events[0]
-    for index, event in enumerate(events):
-        if set(event) != _ENVELOPE or not isinstance(event["seq"], int):
-            raise BatchEncodeError("event envelope is not the version 1 envelope")
-        if event["gateway"] != first["gateway"] or event["priority"] != first["priority"]:
-            raise BatchEncodeError("a batch holds one gateway's events of one priority")
-        if event["seq"] != first["seq"] + index:
-            raise BatchEncodeError("a batch holds consecutive seqs")
-        if index and event["prev_hash"] != events[index - 1]["hash"]:
-            raise BatchEncodeError(f"seq {event['seq']} does not link to its predecessor")
-        if not (_HEX64.match(str(event["prev_hash"])) and _HEX64.match(str(event["hash"]))):
-            raise BatchEncodeError("hashes are not 64 lowercase hex digits")
-    try:
-        Priority.from_wire(first["priority"])
-    except (ValueError, AttributeError):
-        raise BatchEncodeError(f"unknown priority {first['priority']!r}") from None
-
-
-_ENVELOPE = frozenset(
-    (
-        "v",
-        "data_text",
-        "gateway",
-        "hash",
-        "id",
-        "prev_hash",
-        "priority",
-        "seq",
-        "subject",
-        "ts",
-        "type",
+def _envelope(groups: Sequence[str], data_text: str) -> _Envelope:
+    """The envelope of the groups of _ENVELOPE_TAIL."""
+    gateway, digest, event_id, prev_hash, priority, seq, subject, ts, kind = groups
+    return _Envelope(
+        gateway, digest, event_id, prev_hash, priority, int(seq), subject, ts, kind, data_text
     )
-)
+
+
+def _parse_general(text: str, cut: int) -> _Envelope:
+    """The envelope of a payload whose strings have escapes, checked member by member."""
+    try:
+        obj = json.loads("{" + text[cut + 1 :])
+    except json.JSONDecodeError as exc:
+        raise BatchEncodeError(f"not an event payload: {exc}") from None
+    if not isinstance(obj, dict) or set(obj) != _ENVELOPE_NAMES:
+        raise BatchEncodeError("event envelope is not the version 1 envelope")
+    if type(obj["v"]) is not int or obj["v"] != EVENT_VERSION or type(obj["seq"]) is not int:
+        raise BatchEncodeError("not a version 1 event")
+    texts = ("gateway", "id", "subject", "ts", "type")
+    if not all(type(obj[name]) is str for name in texts):
+        raise BatchEncodeError("event envelope members are not text")
+    if not (_is_hash(obj["hash"]) and _is_hash(obj["prev_hash"])):
+        raise BatchEncodeError("hashes are not 64 lowercase hex digits")
+    if obj["priority"] not in _PRIORITIES:
+        raise BatchEncodeError(f"unknown priority {obj['priority']!r}")
+    return _Envelope(**{name: obj[name] for name in _ENVELOPE_NAMES - {"v"}}, data_text=text[8:cut])
+
+
+def _is_hash(value: Any) -> bool:
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
 class _Encoder:
     """Builds the CBOR body of one batch; shapes and their value rows live for one batch.
 
-    Reading values are kept as their canonical number texts, row by row, and turned into
-    per-column integer deltas once the batch is complete (see _column).
+    The run is checked as it is read: one gateway, one priority, consecutive seqs, each
+    `prev_hash` the hash before it. Reading values are kept as their canonical number texts,
+    row by row, and turned into per-column integer deltas once the batch is complete (see
+    _column).
     """
 
     def __init__(self) -> None:
@@ -217,69 +239,88 @@ class _Encoder:
         self.slots: list[list[list[Any]]] = []  # per shape, the data cells to fill in
         self.last_ms = 0
         self.pattern: _ShapePattern | None = None  # the last reading's shape, tried first
+        self.first: _Envelope | None = None
+        self.last: _Envelope | None = None
 
-    def encode(self, events: Sequence[Mapping[str, Any]]) -> bytes:
-        rows = [self._event(event) for event in events]
+    def encode(self, payloads: Sequence[bytes]) -> bytes:
+        rows = [self._event(_decode_text(payload)) for payload in payloads]
         shapes = []
         for index, (names, units) in enumerate(self.shape_rows):
             columns = [_column(texts) for texts in zip(*self.texts[index], strict=True)]
             shapes.append([names, units, [exp for exp, _ in columns]])
             deltas = zip(*(d for _, d in columns), strict=True)
             for cell, nums in zip(self.slots[index], deltas, strict=True):
-                cell[2] = list(nums)
-        first = events[0]
+                cell[2] = nums  # a tuple is a CBOR array too
+        first, last = self.first, self.last
+        assert first is not None and last is not None
         return cbor2.dumps([
             EVENT_VERSION,
-            int(Priority.from_wire(first["priority"])),
-            first["seq"],
-            bytes.fromhex(first["prev_hash"]),
-            bytes.fromhex(events[-1]["hash"]),
+            _PRIORITIES[first.priority],
+            first.seq,
+            bytes.fromhex(first.prev_hash),
+            bytes.fromhex(last.hash),
             list(self.types),
             shapes,
             rows,
         ])  # fmt: skip
 
-    def _event(self, event: Mapping[str, Any]) -> list[Any]:
-        ts, millis = self._ts(event["ts"])
-        type_index = self.types.setdefault(event["type"], len(self.types))
-        return [ts, _id(event["id"], millis), type_index, event["subject"], self._data(event)]
+    def _event(self, text: str) -> list[Any]:
+        """One event's row. A reading of the last reading's shape, with plain strings, is
+        read whole by that shape's pattern; anything else envelope first, then its data."""
+        pattern = self.pattern
+        match = pattern.regex.fullmatch(text) if pattern is not None else None
+        if match is not None:
+            assert pattern is not None
+            groups = match.groups()
+            width = len(pattern.key)
+            rest = _members(groups[0], groups[width + 1])
+            data = self._cell(pattern.key, groups[1 : width + 1], rest)
+            event = _envelope(groups[width + 2 :], "")
+        else:
+            event = _parse(text)
+            data = self._data(event.data_text)
+        self._link(event)
+        ts, millis = self._ts(event.ts)
+        type_index = self.types.setdefault(event.type, len(self.types))
+        return [ts, _id(event.id, millis), type_index, event.subject, data]
 
-    def _ts(self, ts: Any) -> tuple[Any, int | None]:
+    def _link(self, event: _Envelope) -> None:
+        """Check that `event` continues the run."""
+        first, last = self.first, self.last
+        self.last = event
+        if first is None or last is None:
+            self.first = event
+            return
+        if event.gateway != first.gateway or event.priority != first.priority:
+            raise BatchEncodeError("a batch holds one gateway's events of one priority")
+        if event.seq != last.seq + 1:
+            raise BatchEncodeError("a batch holds consecutive seqs")
+        if event.prev_hash != last.hash:
+            raise BatchEncodeError(f"seq {event.seq} does not link to its predecessor")
+
+    def _ts(self, ts: str) -> tuple[Any, int | None]:
         millis = _ts_millis(ts)
         if millis is None:
             return ts, None
         delta, self.last_ms = millis - self.last_ms, millis
         return delta, millis
 
-    def _data(self, event: Mapping[str, Any]) -> Any:
-        data_text = event["data_text"]
-        fast = self._fast_reading(data_text)
-        if fast is not None:
-            return self._cell(*fast)
+    def _data(self, data_text: str) -> Any:
+        reading = _reading_text(data_text)
+        if reading is not None:
+            self.pattern = _shape_pattern(reading[0])
+            return self._cell(*reading)
         try:
             data = json.loads(data_text)
         except json.JSONDecodeError as exc:
             raise BatchEncodeError(f"event data is not JSON: {exc}") from None
         if type(data) is not dict:
             raise BatchEncodeError("event data is not an object")
-        reading = _reading(data)
-        if reading is None:
+        parsed = _reading(data)
+        if parsed is None:
             return data
         rest = {key: value for key, value in data.items() if key != "values"}
-        return self._cell(*reading, rest)
-
-    def _fast_reading(self, data_text: str) -> tuple[ShapeKey, Sequence[str], Any] | None:
-        """A reading in its common form, read from its text by the last shape's pattern (a
-        literal skeleton with the numbers as groups) or else by the general one."""
-        if self.pattern is not None:
-            match = self.pattern.regex.fullmatch(data_text)
-            if match is not None:
-                groups = match.groups()
-                return self.pattern.key, groups[1:-1], _members(groups[0], groups[-1])
-        general = _reading_text(data_text)
-        if general is not None:
-            self.pattern = _shape_pattern(general[0])
-        return general
+        return self._cell(*parsed, rest)
 
     def _cell(self, shape: ShapeKey, texts: Sequence[str], rest: dict[str, Any]) -> list[Any]:
         index = self.shapes.get(shape)
@@ -299,14 +340,14 @@ class _Encoder:
 ShapeKey = tuple[tuple[str, str], ...]
 """(name, unit member text) per value: '"unit":"V",', or '' when the value has no unit."""
 
-_STR = r'"[^"\\]*"'  # a JSON string without escapes
+_STR = r'"[^"\\\x00-\x1f]*"'  # a JSON string without escapes
 _NUM = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[-+][0-9]+)?"
 _ENTRY = rf'{_STR}:\{{(?:"unit":{_STR},)?"value":{_NUM}\}}'
 _READING_TEXT = re.compile(
     rf'\{{(?P<pre>(?:{_STR}:{_STR},)*)"values":\{{(?P<vals>{_ENTRY}(?:,{_ENTRY})*)\}}'
     rf"(?P<post>(?:,{_STR}:{_STR})*)\}}"
 )
-_ENTRY_PARTS = re.compile(rf'"([^"\\]*)":\{{((?:"unit":{_STR},)?)"value":({_NUM})\}}')
+_ENTRY_PARTS = re.compile(rf'"([^"\\\x00-\x1f]*)":\{{((?:"unit":{_STR},)?)"value":({_NUM})\}}')
 _FRACTION = re.compile(r"\.([0-9]+)")
 _NAME_UNIT = itemgetter(0, 1)
 _NUMBER = itemgetter(2)
@@ -324,8 +365,12 @@ def _reading_text(data_text: str) -> tuple[ShapeKey, list[str], Any] | None:
     return tuple(map(_NAME_UNIT, entries)), list(map(_NUMBER, entries)), rest
 
 
+@lru_cache(maxsize=4096)
 def _members(pre: str, post: str) -> Any:
-    """The members around `values` (`"a":"x",` before, `,"z":"y"` after) as a dict."""
+    """The members around `values` (`"a":"x",` before, `,"z":"y"` after) as a dict.
+
+    Cached (a meter's members are the same in every reading): never change what it returns.
+    """
     return json.loads("{" + (pre[:-1] + post if pre else post[1:]) + "}")
 
 
@@ -337,12 +382,14 @@ class _ShapePattern:
 
 @lru_cache(maxsize=64)
 def _shape_pattern(key: ShapeKey) -> _ShapePattern:
-    """A regex for readings of one shape: its names and units literal, its numbers groups."""
-    parts = [rf'\{{((?:{_STR}:{_STR},)*)"values":\{{']
+    """A regex for whole reading payloads of one shape, with plain strings: the names and
+    units literal; the members around `values`, the numbers and the envelope as groups."""
+    parts = [rf'\{{"data":\{{((?:{_STR}:{_STR},)*)"values":\{{']
     for index, (name, unit) in enumerate(key):
         prefix = "," if index else ""
         parts.append(re.escape(f'{prefix}"{name}":{{{unit}"value":') + f"({_NUM})" + r"\}")
     parts.append(rf"\}}((?:,{_STR}:{_STR})*)\}}")
+    parts.append(_ENVELOPE_TAIL.pattern)
     return _ShapePattern(key, re.compile("".join(parts)))
 
 
@@ -385,7 +432,7 @@ def _column(texts: Sequence[str]) -> tuple[int, list[int]]:
     if "e" not in joined and decimals <= 15:
         factor = float(10**decimals)
         scaled = list(map(round, map(factor.__mul__, map(float, texts))))
-        if max(map(abs, scaled)) >= _EXACT_LIMIT:
+        if max(scaled) >= _EXACT_LIMIT or min(scaled) <= -_EXACT_LIMIT:
             scaled = None
     exponent = -decimals
     if scaled is None:
@@ -407,17 +454,36 @@ def _text_decimal(text: str) -> tuple[int, int]:
     return int(whole + fraction), exponent - len(fraction)
 
 
-def _ts_millis(ts: Any) -> int | None:
-    """Milliseconds since the epoch of an RFC 3339 `...T..:..:..mmmZ` ts, else None."""
-    if not isinstance(ts, str) or not _TS.match(ts):
+def _ts_millis(ts: str) -> int | None:
+    """Milliseconds since the epoch of an RFC 3339 `...T..:..:..mmmZ` ts, else None.
+
+    None too when that form would not give `ts` back (a leap second, a day 31 of a short
+    month, a digit outside ASCII): such a ts is sent as text.
+    """
+    if len(ts) != 24 or ts[19] != "." or ts[23] != "Z":
         return None
-    millis = _parse_ts(ts)
-    return millis if _format_ms(millis) == ts else None
+    second = _second_millis(ts[:19])
+    fraction = ts[20:23]
+    if second is None or not (fraction.isascii() and fraction.isdigit()):
+        return None
+    return second + int(fraction)
 
 
-def _id(event_id: Any, millis: int | None) -> Any:
+@lru_cache(maxsize=1024)
+def _second_millis(text: str) -> int | None:
+    """Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS` if it round-trips, else None."""
+    if _TS_SECOND.fullmatch(text) is None:
+        return None
+    try:
+        millis = _parse_ts(text + ".000Z")
+    except ValueError:
+        return None
+    return millis if _format_ms(millis) == text + ".000Z" else None
+
+
+def _id(event_id: str, millis: int | None) -> Any:
     """A ULID as 10 bytes (its time is the ts) or 16 bytes; anything else as text."""
-    if not isinstance(event_id, str) or not _ULID.match(event_id):
+    if _ULID.fullmatch(event_id) is None:
         return event_id
     value = int(event_id.translate(_TO_BASE32), 32)
     raw = value.to_bytes(16, "big")
