@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from gateway.protocol.batch import BatchEncodeError, encode_batch
 from gateway.protocol.clock import Clock
@@ -42,6 +42,9 @@ class PendingPayload(Protocol):
     def type(self) -> str: ...
     @property
     def payload(self) -> bytes: ...
+
+
+_Pending = TypeVar("_Pending", bound=PendingPayload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +94,7 @@ class Batcher:
         return runs
 
     def take_run(
-        self, queue: deque[PendingPayload], limit: int, inflight: Container[int]
+        self, queue: deque[_Pending], limit: int, inflight: Container[int]
     ) -> tuple[Run, bool]:
         """Pop the next run off the front of `queue` (not empty): at most `limit` events.
 

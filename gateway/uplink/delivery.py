@@ -6,8 +6,8 @@ order. Seqs are marked published only after their PUBACK, in batches. When the c
 drops, the window and the cursors are forgotten and whatever was not acknowledged is fetched
 again after the reconnect: a duplicate carries the same id and seq.
 
-A message is one event (`uplink.encoding = "json"`) or a batch of consecutive events
-(`"batch"`, see batching.py); a batch's events are marked published together at its PUBACK.
+A message is one event (`uplink.encoding = "json"`); the batch encoding (`"batch"`) sends runs
+of consecutive events per message with BatchPump (batch_delivery.py), built on this one.
 """
 
 from __future__ import annotations
@@ -23,14 +23,7 @@ from gateway.drivers.pacing import TokenBucket
 from gateway.errors import TransientError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Priority
-from gateway.uplink.batching import (
-    BATCH_TOPIC,
-    BATCH_WINDOW,
-    Batcher,
-    BatchPolicy,
-    PendingPayload,
-    Run,
-)
+from gateway.uplink.batching import PendingPayload
 from gateway.uplink.connection import FailureLog, UplinkConnection, UplinkStats
 
 __all__ = ["AckBatcher", "DeliveryPump", "DeliveryWindow", "EventSource", "PendingLike"]
@@ -81,15 +74,17 @@ class DeliveryWindow:
         self.seqs: set[int] = set()
         self.cursors: dict[Priority, int] = dict.fromkeys(Priority, -1)
         self.ahead: deque[PendingLike] = deque()
+        self.exhausted = False  # the last fetch found fewer events than it asked for
         self.generation = getattr(self, "generation", 0) + 1
 
-    def read_ahead(self, batch: Sequence[PendingLike], generation: int) -> None:
+    def read_ahead(self, batch: Sequence[PendingLike], generation: int, limit: int) -> None:
         """Queue fetched events to send next, unless the window was reset or rewound since."""
         if generation != self.generation:
             return
         for event in batch:
             self.advance(event)
         self.ahead.extend(batch)
+        self.exhausted = len(batch) < limit
 
     def take(self, count: int) -> list[PendingLike]:
         """Up to `count` read-ahead events, in the order they were fetched."""
@@ -120,6 +115,7 @@ class DeliveryWindow:
         for priority, cursor in self.cursors.items():
             self.cursors[priority] = min(cursor, seq)
         self.ahead.clear()
+        self.exhausted = False
         self.generation += 1
 
     def has_seq(self, seq: int) -> bool:
@@ -195,11 +191,8 @@ class DeliveryPump:
         stats: UplinkStats,
         failures: FailureLog,
         drain_rate_per_s: float,
-        batch: BatchPolicy | None = None,
     ) -> None:
         self._source = source
-        self._batcher = Batcher(batch, clock) if batch is not None else None
-        self._linger: asyncio.TimerHandle | None = None
         self._flushing = False
         self._topic = topic
         self._clock = clock
@@ -221,15 +214,11 @@ class DeliveryPump:
     def start(self, window: int) -> None:
         """A new connection: an empty window of `window` messages, cursors from the start."""
         self._flushing = False
-        if self._batcher is None:
-            self._delivery.reset(window)
-        else:
-            self._delivery.reset(min(window, BATCH_WINDOW), self._batcher.policy.max_events)
+        self._delivery.reset(window)
 
     def stop(self) -> None:
         """The connection is gone: forget the window; the unacked are fetched again later."""
         self._delivery.reset(0)
-        self._cancel_linger()
         if self._prefetching is not None:
             self._prefetching.cancel()
 
@@ -237,6 +226,7 @@ class DeliveryPump:
         """New events were committed (on the loop thread); `urgent` drops the read-ahead."""
         if urgent and self._delivery.ahead:
             self._delivery.rewind(self._delivery.ahead[0].seq - 1)
+        self._delivery.exhausted = False
         self._wake.set()
 
     def rewind(self, seq: int) -> None:
@@ -297,8 +287,7 @@ class DeliveryPump:
             free = self._delivery.free
             if free <= 0:
                 return
-            batching = self._batcher is not None
-            granted = self._bucket.take(self._delivery.per_message if batching else free)
+            granted = self._bucket.take(free)
             if granted == 0:
                 await self._clock.sleep(self._bucket.wait_time())
                 continue
@@ -307,17 +296,10 @@ class DeliveryPump:
                 if self._delivery.size == 0:
                     self._drained.set()
                 return
-            if self._batcher is None:
-                sent, held = self._send(conn, self._delivery.take(granted)), False
-            else:
-                sent, held = self._send_batch(conn, granted)
+            sent = self._send(conn, self._delivery.take(granted))
             self._bucket.give_back(granted - sent)
-            if self._reads_ahead or held:
+            if self._reads_ahead:
                 self._prefetch()
-            if held:
-                return  # the last run waits for more events or its linger
-            if batching:
-                await asyncio.sleep(0)  # one message at a time: let PUBACKs in between
 
     async def _fetch_ahead(self, wanted: int) -> bool:
         """Wait for events to send: the running prefetch, then if need be a fetch of our own.
@@ -349,12 +331,14 @@ class DeliveryPump:
 
     async def _fetch(self, limit: int) -> None:
         generation = self._delivery.generation
+        limit = max(1, limit)
         try:
-            batch = await self._source.fetch_pending(self._delivery.cursors, max(1, limit))
+            batch = await self._source.fetch_pending(self._delivery.cursors, limit)
         except Exception:  # a buffer failure must not take the connection down
             log.exception("uplink could not fetch events from the buffer; retrying")
+            self._delivery.exhausted = True  # read on at the next refill, not in a loop
             return
-        self._delivery.read_ahead(batch, generation)
+        self._delivery.read_ahead(batch, generation, limit)
         if batch:
             self._wake.set()
 
@@ -374,54 +358,3 @@ class DeliveryPump:
         if sent:
             self._drained.clear()
         return sent
-
-    def _send_batch(self, conn: UplinkConnection, limit: int) -> tuple[int, bool]:
-        """Send the next run of the read-ahead (at most `limit` events) as one batch message,
-        unless it is the last one and may linger: (events sent, held)."""
-        assert self._batcher is not None
-        ahead = self._delivery.ahead
-        while ahead and self._delivery.has_seq(ahead[0].seq):  # in flight already
-            self._delivery.advance(ahead.popleft())
-        if not ahead:
-            return 0, False
-        run, last = self._batcher.take_run(ahead, limit, self._delivery.seqs)
-        self._delivery.advance(run.events[-1])  # a run: consecutive seqs of one priority
-        if last:
-            wait = self._batcher.hold(run, self._flushing)
-            if wait is not None:
-                self._delivery.hold(run.events)
-                self._arm_linger(wait)
-                return 0, True
-        self._batcher.released()
-        if not conn.connected:
-            self._delivery.hold(run.events)
-            return 0, False
-        sent = self._send_run(conn, run)
-        if sent < len(run.events):  # the connection failed mid-way: fetch the rest again
-            self._delivery.hold(run.events[sent:])
-        if sent:
-            self._drained.clear()
-        return sent, False
-
-    def _send_run(self, conn: UplinkConnection, run: Run) -> int:
-        """One batch message, or the run's events one by one if it cannot be encoded."""
-        assert self._batcher is not None
-        message = self._batcher.encode(run)
-        if message is None:
-            return self._send(conn, run.events)
-        try:
-            mid = conn.publish_event(self._topic(BATCH_TOPIC), message)
-        except TransientError:
-            return 0
-        self._delivery.add(mid, run.events)
-        self._stats.published += len(run.events)
-        return len(run.events)
-
-    def _arm_linger(self, wait: float) -> None:
-        self._cancel_linger()
-        self._linger = asyncio.get_running_loop().call_later(wait, self._wake.set)
-
-    def _cancel_linger(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
