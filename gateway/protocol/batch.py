@@ -22,7 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from operator import itemgetter, sub
+from itertools import chain, repeat
+from operator import itemgetter, mul, sub
 from typing import Any, NamedTuple
 
 import cbor2
@@ -430,8 +431,8 @@ def _column(texts: Sequence[str]) -> tuple[int, list[int]]:
     decimals = max(map(len, _FRACTION.findall(joined)), default=0)
     scaled: list[int] | None = None
     if "e" not in joined and decimals <= 15:
-        factor = float(10**decimals)
-        scaled = list(map(round, map(factor.__mul__, map(float, texts))))
+        factor = repeat(float(10**decimals))
+        scaled = list(map(float.__round__, map(mul, map(float, texts), factor)))
         if max(scaled) >= _EXACT_LIMIT or min(scaled) <= -_EXACT_LIMIT:
             scaled = None
     exponent = -decimals
@@ -439,7 +440,7 @@ def _column(texts: Sequence[str]) -> tuple[int, list[int]]:
         pairs = [_text_decimal(text) for text in texts]
         exponent = min(e for _, e in pairs)
         scaled = [m * 10 ** (e - exponent) for m, e in pairs]
-    return exponent, list(map(sub, scaled, [0, *scaled[:-1]]))
+    return exponent, list(map(sub, scaled, chain((0,), scaled)))
 
 
 def _text_decimal(text: str) -> tuple[int, int]:
