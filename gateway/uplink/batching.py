@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from gateway.protocol.batch import BatchEncodeError, encode_batch
+from gateway.protocol.batch_encode import encode_batch
+from gateway.protocol.batch_format import BatchEncodeError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Priority
 from gateway.uplink.config import UplinkSection

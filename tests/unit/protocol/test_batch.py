@@ -22,10 +22,10 @@ from gateway.protocol.batch import (
     HEADER_DEFLATE,
     HEADER_PLAIN,
     BatchDecodeError,
-    BatchEncodeError,
     decode_batch,
-    encode_batch,
 )
+from gateway.protocol.batch_encode import encode_batch
+from gateway.protocol.batch_format import BatchEncodeError
 from gateway.protocol.chain import verify_chain
 from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority, seal_event
 
