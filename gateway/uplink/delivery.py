@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.drivers.pacing import TokenBucket
@@ -150,9 +150,9 @@ class AckBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, seq: int) -> None:
-        """Record one acknowledged seq (on the loop thread)."""
-        self._seqs.append(seq)
+    def add(self, seqs: Iterable[int]) -> None:
+        """Record acknowledged seqs (on the loop thread)."""
+        self._seqs.extend(seqs)
         if len(self._seqs) >= self._batch:
             self._start()
         elif self._timer is None:
@@ -271,8 +271,7 @@ class DeliveryPump:
             return
         if ok:
             self._stats.acked += len(events)
-            for event in events:
-                self._acks.add(event.seq)
+            self._acks.add(event.seq for event in events)
         else:
             self._stats.refused += len(events)
             self._failures.failed(
