@@ -5,17 +5,23 @@ service tidies them) read every 15 minutes, gateway.health every minute, a signe
 every 10 minutes and one seal operation (4 audit events) an hour. Events are committed into a
 real EventBuffer with timestamps of the past day, as a backlog after an outage would be.
 
-- wire: the Uplink drains the buffer through a TCP relay to a private Mosquitto; the relay keeps
-  every byte the gateway sent, and the bench sums the MQTT PUBLISH packets that carry events
-  (fixed header, topic or topic alias, properties, packet id and payload). Readings only for
-  `bytes_per_reading_wire`; the whole district hour, times 24, for `bytes_per_day_district`.
-- drain: a backlog of readings drained by the Uplink straight to the broker, published,
-  acknowledged and marked, beside plain paho publishing the same JSON payloads at QoS 1.
+- wire: the Uplink, with the default `[uplink]` settings (drain rate included), drains the
+  buffer through a TCP relay to a private Mosquitto; the relay keeps every byte the gateway
+  sent, and the bench sums the MQTT PUBLISH packets that carry events (fixed header, topic or
+  topic alias, properties, packet id and payload). Readings only for `bytes_per_reading_wire`;
+  the whole district hour, times 24, for `bytes_per_day_district`.
+- drain: a backlog of readings drained by the Uplink (drain rate unbounded) straight to the
+  broker, published, acknowledged and marked, timed from the start of the Uplink to the last
+  mark; beside plain paho publishing the same JSON payloads at QoS 1, one message per reading,
+  timed from the first publish to the last PUBACK. Rates depend on what else the machine
+  runs; `drain_cpu_us_per_reading` (this process, all threads: the gateway side, or paho) and
+  `broker_cpu_us_per_reading` (Mosquitto) hardly do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -26,11 +32,12 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.uplink_common import raw_paho_rate, timed_drain
+from bench.uplink_common import CpuMeter, CpuSpent, raw_paho_rate, timed_drain
 from firmware_sim.mosquitto import MosquittoBroker
 from gateway.config.model import BufferSection, UplinkSection
 from gateway.protocol.canonical import JSONValue
@@ -69,30 +76,33 @@ async def _measure(
         hour = await _wire(broker, work / f"wire-d-{encoding}", encoding, district.hour(encoding))
         wire[encoding] = {"readings": readings, "district_hour": hour}
         _say(verbose, f"{encoding}: {readings['bytes'] / readings['readings']:.0f} B/reading")
-    rates: dict[str, list[float]] = {"raw_paho": [], **{e: [] for e in ENCODINGS}}
+    drains: dict[str, list[_Drained]] = {"raw_paho": [], **{e: [] for e in ENCODINGS}}
     for index in range(rounds):
         drafts = district.readings(math.ceil(drain_n / (METERS * READS_PER_HOUR)))[:drain_n]
         for encoding in ENCODINGS:
             db = work / f"drain-{encoding}-{index}.db"
             payloads = await _fill(db, drafts)
-            rates[encoding].append(await _drain_rate(broker, db, encoding, len(payloads)))
+            drains[encoding].append(await _drain_rate(broker, db, encoding, len(payloads)))
             if encoding == "json":
-                rates["raw_paho"].append(await asyncio.to_thread(_raw_paho, broker, payloads))
+                drains["raw_paho"].append(await _raw_paho(broker, payloads))
         _say(
             verbose,
-            f"round {index + 1}: " + ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items()),
+            f"round {index + 1}: "
+            + ", ".join(f"{k} {v[-1].rate:.0f}/s" for k, v in drains.items()),
         )
-    return _result(wire, rates, drain_n, rounds)
+    return _result(wire, drains, drain_n, rounds)
 
 
 def _result(
-    wire: dict[str, dict[str, Any]], rates: dict[str, list[float]], drain_n: int, rounds: int
+    wire: dict[str, dict[str, Any]], drains: dict[str, list[_Drained]], drain_n: int, rounds: int
 ) -> dict[str, Any]:
     per_reading = {
         e: round(w["readings"]["bytes"] / w["readings"]["readings"], 1) for e, w in wire.items()
     }
     per_day = {e: w["district_hour"]["bytes"] * 24 for e, w in wire.items()}
-    drain = {k: round(statistics.median(v)) for k, v in rates.items()}
+    drain = {k: round(statistics.median(d.rate for d in v)) for k, v in drains.items()}
+    cpu = {k: round(statistics.median(d.cpu_us for d in v), 1) for k, v in drains.items()}
+    broker = {k: round(statistics.median(d.broker_us for d in v), 1) for k, v in drains.items()}
     return {
         "bench": "uplink",
         "python": sys.version.split()[0],
@@ -104,12 +114,15 @@ def _result(
         "max_inflight": MAX_INFLIGHT,
         "wire_messages": {e: {k: w[k]["messages"] for k in w} for e, w in wire.items()},
         "wire_events_per_hour": {e: w["district_hour"]["events"] for e, w in wire.items()},
-        "drain_runs": {k: [round(r) for r in v] for k, v in rates.items()},
+        "drain_runs": {k: [round(d.rate) for d in v] for k, v in drains.items()},
+        "drain_cpu_us_per_reading": cpu,
+        "broker_cpu_us_per_reading": broker,
         "bytes_per_reading_wire": per_reading,
         "bytes_per_day_district": per_day,
         "wire_ratio": round(per_reading["json"] / per_reading["batch"], 1),
         "drain_readings_per_s": drain,
         "drain_ratio_batch_vs_json": round(drain["batch"] / drain["json"], 2),
+        "drain_ratio_batch_vs_raw_paho": round(drain["batch"] / drain["raw_paho"], 2),
     }  # fmt: skip
 
 
@@ -120,7 +133,10 @@ class District:
     """Events of a district of METERS meters, deterministic (seeded)."""
 
     def __init__(self, start: datetime | None = None) -> None:
-        self.start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+        # Two days back: a drain backlog spans 25 hours, and every event of it must lie in the
+        # past, as after an outage. A reading stamped in the future counts as fresh, so the
+        # last run of the backlog would wait out the linger and the drain would time the wait.
+        self.start = start or datetime.now(UTC).replace(microsecond=0) - timedelta(days=2)
         self.rng = random.Random(7)
         spec = tomllib.loads(PROFILE.read_text(encoding="utf-8"))
         self.registers = [(r["name"], r.get("kind"), r.get("unit"), r.get("scale", 1.0))
@@ -342,7 +358,7 @@ async def _wire(
 ) -> dict[str, int]:
     await _fill(db, drafts)
     async with _Relay(broker) as relay:
-        await _drain(relay.url, db, encoding)
+        await _drain(relay.url, db, encoding, paced=True)
         await asyncio.sleep(0.2)  # let the relay pass the last bytes on
         sent, messages = event_publishes(bytes(relay.upstream))
     readings = sum(1 for d in drafts if d.type == "meter.reading")
@@ -365,33 +381,62 @@ async def _fill(path: Path, drafts: list[EventDraft]) -> list[bytes]:
     return [event.payload for event in events]
 
 
-async def _drain(url: str, path: Path, encoding: str) -> float:
-    """Drain the buffer at `path` with the Uplink; seconds until everything is marked."""
+async def _drain(
+    url: str, path: Path, encoding: str, *, paced: bool = False, spent: CpuMeter | None = None
+) -> float:
+    """Drain the buffer at `path` with the Uplink; seconds until everything is marked.
+
+    `paced`: at the default drain rate; else unbounded. `spent` measures the CPU time of the
+    timed part (not the buffer's open and close).
+    """
     buffer = _buffer(path)
     await buffer.open()
     settings = UplinkSection(
         url=url,
-        drain_rate_per_s=0,
+        drain_rate_per_s=UplinkSection().drain_rate_per_s if paced else 0,
         max_inflight=MAX_INFLIGHT,
         encoding=encoding,  # type: ignore[arg-type]
     )
     uplink = Uplink(settings, GATEWAY, f"{GATEWAY}-{path.stem}", buffer, CommandDispatcher(),
                     SystemClock(), "bench")  # fmt: skip
-    elapsed = await timed_drain(uplink, buffer)
+    with spent or contextlib.nullcontext():
+        elapsed = await timed_drain(uplink, buffer)
     await buffer.close()
     return elapsed
 
 
-async def _drain_rate(broker: MosquittoBroker, path: Path, encoding: str, count: int) -> float:
-    return count / await _drain(broker.url, path, encoding)
+@dataclass(frozen=True, slots=True)
+class _Drained:
+    """One drain: readings per second, and CPU microseconds per reading (ours, the broker's)."""
+
+    rate: float
+    cpu_us: float
+    broker_us: float
+
+    @classmethod
+    def of(cls, count: int, seconds: float, spent: CpuSpent) -> _Drained:
+        return cls(count / seconds, spent.process_s / count * 1e6, spent.broker_s / count * 1e6)
 
 
-def _raw_paho(broker: MosquittoBroker, payloads: list[bytes]) -> float:
+async def _drain_rate(broker: MosquittoBroker, path: Path, encoding: str, count: int) -> _Drained:
+    meter = CpuMeter(broker)
+    seconds = await _drain(broker.url, path, encoding, spent=meter)
+    return _Drained.of(count, seconds, meter.spent)
+
+
+async def _raw_paho(broker: MosquittoBroker, payloads: list[bytes]) -> _Drained:
     """Plain paho: every payload at QoS 1 with the same in-flight window, until every PUBACK."""
     topic = f"sealgw/v1/{GATEWAY}-raw/events/meter.reading"
-    return raw_paho_rate(
-        broker, payloads, client_id="raw-uplink-bench", topic=topic, max_inflight=MAX_INFLIGHT
-    )
+    with CpuMeter(broker) as meter:
+        rate = await asyncio.to_thread(
+            raw_paho_rate,
+            broker,
+            payloads,
+            client_id="raw-uplink-bench",
+            topic=topic,
+            max_inflight=MAX_INFLIGHT,
+        )
+    return _Drained.of(len(payloads), len(payloads) / rate, meter.spent)
 
 
 def _say(verbose: bool, text: str) -> None:

@@ -79,6 +79,11 @@ class MosquittoBroker:
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (benches read its CPU time)."""
+        return self._process.pid if self.running and self._process is not None else None
+
     def start(self, timeout: float = 10.0) -> None:
         """Start the broker and wait until it accepts connections.
 

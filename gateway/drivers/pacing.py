@@ -55,6 +55,21 @@ class TokenBucket:
         self._tokens -= granted
         return granted
 
+    def borrow(self, wanted: int, *, now: bool = False) -> int:
+        """Take `wanted` tokens at once, into debt if need be, or none (0).
+
+        For items that go in lumps (a batch message): a lump may go while the bucket is not in
+        debt (or at once when `now`), and the debt then delays the next one, so the rate holds
+        on average without cutting lumps to the tokens at hand.
+        """
+        if self.unbounded:
+            return wanted
+        self._refill()
+        if self._tokens < 1 and not now:
+            return 0
+        self._tokens -= wanted
+        return wanted
+
     def give_back(self, count: int) -> None:
         """Return tokens taken but not used (fewer events were pending than granted)."""
         if not self.unbounded and count > 0:

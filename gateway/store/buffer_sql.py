@@ -26,7 +26,7 @@ FETCH = (
 )
 MARK = (
     "UPDATE events SET published = 1, published_at = ?"
-    " WHERE seq IN (SELECT value FROM json_each(?)) AND published = 0 RETURNING priority"
+    " WHERE seq BETWEEN ? AND ? AND published = 0 RETURNING priority"
 )
 REQUEUE = (
     "UPDATE events SET published = 0, published_at = NULL"
@@ -79,6 +79,26 @@ class AbortedError(Exception):
         self.index = index
         self.error = error
         self.disk = is_full_error(error)
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[tuple[int, int]]:
+    """The seqs as (first, last) ranges of consecutive seqs, in order.
+
+    Acknowledged seqs come in long runs (a batch message is one), so a mark is a handful of
+    range updates rather than one lookup per seq.
+    """
+    ranges: list[tuple[int, int]] = []
+    first = last = None
+    for seq in sorted(set(seqs)):
+        if last is not None and seq == last + 1:
+            last = seq
+            continue
+        if first is not None and last is not None:
+            ranges.append((first, last))
+        first = last = seq
+    if first is not None and last is not None:
+        ranges.append((first, last))
+    return ranges
 
 
 @functools.lru_cache(maxsize=len(INSERT_SIZES))

@@ -4,7 +4,6 @@ retention pruning). Every method runs in the buffer's one writer thread; see buf
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -13,7 +12,7 @@ from gateway.errors import StorageError
 from gateway.protocol.events import Priority
 from gateway.store.buffer_core import StoreCore
 from gateway.store.buffer_model import BatchOutcome, BufferStats, LatencyHistogram, PendingEvent
-from gateway.store.buffer_sql import FETCH, MARK, PRUNE_OLD, REQUEUE, Scratch
+from gateway.store.buffer_sql import FETCH, MARK, PRUNE_OLD, REQUEUE, Scratch, seq_ranges
 from gateway.store.disk import is_full_error
 
 __all__ = [
@@ -90,7 +89,9 @@ class BufferStore(StoreCore):
         self._relaxed_sync(relaxed=True)
         self._begin()
         try:
-            rows = self._db.execute(MARK, (now, json.dumps(list(seqs)))).fetchall()
+            rows: list[tuple[int]] = []
+            for first, last in seq_ranges(seqs):
+                rows += self._db.execute(MARK, (now, first, last)).fetchall()
             target = self._limit(False) + self._margin - self._clear()
             if self.used_bytes() > target:
                 self._prune_to(scratch, target, MARK_PRUNE_CHUNKS)

@@ -9,12 +9,14 @@ alarms, or the uplink is flushing for a stop.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from gateway.protocol.batch import BatchEncodeError, encode_batch
+from gateway.protocol.batch_encode import encode_batch
+from gateway.protocol.batch_format import BatchEncodeError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Priority
 from gateway.uplink.config import UplinkSection
@@ -41,6 +43,9 @@ class PendingPayload(Protocol):
     def type(self) -> str: ...
     @property
     def payload(self) -> bytes: ...
+
+
+_Pending = TypeVar("_Pending", bound=PendingPayload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,25 +87,49 @@ class Batcher:
 
     def runs(self, events: Sequence[PendingPayload]) -> list[Run]:
         """Consecutive same-priority runs within the size bounds, in the given order."""
-        runs: list[Run] = []
-        current: list[PendingPayload] = []
-        size = 0
-        for event in events:
-            joins = (
-                current
-                and event.seq == current[-1].seq + 1
-                and event.priority == current[-1].priority
-                and len(current) < self.policy.max_events
-                and size + len(event.payload) <= self.policy.max_bytes
-            )
-            if current and not joins:
-                runs.append(Run(tuple(current), self._is_full(current, size, event)))
-                current, size = [], 0
-            current.append(event)
-            size += len(event.payload)
-        if current:
-            runs.append(Run(tuple(current), len(current) >= self.policy.max_events))
+        queue = deque(events)
+        runs = []
+        while queue:
+            run, _ = self.take_run(queue, len(queue), ())
+            runs.append(run)
         return runs
+
+    def take_run(
+        self, queue: deque[_Pending], limit: int, inflight: Container[int]
+    ) -> tuple[Run, bool]:
+        """Pop the next run off the front of `queue` (not empty): at most `limit` events.
+
+        Returns the run and whether it is the last of the queue, the one run that may wait for
+        more events: it took every event queued and is not full. A run that ends because the
+        next event does not join it (another priority, a seq gap, a seq in `inflight`) or at
+        `limit` is complete.
+        """
+        first = queue.popleft()
+        events = [first]
+        size = len(first.payload)
+        max_events = min(self.policy.max_events, max(1, limit))
+        max_bytes = self.policy.max_bytes
+        seq, priority = first.seq, first.priority
+        full = False
+        while queue:
+            if len(events) >= max_events:
+                full = len(events) >= self.policy.max_events
+                break
+            event = queue[0]
+            if event.seq != seq + 1 or event.priority != priority or event.seq in inflight:
+                break
+            length = len(event.payload)
+            if size + length > max_bytes:
+                full = True
+                break
+            queue.popleft()
+            events.append(event)
+            size += length
+            seq += 1
+        else:
+            full = len(events) >= self.policy.max_events
+            return Run(tuple(events), full), not full
+        return Run(tuple(events), full), False
 
     def hold(self, run: Run, flushing: bool) -> float | None:
         """Seconds the last run may still wait for more events, or None to send it now.
@@ -138,11 +167,6 @@ class Batcher:
             self._warned = True
             log.log(level, "events %d..%d go out one by one: %s", *_span(run), exc)
             return None
-
-    def _is_full(self, current: list[PendingPayload], size: int, nxt: PendingPayload) -> bool:
-        return len(current) >= self.policy.max_events or (
-            size + len(nxt.payload) > self.policy.max_bytes
-        )
 
 
 def _event_time(payload: bytes) -> datetime | None:

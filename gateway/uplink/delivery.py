@@ -6,8 +6,8 @@ order. Seqs are marked published only after their PUBACK, in batches. When the c
 drops, the window and the cursors are forgotten and whatever was not acknowledged is fetched
 again after the reconnect: a duplicate carries the same id and seq.
 
-A message is one event (`uplink.encoding = "json"`) or a batch of consecutive events
-(`"batch"`, see batching.py); a batch's events are marked published together at its PUBACK.
+A message is one event (`uplink.encoding = "json"`); the batch encoding (`"batch"`) sends runs
+of consecutive events per message with BatchPump (batch_delivery.py), built on this one.
 """
 
 from __future__ import annotations
@@ -16,21 +16,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.drivers.pacing import TokenBucket
 from gateway.errors import TransientError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Priority
-from gateway.uplink.batching import (
-    BATCH_TOPIC,
-    BATCH_WINDOW,
-    Batcher,
-    BatchPolicy,
-    PendingPayload,
-    Run,
-)
+from gateway.uplink.batching import PendingPayload
 from gateway.uplink.connection import FailureLog, UplinkConnection, UplinkStats
 
 __all__ = ["AckBatcher", "DeliveryPump", "DeliveryWindow", "EventSource", "PendingLike"]
@@ -81,15 +74,18 @@ class DeliveryWindow:
         self.seqs: set[int] = set()
         self.cursors: dict[Priority, int] = dict.fromkeys(Priority, -1)
         self.ahead: deque[PendingLike] = deque()
+        self.exhausted = False  # the last fetch found fewer events than it asked for
         self.generation = getattr(self, "generation", 0) + 1
 
-    def read_ahead(self, batch: Sequence[PendingLike], generation: int) -> None:
+    def read_ahead(self, batch: Sequence[PendingLike], generation: int, limit: int) -> None:
         """Queue fetched events to send next, unless the window was reset or rewound since."""
         if generation != self.generation:
             return
-        for event in batch:
-            self.advance(event)
+        cursors = self.cursors
+        for event in batch:  # advance() inline: this runs for every event fetched
+            cursors[event.priority] = max(cursors[event.priority], event.seq)
         self.ahead.extend(batch)
+        self.exhausted = len(batch) < limit
 
     def take(self, count: int) -> list[PendingLike]:
         """Up to `count` read-ahead events, in the order they were fetched."""
@@ -120,6 +116,7 @@ class DeliveryWindow:
         for priority, cursor in self.cursors.items():
             self.cursors[priority] = min(cursor, seq)
         self.ahead.clear()
+        self.exhausted = False
         self.generation += 1
 
     def has_seq(self, seq: int) -> bool:
@@ -154,9 +151,9 @@ class AckBatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, seq: int) -> None:
-        """Record one acknowledged seq (on the loop thread)."""
-        self._seqs.append(seq)
+    def add(self, seqs: Iterable[int]) -> None:
+        """Record acknowledged seqs (on the loop thread)."""
+        self._seqs.extend(seqs)
         if len(self._seqs) >= self._batch:
             self._start()
         elif self._timer is None:
@@ -195,11 +192,8 @@ class DeliveryPump:
         stats: UplinkStats,
         failures: FailureLog,
         drain_rate_per_s: float,
-        batch: BatchPolicy | None = None,
     ) -> None:
         self._source = source
-        self._batcher = Batcher(batch, clock) if batch is not None else None
-        self._linger: asyncio.TimerHandle | None = None
         self._flushing = False
         self._topic = topic
         self._clock = clock
@@ -221,15 +215,11 @@ class DeliveryPump:
     def start(self, window: int) -> None:
         """A new connection: an empty window of `window` messages, cursors from the start."""
         self._flushing = False
-        if self._batcher is None:
-            self._delivery.reset(window)
-        else:
-            self._delivery.reset(min(window, BATCH_WINDOW), self._batcher.policy.max_events)
+        self._delivery.reset(window)
 
     def stop(self) -> None:
         """The connection is gone: forget the window; the unacked are fetched again later."""
         self._delivery.reset(0)
-        self._cancel_linger()
         if self._prefetching is not None:
             self._prefetching.cancel()
 
@@ -237,6 +227,7 @@ class DeliveryPump:
         """New events were committed (on the loop thread); `urgent` drops the read-ahead."""
         if urgent and self._delivery.ahead:
             self._delivery.rewind(self._delivery.ahead[0].seq - 1)
+        self._delivery.exhausted = False
         self._wake.set()
 
     def rewind(self, seq: int) -> None:
@@ -281,8 +272,7 @@ class DeliveryPump:
             return
         if ok:
             self._stats.acked += len(events)
-            for event in events:
-                self._acks.add(event.seq)
+            self._acks.add(event.seq for event in events)
         else:
             self._stats.refused += len(events)
             self._failures.failed(
@@ -297,8 +287,7 @@ class DeliveryPump:
             free = self._delivery.free
             if free <= 0:
                 return
-            batching = self._batcher is not None
-            granted = self._bucket.take(self._delivery.per_message if batching else free)
+            granted = self._bucket.take(free)
             if granted == 0:
                 await self._clock.sleep(self._bucket.wait_time())
                 continue
@@ -307,18 +296,10 @@ class DeliveryPump:
                 if self._delivery.size == 0:
                     self._drained.set()
                 return
-            taken = self._delivery.take(granted)
-            if self._batcher is None:
-                sent, held = self._send(conn, taken), False
-            else:
-                sent, held = self._send_batches(conn, taken)
+            sent = self._send(conn, self._delivery.take(granted))
             self._bucket.give_back(granted - sent)
-            if self._reads_ahead or held:
+            if self._reads_ahead:
                 self._prefetch()
-            if held:
-                return  # the last run waits for more events or its linger
-            if batching:
-                await asyncio.sleep(0)  # one message at a time: let PUBACKs in between
 
     async def _fetch_ahead(self, wanted: int) -> bool:
         """Wait for events to send: the running prefetch, then if need be a fetch of our own.
@@ -350,12 +331,14 @@ class DeliveryPump:
 
     async def _fetch(self, limit: int) -> None:
         generation = self._delivery.generation
+        limit = max(1, limit)
         try:
-            batch = await self._source.fetch_pending(self._delivery.cursors, max(1, limit))
+            batch = await self._source.fetch_pending(self._delivery.cursors, limit)
         except Exception:  # a buffer failure must not take the connection down
             log.exception("uplink could not fetch events from the buffer; retrying")
+            self._delivery.exhausted = True  # read on at the next refill, not in a loop
             return
-        self._delivery.read_ahead(batch, generation)
+        self._delivery.read_ahead(batch, generation, limit)
         if batch:
             self._wake.set()
 
@@ -375,56 +358,3 @@ class DeliveryPump:
         if sent:
             self._drained.clear()
         return sent
-
-    def _send_batches(
-        self, conn: UplinkConnection, taken: Sequence[PendingLike]
-    ) -> tuple[int, bool]:
-        """Send `taken` as batch messages; the last run may be held back: (sent, held)."""
-        assert self._batcher is not None
-        fresh = []
-        for event in taken:
-            self._delivery.advance(event)
-            if not self._delivery.has_seq(event.seq):
-                fresh.append(event)
-        runs = self._batcher.runs(fresh)
-        sent = 0
-        for index, run in enumerate(runs):
-            if index == len(runs) - 1:
-                wait = self._batcher.hold(run, self._flushing)
-                if wait is not None:
-                    self._delivery.hold(run.events)
-                    self._arm_linger(wait)
-                    return sent, True
-            if not conn.connected:
-                break
-            count = self._send_run(conn, run)
-            sent += count
-            if count < len(run.events):
-                break
-        self._batcher.released()
-        if sent:
-            self._drained.clear()
-        return sent, False
-
-    def _send_run(self, conn: UplinkConnection, run: Run) -> int:
-        """One batch message, or the run's events one by one if it cannot be encoded."""
-        assert self._batcher is not None
-        message = self._batcher.encode(run)
-        if message is None:
-            return self._send(conn, run.events)
-        try:
-            mid = conn.publish_event(self._topic(BATCH_TOPIC), message)
-        except TransientError:
-            return 0
-        self._delivery.add(mid, run.events)
-        self._stats.published += len(run.events)
-        return len(run.events)
-
-    def _arm_linger(self, wait: float) -> None:
-        self._cancel_linger()
-        self._linger = asyncio.get_running_loop().call_later(wait, self._wake.set)
-
-    def _cancel_linger(self) -> None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None

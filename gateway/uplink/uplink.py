@@ -4,7 +4,7 @@
 - connection.py: one connection and its `ConnectionState` (used once);
 - reconnect.py: the supervisor (attempts, backoff with jitter, MQTT 5 -> 3.1.1, clean stop);
 - delivery.py: the event window (priority-ordered read-ahead, bounded drain, acks);
-- batching.py: runs of events for the batch encoding, and their linger;
+- batch_delivery.py, batching.py: the batch encoding's pump, its runs and their linger;
 - publisher.py: status birth and Will, retained seal states, alarms published now;
 - commands.py: cmd/ topics, the dispatcher and its replies.
 Everything runs on the event loop thread, paho included (see mqtt_client.py).
@@ -27,6 +27,7 @@ from gateway.errors import ConfigError
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Event, EventType, Priority
+from gateway.uplink.batch_delivery import BatchPump
 from gateway.uplink.batching import BatchPolicy
 from gateway.uplink.commands import (
     MAX_PACKET_BYTES,
@@ -78,14 +79,13 @@ class Uplink:
         prefix = f"{settings.topic_root}/{gateway_id}"
         failures = FailureLog(settings.url, self.stats)
         self._publisher = Publisher(prefix, gateway_id, version, clock)
-        self._pump = DeliveryPump(
-            source,
-            self.topic,
-            clock,
-            self.stats,
-            failures,
-            settings.drain_rate_per_s,
-            BatchPolicy.from_settings(settings),
+        policy = BatchPolicy.from_settings(settings)
+        self._pump: DeliveryPump = (
+            DeliveryPump(source, self.topic, clock, self.stats, failures, settings.drain_rate_per_s)
+            if policy is None
+            else BatchPump(
+                source, self.topic, clock, self.stats, failures, settings.drain_rate_per_s, policy
+            )
         )
         self._reconnect = ReconnectLogic(settings, self, clock, self.stats, failures, rng)
         self._commands = CommandServer(dispatcher, self.topic, lambda: self._reconnect.connection)

@@ -10,6 +10,7 @@ HEADLINE = [
     "wire_ratio",
     "drain_readings_per_s",
     "drain_ratio_batch_vs_json",
+    "drain_ratio_batch_vs_raw_paho",
 ]
 
 
@@ -30,3 +31,6 @@ def test_quick_uplink_bench_reports_wire_bytes_and_drain_per_encoding() -> None:
     drain = result["drain_readings_per_s"]
     assert set(drain) == {"raw_paho", "json", "batch"}
     assert all(rate > 0 for rate in drain.values())
+    for figure in ("drain_cpu_us_per_reading", "broker_cpu_us_per_reading"):
+        assert set(result[figure]) == {"raw_paho", "json", "batch"}
+    assert all(us > 0 for us in result["drain_cpu_us_per_reading"].values())

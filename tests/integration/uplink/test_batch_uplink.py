@@ -77,6 +77,31 @@ async def test_batches_reach_the_ledger_as_the_same_events(
     ledger.close()
 
 
+async def test_a_paced_backlog_still_goes_out_in_full_runs(
+    mosquitto: Broker, subscriber_factory: SubscriberFactory
+) -> None:
+    """The drain rate counts events, not messages: runs are not cut to the tokens at hand,
+    nor where a fetch ended (the pump reads on before it sends a run that could grow)."""
+    buf = FakeEventBuffer()
+    for n in range(300):
+        buf.add(Priority.TELEMETRY, "meter.reading", _reading(n))
+    size = max(len(e.payload) for e in buf.events.values())
+    sub = await subscriber_factory(mosquitto, [BATCH]).start()
+    uplink = make_uplink(
+        mosquitto.url,
+        buf,
+        encoding="batch",
+        drain_rate_per_s=150,  # the burst is 150 events; the rest waits for tokens
+        batch_max_events=64,  # a paced pump fetches a run's worth at a time...
+        batch_max_bytes=max(1024, 30 * size),  # ... and the size bound cuts runs at 30
+    )
+    async with running(uplink):
+        await wait_until(lambda: buf.published == set(buf.events), 15, "all acknowledged")
+    runs = [decode_batch(m.payload, GATEWAY) for m in sub.messages]
+    assert [len(run.payloads) for run in runs] == [30] * 10
+    assert [p for run in runs for p in run.payloads] == [e.payload for e in buf.events.values()]
+
+
 async def test_a_dropped_connection_resends_exactly_the_same_events(
     mosquitto: Broker, tmp_path: Path
 ) -> None:

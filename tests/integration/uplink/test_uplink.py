@@ -336,3 +336,19 @@ def test_token_bucket_counts_on_the_injected_clock() -> None:
     bucket.give_back(1)
     assert bucket.take(100) == 1
     assert TokenBucket(0, clock).take(1000) == 1000
+
+
+def test_token_bucket_lends_whole_lumps_and_the_debt_delays_the_next() -> None:
+    clock = ManualClock()
+    bucket = TokenBucket(10.0, clock)
+    assert bucket.borrow(25) == 25  # 10 tokens at hand: 15 in debt
+    assert bucket.borrow(25) == 0
+    assert bucket.wait_time() == pytest.approx(1.6)  # back to one whole token
+    assert bucket.borrow(3, now=True) == 3  # an alarm goes at once and deepens the debt
+    clock.advance(1.5)
+    assert bucket.borrow(1) == 0
+    clock.advance(0.5)
+    assert bucket.borrow(4) == 4
+    bucket.give_back(4)
+    assert bucket.take(100) == 2
+    assert TokenBucket(0, clock).borrow(1000) == 1000

@@ -22,10 +22,10 @@ from gateway.protocol.batch import (
     HEADER_DEFLATE,
     HEADER_PLAIN,
     BatchDecodeError,
-    BatchEncodeError,
     decode_batch,
-    encode_batch,
 )
+from gateway.protocol.batch_encode import encode_batch
+from gateway.protocol.batch_format import BatchEncodeError
 from gateway.protocol.chain import verify_chain
 from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority, seal_event
 
@@ -294,6 +294,50 @@ def test_property_batch_then_decode_gives_identical_canonical_json(
     assert decoded.payloads == tuple(e.payload for e in events)
     assert [json.loads(p)["hash"] for p in decoded.payloads] == [e.hash for e in events]
     assert decoded.last_seq == events[-1].seq
+
+
+@st.composite
+def reading_runs(draw: st.DrawFn) -> list[Event]:
+    """Runs of readings of one shape (the encoder reads those whole by one pattern), now and
+    then with names, meters or ids that need escapes, and other events in between."""
+    plain = st.from_regex(r"\A[a-z][a-z0-9_]{0,11}\Z")
+    names = draw(
+        st.lists(st.one_of(plain, plain, plain, keys), min_size=1, max_size=5, unique=True)
+    )
+    plain_units = st.sampled_from(["V", "A", "kWh", "Hz", "", "°C"])
+    shape = {name: draw(st.one_of(st.none(), plain_units, plain_units, units)) for name in names}
+    count = draw(st.integers(min_value=1, max_value=16))
+    first_seq = draw(st.integers(min_value=1, max_value=2**40))
+    prev_hash, events, ts = GENESIS_HASH, [], draw(moments)
+    for index in range(count):
+        ts += timedelta(milliseconds=draw(st.integers(min_value=-5000, max_value=90_000)))
+        values = {
+            name: {"value": draw(numbers)}
+            if unit is None
+            else {"value": draw(numbers), "unit": unit}
+            for name, unit in shape.items()
+        }
+        meter = draw(st.one_of(*[st.from_regex(r"\AM-[0-9]{4}\Z")] * 3, st.text(max_size=6)))
+        data: dict[str, Any] = {"meter": meter, "protocol": "modbus", "values": values}
+        kind = "meter.reading"
+        if draw(st.integers(min_value=0, max_value=9)) == 0:
+            kind, data = "gateway.health", draw(st.dictionaries(keys, json_values, max_size=3))
+        event_id = draw(st.one_of(st.just(""), st.just(""), ids))  # "": a ULID of the ts
+        draft = EventDraft(kind, draw(subjects), data, Priority.TELEMETRY, ts, id=event_id)
+        event = seal_event(draft, GATEWAY, first_seq + index, prev_hash)
+        prev_hash = event.hash
+        events.append(event)
+    return events
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(reading_runs())
+def test_property_readings_of_one_shape_give_identical_canonical_json(
+    events: list[Event],
+) -> None:
+    decoded = decode_batch(encode_batch([e.payload for e in events]), GATEWAY)
+    assert decoded.payloads == tuple(e.payload for e in events)
+    assert [json.loads(p)["hash"] for p in decoded.payloads] == [e.hash for e in events]
 
 
 # -- the worked example of docs/mqtt.md -------------------------------------------------------

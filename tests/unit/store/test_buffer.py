@@ -19,6 +19,7 @@ from gateway.protocol.clock import ManualClock
 from gateway.protocol.events import GENESIS_HASH, Event, EventDraft, Priority
 from gateway.store.buffer import EventBuffer
 from gateway.store.buffer_file import load_migrations
+from gateway.store.buffer_sql import seq_ranges
 from tests.fixtures.buffers import assert_chain, user_version
 
 SMALL = BufferSection(max_bytes=256 * 1024, audit_reserve_bytes=64 * 1024)
@@ -178,6 +179,19 @@ async def test_mark_published_and_requeue(make: Factory) -> None:
     assert [p.seq for p in await buffer.fetch_pending({}, 100)] == [2, 3, 4, 6, 7, 8, 9, 10]
     assert await buffer.requeue(1) == (2, 1)
     assert await buffer.requeue(50) == (0, None)
+
+
+async def test_marks_go_by_ranges_and_count_each_row_once(make: Factory) -> None:
+    buffer = await opened(make)
+    for i in range(12):
+        await buffer.append(draft(i, Priority.ALARM if i in (3, 4) else Priority.TELEMETRY))
+    await buffer.mark_published([9, 1, 2, 3, 2, 12, 5, 10])  # any order, repeats, gaps
+    await buffer.mark_published([1, 2, 11])  # 1 and 2 already marked
+    assert buffer.depth() == {Priority.ALARM: 1, Priority.AUDIT: 0, Priority.STATE: 0,
+                              Priority.TELEMETRY: 3}  # fmt: skip
+    assert [p.seq for p in await buffer.fetch_pending({}, 100)] == [4, 6, 7, 8]  # alarm first
+    assert seq_ranges([9, 1, 2, 3, 2, 12, 5, 10]) == [(1, 3), (5, 5), (9, 10), (12, 12)]
+    assert seq_ranges([]) == []
 
 
 async def test_retention_prunes_only_old_published_rows(make: Factory) -> None:

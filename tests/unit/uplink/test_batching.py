@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
 from gateway.protocol.batch import decode_batch
@@ -32,6 +34,32 @@ def test_the_byte_bound_cuts_a_run() -> None:
     size = len(events[0].payload)
     batcher = Batcher(BatchPolicy(max_bytes=2 * size + 10), ManualClock())
     assert [len(run.events) for run in batcher.runs(events)] == [2, 2, 2]
+
+
+def test_a_run_is_taken_off_the_read_ahead_and_only_the_last_one_may_wait() -> None:
+    t, s = Priority.TELEMETRY, Priority.STATE
+    batcher = Batcher(BatchPolicy(max_events=4), ManualClock())
+    events = _events(t, t, t, s, s, s, s, s, t)
+    queue = deque(sorted(events, key=lambda e: (e.priority, e.seq)))  # as the buffer does
+    taken = []
+    while queue:
+        run, last = batcher.take_run(queue, 100, ())
+        taken.append(([e.seq for e in run.events], run.full, last))
+    assert taken == [
+        ([4, 5, 6, 7], True, False),
+        ([8], False, False),  # the next event is of another priority: complete
+        ([1, 2, 3], False, False),  # a seq gap ends it too
+        ([9], False, True),  # took the rest of the queue and is not full: may wait
+    ]
+
+
+def test_a_run_stops_at_the_limit_and_before_a_seq_in_flight() -> None:
+    batcher = Batcher(BatchPolicy(max_events=100), ManualClock())
+    queue = deque(_events(*[Priority.AUDIT] * 6))
+    run, last = batcher.take_run(queue, 2, ())  # a paced drain grants two events
+    assert ([e.seq for e in run.events], run.full, last) == ([1, 2], False, False)
+    run, last = batcher.take_run(queue, 100, {5})  # seq 5 was sent already
+    assert ([e.seq for e in run.events], last) == ([3, 4], False)
 
 
 def test_the_last_run_lingers_until_full_or_due_and_alarms_never_do() -> None:
