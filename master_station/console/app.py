@@ -76,7 +76,8 @@ def create_app(
     `recheck_s`: how often an open event stream checks that its session still lives.
     """
     db = ledger.db  # type: ignore[attr-defined]
-    console = Console(accounts or Accounts(db), secure_cookies=secure_cookies, limiter=limiter)
+    console = Console(accounts or Accounts(db), secure_cookies=secure_cookies, host_prefix=tls,
+                      limiter=limiter)  # fmt: skip
     actions = Actions(ledger, authority=authority, broker=broker)
     feed = AlarmFeed(db, poll_s=poll_s, recheck_s=recheck_s)
     pages = _Pages(console, actions, feed, db)

@@ -5,9 +5,9 @@ content. Rules kept here, once:
 
 - every response carries a CSP without inline scripts or styles, nosniff, no framing, no
   referrer outside the origin, and `Cache-Control: no-store` (pages hold district data);
-- the session cookie is HttpOnly, SameSite=Strict and Secure, named with the `__Host-` prefix
-  so no other host of the domain can set or shadow it (both unless `secure_cookies` is off for
-  plain HTTP), and its token is stored hashed (accounts.py);
+- the session cookie is HttpOnly, SameSite=Strict and Secure (unless `secure_cookies` is off
+  for plain HTTP), under HTTPS named with the `__Host-` prefix so no other host of the domain
+  can set or shadow it, and its token is stored hashed (accounts.py);
 - no request body past `MAX_FORM_BYTES` is read, declared or chunked (`BodyLimit`: 413);
 - every POST must carry the session's CSRF token (or, for the login form, the pre-login token
   of its cookie) and, when the browser sends one, an Origin of this console; GET and the event
@@ -281,12 +281,13 @@ class Console:
         accounts: Accounts,
         *,
         secure_cookies: bool = True,
+        host_prefix: bool = False,
         limiter: LoginLimiter | None = None,
     ) -> None:
         self.accounts = accounts
         self.secure_cookies = secure_cookies
         self.limiter = limiter or LoginLimiter()
-        prefix = HOST_PREFIX if secure_cookies else ""
+        prefix = HOST_PREFIX if secure_cookies and host_prefix else ""
         self.session_cookie = prefix + SESSION_COOKIE
         self.login_cookie = prefix + LOGIN_COOKIE
         self.env = Environment(
