@@ -212,3 +212,26 @@ class _Stream:
                     if len(self.events) == 2:  # the tamper, then the theft
                         self.got_alarm.set()
                         return
+
+
+def test_every_post_route_wants_its_csrf_token(console: dict[str, Any]) -> None:
+    """The language switch and logout too: without the token nothing changes."""
+    ledger = console["ledger"]
+    admin = console["client"]()
+    alarm_id = ledger.db.query("SELECT alarm_id FROM console_alarms LIMIT 1")[0][0]
+    routes = {"/lang": {"lang": "zh-CN", "next": "/alarms"}, "/logout": {},
+              f"/alarms/{alarm_id}/acknowledge": {"note": "x"},
+              f"/alarms/{alarm_id}/close": {"note": "x"},
+              "/work-orders": {"gateway": "gw-a", "work_order": "WO-1"},
+              f"/work-orders/{'ab' * 16}/revoke": {"note": "x"}}  # fmt: skip
+    for path, form in routes.items():
+        for token in (None, "a-guessed-token-of-the-right-length-0123456789"):
+            data = form if token is None else {**form, "csrf_token": token}
+            answer = admin.http.post(path, data=data)
+            assert answer.status_code == 403 and "csrf_missing_or_wrong" in answer.text, path
+            assert "set-cookie" not in answer.headers, path  # no language, no logout
+    assert admin.get("/districts").status_code == 200  # still signed in
+    assert ledger.db.query("SELECT DISTINCT status FROM console_alarms") == [("open",)]
+    anonymous = console["client"](None)
+    refused = anonymous.http.post("/lang", data={"lang": "zh-CN"})
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
