@@ -86,8 +86,10 @@ def test_the_console_writes_no_key_and_leaves_whole_files(tmp_path: Path) -> Non
     assert _leftovers(tmp_path / "master") == []
 
 
-def test_a_key_is_never_written_over(tmp_path: Path) -> None:
+def test_a_key_is_never_written_over_nor_shown(tmp_path: Path) -> None:
     authority = MasterAuthority.create(tmp_path / "master")
+    signing = (tmp_path / "master" / SIGNING_KEY_FILE).read_bytes()
+    assert signing.hex() not in repr(authority) and signing.hex() not in str(vars(authority))
     key = authority.provision_lock(bytes.fromhex("00000000000000aa"))
     with pytest.raises(FileExistsError):
         authority.provision_lock(bytes.fromhex("00000000000000aa"))
