@@ -6,17 +6,24 @@ Everything lives in one directory (mode 0700): `ms_signing.key` (raw Ed25519 pri
 `gateways/<gateway>/credential.x25519` (its credential public key, for the console's tickets).
 It is also the ledger's `LedgerTrust`: K_audit per lock, identity keys per gateway.
 Secret files are created 0600 and refused when readable by others; secrets are never logged.
+Every file is written whole or not at all (a temporary file, fsync, then a rename or, for a
+secret that must never be replaced, a link), and the revocation list's read-modify-write holds
+an exclusive lock on `.lock`, so a console and a `sealgw master revoke` running together lose
+no revocation.
 Used by tests and by the `sealgw master ...` commands. Formats: docs/authorization.md.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import re
 import stat
+import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -59,6 +66,7 @@ __all__ = ["MasterAuthority"]
 _log = logging.getLogger(__name__)
 
 SIGNING_KEY_FILE = "ms_signing.key"
+LOCK_FILE = ".lock"
 LOCKS_DIR = "locks"
 REVOCATIONS_FILE = "revocations.json"
 GATEWAYS_DIR = "gateways"
@@ -262,16 +270,17 @@ class MasterAuthority:
         issued_at: int | None = None,
     ) -> RevocationList:
         """The next revocation list: everything revoked before plus these, serial + 1."""
-        last = self.last_revocations()
-        revocations = RevocationList(
-            serial=(last.serial if last else 0) + 1,
-            issued_at=_now(issued_at),
-            tickets=_union(last.tickets if last else (), tickets),
-            operators=_union(last.operators if last else (), operators),
-            certificates=_union(last.certificates if last else (), certificates),
-        )
-        signed = sign_revocations(self._signing_key, revocations)
-        _write_atomic(self.directory / REVOCATIONS_FILE, encode_revocations(signed))
+        with _exclusive(self.directory):  # another process may be revoking right now
+            last = self.last_revocations()
+            revocations = RevocationList(
+                serial=(last.serial if last else 0) + 1,
+                issued_at=_now(issued_at),
+                tickets=_union(last.tickets if last else (), tickets),
+                operators=_union(last.operators if last else (), operators),
+                certificates=_union(last.certificates if last else (), certificates),
+            )
+            signed = sign_revocations(self._signing_key, revocations)
+            _write_atomic(self.directory / REVOCATIONS_FILE, encode_revocations(signed))
         _log.info("issued revocation list %d", signed.serial)
         return signed
 
@@ -325,12 +334,14 @@ def _check_lock_id(lock_id: bytes) -> None:
 
 
 def _write_secret(path: Path, data: bytes) -> None:
+    """Create a secret file 0600, whole or not at all; never over an existing one."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    tmp = _written_temp(path, data)
+    try:
+        os.link(tmp, path)  # atomic, and FileExistsError rather than a replaced key
+    finally:
+        tmp.unlink()
+    _sync_directory(path.parent)
 
 
 def _read_secret(path: Path, length: int) -> bytes:
@@ -347,10 +358,43 @@ def _read_secret(path: Path, length: int) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    """Replace a file 0600, whole or not at all (each writer has its own temporary file)."""
+    tmp = _written_temp(path, data)
+    try:
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def _written_temp(path: Path, data: bytes) -> Path:
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:  # mkstemp: 0600, O_EXCL
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+def _sync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """One writer of the directory's shared files at a time, across processes (flock)."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

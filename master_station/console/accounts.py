@@ -1,13 +1,15 @@
 """Console accounts: users and roles, argon2id password hashes, sessions, login rate limiting.
 
 Users live in the ledger's database (`console_users`), so every console over one ledger shares
-them. Passwords are hashed with argon2id (argon2-cffi's defaults: 64 MiB, 3 passes). Sessions
-are server-side rows keyed by the SHA-256 of a random token (the cookie holds the token), each
-with its own CSRF token; closing a session deletes its row. Roles (docs/master.md, "Console"):
+them. Passwords are hashed with argon2id (argon2-cffi's RFC 9106 profile: 64 MiB, 3 passes,
+4 lanes), at most `max_hashing` at once (each takes 64 MiB). Sessions are server-side rows
+keyed by the SHA-256 of a random token (the cookie holds the token), each with its own CSRF
+token; a session ends after `idle` without a request or `lifetime` after sign-in, whichever
+comes first, and closing one deletes its row. Roles (docs/master.md, "Console"):
 
 - admin: everything, in every district;
 - district_manager: reads, acknowledges and closes alarms, issues and revokes tickets, in the
-  districts listed for them only;
+  districts listed for them only (none listed: none seen);
 - auditor: reads only (every district, or the ones listed).
 """
 
@@ -22,7 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -43,6 +45,9 @@ DISTRICT = re.compile(r"^[^\s,<>&\"']{1,64}$")
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024
 SESSION_TTL = timedelta(hours=12)
+SESSION_IDLE = timedelta(minutes=30)
+TOUCH_AFTER = timedelta(minutes=1)  # a session's idle deadline moves at most once a minute
+MAX_HASHING = 4
 
 
 class Role(StrEnum):
@@ -68,8 +73,10 @@ class User:
 
     @property
     def scoped(self) -> bool:
-        """True when the user sees only the districts listed."""
-        return self.role is not Role.ADMIN and bool(self.districts)
+        """True when the user sees only the districts listed (a district manager always does)."""
+        return self.role is Role.DISTRICT_MANAGER or (
+            self.role is not Role.ADMIN and bool(self.districts)
+        )
 
     def sees(self, district: str | None) -> bool:
         """May this user see a gateway (and its seals, alarms, tickets) of `district`?"""
@@ -80,19 +87,32 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """A logged-in browser: its user and its CSRF token."""
+    """A logged-in browser: its user and its CSRF token (neither token in the repr)."""
 
     user: User
-    csrf: str
-    token_hash: str
+    csrf: str = field(repr=False)
+    token_hash: str = field(repr=False)
 
 
 class Accounts:
     """Users and sessions in the ledger database."""
 
-    def __init__(self, db: Db, *, hasher: PasswordHasher | None = None) -> None:
+    def __init__(
+        self,
+        db: Db,
+        *,
+        hasher: PasswordHasher | None = None,
+        clock: Callable[[], datetime] | None = None,
+        idle: timedelta = SESSION_IDLE,
+        lifetime: timedelta = SESSION_TTL,
+        max_hashing: int = MAX_HASHING,
+    ) -> None:
         self.db = db
+        self.idle = idle
+        self.lifetime = lifetime
         self._hasher = hasher or PasswordHasher()
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._hashing = threading.BoundedSemaphore(max_hashing)
         self._dummy = self._hasher.hash(secrets.token_hex(16))  # equal work for unknown users
 
     # -- users -----------------------------------------------------------------------------
@@ -133,92 +153,141 @@ class Accounts:
         return [_user(*row) for row in rows]
 
     def verify(self, username: str, password: str) -> User | None:
-        """The user when the password is theirs; None otherwise (same work either way)."""
+        """The user when the password is theirs; None otherwise (same work either way).
+
+        A password longer than any that can be set is refused whole, never cut to length.
+        """
         rows = self.db.query(
             "SELECT username, role, districts, password_hash FROM console_users WHERE username = ?",
             (username,),
         )
-        stored = str(rows[0][3]) if rows else self._dummy
+        overlong = len(password) > MAX_PASSWORD
+        stored = str(rows[0][3]) if rows and not overlong else self._dummy
         try:
-            self._hasher.verify(stored, password[:MAX_PASSWORD])
+            with self._hashing:
+                self._hasher.verify(stored, "" if overlong else password)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return None
-        if not rows:
+        if not rows or overlong:
             return None
         if self._hasher.check_needs_rehash(stored):
+            with self._hashing:
+                rehashed = self._hasher.hash(password)
             with self.db.transaction() as tx:
                 tx.execute("UPDATE console_users SET password_hash = ? WHERE username = ?",
-                           (self._hasher.hash(password), username))  # fmt: skip
+                           (rehashed, username))  # fmt: skip
         return _user(rows[0][0], rows[0][1], rows[0][2])
 
     # -- sessions --------------------------------------------------------------------------
 
-    def open_session(self, user: User) -> tuple[str, Session]:
-        """A new session for `user`: the cookie token and the session."""
+    def open_session(self, user: User, *, replacing: str = "") -> tuple[str, Session]:
+        """A new session for `user` (a new token, never one the browser brought): the cookie
+        token and the session. The session of `replacing` (the browser's old cookie) ends."""
         token = secrets.token_urlsafe(32)
         session = Session(user, secrets.token_urlsafe(32), _digest(token))
-        now = datetime.now(UTC)
+        now = self._clock()
         with self.db.transaction() as tx:
             tx.execute("DELETE FROM console_sessions WHERE expires_at < ?", (format_ts(now),))
+            if replacing:
+                tx.execute("DELETE FROM console_sessions WHERE token_hash = ?",
+                           (_digest(replacing),))  # fmt: skip
             tx.execute(
                 "INSERT INTO console_sessions (token_hash, username, csrf, created_at,"
                 " expires_at) VALUES (?, ?, ?, ?, ?)",
                 (session.token_hash, user.username, session.csrf, format_ts(now),
-                 format_ts(now + SESSION_TTL)),
+                 format_ts(self._deadline(now, now))),
             )  # fmt: skip
         return token, session
 
-    def session(self, token: str) -> Session | None:
-        """The live session of a cookie token, or None."""
+    def session(self, token: str, *, touch: bool = True) -> Session | None:
+        """The live session of a cookie token, or None. `touch` (a request by the user) moves
+        its idle deadline; the event stream's checks do not."""
         if not token or len(token) > 128:
             return None
+        digest = _digest(token)
         rows = self.db.query(
-            "SELECT u.username, u.role, u.districts, s.csrf, s.expires_at FROM console_sessions s"
-            " JOIN console_users u ON u.username = s.username WHERE s.token_hash = ?",
-            (_digest(token),),
+            "SELECT u.username, u.role, u.districts, s.csrf, s.created_at, s.expires_at"
+            " FROM console_sessions s JOIN console_users u ON u.username = s.username"
+            " WHERE s.token_hash = ?",
+            (digest,),
         )
-        if not rows or str(rows[0][4]) < _now():
+        if not rows:
             return None
-        return Session(_user(*rows[0][:3]), str(rows[0][3]), _digest(token))
+        now = self._clock()
+        created, expires = _parse_ts(rows[0][4]), _parse_ts(rows[0][5])
+        if created is None or expires is None or now >= expires:
+            return None
+        if now >= created + self.lifetime:
+            return None
+        deadline = self._deadline(created, now)
+        if touch and deadline - expires >= TOUCH_AFTER:
+            with self.db.transaction() as tx:
+                tx.execute("UPDATE console_sessions SET expires_at = ? WHERE token_hash = ?",
+                           (format_ts(deadline), digest))  # fmt: skip
+        return Session(_user(*rows[0][:3]), str(rows[0][3]), digest)
 
     def close_session(self, session: Session) -> None:
         with self.db.transaction() as tx:
             tx.execute("DELETE FROM console_sessions WHERE token_hash = ?", (session.token_hash,))
 
+    def _deadline(self, created: datetime, now: datetime) -> datetime:
+        """When a session used at `now` ends: idle time from now, capped by its lifetime."""
+        return min(now + self.idle, created + self.lifetime)
+
 
 class LoginLimiter:
-    """At most `max_failures` failed logins per client address and per user name in a window."""
+    """At most `max_failures` failed logins per client address and per user name in a window.
+
+    `attempt` counts an attempt before its password is checked, under one lock, so requests
+    sent together cannot all pass the check while the first ones are still hashing; a success
+    takes back its own attempt and clears the user name's failures, never the address's (an
+    account of one's own must not reset the count of guesses at others). At most `max_keys`
+    addresses and names are remembered; the oldest are forgotten first.
+    """
 
     def __init__(
         self,
         *,
         max_failures: int = 5,
         window_s: float = 300.0,
+        max_keys: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures = max_failures
         self.window_s = window_s
+        self.max_keys = max_keys
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
 
-    def retry_after(self, address: str, username: str) -> int:
-        """Seconds until another attempt is allowed (0: allowed now)."""
+    def attempt(self, address: str, username: str) -> int:
+        """Count an attempt and return 0, or return the seconds to wait (nothing counted)."""
         now = self._clock()
+        keys = _keys(address, username)
         with self._lock:
-            waits = [self._wait(key, now) for key in _keys(address, username)]
-        return max(waits)
-
-    def failed(self, address: str, username: str) -> None:
-        now = self._clock()
-        with self._lock:
-            for key in _keys(address, username):
+            wait = max(self._wait(key, now) for key in keys)
+            if wait:
+                return wait
+            for key in keys:
                 self._failures.setdefault(key, deque()).append(now)
+            self._forget_oldest(now)
+        return 0
 
     def succeeded(self, address: str, username: str) -> None:
+        """The attempt was right: drop it from the address, clear the user name."""
+        address_key, user_key = _keys(address, username)
         with self._lock:
-            for key in _keys(address, username):
-                self._failures.pop(key, None)
+            self._failures.pop(user_key, None)
+            times = self._failures.get(address_key)
+            if times:
+                times.pop()
+                if not times:
+                    del self._failures[address_key]
+
+    def remembered(self) -> int:
+        """How many addresses and user names are being counted (for tests and metrics)."""
+        with self._lock:
+            return len(self._failures)
 
     def _wait(self, key: str, now: float) -> int:
         times = self._failures.get(key)
@@ -229,6 +298,14 @@ class LoginLimiter:
         if len(times) < self.max_failures:
             return 0
         return max(1, int(self.window_s - (now - times[0])) + 1)
+
+    def _forget_oldest(self, now: float) -> None:
+        if len(self._failures) <= self.max_keys:
+            return
+        for key in [k for k, t in self._failures.items() if not t or now - t[-1] >= self.window_s]:
+            del self._failures[key]
+        while len(self._failures) > self.max_keys:  # insertion order: the oldest first
+            del self._failures[next(iter(self._failures))]
 
 
 def csrf_matches(expected: str, given: str | None) -> bool:
@@ -280,3 +357,10 @@ def _digest(token: str) -> str:
 
 def _now() -> str:
     return format_ts(datetime.now(UTC))
+
+
+def _parse_ts(value: object) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None

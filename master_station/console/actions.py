@@ -132,6 +132,7 @@ class Actions:
         _require_actor(user)
         self._check_scope(user, request.gateway)
         _check_request(request)
+        self._check_seals(user, request.gateway, request.seals)
         authority = self._need_authority()
         gateway_key = authority.gateway_credential(request.gateway)
         if gateway_key is None:
@@ -219,6 +220,20 @@ class Actions:
             raise ActionError(f"unknown gateway {gateway}")
         if not user.sees(None if district == "unknown" else district):
             raise Forbidden("out_of_scope")
+
+    def _check_seals(self, user: User, gateway: str, seals: Sequence[str]) -> None:
+        """A scoped user names only seals `gateway` itself reported: the lock map of
+        provision-lock is the master's whole stock, every district's seals in it."""
+        if not user.scoped:
+            return
+        for seal in seals:
+            reported = self.db.query(
+                "SELECT 1 FROM console_seals WHERE gateway = ? AND seal = ? UNION"
+                " SELECT 1 FROM seal_state WHERE gateway = ? AND seal = ?",
+                (gateway, seal, gateway, seal),
+            )
+            if not reported:
+                raise Forbidden("seal_out_of_scope")
 
     def _need_authority(self) -> MasterAuthority:
         if self.authority is None:

@@ -28,10 +28,10 @@ from starlette.responses import (
     PlainTextResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp
 
 from master_station.console import queries
 from master_station.console.accounts import Accounts, LoginLimiter, Session
@@ -40,6 +40,7 @@ from master_station.console.i18n import LANGUAGES
 from master_station.console.web import (
     HERE,
     AlarmFeed,
+    BodyLimit,
     Console,
     CsrfRefused,
     SecurityHeaders,
@@ -68,12 +69,17 @@ def create_app(
     limiter: LoginLimiter | None = None,
     accounts: Accounts | None = None,
     poll_s: float = 1.0,
+    recheck_s: float = 15.0,
 ) -> Starlette:
-    """The console over `ledger` (its own connection); sign with `authority`, send via `broker`."""
+    """The console over `ledger` (its own connection); sign with `authority`, send via `broker`.
+
+    `recheck_s`: how often an open event stream checks that its session still lives.
+    """
     db = ledger.db  # type: ignore[attr-defined]
-    console = Console(accounts or Accounts(db), secure_cookies=secure_cookies, limiter=limiter)
+    console = Console(accounts or Accounts(db), secure_cookies=secure_cookies, host_prefix=tls,
+                      limiter=limiter)  # fmt: skip
     actions = Actions(ledger, authority=authority, broker=broker)
-    feed = AlarmFeed(db, poll_s=poll_s)
+    feed = AlarmFeed(db, poll_s=poll_s, recheck_s=recheck_s)
     pages = _Pages(console, actions, feed, db)
 
     @contextlib.asynccontextmanager
@@ -102,14 +108,24 @@ def create_app(
         Route("/api/alarms/stream", pages.stream),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(
+    app = _ConsoleApp(
         routes=routes,
-        middleware=[Middleware(SecurityHeaders, tls=tls)],
+        middleware=[Middleware(BodyLimit)],
         lifespan=lifespan,
     )
+    app.tls = tls
     app.state.console = console
     app.state.actions = actions
     return app
+
+
+class _ConsoleApp(Starlette):
+    """Starlette with the security headers outside everything, its 500 answers included."""
+
+    tls = False
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack(), tls=self.tls)
 
 
 class _Pages:
@@ -150,7 +166,7 @@ class _Pages:
         password = str(form.get("password") or "")
         address = request.client.host if request.client else "?"
         t = _t(self.console, request)
-        wait = self.console.limiter.retry_after(address, username)
+        wait = self.console.limiter.attempt(address, username)
         if wait:
             response = self._login_form(request, error=t("login.limited", seconds=wait),
                                         status_code=429)  # fmt: skip
@@ -158,10 +174,12 @@ class _Pages:
             return response
         user = await run_in_threadpool(self.console.accounts.verify, username, password)
         if user is None:
-            self.console.limiter.failed(address, username)
             return self._login_form(request, error=t("login.failed"), status_code=401)
         self.console.limiter.succeeded(address, username)
-        token, _session = await run_in_threadpool(self.console.accounts.open_session, user)
+        old = self.console.session_token(request)
+        token, _session = await run_in_threadpool(
+            lambda: self.console.accounts.open_session(user, replacing=old)
+        )
         response = RedirectResponse("/districts", status_code=303)
         self.console.set_session_cookie(response, token)
         return response
@@ -350,11 +368,10 @@ class _Pages:
         session = await self.console.session(request)
         if session is None:
             return JSONResponse({"error": "login_required"}, status_code=401)
-        return StreamingResponse(
-            self.feed.stream(session.user),
-            media_type="text/event-stream",
-            headers={"x-accel-buffering": "no"},
-        )
+        stream = self.feed.open(session.user, self.console.revalidator(request))
+        if stream is None:
+            return JSONResponse({"error": "too_many_streams"}, status_code=429)
+        return stream
 
     # -- refusals ------------------------------------------------------------------------------
 

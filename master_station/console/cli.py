@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ __all__ = ["PASSWORD_ENV", "register_console_commands"]
 
 _log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 512  # uvicorn answers 503 past this many open connections and tasks
 PASSWORD_ENV = "SEALGW_CONSOLE_PASSWORD"  # noqa: S105 (the variable's name, not a password)
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 AddBroker = Callable[[argparse.ArgumentParser], None]
@@ -44,8 +46,9 @@ def register_console_commands(
     serve.add_argument("--master-dir", type=Path, help="sign tickets and revocations with it")
     serve.add_argument("--listen", action="store_true",
                        help="also run the listener in this process (needs --broker)")  # fmt: skip
-    serve.add_argument("--insecure-cookies", action="store_true",
-                       help="cookies without Secure (plain HTTP off loopback; avoid)")  # fmt: skip
+    serve.add_argument("--plain-http", action="store_true",
+                       help="allow plain HTTP off loopback (passwords and cookies in clear; "
+                            "cookies without Secure): avoid, give --cert/--key")  # fmt: skip
     add_broker(serve)
     serve.set_defaults(handler=lambda args: _cmd_serve(args, options))
 
@@ -149,6 +152,12 @@ def _cmd_serve(args: argparse.Namespace, options: Options) -> int:
     if args.listen and not args.broker:
         raise ConfigError("listen", "--listen needs --broker")
     tls = args.cert is not None
+    if not tls and not args.plain_http and not _loopback(args.host):
+        raise ConfigError(
+            "cert",
+            f"--host {args.host} without --cert/--key would send passwords and session cookies"
+            " in clear: give a certificate (or --plain-http)",
+        )
     authority = MasterAuthority.open(args.master_dir) if args.master_dir else None
     broker = options(args) if args.broker else None
     port = args.port or _free_port(args.host)
@@ -156,12 +165,13 @@ def _cmd_serve(args: argparse.Namespace, options: Options) -> int:
     listener = _start_listener(args, broker, authority) if args.listen else None
     try:
         app = create_app(ledger, authority=authority, broker=broker, tls=tls,
-                         secure_cookies=not args.insecure_cookies)  # fmt: skip
+                         secure_cookies=not args.plain_http)  # fmt: skip
         config = uvicorn.Config(
             app, host=args.host, port=port, log_level="warning", lifespan="on",
             ssl_certfile=str(args.cert) if tls else None,
             ssl_keyfile=str(args.key) if tls else None,
             timeout_graceful_shutdown=2, proxy_headers=False, server_header=False,
+            limit_concurrency=MAX_CONNECTIONS, access_log=False,
         )  # fmt: skip
         scheme = "https" if tls else "http"
         print(f"console at {scheme}://{_url_host(args.host)}:{port}/ (ledger {ledger.location})",
@@ -191,6 +201,15 @@ def _start_listener(args: argparse.Namespace, broker: Any, authority: Any) -> tu
     listener.start(args.timeout)
     print(f"listening as {listener.client_id} on {options.broker_url}", flush=True)
     return listener, ledger
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _free_port(host: str) -> int:

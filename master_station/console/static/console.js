@@ -12,7 +12,10 @@
 
   function refreshCounts() {
     fetch("/api/summary", { credentials: "same-origin" })
-      .then((r) => (r.ok ? r.json() : null))
+      .then((r) => {
+        if (r.status === 401) window.location.assign("/login"); // the session ended
+        return r.ok ? r.json() : null;
+      })
       .then((body) => {
         if (!body) return;
         const badge = document.getElementById("nav-open-alarms");
@@ -80,7 +83,10 @@
     const indicator = document.getElementById("alarms-live");
     const source = new EventSource("/api/alarms/stream");
     source.addEventListener("open", () => indicator && indicator.setAttribute("data-state", "open"));
-    source.addEventListener("error", () => indicator && indicator.setAttribute("data-state", "retrying"));
+    source.addEventListener("error", () => {
+      if (indicator) indicator.setAttribute("data-state", "retrying");
+      refreshCounts(); // a stream ended with its session: back to the sign-in page
+    });
     source.addEventListener("alarm", (message) => {
       const alarm = JSON.parse(message.data);
       if (table) onAlarm(table, alarm);
