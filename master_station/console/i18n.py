@@ -69,6 +69,10 @@ EN: Mapping[str, str] = {
     "alarm.acknowledge": "Acknowledge",
     "alarm.close": "Close",
     "alarm.cleared": "cleared by a later sealing (seq {seq})",
+    "alarm.incident": "Events of this incident",
+    "alarm.incident_help": "One incident, told by each event below (a tamper: the lock's advert,"
+    " then its own log entry).",
+    "alarms.events": "{count} events",
     "status.open": "open",
     "status.acknowledged": "acknowledged",
     "status.closed": "closed",
@@ -172,6 +176,10 @@ ZH: Mapping[str, str] = {
     "alarm.acknowledge": "确认",
     "alarm.close": "关闭",
     "alarm.cleared": "已由之后的加封清除（序号 {seq}）",
+    "alarm.incident": "本次事件的全部报告",
+    "alarm.incident_help": "同一事件，由下列每条报告告知（破坏：先是锁的广播，"
+    "再是锁自身的日志条目）。",
+    "alarms.events": "{count} 条报告",
     "status.open": "未处理",
     "status.acknowledged": "已确认",
     "status.closed": "已关闭",

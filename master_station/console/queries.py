@@ -42,7 +42,7 @@ UNKNOWN_DISTRICT = "unknown"
 AROUND = 8
 ALARM_COLUMNS = (
     "a.alarm_id, a.source, a.gateway, a.seq, a.type, a.subject, a.seal, a.ts, a.detail,"
-    " a.status, a.cleared_seq, a.updated_at, COALESCE(g.district, 'unknown')"
+    " a.status, a.cleared_seq, a.updated_at, COALESCE(g.district, 'unknown'), a.events"
 )
 ALARM_FROM = "console_alarms a LEFT JOIN console_gateways g ON g.gateway = a.gateway"
 OPERATION_TYPES = ("seal.sealed", "seal.unsealed", "seal.time_set", "seal.op_requested",
@@ -75,6 +75,7 @@ class Alarm:
     cleared_seq: int | None
     updated_at: str
     district: str
+    events: int = 1  # the events of this incident (inbox.py: advert and log of one tamper)
 
     @property
     def is_open(self) -> bool:
@@ -86,7 +87,7 @@ class Alarm:
             "alarm_id": self.alarm_id, "gateway": self.gateway, "seq": self.seq,
             "type": self.type, "subject": self.subject, "seal": self.seal, "ts": self.ts,
             "status": self.status, "cleared": self.cleared_seq is not None,
-            "district": self.district, "open": self.is_open,
+            "district": self.district, "open": self.is_open, "events": self.events,
         }  # fmt: skip
 
 
@@ -288,13 +289,15 @@ def alarm(db: Db, user: User, alarm_id: str) -> Alarm | None:
 
 
 def evidence(db: Db, found: Alarm) -> dict[str, Any]:
-    """The events around an alarm, its seal's recent operations, lock log entries, meter
-    events under that seal, and the console's audit trail of the alarm."""
+    """The events of the alarm's incident, the events around its first, its seal's recent
+    operations, lock log entries, meter events under that seal, and the console's audit trail
+    of the alarm."""
     around: list[EventRow] = []
     if found.seq is not None:
         around = _events_between(db, found.gateway, found.seq - AROUND, found.seq + AROUND)
     seal_rows = _seal_events(db, found.gateway, found.seal, 50) if found.seal else []
     return {
+        "incident": _incident_events(db, found),
         "around": around,
         "operations": [e for e in seal_rows if e.type in OPERATION_TYPES][:20],
         "meter_events": [e for e in seal_rows if e.type.startswith(("meter.", "theft."))][:20],
@@ -357,6 +360,17 @@ def _seal_events(db: Db, gateway: str, seal: str, limit: int) -> list[EventRow]:
         (gateway, seal, limit),
     )
     return _with_chain(db, gateway, rows)
+
+
+def _incident_events(db: Db, found: Alarm) -> list[EventRow]:
+    """The events filed under an alarm (master_station/ledger/inbox.py), oldest first."""
+    rows = db.query(
+        "SELECT e.gateway, e.seq, e.id, e.type, e.ts, e.priority, e.subject, e.payload"
+        " FROM console_alarm_events m JOIN events e ON e.gateway = m.gateway AND e.seq = m.seq"
+        " WHERE m.alarm_id = ? ORDER BY m.seq LIMIT 50",
+        (found.alarm_id,),
+    )
+    return _with_chain(db, found.gateway, rows)
 
 
 def _events_between(db: Db, gateway: str, low: int, high: int) -> list[EventRow]:
@@ -451,7 +465,7 @@ def _alarm(row: Sequence[Any]) -> Alarm:
     return Alarm(
         str(row[0]), str(row[1]), str(row[2]), None if row[3] is None else int(row[3]),
         str(row[4]), str(row[5]), str(row[6]), str(row[7]), str(row[8]), str(row[9]),
-        None if row[10] is None else int(row[10]), str(row[11]), str(row[12]),
+        None if row[10] is None else int(row[10]), str(row[11]), str(row[12]), int(row[13]),
     )  # fmt: skip
 
 

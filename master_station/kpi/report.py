@@ -25,6 +25,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from master_station.kpi.lineloss import LINE_LOSS_TYPE, LineLossKpi, line_loss_kpi
+from master_station.ledger.inbox import same_incident
 from master_station.ledger.models import Ledger, RetainedState, StoredEvent
 
 __all__ = [
@@ -363,12 +364,17 @@ def _open_alarms(
     events: Sequence[StoredEvent], closed: frozenset[str] = frozenset()
 ) -> list[OpenAlarm]:
     """Alarms of one gateway (seq order) not closed in the console nor cleared by a later
-    seal.sealed of their seal."""
+    seal.sealed of their seal; one per incident, as the console files them (events of one
+    seal and type while its alarm is open, within master_station/ledger/inbox.py's window)."""
     open_by_seal: dict[str | None, list[OpenAlarm]] = defaultdict(list)
     for event in events:
         if event.priority == "alarm" and event.id not in closed:
             alarm = OpenAlarm(event.gateway, event.seq, event.type, event.subject, event.ts)
-            open_by_seal[_alarm_seal(event)].append(alarm)
+            seal = _alarm_seal(event)
+            same = [a for a in open_by_seal[seal] if a.type == alarm.type]
+            if seal is not None and same and same_incident(same[-1].ts, alarm.ts):
+                continue  # the same incident told again (the advert, then the lock's log)
+            open_by_seal[seal].append(alarm)
         elif event.type == "seal.sealed":
             open_by_seal.pop(event.subject, None)
     return sorted((a for group in open_by_seal.values() for a in group), key=lambda a: a.seq)

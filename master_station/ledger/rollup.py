@@ -11,12 +11,15 @@ second. The fold keeps, in the ledger's own database (tables in schema.py, `CONS
 - `console_gateways` (district of the latest `gateway.started`), `console_seals` (each seal's
   state from its events, lock id, last sealing), `console_seal_events` (an index of the events
   about each seal, meter events under it included);
-- `console_alarms`: every alarm-priority event, every chain problem and every alarm published
-  outside the chain (`gateway.storage_full`), with the console's acknowledge/close status.
+- `console_alarms`: one alarm per incident (alarm-priority events about one seal grouped as
+  master_station/ledger/inbox.py says, each listed in `console_alarm_events`), every chain
+  problem and every alarm published outside the chain (`gateway.storage_full`), with the
+  console's acknowledge/close status.
 
 A batch's fold is its own transaction after the ledger's. `reconcile` (at listener start, and
 after a fold failed) compares each gateway's rolled-up event count with the ledger's and replays
-a gateway whose rollups missed events; acknowledgements and closes are never lost by a replay.
+a gateway whose rollups missed events; acknowledgements, closes and which alarm each event was
+filed under are never lost by a replay.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gateway.protocol.events import format_ts
+from master_station.ledger.inbox import AlarmEvent, file_event_alarm, insert_alarm
 from master_station.ledger.rows import as_bytes, json_object
 
 if TYPE_CHECKING:
@@ -118,8 +122,8 @@ class Rollups:
         ts = str(body.get("ts") or _now())
         detail = json.dumps(body, sort_keys=True)[:300]
         with self.db.transaction() as tx:
-            _insert_alarm(tx, (f"outside:{gateway}:{kind}:{ts}", "outside", gateway, None, kind,
-                               gateway, "", ts, detail, None, _now()))  # fmt: skip
+            insert_alarm(tx, (f"outside:{gateway}:{kind}:{ts}", "outside", gateway, None, kind,
+                              gateway, "", ts, detail, None, _now()))  # fmt: skip
 
     def tick(self, *, now: float | None = None) -> None:
         """Chain problems become alarms; once a minute, today's current-state snapshot."""
@@ -219,12 +223,13 @@ class Rollups:
                 (gateway, seal, seq, kind, ts),
             )
         if obj.get("priority") == "alarm":
-            fold.bump(gateway, day, "alarms")
-            fold.bump(gateway, day, "tampers", int(kind == "seal.tamper"))
-            fold.bump(gateway, day, "thefts", int(kind == "theft.suspected"))
             cleared = _sealed_after(tx, gateway, seal, seq) if seal else None
-            _insert_alarm(tx, (str(obj["id"]), "event", gateway, seq, kind, subject, seal, ts,
-                               _summary(data), cleared, now))  # fmt: skip
+            alarm = AlarmEvent(str(obj["id"]), gateway, seq, kind, subject, seal, ts,
+                               _summary(data), cleared)  # fmt: skip
+            if file_event_alarm(tx, alarm, now).first_of(alarm):  # one count per incident
+                fold.bump(gateway, day, "alarms")
+                fold.bump(gateway, day, "tampers", int(kind == "seal.tamper"))
+                fold.bump(gateway, day, "thefts", int(kind == "theft.suspected"))
 
     def _fold_health(self, tx: Tx, event: _Event, fold: _Fold) -> None:
         """Poll counter differences since the previous snapshot (restarted at gateway.started)."""
@@ -284,9 +289,9 @@ class Rollups:
         with self.db.transaction() as tx:
             for gateway, seq, kind, event_id, detail, received in found:
                 key = f"problem:{gateway}:{kind}:{'' if seq is None else seq}:{event_id or ''}"
-                _insert_alarm(tx, (key, "problem", str(gateway), seq, f"chain.{kind}",
-                                   str(gateway), "", str(received), str(detail)[:300], None,
-                                   now))  # fmt: skip
+                insert_alarm(tx, (key, "problem", str(gateway), seq, f"chain.{kind}",
+                                  str(gateway), "", str(received), str(detail)[:300], None,
+                                  now))  # fmt: skip
             newest = str(found[-1][5])
             self._at_cursor = sum(1 for row in found if str(row[5]) == newest)
             if newest != cursor:
@@ -420,15 +425,6 @@ def _sealed_after(tx: Tx, gateway: str, seal: str, seq: int) -> int | None:
     rows = tx.query("SELECT sealed_seq FROM console_seals WHERE gateway = ? AND seal = ?",
                     (gateway, seal))  # fmt: skip
     return int(rows[0][0]) if rows and int(rows[0][0]) > seq else None
-
-
-def _insert_alarm(tx: Tx, row: tuple[Any, ...]) -> None:
-    tx.execute(
-        "INSERT INTO console_alarms (alarm_id, source, gateway, seq, type, subject, seal, ts,"
-        " detail, status, cleared_seq, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'open',"
-        " ?, ?) ON CONFLICT (alarm_id) DO NOTHING",
-        row,
-    )
 
 
 def _upsert_district(tx: Tx, gateway: str, district: str, seq: int) -> None:

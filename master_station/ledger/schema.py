@@ -139,11 +139,20 @@ CREATE TABLE IF NOT EXISTS console_alarms (
     detail TEXT NOT NULL,
     status TEXT NOT NULL,
     cleared_seq BIGINT,
-    updated_at TEXT NOT NULL
+    updated_at TEXT NOT NULL,
+    events BIGINT NOT NULL DEFAULT 1
 );
 CREATE INDEX IF NOT EXISTS console_alarms_by_status ON console_alarms (status, ts);
 CREATE INDEX IF NOT EXISTS console_alarms_by_updated ON console_alarms (updated_at);
 CREATE INDEX IF NOT EXISTS console_alarms_by_seal ON console_alarms (gateway, seal, seq);
+CREATE TABLE IF NOT EXISTS console_alarm_events (
+    gateway TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    alarm_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (gateway, seq)
+);
+CREATE INDEX IF NOT EXISTS console_alarm_events_by_alarm ON console_alarm_events (alarm_id, seq);
 CREATE TABLE IF NOT EXISTS console_audit (
     id TEXT PRIMARY KEY,
     at TEXT NOT NULL,

@@ -265,8 +265,13 @@ class SqlLedger:
         return [Problem(r[0], None if r[1] is None else int(r[1]), *r[2:]) for r in rows]
 
     def closed_alarms(self) -> set[str]:
-        """Ids of the alarms closed in the console (the open-alarms KPI leaves them out)."""
-        rows = self._db.query("SELECT alarm_id FROM console_alarms WHERE status = 'closed'")
+        """Ids of the alarms closed in the console, and of every event filed under them (the
+        open-alarms KPI leaves them out)."""
+        rows = self._db.query(
+            "SELECT alarm_id FROM console_alarms WHERE status = 'closed' UNION SELECT m.event_id"
+            " FROM console_alarm_events m JOIN console_alarms a ON a.alarm_id = m.alarm_id"
+            " WHERE a.status = 'closed'"
+        )
         return {str(r[0]) for r in rows}
 
     def ticket_flows(self) -> dict[str, str]:

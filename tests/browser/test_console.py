@@ -163,6 +163,9 @@ def test_tamper_appears_live_then_evidence_acknowledge_close_and_the_kpi_drops(
     district.wait("the lock's own tamper entry in the ledger", lambda: len(
         [e for e in district.events("seal.tamper") if e["subject"] == TAMPERED]) >= 2)  # fmt: skip
     _wait_rolled_up(district, NORTH_GW)
+    # Told twice, one alarm: the inbox's row, updated live, counts both events.
+    expect(rows.and_(page.locator('[data-type="seal.tamper"]'))).to_have_count(1)
+    expect(tamper).to_have_attribute("data-events", "2")
 
     # The districts page in a second tab: the open-alarms KPI with the tamper counted.
     kpi_page = context.new_page()
@@ -173,11 +176,16 @@ def test_tamper_appears_live_then_evidence_acknowledge_close_and_the_kpi_drops(
     assert raised >= 1, "the tamper is an open alarm"
     kpi_page.evaluate("window.sealgwNoReload = true")
 
-    # Its evidence: the events around it (the tamper highlighted), the lock's log entries.
+    # Its evidence: both events of the incident, the events around it (the tamper
+    # highlighted), the lock's log entries.
     page.locator(f'[data-alarm-id="{alarm_id}"] [data-testid="alarm-link"]').click()
     detail = page.get_by_test_id("alarm-detail")
     expect(detail).to_have_attribute("data-alarm-id", alarm_id)
     expect(detail).to_have_attribute("data-status", "open")
+    told = page.get_by_test_id("evidence-incident").get_by_test_id("event-row")
+    expect(told).to_have_count(2)
+    for i in range(2):
+        expect(told.nth(i)).to_have_attribute("data-type", "seal.tamper")
     around = page.get_by_test_id("evidence-around")
     expect(around.locator("tr.highlight")).to_have_attribute("data-type", "seal.tamper")
     expect(around.locator("tr.highlight").get_by_test_id("chain-status")).to_have_attribute(
@@ -207,6 +215,11 @@ def test_tamper_appears_live_then_evidence_acknowledge_close_and_the_kpi_drops(
         (f"alarm:{alarm_id}",),
     )
     assert recorded == [(MANAGER_N.username, "acknowledged"), (MANAGER_N.username, "closed")]
+    still_open = district.query(
+        "SELECT alarm_id FROM console_alarms WHERE gateway = ? AND seal = ? AND status != 'closed'",
+        (NORTH_GW, TAMPERED),
+    )
+    assert still_open == [], "one close closes the incident, both of its events"
 
     # The KPI in the other tab drops by one, live; a fresh districts page agrees.
     expect(kpi).to_have_attribute("data-value", str(raised - 1))

@@ -44,6 +44,7 @@
       "data-open": alarm.open ? "true" : "false",
       "data-district": alarm.district,
       "data-seal": alarm.seal,
+      "data-events": String(alarm.events),
       class: "fresh",
     });
     row.appendChild(el("td", alarm.ts));
@@ -53,6 +54,12 @@
     });
     const typeCell = el("td");
     typeCell.appendChild(link);
+    if (alarm.events > 1) {
+      const label = (table.getAttribute("data-label-events") || "{count}")
+        .replace("{count}", String(alarm.events));
+      typeCell.appendChild(document.createTextNode(" "));
+      typeCell.appendChild(el("span", label, { class: "count", "data-testid": "alarm-events" }));
+    }
     row.appendChild(typeCell);
     const subject = alarm.seal && alarm.seal !== alarm.subject
       ? alarm.subject + " (" + alarm.seal + ")" : alarm.subject;
