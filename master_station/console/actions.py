@@ -26,6 +26,7 @@ from gateway.protocol.tickets import DEFAULT_GRANTS, MAX_USES, Flow, Op, encode_
 from master_station.command_client import send_command
 from master_station.console.accounts import User
 from master_station.console.queries import Alarm, Forbidden, alarm, districts_of
+from master_station.ledger.inbox import stamp_changes
 from master_station.ledger.models import TicketRecord
 
 if TYPE_CHECKING:
@@ -121,6 +122,7 @@ class Actions:
             if changed != 1:
                 raise ActionError("the alarm changed meanwhile; reload")
             _audit(tx, user, status, f"alarm:{alarm_id}", note=note, at=now)
+            stamp_changes(tx, [alarm_id])  # last: the live feed's order is the commit order
         updated = alarm(self.db, user, alarm_id)
         assert updated is not None
         return updated

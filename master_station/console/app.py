@@ -8,7 +8,8 @@ Routes (docs/master.md, "Console", lists them with their element ids for browser
     POST /alarms/{id}/acknowledge     POST /alarms/{id}/close
     GET  /seals/{gateway}/{seal}
     GET  /work-orders  POST /work-orders  POST /work-orders/{ticket}/revoke
-    GET  /trends  GET /api/trends?days=N  GET /api/summary  GET /api/alarms/stream (SSE)
+    GET  /trends  GET /api/trends?days=N  GET /api/summary
+    GET  /api/alarms/stream[?after=CHANGE] (SSE; Last-Event-ID resumes)
     GET  /healthz  GET /static/...
 """
 
@@ -45,6 +46,7 @@ from master_station.console.web import (
     CsrfRefused,
     SecurityHeaders,
     login_redirect,
+    resume_point,
     safe_next,
 )
 
@@ -229,9 +231,10 @@ class _Pages:
         if session is None:
             return login_redirect()
         status = "closed" if request.query_params.get("status") == "closed" else "open"
+        drawn_at = await run_in_threadpool(queries.newest_alarm_change, self.db)  # then the list
         found = await run_in_threadpool(queries.alarms, self.db, session.user, status=status)
-        return self.console.render(request, "alarms.html", {"alarms": found, "status": status},
-                                   session=session)  # fmt: skip
+        return self.console.render(request, "alarms.html", {"alarms": found, "status": status,
+                                   "drawn_at": drawn_at}, session=session)  # fmt: skip
 
     async def alarm(self, request: Request) -> Response:
         session = await self.console.session(request)
@@ -368,7 +371,8 @@ class _Pages:
         session = await self.console.session(request)
         if session is None:
             return JSONResponse({"error": "login_required"}, status_code=401)
-        stream = self.feed.open(session.user, self.console.revalidator(request))
+        stream = self.feed.open(session.user, self.console.revalidator(request),
+                                resume_point(request))  # fmt: skip
         if stream is None:
             return JSONResponse({"error": "too_many_streams"}, status_code=429)
         return stream

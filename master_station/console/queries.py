@@ -42,7 +42,8 @@ UNKNOWN_DISTRICT = "unknown"
 AROUND = 8
 ALARM_COLUMNS = (
     "a.alarm_id, a.source, a.gateway, a.seq, a.type, a.subject, a.seal, a.ts, a.detail,"
-    " a.status, a.cleared_seq, a.updated_at, COALESCE(g.district, 'unknown'), a.events"
+    " a.status, a.cleared_seq, a.updated_at, COALESCE(g.district, 'unknown'), a.events,"
+    " a.change_seq"
 )
 ALARM_FROM = "console_alarms a LEFT JOIN console_gateways g ON g.gateway = a.gateway"
 OPERATION_TYPES = ("seal.sealed", "seal.unsealed", "seal.time_set", "seal.op_requested",
@@ -76,6 +77,7 @@ class Alarm:
     updated_at: str
     district: str
     events: int = 1  # the events of this incident (inbox.py: advert and log of one tamper)
+    change_seq: int = 0  # its latest change, in commit order (inbox.py, the live feed's cursor)
 
     @property
     def is_open(self) -> bool:
@@ -88,6 +90,7 @@ class Alarm:
             "type": self.type, "subject": self.subject, "seal": self.seal, "ts": self.ts,
             "status": self.status, "cleared": self.cleared_seq is not None,
             "district": self.district, "open": self.is_open, "events": self.events,
+            "change": self.change_seq,
         }  # fmt: skip
 
 
@@ -255,19 +258,21 @@ def alarms(db: Db, user: User, *, status: str = "open", limit: int | None = 200)
     return [_alarm(row) for row in db.query(sql, params)]
 
 
-def alarms_since(db: Db, updated_after: str, limit: int = 200) -> list[Alarm]:
-    """Alarms created or changed after `updated_after` (the live feed), oldest change first."""
+def alarms_since(db: Db, after: int, limit: int = 200) -> list[Alarm]:
+    """Alarms created or changed after change number `after` (the live feed), in commit order
+    (master_station/ledger/inbox.py, the change clock); each at its latest change."""
     rows = db.query(
-        f"SELECT {ALARM_COLUMNS} FROM {ALARM_FROM} WHERE a.updated_at > ?"  # noqa: S608
-        " ORDER BY a.updated_at LIMIT ?",
-        (updated_after, limit),
+        f"SELECT {ALARM_COLUMNS} FROM {ALARM_FROM} WHERE a.change_seq > ?"  # noqa: S608
+        " ORDER BY a.change_seq LIMIT ?",
+        (after, limit),
     )
     return [_alarm(row) for row in rows]
 
 
-def newest_alarm_change(db: Db) -> str:
-    rows = db.query("SELECT MAX(updated_at) FROM console_alarms")
-    return str(rows[0][0]) if rows and rows[0][0] is not None else ""
+def newest_alarm_change(db: Db) -> int:
+    """The change number of the newest alarm change committed (0 before any)."""
+    rows = db.query("SELECT MAX(change_seq) FROM console_alarms")
+    return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
 
 def open_alarm_count(db: Db, user: User) -> int:
@@ -466,6 +471,7 @@ def _alarm(row: Sequence[Any]) -> Alarm:
         str(row[0]), str(row[1]), str(row[2]), None if row[3] is None else int(row[3]),
         str(row[4]), str(row[5]), str(row[6]), str(row[7]), str(row[8]), str(row[9]),
         None if row[10] is None else int(row[10]), str(row[11]), str(row[12]), int(row[13]),
+        int(row[14]),
     )  # fmt: skip
 
 

@@ -50,7 +50,9 @@ __all__ = [
     "EventStream",
     "SecurityHeaders",
     "login_redirect",
+    "resume_point",
     "safe_next",
+    "sse_alarm",
 ]
 
 _log = logging.getLogger(__name__)
@@ -161,10 +163,20 @@ async def _too_large(send: Send) -> None:
 @dataclass(slots=True, eq=False)
 class _Subscriber:
     user: User
+    after: int | None = None  # the last change it was sent; None once it is at the feed's head
     queue: asyncio.Queue[Alarm | None] = field(default_factory=lambda: asyncio.Queue(256))
 
 
 Revalidate = Callable[[], Awaitable[User | None]]
+
+
+def resume_point(request: Request) -> int | None:
+    """Where a stream resumes: the browser's `Last-Event-ID` on a reconnect, else `?after=`
+    (the change number the page was drawn at), else None (from now on)."""
+    for value in (request.headers.get("last-event-id"), request.query_params.get("after")):
+        if value is not None and value.isdigit() and len(value) <= 18:
+            return int(value)
+    return None
 
 
 class EventStream(StreamingResponse):
@@ -183,7 +195,9 @@ class EventStream(StreamingResponse):
 
 
 class AlarmFeed:
-    """One poller of `console_alarms.updated_at` for every open event stream (indexed)."""
+    """One poller of `console_alarms.change_seq` (commit order, indexed) for every open event
+    stream. Each event carries its change number as its SSE `id`, so a browser that reconnects
+    (`Last-Event-ID`) is sent every change it missed, oldest first."""
 
     def __init__(
         self,
@@ -202,6 +216,7 @@ class AlarmFeed:
         self._subscribers: set[_Subscriber] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._cursor = 0
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -213,12 +228,15 @@ class AlarmFeed:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    def open(self, user: User, revalidate: Revalidate) -> EventStream | None:
-        """The user's event stream, or None when they (or everyone) hold the most allowed."""
+    def open(
+        self, user: User, revalidate: Revalidate, after: int | None = None
+    ) -> EventStream | None:
+        """The user's event stream (after change `after` when given, else from now on), or None
+        when they (or everyone) hold the most allowed."""
         mine = sum(1 for s in self._subscribers if s.user.username == user.username)
         if mine >= self.per_user or len(self._subscribers) >= self.total:
             return None
-        subscriber = _Subscriber(user)
+        subscriber = _Subscriber(user, after)
         self._subscribers.add(subscriber)
         if self._task is None:
             self._task = asyncio.create_task(self._poll())
@@ -226,8 +244,9 @@ class AlarmFeed:
                            lambda: self._subscribers.discard(subscriber))  # fmt: skip
 
     async def _events(self, subscriber: _Subscriber, revalidate: Revalidate) -> AsyncIterator[str]:
-        """Server-sent events: `alarm` (JSON of the alarm) for every change the user may see,
-        until the session ends (checked every `recheck_s`, and before an alarm after that)."""
+        """Server-sent events: `alarm` (JSON of the alarm, `id` its change number) for every
+        change the user may see, until the session ends (checked every `recheck_s`, and before
+        an alarm after that)."""
         yield "retry: 2000\n\n"
         checked = time.monotonic()
         while not self._stopping.is_set():
@@ -245,25 +264,58 @@ class AlarmFeed:
             if item is _KEEPALIVE:
                 yield ": keepalive\n\n"
             elif subscriber.user.sees(_district(item)):
-                yield f"event: alarm\ndata: {json.dumps(item.to_json(), sort_keys=True)}\n\n"
+                yield sse_alarm(item)
 
     async def _poll(self) -> None:
-        cursor = await run_in_threadpool(newest_alarm_change, self.db)
+        self._cursor = await run_in_threadpool(newest_alarm_change, self.db)
         while not self._stopping.is_set():
             await asyncio.sleep(self.poll_s)
             if not self._subscribers:
                 continue
             try:
-                changed = await run_in_threadpool(alarms_since, self.db, cursor)
+                await self._deliver()
             except Exception:  # noqa: BLE001 - the feed outlives a failed read
                 _log.exception("alarm feed: read failed")
+
+    async def _deliver(self) -> None:
+        """The changes past the head to every stream at the head; a stream resumed from further
+        back is sent its own next page of changes (one indexed read each) until it catches up."""
+        start = self._cursor
+        head = await run_in_threadpool(alarms_since, self.db, start)
+        if head:
+            self._cursor = head[-1].change_seq
+        for subscriber in list(self._subscribers):
+            after = subscriber.after
+            if after is None or after >= start:
+                items = [i for i in head if after is None or i.change_seq > after]
+            else:
+                items = await run_in_threadpool(alarms_since, self.db, after)
+            if items:
+                subscriber.after = items[-1].change_seq
+            if subscriber.after is not None and subscriber.after >= self._cursor:
+                subscriber.after = None
+            self._send(subscriber, items)
+
+    def _send(self, subscriber: _Subscriber, items: list[Alarm]) -> None:
+        """Queue what the user may see; a stream that stopped reading is ended instead (its
+        browser reconnects with the last id it got and is sent the rest from the ledger)."""
+        for item in items:
+            if not subscriber.user.sees(_district(item)):
                 continue
-            for item in changed:
-                cursor = max(cursor, item.updated_at)
-                for subscriber in list(self._subscribers):
-                    if subscriber.user.sees(_district(item)):
-                        with contextlib.suppress(asyncio.QueueFull):
-                            subscriber.queue.put_nowait(item)
+            try:
+                subscriber.queue.put_nowait(item)
+            except asyncio.QueueFull:
+                self._subscribers.discard(subscriber)
+                while not subscriber.queue.empty():
+                    subscriber.queue.get_nowait()
+                subscriber.queue.put_nowait(None)
+                return
+
+
+def sse_alarm(item: Alarm) -> str:
+    """One server-sent event: the alarm's change number, its type, the alarm as JSON."""
+    body = json.dumps(item.to_json(), sort_keys=True)
+    return f"id: {item.change_seq}\nevent: alarm\ndata: {body}\n\n"
 
 
 _KEEPALIVE: Any = object()

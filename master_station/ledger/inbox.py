@@ -1,4 +1,4 @@
-"""The alarm inbox's writes (`console_alarms`): one alarm per incident.
+"""The alarm inbox's writes (`console_alarms`): one alarm per incident, and the change clock.
 
 **Incidents.** One forced shell is told twice: by the lock's advert (`seal.tamper`,
 `source: advert`, timed by the gateway) and by the lock's own log entry, fetched when the
@@ -15,10 +15,20 @@ alarm is listed in `console_alarm_events` (the evidence page shows them all) and
 `console_alarms.events`. Alarms that concern no seal (chain problems, `gateway.storage_full`,
 radio down) are never grouped. An event's alarm, once filed, is never re-decided: a replay of
 the rollups finds it in `console_alarm_events`.
+
+**The change clock.** Every transaction that creates or changes alarms ends with
+`stamp_changes`: it takes the next numbers from the one-row `console_alarm_clock` and writes
+one into each changed alarm's `change_seq`. The live feed reads `change_seq > cursor`, so the
+numbers must follow commit order, which a timestamp taken before the commit does not, and
+neither does a plain sequence on PostgreSQL (a number drawn by a transaction that commits
+later). The clock's row lock does: a transaction that stamped holds it until it commits, so
+the next stamp waits, and a reader that sees number n already sees every number below it.
+SQLite has one writer at a time. Stamping last keeps the lock's hold to the commit itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -27,7 +37,7 @@ if TYPE_CHECKING:
     from master_station.ledger.sql import Tx
 
 __all__ = ["INCIDENT_WINDOW", "AlarmEvent", "Filed", "file_event_alarm", "insert_alarm",
-           "same_incident"]  # fmt: skip
+           "same_incident", "stamp_changes"]  # fmt: skip
 
 INCIDENT_WINDOW = timedelta(hours=12)
 
@@ -99,6 +109,23 @@ def insert_alarm(tx: Tx, row: tuple[Any, ...]) -> bool:
         )
         == 1
     )
+
+
+def stamp_changes(tx: Tx, alarm_ids: Iterable[str]) -> None:
+    """Give each alarm changed in this transaction the next change number (call it last)."""
+    ids = list(dict.fromkeys(alarm_ids))
+    if not ids:
+        return
+    rows = tx.query(
+        "INSERT INTO console_alarm_clock (id, change_seq) VALUES (1, ?) ON CONFLICT (id) DO"
+        " UPDATE SET change_seq = console_alarm_clock.change_seq + excluded.change_seq"
+        " RETURNING change_seq",
+        (len(ids),),
+    )
+    first = int(rows[0][0]) - len(ids) + 1
+    for number, alarm_id in enumerate(ids, start=first):
+        tx.execute("UPDATE console_alarms SET change_seq = ? WHERE alarm_id = ?",
+                   (number, alarm_id))  # fmt: skip
 
 
 def _open_incident(tx: Tx, event: AlarmEvent) -> str | None:

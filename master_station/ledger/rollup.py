@@ -28,13 +28,13 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from gateway.protocol.events import format_ts
-from master_station.ledger.inbox import AlarmEvent, file_event_alarm, insert_alarm
+from master_station.ledger.inbox import AlarmEvent, file_event_alarm, insert_alarm, stamp_changes
 from master_station.ledger.rows import as_bytes, json_object
 
 if TYPE_CHECKING:
@@ -84,6 +84,7 @@ class _Fold:
 
     daily: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     counted: dict[str, int] = field(default_factory=dict)
+    alarms: dict[str, None] = field(default_factory=dict)  # changed, in order (stamp_changes)
 
     def bump(self, gateway: str, day: str, column: str, amount: int = 1) -> None:
         row = self.daily.setdefault((gateway, day), dict.fromkeys(DAILY_COLUMNS, 0))
@@ -93,8 +94,9 @@ class _Fold:
 class Rollups:
     """The console's rollups over a ledger database (see the module doc)."""
 
-    def __init__(self, db: Db) -> None:
+    def __init__(self, db: Db, *, clock: Callable[[], str] | None = None) -> None:
         self.db = db
+        self._clock = clock or _now  # `updated_at` of the alarms (RFC 3339 UTC)
         self.dirty = False
         self._last_snapshot = 0.0
         self._at_cursor = 0
@@ -109,21 +111,25 @@ class Rollups:
         )
         if not events:
             return
-        now = _now()
+        now = self._clock()
         with self.db.transaction() as tx:
             fold = _Fold()
             for event in events:
                 self._fold_one(tx, event, fold, now)
             self._write_fold(tx, fold)
+            stamp_changes(tx, fold.alarms)  # last: the clock's lock is held to the commit
 
     def outside_alarm(self, gateway: str, kind: str, payload: bytes) -> None:
         """An alarm published outside the chain (`alarm/gateway.storage_full`)."""
         body = json_object(payload)
-        ts = str(body.get("ts") or _now())
+        now = self._clock()
+        ts = str(body.get("ts") or now)
         detail = json.dumps(body, sort_keys=True)[:300]
+        alarm_id = f"outside:{gateway}:{kind}:{ts}"
         with self.db.transaction() as tx:
-            insert_alarm(tx, (f"outside:{gateway}:{kind}:{ts}", "outside", gateway, None, kind,
-                              gateway, "", ts, detail, None, _now()))  # fmt: skip
+            if insert_alarm(tx, (alarm_id, "outside", gateway, None, kind, gateway, "", ts,
+                                 detail, None, now)):  # fmt: skip
+                stamp_changes(tx, [alarm_id])
 
     def tick(self, *, now: float | None = None) -> None:
         """Chain problems become alarms; once a minute, today's current-state snapshot."""
@@ -215,7 +221,7 @@ class Rollups:
             _fold_line_loss(tx, gateway, seq, subject, data)
         seal = subject if kind.startswith("seal.") else _text(data.get("seal"))
         if kind.startswith("seal.") and subject:
-            _fold_seal(tx, event, now)
+            fold.alarms.update(dict.fromkeys(_fold_seal(tx, event, now)))
         if seal and kind not in UNDER_SEAL_SKIPPED:
             tx.execute(
                 "INSERT INTO console_seal_events (gateway, seal, seq, type, ts) VALUES"
@@ -226,7 +232,10 @@ class Rollups:
             cleared = _sealed_after(tx, gateway, seal, seq) if seal else None
             alarm = AlarmEvent(str(obj["id"]), gateway, seq, kind, subject, seal, ts,
                                _summary(data), cleared)  # fmt: skip
-            if file_event_alarm(tx, alarm, now).first_of(alarm):  # one count per incident
+            filed = file_event_alarm(tx, alarm, now)
+            if filed.changed:
+                fold.alarms[filed.alarm_id] = None
+            if filed.first_of(alarm):  # one count per incident
                 fold.bump(gateway, day, "alarms")
                 fold.bump(gateway, day, "tampers", int(kind == "seal.tamper"))
                 fold.bump(gateway, day, "thefts", int(kind == "theft.suspected"))
@@ -285,13 +294,15 @@ class Rollups:
         )
         if not found or (str(found[-1][5]) == cursor and len(found) == self._at_cursor):
             return  # nothing since the last tick (the rows at the cursor are already alarms)
-        now = _now()
+        now = self._clock()
         with self.db.transaction() as tx:
+            added = []
             for gateway, seq, kind, event_id, detail, received in found:
                 key = f"problem:{gateway}:{kind}:{'' if seq is None else seq}:{event_id or ''}"
-                insert_alarm(tx, (key, "problem", str(gateway), seq, f"chain.{kind}",
-                                  str(gateway), "", str(received), str(detail)[:300], None,
-                                  now))  # fmt: skip
+                if insert_alarm(tx, (key, "problem", str(gateway), seq, f"chain.{kind}",
+                                     str(gateway), "", str(received), str(detail)[:300], None,
+                                     now)):  # fmt: skip
+                    added.append(key)
             newest = str(found[-1][5])
             self._at_cursor = sum(1 for row in found if str(row[5]) == newest)
             if newest != cursor:
@@ -300,6 +311,7 @@ class Rollups:
                     " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     (newest,),
                 )
+            stamp_changes(tx, added)
 
 
 # -- seal views ------------------------------------------------------------------------------
@@ -385,7 +397,9 @@ def _load(payload: bytes) -> dict[str, Any] | None:
     return obj if ok and "type" in obj and "ts" in obj else None
 
 
-def _fold_seal(tx: Tx, event: _Event, now: str) -> None:
+def _fold_seal(tx: Tx, event: _Event, now: str) -> list[str]:
+    """Fold one seal.* event into `console_seals`; the alarms a sealing cleared."""
+    cleared: list[str] = []
     gateway, seq, kind, seal, data = event.gateway, event.seq, event.kind, event.subject, event.data
     tx.execute(
         "INSERT INTO console_seals (gateway, seal) VALUES (?, ?) ON CONFLICT DO NOTHING",
@@ -405,11 +419,12 @@ def _fold_seal(tx: Tx, event: _Event, now: str) -> None:
     if kind == "seal.sealed":
         tx.execute("UPDATE console_seals SET sealed_seq = ? WHERE gateway = ? AND seal = ?"
                    " AND sealed_seq < ?", (seq, gateway, seal, seq))  # fmt: skip
-        tx.execute(
-            "UPDATE console_alarms SET cleared_seq = ?, updated_at = ? WHERE gateway = ? AND"
-            " seal = ? AND seq < ? AND cleared_seq IS NULL AND source = 'event'",
-            (seq, now, gateway, seal, seq),
-        )
+        cleared = [str(a) for (a,) in tx.query(
+            "SELECT alarm_id FROM console_alarms WHERE gateway = ? AND seal = ? AND seq < ?"
+            " AND cleared_seq IS NULL AND source = 'event'", (gateway, seal, seq))]  # fmt: skip
+        for alarm_id in cleared:
+            tx.execute("UPDATE console_alarms SET cleared_seq = ?, updated_at = ?"
+                       " WHERE alarm_id = ?", (seq, now, alarm_id))  # fmt: skip
     elif kind == "seal.tamper":
         tx.execute("UPDATE console_seals SET tamper = 1, state_seq = ? WHERE gateway = ? AND"
                    " seal = ? AND state_seq < ?", (seq, gateway, seal, seq))  # fmt: skip
@@ -419,6 +434,7 @@ def _fold_seal(tx: Tx, event: _Event, now: str) -> None:
             " AND online_seq < ?",
             (int(kind == "seal.online"), seq, gateway, seal, seq),
         )
+    return cleared
 
 
 def _sealed_after(tx: Tx, gateway: str, seal: str, seq: int) -> int | None:

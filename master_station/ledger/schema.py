@@ -140,10 +140,15 @@ CREATE TABLE IF NOT EXISTS console_alarms (
     status TEXT NOT NULL,
     cleared_seq BIGINT,
     updated_at TEXT NOT NULL,
-    events BIGINT NOT NULL DEFAULT 1
+    events BIGINT NOT NULL DEFAULT 1,
+    change_seq BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS console_alarms_by_status ON console_alarms (status, ts);
-CREATE INDEX IF NOT EXISTS console_alarms_by_updated ON console_alarms (updated_at);
+CREATE INDEX IF NOT EXISTS console_alarms_by_change ON console_alarms (change_seq);
+CREATE TABLE IF NOT EXISTS console_alarm_clock (
+    id INTEGER PRIMARY KEY,
+    change_seq BIGINT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS console_alarms_by_seal ON console_alarms (gateway, seal, seq);
 CREATE TABLE IF NOT EXISTS console_alarm_events (
     gateway TEXT NOT NULL,

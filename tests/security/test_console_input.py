@@ -94,7 +94,8 @@ def test_script_in_what_a_gateway_reports_is_shown_as_text_everywhere(
         assert answer.headers["x-content-type-options"] == "nosniff"
     events = stream.events
     assert next(e for e in events if e["alarm_id"] == tamper.id)["seal"] == seal
-    assert stream.fields <= {"retry", "event", "data", ""}, stream.fields  # nothing injected
+    assert stream.fields <= {"retry", "id", "event", "data", ""}, stream.fields  # none injected
+    assert stream.ids and all(i.strip().isdigit() for i in stream.ids), stream.ids  # change nos
 
 
 def test_templates_and_scripts_carry_no_inline_code() -> None:
@@ -194,6 +195,7 @@ class _Stream:
         self.got_alarm = threading.Event()
         self.events: list[dict[str, Any]] = []
         self.fields: set[str] = set()
+        self.ids: list[str] = []
         threading.Thread(target=self._run, args=(client,), daemon=True).start()
 
     def _run(self, client: ConsoleClient) -> None:
@@ -207,6 +209,8 @@ class _Stream:
                     continue
                 name, _, value = line.partition(":")
                 self.fields.add(name)
+                if name == "id":
+                    self.ids.append(value)
                 if name == "data":
                     self.events.append(json.loads(value))
                     if len(self.events) == 2:  # the tamper, then the theft

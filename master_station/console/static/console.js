@@ -88,7 +88,11 @@
     if (!window.EventSource) return;
     const table = document.querySelector("[data-live=alarms]");
     const indicator = document.getElementById("alarms-live");
-    const source = new EventSource("/api/alarms/stream");
+    // The inbox resumes from the change it was drawn at, so nothing between the page and the
+    // stream is lost; a reconnect resumes from the last event's id (Last-Event-ID).
+    const drawnAt = table ? table.getAttribute("data-drawn-at") : null;
+    const query = drawnAt ? "?after=" + encodeURIComponent(drawnAt) : "";
+    const source = new EventSource("/api/alarms/stream" + query);
     source.addEventListener("open", () => indicator && indicator.setAttribute("data-state", "open"));
     source.addEventListener("error", () => {
       if (indicator) indicator.setAttribute("data-state", "retrying");
