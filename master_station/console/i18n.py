@@ -73,6 +73,7 @@ EN: Mapping[str, str] = {
     "alarm.incident_help": "One incident, told by each event below (a tamper: the lock's advert,"
     " then its own log entry).",
     "alarms.events": "{count} events",
+    "event.fields": "{count} fields",
     "status.open": "open",
     "status.acknowledged": "acknowledged",
     "status.closed": "closed",
@@ -180,6 +181,7 @@ ZH: Mapping[str, str] = {
     "alarm.incident_help": "同一事件，由下列每条报告告知（破坏：先是锁的广播，"
     "再是锁自身的日志条目）。",
     "alarms.events": "{count} 条报告",
+    "event.fields": "{count} 个字段",
     "status.open": "未处理",
     "status.acknowledged": "已确认",
     "status.closed": "已关闭",

@@ -46,6 +46,10 @@ ALARM_COLUMNS = (
     " a.change_seq"
 )
 ALARM_FROM = "console_alarms a LEFT JOIN console_gateways g ON g.gateway = a.gateway"
+SUMMARISED_TYPES = frozenset({"gateway.health"})  # periodic snapshots, like telemetry
+HIDDEN_FIELDS = frozenset({"entry", "evidence", "values", "audit_tag"})  # raw, shown elsewhere
+MAX_VALUE = 120  # characters of one field on a row
+MAX_BODY = 4000  # characters of a folded body
 OPERATION_TYPES = ("seal.sealed", "seal.unsealed", "seal.time_set", "seal.op_requested",
                    "seal.op_allowed", "seal.op_denied", "seal.op_failed",
                    "seal.op_unconfirmed", "seal.op_rejected")  # fmt: skip
@@ -111,6 +115,24 @@ class EventRow:
     def field(self, name: str) -> str:
         value = self.data.get(name)
         return "" if value is None else str(value)
+
+    @property
+    def telemetry(self) -> bool:
+        """Readings and health snapshots: one line in the evidence, the body folded."""
+        return self.priority == "telemetry" or self.type in SUMMARISED_TYPES
+
+    def concerns(self, seal: str) -> bool:
+        """About this seal: its subject, or `data.seal` (meter events, thefts under it)."""
+        return bool(seal) and (self.subject == seal or self.data.get("seal") == seal)
+
+    def fields(self) -> list[tuple[str, str]]:
+        """(name, value) to show on the row: nested values as JSON, each cut to MAX_VALUE."""
+        return [(k, _brief(v)) for k, v in self.data.items() if k not in HIDDEN_FIELDS]
+
+    def body(self) -> str:
+        """The whole data, indented JSON (cut to MAX_BODY), for a folded row."""
+        text = json.dumps(self.data, indent=1, sort_keys=True, default=str, ensure_ascii=False)
+        return text if len(text) <= MAX_BODY else text[: MAX_BODY - 1] + "…"
 
 
 @dataclass(slots=True)
@@ -486,6 +508,12 @@ def _data_root(payload: Any) -> dict[str, Any]:
     except ValueError:
         return {}
     return obj if isinstance(obj, dict) else {}
+
+
+def _brief(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str,
+                                                           ensure_ascii=False)  # fmt: skip
+    return text if len(text) <= MAX_VALUE else text[: MAX_VALUE - 1] + "…"
 
 
 def _rate(part: int, whole: int) -> float | None:

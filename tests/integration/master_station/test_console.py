@@ -167,6 +167,32 @@ def test_the_seal_timeline_shows_chain_status(login: Any, world: dict[str, Any])
     assert str(after.seq) in operators and "WO-5" in page and "op-2" in page
 
 
+def test_the_evidence_folds_telemetry_and_keeps_the_seals_events_prominent(
+    login: Any, world: dict[str, Any]
+) -> None:
+    events = world["chains"]["gw-a"].events
+    tamper = next(e for e in events if e.type == "seal.tamper")  # SL-A1, amid two health rows
+    page = login("mgr-1").get(f"/alarms/{tamper.id}").text
+    rows = _event_rows(page, "evidence-around")
+    assert [int(r["data-seq"]) for r in rows] == [e.seq for e in events]
+    health = [r for r in rows if r["data-type"] == "gateway.health"]
+    assert len(health) == 2
+    for row in health:  # one line: seq, time, type, chain status; the per-meter body folded
+        assert row["data-view"] == "summary" and "data-focus" not in row
+        folded = re.search(
+            r"<details data-testid=\"event-body\">(.*?)</details>", row["html"], re.S
+        )
+        assert folded is not None and "&#34;polls&#34;" in folded.group(1)
+        line = row["html"].replace(folded.group(0), "")
+        assert "polls" not in line and 'data-chain="verified"' in line
+    mine = [int(r["data-seq"]) for r in rows if r.get("data-focus") == "true"]
+    assert mine == [e.seq for e in events if e.subject == "SL-A1"]  # its sealing, the tamper
+    shown = next(r for r in rows if int(r["data-seq"]) == tamper.seq)
+    assert shown["data-view"] == "full" and "source=advert" in shown["html"]
+    theft = next(r for r in rows if r["data-type"] == "theft.suspected")  # another seal's
+    assert theft["data-view"] == "full" and "rule=cover_open_while_sealed" in theft["html"]
+
+
 def test_trends_come_from_the_rollups(login: Any) -> None:
     body = login("admin").get("/api/trends?days=7").json()
     today = body["days"][-1]
@@ -240,6 +266,19 @@ def test_a_replay_rebuilds_missed_rollups_and_keeps_closes(tmp_path: Path) -> No
 
 def _attr(page: str, testid: str, name: str) -> list[str]:
     return re.findall(rf'data-testid="{testid}"[^>]*?{name}="([^"]*)"', page)
+
+
+def _event_rows(page: str, testid: str) -> list[dict[str, str]]:
+    """The rows of one event table: their attributes, and their HTML as `html`."""
+    table = re.search(rf'<table[^>]*data-testid="{testid}".*?</table>', page, re.S)
+    assert table is not None, f"{testid} is not on the page"
+    rows = []
+    for opening, html in re.findall(r'(<tr data-testid="event-row"[^>]*>)(.*?)</tr>',
+                                    table.group(0), re.S):  # fmt: skip
+        row = dict(re.findall(r'([\w-]+)="([^"]*)"', opening))
+        row["html"] = html
+        rows.append(row)
+    return rows
 
 
 def _kpi(page: str, testid: str, district: str) -> float:
