@@ -25,7 +25,7 @@ from gateway.protocol.events import format_ts
 from gateway.protocol.tickets import DEFAULT_GRANTS, MAX_USES, Flow, Op, encode_ticket
 from master_station.command_client import send_command
 from master_station.console.accounts import User
-from master_station.console.queries import Alarm, Forbidden, alarm, districts_of
+from master_station.console.queries import Alarm, Forbidden, alarm, districts_of, ticket_answer
 from master_station.ledger.inbox import stamp_changes
 from master_station.ledger.models import TicketRecord
 
@@ -172,7 +172,9 @@ class Actions:
             _audit(tx, user, "ticket_issued", f"ticket:{ticket.ticket_id}", note=note, at=issued)
         status, reply = self._publish(ticket.gateway, "ticket", encode_ticket(ticket))
         self._ticket_status(ticket.ticket_id, _accepted(status, reply), reply)
-        return {"ticket_id": ticket.ticket_id, "status": _accepted(status, reply), "reply": reply}
+        reason, detail = ticket_answer(_accepted(status, reply), reply)
+        return {"ticket_id": ticket.ticket_id, "status": _accepted(status, reply), "reply": reply,
+                "reason": reason, "detail": detail}  # fmt: skip
 
     def revoke_ticket(self, user: User, ticket_id: str, note: str) -> dict[str, Any]:
         """Add the ticket to the next revocation list and publish it to the ticket's gateway."""

@@ -33,6 +33,7 @@ __all__ = [
     "evidence",
     "open_alarm_count",
     "seal_timeline",
+    "ticket_answer",
     "tickets",
     "trends",
 ]
@@ -473,8 +474,25 @@ def tickets(db: Db, user: User, *, limit: int = 100) -> list[dict[str, Any]]:
         item = dict(zip(names, row, strict=True))
         if user.sees(_known(districts.get(str(item["gateway"]), UNKNOWN_DISTRICT))):
             item["seals"] = ", ".join(json.loads(str(item["seals"])))
+            item["reason"], item["detail"] = ticket_answer(str(item["status"]), str(item["reply"]))
             found.append(item)
     return found[:limit]
+
+
+def ticket_answer(status: str, reply: str) -> tuple[str, str]:
+    """The gateway's answer to a ticket (or its revocation) as (reason code, detail): its error
+    code when it refused (`wrong_recipient`, `ticket_expired`, ...), `stored` or `held` when it
+    took it, else why no answer came (`no_answer`, `not_sent`); '' while none is kept yet."""
+    body = _data_root(reply.encode()) if reply else {}
+    if not body:
+        return "", ""
+    if body.get("ok") is True:
+        result = body.get("result") if isinstance(body.get("result"), dict) else {}
+        stored = result.get("stored", True) is not False
+        return ("stored" if stored else "held"), str(result.get("detail") or "")[:300]
+    if body.get("ok") is False:
+        return str(body.get("error") or "refused")[:64], str(body.get("detail") or "")[:300]
+    return status, str(body.get("error") or "")[:300]
 
 
 # -- helpers -----------------------------------------------------------------------------------

@@ -253,6 +253,7 @@ def test_a_ticket_issued_from_the_console_is_accepted_by_the_gateway(
     row = page.locator(f'[data-testid="ticket-row"][data-ticket-id="{ticket_id}"]')
     expect(row).to_have_attribute("data-status", "accepted")
     expect(row).to_have_attribute("data-work-order", "WO-2001")
+    expect(row.get_by_test_id("ticket-answer")).to_have_attribute("data-reason", "stored")
     reply = stack.district.query(
         "SELECT status, reply FROM console_tickets WHERE ticket_id = ?", (ticket_id,)
     )
