@@ -25,7 +25,7 @@ from gateway.protocol.events import format_ts
 from gateway.protocol.tickets import DEFAULT_GRANTS, MAX_USES, Flow, Op, encode_ticket
 from master_station.command_client import send_command
 from master_station.console.accounts import User
-from master_station.console.queries import Alarm, Forbidden, alarm, districts_of, ticket_answer
+from master_station.console.queries import Alarm, Forbidden, alarm, district_of, ticket_answer
 from master_station.ledger.inbox import stamp_changes
 from master_station.ledger.models import TicketRecord
 
@@ -219,7 +219,7 @@ class Actions:
             )
 
     def _check_scope(self, user: User, gateway: str) -> None:
-        district = districts_of(self.db).get(gateway)
+        district = district_of(self.db, gateway)
         if district is None:
             raise ActionError(f"unknown gateway {gateway}")
         if not user.sees(None if district == "unknown" else district):

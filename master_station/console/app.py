@@ -358,12 +358,7 @@ class _Pages:
         session = await self.console.session(request)
         if session is None:
             return JSONResponse({"error": "login_required"}, status_code=401)
-        found = await run_in_threadpool(queries.alarms, self.db, session.user, status="open",
-                                        limit=None)  # fmt: skip
-        per_district: dict[str, int] = {}
-        for item in found:
-            if item.is_open:
-                per_district[item.district] = per_district.get(item.district, 0) + 1
+        per_district = await run_in_threadpool(queries.open_alarm_counts, self.db, session.user)
         return JSONResponse({"open_alarms": sum(per_district.values()),
                              "open_alarms_by_district": per_district})  # fmt: skip
 

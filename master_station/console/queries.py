@@ -28,10 +28,13 @@ __all__ = [
     "Forbidden",
     "alarm",
     "alarms",
+    "district_of",
     "district_summaries",
     "districts_of",
     "evidence",
+    "gateways_of",
     "open_alarm_count",
+    "open_alarm_counts",
     "seal_timeline",
     "ticket_answer",
     "tickets",
@@ -170,7 +173,8 @@ class DistrictSummary:
 
 
 def districts_of(db: Db) -> dict[str, str]:
-    """gateway → district (of its latest gateway.started); every gateway known is listed."""
+    """gateway → district (of its latest gateway.started); every gateway known is listed (the
+    whole fleet: for an unscoped user; `gateways_of` reads only a manager's)."""
     found = {str(g): UNKNOWN_DISTRICT for (g,) in db.query(
         "SELECT gateway FROM gateway_status UNION SELECT gateway FROM seal_state"
         " UNION SELECT gateway FROM chain_head")}  # fmt: skip
@@ -179,28 +183,58 @@ def districts_of(db: Db) -> dict[str, str]:
     return found
 
 
+def gateways_of(db: Db, user: User) -> dict[str, str]:
+    """gateway → district of every gateway the user sees: a manager's districts' gateways
+    (indexed by district), or every gateway known for an unscoped user."""
+    if not user.scoped:
+        return {g: d for g, d in districts_of(db).items() if user.sees(_known(d))}
+    rows = db.query(
+        "SELECT gateway, district FROM console_gateways"  # noqa: S608
+        f" WHERE district IN ({_marks(user.districts)})",
+        user.districts,
+    )
+    return {str(g): str(d) for g, d in rows}
+
+
+def district_of(db: Db, gateway: str) -> str | None:
+    """The district of one gateway (`unknown` before its gateway.started); None if unknown."""
+    rows = db.query("SELECT district FROM console_gateways WHERE gateway = ?", (gateway,))
+    if rows:
+        return str(rows[0][0])
+    for table in ("gateway_status", "chain_head", "seal_state"):
+        if db.query(f"SELECT 1 FROM {table} WHERE gateway = ? LIMIT 1", (gateway,)):  # noqa: S608
+            return UNKNOWN_DISTRICT
+    return None
+
+
 def district_summaries(db: Db, user: User, today: date) -> list[DistrictSummary]:
     """Per district the user sees: today's KPIs and the seal grid."""
-    districts = {g: d for g, d in districts_of(db).items() if user.sees(_known(d))}
+    districts = gateways_of(db, user)
     summaries: dict[str, DistrictSummary] = {}
     for district in districts.values():
         summaries.setdefault(district, DistrictSummary(district)).gateways += 1
+    if not districts:
+        return []
+    scope = sorted(districts) if user.scoped else None
+    where = "" if scope is None else f" WHERE gateway IN ({_marks(scope)})"
     online = {str(g): str(s) != "offline" for g, s in db.query(
-        "SELECT gateway, state FROM gateway_status")}  # fmt: skip
+        f"SELECT gateway, state FROM gateway_status{where}", scope or ())}  # fmt: skip  # noqa: S608
     for gateway, district in districts.items():
         summaries[district].gateways_online += int(online.get(gateway, False))
     for view in seal_views(db, districts):
         summaries[districts[view.gateway]].seals.append(view)
+    day = " AND day = ?" if where else " WHERE day = ?"
     for gateway, polls, good in db.query(
-        "SELECT gateway, meter_polls, meter_ok FROM kpi_daily WHERE day = ?", (today.isoformat(),)
+        f"SELECT gateway, meter_polls, meter_ok FROM kpi_daily{where}{day}",  # noqa: S608
+        [*(scope or ()), today.isoformat()],
     ):
         if str(gateway) in districts:
             summary = summaries[districts[str(gateway)]]
             summary.meter_polls += int(polls)
             summary.meter_ok += int(good)
-    for item in alarms(db, user, status="open", limit=None):
-        if item.district in summaries and item.is_open:
-            summaries[item.district].open_alarms += 1
+    for district, count in open_alarm_counts(db, user).items():
+        if district in summaries:
+            summaries[district].open_alarms = count
     for district, summary in summaries.items():
         summary.line_loss = _latest_line_loss(db, district)
     return [summaries[d] for d in sorted(summaries)]
@@ -222,13 +256,17 @@ def _latest_line_loss(db: Db, district: str) -> dict[str, Any] | None:
 def trends(db: Db, user: User, *, days: int, today: date) -> dict[str, Any]:
     """Daily series per district from the rollups, over the last `days` days (for the chart)."""
     since = (today - timedelta(days=days - 1)).isoformat()
+    scope = _scope(db, user)
+    if scope is not None and not scope:
+        return {"days": [], "districts": {}, "targets": TARGETS}
+    where = f" AND k.gateway IN ({_marks(scope)})" if scope else ""
     rows = db.query(
-        "SELECT COALESCE(g.district, 'unknown'), k.day, SUM(k.events), SUM(k.alarms),"
+        "SELECT COALESCE(g.district, 'unknown'), k.day, SUM(k.events), SUM(k.alarms),"  # noqa: S608
         " SUM(k.meter_polls), SUM(k.meter_ok), SUM(k.seals), SUM(k.seals_intact),"
         " SUM(k.locks_online), SUM(k.sealed), SUM(k.unsealed), SUM(k.denied)"
         " FROM kpi_daily k LEFT JOIN console_gateways g ON g.gateway = k.gateway"
-        " WHERE k.day >= ? GROUP BY COALESCE(g.district, 'unknown'), k.day",
-        (since,),
+        f" WHERE k.day >= ?{where} GROUP BY COALESCE(g.district, 'unknown'), k.day",
+        [since, *(scope or ())],
     )
     names = [(today - timedelta(days=days - 1 - i)).isoformat() for i in range(days)]
     series: dict[str, dict[str, list[float | None]]] = {}
@@ -266,19 +304,36 @@ def _empty_series(length: int) -> dict[str, list[float | None]]:
 # -- alarms ----------------------------------------------------------------------------------------
 
 
-def alarms(db: Db, user: User, *, status: str = "open", limit: int | None = 200) -> list[Alarm]:
-    """The inbox: `open` (not closed: open and acknowledged) or `closed`, newest first."""
+def alarms(db: Db, user: User, *, status: str = "open", limit: int = 200) -> list[Alarm]:
+    """The inbox: `open` (not closed: open and acknowledged) or `closed`, newest first.
+
+    A manager's is read by their gateways (index gateway, status, ts), not filtered out of
+    every district's."""
     where = "a.status IN ('open', 'acknowledged')" if status == "open" else "a.status = 'closed'"
-    sql = f"SELECT {ALARM_COLUMNS} FROM {ALARM_FROM} WHERE {where} ORDER BY a.ts DESC"  # noqa: S608
-    params: list[Any] = []
-    if user.scoped:
-        marks = ", ".join("?" for _ in user.districts)
-        sql = sql.replace(" ORDER BY", f" AND g.district IN ({marks}) ORDER BY")
-        params.extend(user.districts)
-    if limit is not None:
-        sql += " LIMIT ?"
-        params.append(limit)
-    return [_alarm(row) for row in db.query(sql, params)]
+    scope = _scope(db, user)
+    if scope is not None and not scope:
+        return []
+    if scope:
+        where += f" AND a.gateway IN ({_marks(scope)})"
+    sql = f"SELECT {ALARM_COLUMNS} FROM {ALARM_FROM} WHERE {where} ORDER BY a.ts DESC LIMIT ?"  # noqa: S608
+    return [_alarm(row) for row in db.query(sql, [*(scope or ()), limit])]
+
+
+def open_alarm_counts(db: Db, user: User) -> dict[str, int]:
+    """district → alarms counted in the open-alarms KPI (not closed, not cleared by a later
+    sealing), of the districts the user sees: one indexed count, no alarm is loaded."""
+    scope = _scope(db, user)
+    if scope is not None and not scope:
+        return {}
+    where = f" AND a.gateway IN ({_marks(scope)})" if scope else ""
+    rows = db.query(
+        "SELECT COALESCE(g.district, 'unknown'), COUNT(*) FROM console_alarms a"  # noqa: S608
+        " LEFT JOIN console_gateways g ON g.gateway = a.gateway WHERE a.status IN ('open',"
+        f" 'acknowledged') AND a.cleared_seq IS NULL{where} GROUP BY COALESCE(g.district,"
+        " 'unknown')",
+        scope or (),
+    )
+    return {str(d): int(n) for d, n in rows if user.sees(_known(str(d)))}
 
 
 def alarms_since(db: Db, after: int, limit: int = 200) -> list[Alarm]:
@@ -299,7 +354,7 @@ def newest_alarm_change(db: Db) -> int:
 
 
 def open_alarm_count(db: Db, user: User) -> int:
-    return sum(1 for a in alarms(db, user, status="open", limit=None) if a.is_open)
+    return sum(open_alarm_counts(db, user).values())
 
 
 def alarm(db: Db, user: User, alarm_id: str) -> Alarm | None:
@@ -351,7 +406,7 @@ def seal_timeline(
     db: Db, user: User, gateway: str, seal: str, *, limit: int = 200
 ) -> dict[str, Any]:
     """A seal's events (newest first) with chain status, its operations and its state now."""
-    district = districts_of(db).get(gateway)
+    district = district_of(db, gateway)
     if district is None:
         return {}
     if not user.sees(_known(district)):
@@ -459,12 +514,15 @@ def _lock_entries(db: Db, gateway: str, seal: str) -> list[dict[str, Any]]:
 
 def tickets(db: Db, user: User, *, limit: int = 100) -> list[dict[str, Any]]:
     """Tickets issued from the console, newest first, in the user's districts."""
-    districts = districts_of(db)
+    scope = _scope(db, user)
+    if scope is not None and not scope:
+        return []
+    where = f" WHERE gateway IN ({_marks(scope)})" if scope else ""
     rows = db.query(
-        "SELECT ticket_id, gateway, work_order, flow, operator, role, seals, ops, not_before,"
+        "SELECT ticket_id, gateway, work_order, flow, operator, role, seals, ops, not_before,"  # noqa: S608
         " not_after, max_uses, issued_by, issued_at, status, reply, updated_at"
-        " FROM console_tickets ORDER BY issued_at DESC LIMIT ?",
-        (limit * 4,),
+        f" FROM console_tickets{where} ORDER BY issued_at DESC LIMIT ?",
+        [*(scope or ()), limit],
     )
     names = ("ticket_id", "gateway", "work_order", "flow", "operator", "role", "seals", "ops",
              "not_before", "not_after", "max_uses", "issued_by", "issued_at", "status", "reply",
@@ -472,11 +530,10 @@ def tickets(db: Db, user: User, *, limit: int = 100) -> list[dict[str, Any]]:
     found = []
     for row in rows:
         item = dict(zip(names, row, strict=True))
-        if user.sees(_known(districts.get(str(item["gateway"]), UNKNOWN_DISTRICT))):
-            item["seals"] = ", ".join(json.loads(str(item["seals"])))
-            item["reason"], item["detail"] = ticket_answer(str(item["status"]), str(item["reply"]))
-            found.append(item)
-    return found[:limit]
+        item["seals"] = ", ".join(json.loads(str(item["seals"])))
+        item["reason"], item["detail"] = ticket_answer(str(item["status"]), str(item["reply"]))
+        found.append(item)
+    return found
 
 
 def ticket_answer(status: str, reply: str) -> tuple[str, str]:
@@ -499,7 +556,16 @@ def ticket_answer(status: str, reply: str) -> tuple[str, str]:
 
 
 def visible_gateways(db: Db, user: User) -> list[str]:
-    return sorted(g for g, d in districts_of(db).items() if user.sees(_known(d)))
+    return sorted(gateways_of(db, user))
+
+
+def _scope(db: Db, user: User) -> list[str] | None:
+    """The gateways a scoped user's reads are limited to (None: every gateway)."""
+    return sorted(gateways_of(db, user)) if user.scoped else None
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" for _ in values)
 
 
 def _known(district: str | None) -> str | None:

@@ -351,18 +351,27 @@ def seal_condition(state: str, wire: str, tamper: bool, online: bool) -> str:
 
 
 def seal_views(db: Db, gateways: Iterable[str] | None = None) -> list[SealView]:
-    """Every seal known (of `gateways`), by gateway and seal."""
-    wanted = None if gateways is None else set(gateways)
-    online = _gateway_online(db)
+    """Every seal known (of `gateways`: read by primary key prefix), by gateway and seal."""
+    wanted = None if gateways is None else sorted(set(gateways))
+    if wanted is not None and not wanted:
+        return []
+    where = "" if wanted is None else f" WHERE gateway IN ({', '.join('?' for _ in wanted)})"
+    params = wanted or []
+    online = _gateway_online(db, where, params)
     views: dict[tuple[str, str], SealView] = {}
     for gw, seal, lock, state, wire, tamper, up, ticket in db.query(
-        "SELECT gateway, seal, lock_id, state, wire, tamper, online, ticket_id FROM console_seals"
+        "SELECT gateway, seal, lock_id, state, wire, tamper, online, ticket_id"  # noqa: S608
+        f" FROM console_seals{where}",
+        params,
     ):
         views[(str(gw), str(seal))] = SealView(
             str(gw), str(seal), str(lock), str(state), str(wire), bool(tamper), bool(up),
             str(ticket),
         )  # fmt: skip
-    for gw, seal, payload in db.query("SELECT gateway, seal, payload FROM seal_state"):
+    for gw, seal, payload in db.query(
+        f"SELECT gateway, seal, payload FROM seal_state{where}",  # noqa: S608
+        params,
+    ):
         body = json_object(payload)
         known = views.get((str(gw), str(seal)))
         views[(str(gw), str(seal))] = SealView(
@@ -373,8 +382,6 @@ def seal_views(db: Db, gateways: Iterable[str] | None = None) -> list[SealView]:
         )  # fmt: skip
     result = []
     for (gw, _seal), view in sorted(views.items()):
-        if wanted is not None and gw not in wanted:
-            continue
         gateway_up = online.get(gw, True)
         result.append(view if gateway_up else dataclasses.replace(view, online=False))
     return result
@@ -489,9 +496,9 @@ def _health_counters(data: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
     return counters
 
 
-def _gateway_online(db: Db) -> dict[str, bool]:
+def _gateway_online(db: Db, where: str = "", params: Sequence[str] = ()) -> dict[str, bool]:
     return {str(g): str(s) != "offline" for g, s in db.query(
-        "SELECT gateway, state FROM gateway_status")}  # fmt: skip
+        f"SELECT gateway, state FROM gateway_status{where}", params)}  # fmt: skip  # noqa: S608
 
 
 def _summary(data: Mapping[str, Any]) -> str:

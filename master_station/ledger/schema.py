@@ -99,6 +99,7 @@ CREATE INDEX IF NOT EXISTS lock_entries_by_gateway ON lock_entries (gateway, loc
 # master-side audit trail, accounts and sessions. Every console page reads these through an index.
 CONSOLE_SCHEMA = """
 CREATE INDEX IF NOT EXISTS problems_by_received ON problems (received_at);
+CREATE INDEX IF NOT EXISTS problems_by_seq ON problems (gateway, seq);
 CREATE TABLE IF NOT EXISTS console_gateways (
     gateway TEXT PRIMARY KEY,
     district TEXT NOT NULL,
@@ -144,6 +145,7 @@ CREATE TABLE IF NOT EXISTS console_alarms (
     change_seq BIGINT NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS console_alarms_by_status ON console_alarms (status, ts);
+CREATE INDEX IF NOT EXISTS console_alarms_by_gateway ON console_alarms (gateway, status, ts);
 CREATE INDEX IF NOT EXISTS console_alarms_by_change ON console_alarms (change_seq);
 CREATE TABLE IF NOT EXISTS console_alarm_clock (
     id INTEGER PRIMARY KEY,
@@ -239,7 +241,8 @@ CREATE TABLE IF NOT EXISTS console_tickets (
     reply TEXT NOT NULL,
     updated_at TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS console_tickets_by_issued ON console_tickets (issued_at)
+CREATE INDEX IF NOT EXISTS console_tickets_by_issued ON console_tickets (issued_at);
+CREATE INDEX IF NOT EXISTS console_tickets_by_gateway ON console_tickets (gateway, issued_at)
 """
 EVENT_COLUMNS = "gateway, seq, id, type, ts, priority, subject, payload"
 INSERT_EVENT = (
