@@ -11,12 +11,14 @@ real EventBuffer with timestamps of the past day, as a backlog after an outage w
   `bytes_per_reading_wire`; the whole district hour, times 24, for `bytes_per_day_district`.
 - drain: a backlog of readings drained by the Uplink straight to the broker, published,
   acknowledged and marked, beside plain paho publishing the same JSON payloads at QoS 1.
+
+The gateway side runs in a child process, `sealgw probe drain --drafts FILE` (gateway/probe/
+drain.py): the bench writes the district's drafts, the probe commits and drains them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import random
@@ -30,21 +32,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.uplink_common import raw_paho_rate, timed_drain
+from bench.probes import probe
+from bench.uplink_common import raw_paho_rate, sealed_payloads, write_drafts
 from firmware_sim.mosquitto import MosquittoBroker
-from gateway.config.model import BufferSection, UplinkSection
 from gateway.protocol.canonical import JSONValue
-from gateway.protocol.clock import SystemClock
 from gateway.protocol.events import EventDraft, EventType, Priority
-from gateway.store.buffer import EventBuffer
-from gateway.uplink.commands import CommandDispatcher
-from gateway.uplink.uplink import Uplink
 
 GATEWAY = "gw-bench"
 METERS = 200
 READS_PER_HOUR = 4
 MAX_INFLIGHT = 100
-MIB = 1024 * 1024
 ENCODINGS = ("json", "batch")
 PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles" / "dtsu666.toml"
 
@@ -73,10 +70,11 @@ async def _measure(
     for index in range(rounds):
         drafts = district.readings(math.ceil(drain_n / (METERS * READS_PER_HOUR)))[:drain_n]
         for encoding in ENCODINGS:
-            db = work / f"drain-{encoding}-{index}.db"
-            payloads = await _fill(db, drafts)
-            rates[encoding].append(await _drain_rate(broker, db, encoding, len(payloads)))
+            rates[encoding].append(
+                await _drain(broker.url, work / f"drain-{encoding}-{index}", encoding, drafts)
+            )
             if encoding == "json":
+                payloads = sealed_payloads(drafts, GATEWAY)
                 rates["raw_paho"].append(await asyncio.to_thread(_raw_paho, broker, payloads))
         _say(
             verbose,
@@ -338,11 +336,10 @@ def event_publishes(stream: bytes) -> tuple[int, int]:
 
 
 async def _wire(
-    broker: MosquittoBroker, db: Path, encoding: str, drafts: list[EventDraft]
+    broker: MosquittoBroker, work: Path, encoding: str, drafts: list[EventDraft]
 ) -> dict[str, int]:
-    await _fill(db, drafts)
     async with _Relay(broker) as relay:
-        await _drain(relay.url, db, encoding)
+        await _drain(relay.url, work, encoding, drafts)
         await asyncio.sleep(0.2)  # let the relay pass the last bytes on
         sent, messages = event_publishes(bytes(relay.upstream))
     readings = sum(1 for d in drafts if d.type == "meter.reading")
@@ -352,38 +349,14 @@ async def _wire(
 # -- drain ------------------------------------------------------------------------------------
 
 
-def _buffer(path: Path) -> EventBuffer:
-    settings = BufferSection(max_bytes=2048 * MIB, audit_reserve_bytes=16 * MIB)
-    return EventBuffer(path, GATEWAY, settings, SystemClock())
-
-
-async def _fill(path: Path, drafts: list[EventDraft]) -> list[bytes]:
-    buffer = _buffer(path)
-    await buffer.open()
-    events = await asyncio.gather(*(buffer.submit(draft) for draft in drafts))
-    await buffer.close()
-    return [event.payload for event in events]
-
-
-async def _drain(url: str, path: Path, encoding: str) -> float:
-    """Drain the buffer at `path` with the Uplink; seconds until everything is marked."""
-    buffer = _buffer(path)
-    await buffer.open()
-    settings = UplinkSection(
-        url=url,
-        drain_rate_per_s=0,
-        max_inflight=MAX_INFLIGHT,
-        encoding=encoding,  # type: ignore[arg-type]
-    )
-    uplink = Uplink(settings, GATEWAY, f"{GATEWAY}-{path.stem}", buffer, CommandDispatcher(),
-                    SystemClock(), "bench")  # fmt: skip
-    elapsed = await timed_drain(uplink, buffer)
-    await buffer.close()
-    return elapsed
-
-
-async def _drain_rate(broker: MosquittoBroker, path: Path, encoding: str, count: int) -> float:
-    return count / await _drain(broker.url, path, encoding)
+async def _drain(url: str, work: Path, encoding: str, drafts: list[EventDraft]) -> float:
+    """The gateway's uplink drains `drafts`, committed as a backlog: events per second."""
+    drained = await probe(
+        "drain", "--broker", url, "--drafts", write_drafts(work.with_suffix(".jsonl"), drafts),
+        "--encoding", encoding, "--max-inflight", MAX_INFLIGHT, "--gateway-id", GATEWAY,
+        "--client-id", f"{GATEWAY}-{work.name}", "--work-dir", work,
+    )  # fmt: skip
+    return float(drained["events_per_s"])
 
 
 def _raw_paho(broker: MosquittoBroker, payloads: list[bytes]) -> float:
@@ -397,6 +370,3 @@ def _raw_paho(broker: MosquittoBroker, payloads: list[bytes]) -> float:
 def _say(verbose: bool, text: str) -> None:
     if verbose:
         print(text, file=sys.stderr)
-
-
-logging.getLogger("gateway").setLevel(logging.WARNING)
