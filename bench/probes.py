@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -20,30 +19,22 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.children import die_with_parent
+from firmware_sim.procs import child_env
 
 __all__ = [
-    "REPO",
     "ProbeError",
     "ProbeSession",
     "probe",
-    "probe_env",
     "probe_session",
     "run_probe",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 900.0
 STOP_S = 20.0
 
 
 class ProbeError(RuntimeError):
     """A probe failed: its exit status and the end of what it wrote to stderr."""
-
-
-def probe_env() -> dict[str, str]:
-    """The environment of a child gateway: this checkout first on the path, unbuffered."""
-    path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": f"{REPO}:{path}".rstrip(":"), "PYTHONUNBUFFERED": "1"}
 
 
 def probe_argv(name: str, args: Sequence[str]) -> list[str]:
@@ -55,7 +46,7 @@ def run_probe(name: str, *args: object, timeout: float = TIMEOUT_S) -> dict[str,
     """Run one probe to its end; its JSON object. ProbeError when it fails."""
     done = subprocess.run(
         probe_argv(name, [str(arg) for arg in args]),
-        env=probe_env(),
+        env=child_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -72,7 +63,7 @@ async def probe(name: str, *args: object) -> dict[str, Any]:
     """`run_probe` for a bench whose event loop must keep running (it serves the device)."""
     process = await asyncio.create_subprocess_exec(
         *probe_argv(name, [str(arg) for arg in args]),
-        env=probe_env(),
+        env=child_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -142,7 +133,7 @@ async def probe_session(name: str, log: Path, *args: object) -> AsyncIterator[Pr
     with log.open("ab") as stderr:
         process = await asyncio.create_subprocess_exec(
             *probe_argv(name, [str(arg) for arg in args]),
-            env=probe_env(),
+            env=child_env(),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=stderr,

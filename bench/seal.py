@@ -169,27 +169,25 @@ class _Radio:
             {"ticket": encode_ticket(ticket).decode("utf-8"), "certificate": self.certificate}
         )
 
-    async def handheld_requests(self, code: str, count: int, seal_id: str) -> list[float]:
+    async def handheld_requests(
+        self, radio: BleHandheldRadio, code: str, count: int, seal_id: str
+    ) -> list[float]:
         """Pair a BLE handheld with `code`, open a session and time `count` requests (ms)."""
-        radio = BleHandheldRadio(self.locks.link)
 
         async def dial(address: str) -> HandheldLink:
             del address
             return await radio.dial()
 
-        try:
-            identity = HandheldIdentity(self.certificate, self.handheld)
-            handheld = SimulatedHandheld(identity, dial=dial)
-            await handheld.pair("ble", code)
-            timings: list[float] = []
-            async with await handheld.open_session("ble") as session:
-                for _ in range(count):
-                    started = time.perf_counter()
-                    await session.seal_state(seal_id)
-                    timings.append((time.perf_counter() - started) * 1000)
-            return timings
-        finally:
-            await radio.close()
+        identity = HandheldIdentity(self.certificate, self.handheld)
+        handheld = SimulatedHandheld(identity, dial=dial)
+        await handheld.pair("ble", code)
+        timings: list[float] = []
+        async with await handheld.open_session("ble") as session:
+            for _ in range(count):
+                started = time.perf_counter()
+                await session.seal_state(seal_id)
+                timings.append((time.perf_counter() - started) * 1000)
+        return timings
 
 
 async def _round(work: Path, sweep_locks: int, ops: int) -> _Round:
@@ -218,9 +216,14 @@ async def _drive(
     await probe.send(radio.documents(booted["credential_key"]))
     measured = await probe.phase("measured")
     code = (await probe.phase("handheld"))["pairing_code"]
-    handheld_ms = await radio.handheld_requests(code, ops, next(iter(radio.locks.lock_ids)))
-    await probe.send("done")
-    await probe.finish()
+    handheld = BleHandheldRadio(radio.locks.link)
+    try:
+        seal_id = next(iter(radio.locks.lock_ids))
+        handheld_ms = await radio.handheld_requests(handheld, code, ops, seal_id)
+        await probe.send("done")
+        await probe.finish()  # the gateway ends the handheld's link as it stops
+    finally:
+        await handheld.close()
     return measured, handheld_ms
 
 
