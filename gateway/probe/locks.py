@@ -4,8 +4,9 @@ The probe builds the daemon's own services from the config (gateway.daemon.servi
 scratch state directory of its own: a fresh buffer, lock state, ticket store and credential
 key, never the gateway's. It runs the lock service and reports, as JSON lines (docs/probe.md):
 
-1. `booted`: every configured lock reconciled once after start (`boot_sweep_s`), and the
-   probe's X25519 credential key, for the master station to issue it a ticket;
+1. `booted`: every configured lock reached once after start, its log reconciled
+   (`boot_sweep_s`), and the probe's X25519 credential key, for the master station to issue
+   it a ticket (keep `--work-dir` to keep the key for a later run with that ticket);
 2. the ticket and operator certificate, from files or as one JSON line on stdin
    (`{"ticket": ..., "certificate": ...}`); without them the operations are skipped;
 3. `measured`: a sweep (the scheduler runs a background reconciliation of every lock at once:
@@ -25,7 +26,7 @@ import asyncio
 import dataclasses
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,6 @@ from gateway.locks.session import LockSession
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.certs import parse_certificate
 from gateway.protocol.clock import SystemClock
-from gateway.protocol.events import Event, EventType
 from gateway.protocol.strict_json import load_object
 from gateway.protocol.tickets import Ticket, parse_ticket, x25519_public_bytes
 from gateway.store.buffer import EventBuffer
@@ -149,8 +149,6 @@ class _Rig:
         self.spy: SessionSpy = SessionSpy()
         self.certificate = ""
         self.extra_connects = 0
-        self._committed: list[Event] = []
-        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._started = 0.0
 
@@ -161,7 +159,6 @@ class _Rig:
 
     async def __aenter__(self) -> _Rig:
         await self.buffer.open()
-        self.buffer.on_commit = self._on_commit
         try:
             self.services = build_services(
                 self.config, clock=self.clock, buffer=self.buffer, uplink=self.uplink,
@@ -183,17 +180,20 @@ class _Rig:
         await self.buffer.close()
 
     async def boot(self) -> dict[str, JSONValue]:
-        """Wait until every lock was reconciled once (seal.boot) and no session is left."""
-        count = len(self.locks.locks)
-        async with asyncio.timeout(WAIT_S):
-            while sum(1 for e in self._committed if e.type == EventType.SEAL_BOOT) < count:
-                self._changed.clear()
-                await self._changed.wait()
+        """Wait until a session reached every lock once after start, and no session is left."""
+        locks = set(self.locks.locks)
+        try:
+            await self.spy.reached_all(locks)
+        except TimeoutError:
+            missing = ", ".join(sorted(locks - self.spy.reached))
+            raise ConfigError(
+                "ble.locks", f"not reached within {WAIT_S:.0f} s: {missing}"
+            ) from None
         boot_s = time.monotonic() - self._started
         await self.spy.idle()
         key = load_or_create_credential_key(self.config.gateway.state_dir / CREDENTIAL_KEY_FILE)
         return {
-            "locks": count,
+            "locks": len(locks),
             "boot_sweep_s": round(boot_s, 3),
             "credential_key": x25519_public_bytes(key).hex(),
         }
@@ -270,10 +270,6 @@ class _Rig:
         lock = self.locks.locks[seal_id]
         return lambda session: self.locks.log_sync.refresh(lock, session)
 
-    def _on_commit(self, events: Sequence[Event]) -> None:
-        self._committed.extend(events)
-        self._changed.set()
-
 
 class SessionSpy:
     """Wraps the scheduler's `run`: times each action, counts sessions in flight, sees MTUs."""
@@ -283,9 +279,11 @@ class SessionSpy:
         self.running = 0
         self.peak = 0
         self.mtus: list[int] = []
+        self.reached: set[str] = set()  # seals whose session action completed
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._progress = asyncio.Event()
 
     def watch(self, scheduler: ConnectionScheduler[LockSession]) -> None:
         """Spy on `scheduler` (the real `run` still does all the work)."""
@@ -300,7 +298,7 @@ class SessionSpy:
             self._in_flight += 1
             self._idle.clear()
             try:
-                return await real(seal_id, urgency, self._timed(urgency, action), **kwargs)
+                return await real(seal_id, urgency, self._timed(seal_id, urgency, action), **kwargs)
             finally:
                 self._in_flight -= 1
                 if not self._in_flight:
@@ -313,8 +311,15 @@ class SessionSpy:
         async with asyncio.timeout(WAIT_S):
             await self._idle.wait()
 
+    async def reached_all(self, seals: set[str]) -> None:
+        """Wait until a session action completed on every one of `seals` (TimeoutError)."""
+        async with asyncio.timeout(WAIT_S):
+            while not seals <= self.reached:
+                self._progress.clear()
+                await self._progress.wait()
+
     def _timed(
-        self, urgency: Urgency, action: Callable[[LockSession], Awaitable[Any]]
+        self, seal_id: str, urgency: Urgency, action: Callable[[LockSession], Awaitable[Any]]
     ) -> Callable[[LockSession], Awaitable[Any]]:
         async def timed(session: LockSession) -> Any:
             self.running += 1
@@ -322,10 +327,13 @@ class SessionSpy:
             self.mtus.append(session.att_mtu)
             began = time.perf_counter()
             try:
-                return await action(session)
+                result = await action(session)
             finally:
                 self.durations.append((urgency, time.perf_counter() - began))
                 self.running -= 1
+            self.reached.add(seal_id)
+            self._progress.set()
+            return result
 
         return timed
 
