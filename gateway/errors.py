@@ -51,6 +51,7 @@ __all__ = [
     "ModbusExceptionCode",
     "ModbusExceptionError",
     "OutcomeUnknownError",
+    "ProbeError",
     "ProfileError",
     "ProtocolError",
     "ProvisionError",
@@ -335,6 +336,10 @@ class ControlError(GatewayError):
 
 class AuditInputError(GatewayError):
     """The input or a key cannot be read at all (a usage or I/O error, not a finding)."""
+
+
+class ProbeError(GatewayError):
+    """A probe (`sealgw probe`) could not measure: its broker, lock or work did not behave."""
 
 
 class ExitCode(IntEnum):

@@ -199,8 +199,12 @@ def _locks(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 def _run(args: argparse.Namespace, name: str, probe: Probe) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     logging.getLogger("pymodbus").setLevel(logging.ERROR)
-    with _work_dir(getattr(args, "work_dir", None)) as work:
-        figures = probe(args, work)
+    try:
+        with _work_dir(getattr(args, "work_dir", None)) as work:
+            figures = probe(args, work)
+    except OSError as exc:  # a file named on the command line, the scratch directory
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.FAILURE
     result = {"probe": name, **_machine(), **figures}
     _print_line(result, as_json=args.json)
     return ExitCode.OK

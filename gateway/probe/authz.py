@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.audit.verify import GatewayKeys, audit_events
 from gateway.auth import policy
 from gateway.auth.policy import DEFAULT_TABLE, GatewayTrust, OperationRequest, decide
+from gateway.errors import ProbeError
 from gateway.probe.timing import per_call_us
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.certs import (
@@ -158,7 +159,7 @@ class _World:
             gateway=self.trust,
         )
         if not decision.allowed:
-            raise RuntimeError(f"probe decision denied: {decision.reason}")
+            raise ProbeError(f"the probe's decision was denied: {decision.reason}")
 
     def verify_ticket_once(self) -> None:
         """Decode and verify the ticket document as received on cmd/ticket."""
@@ -227,7 +228,7 @@ def _checkpoint_us(batch: int, rounds: int) -> tuple[float, float]:
     draft = EventDraft(CHECKPOINT_TYPE, GATEWAY, data, Priority.AUDIT, moment)
     obj = json.loads(seal_event(draft, GATEWAY, 42, head[1]).payload)
     if not verify_checkpoint(obj, public):
-        raise RuntimeError("probe checkpoint does not verify")
+        raise ProbeError("the probe's checkpoint does not verify")
     sign = per_call_us(lambda: checkpoint_data(identity, GATEWAY, head, moment), batch, rounds)
     verify = per_call_us(lambda: verify_checkpoint(obj, public), batch, rounds)
     return sign, verify
@@ -244,7 +245,7 @@ def _audit_rate(count: int, rounds: int) -> float:
         report = audit_events(objs, keys)
         rates.append(len(objs) / (time.perf_counter() - start))
         if not report.ok:
-            raise RuntimeError(f"probe chain does not verify: {report.problems[:3]}")
+            raise ProbeError(f"the probe's chain does not verify: {report.problems[:3]}")
     return statistics.median(rates)
 
 

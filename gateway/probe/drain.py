@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from gateway.errors import ProbeError
 from gateway.probe.buffer import fill_buffer, open_probe_buffer
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.clock import SystemClock
@@ -32,6 +33,7 @@ from gateway.uplink.uplink import Uplink
 __all__ = ["DrainSettings", "probe_drain"]
 
 STOP_TIMEOUT_S = 5.0
+CONNECT_DEADLINE_S = 30.0
 POLL_S = 0.005
 
 
@@ -98,7 +100,10 @@ async def _timed_drain(uplink: Uplink, buffer: EventBuffer) -> float:
         while sum(buffer.depth().values()) > 0:
             if task.done():
                 task.result()
-                raise RuntimeError("the uplink stopped during the drain")
+                raise ProbeError("the uplink stopped during the drain")
+            if not uplink.stats.connections and time.perf_counter() - start > CONNECT_DEADLINE_S:
+                url = uplink.settings.url
+                raise ProbeError(f"no connection to {url} within {CONNECT_DEADLINE_S:g} s")
             await asyncio.sleep(POLL_S)
         elapsed = time.perf_counter() - start
         await uplink.stop(timeout=STOP_TIMEOUT_S)

@@ -38,7 +38,7 @@ from gateway.auth.ticket_store import load_or_create_credential_key
 from gateway.config.loader import load_config
 from gateway.config.model import GatewayConfig
 from gateway.daemon.services import Services, build_services
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ProbeError
 from gateway.locks.scheduler import ConnectionScheduler, Urgency
 from gateway.locks.service import LockService
 from gateway.locks.session import LockSession
@@ -186,9 +186,7 @@ class _Rig:
             await self.spy.reached_all(locks)
         except TimeoutError:
             missing = ", ".join(sorted(locks - self.spy.reached))
-            raise ConfigError(
-                "ble.locks", f"not reached within {WAIT_S:.0f} s: {missing}"
-            ) from None
+            raise ProbeError(f"locks not reached within {WAIT_S:.0f} s: {missing}") from None
         boot_s = time.monotonic() - self._started
         await self.spy.idle()
         key = load_or_create_credential_key(self.config.gateway.state_dir / CREDENTIAL_KEY_FILE)
@@ -237,7 +235,7 @@ class _Rig:
             outcome = await operations.wait(started.op_id)
             ended = time.monotonic()
             if outcome is None or not outcome.ok:
-                raise RuntimeError(f"{op} on {seal_id} failed: {outcome}")
+                raise ProbeError(f"{op} on {seal_id} failed: {outcome}")
             connected = [d * 1000 for u, d in spy.durations if u is Urgency.HANDHELD]
             done.append(
                 {

@@ -22,7 +22,7 @@ from typing import Literal
 
 from gateway.drivers.bus import RegisterBus
 from gateway.drivers.modbus.bus import open_bus
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, ProbeError
 from gateway.meters.plan import (
     EVERY_GAP,
     ReadPlan,
@@ -130,4 +130,4 @@ async def _read(probe: ModbusProbe, transport: str, plan: ReadPlan) -> dict[str,
 async def _cycle(bus: RegisterBus, unit: int, plan: ReadPlan, values: int) -> None:
     got = await read_plan(bus, unit, plan)
     if len(got) != values:
-        raise RuntimeError(f"a cycle brought {len(got)} of {values} values")
+        raise ProbeError(f"a cycle brought {len(got)} of {values} values")
