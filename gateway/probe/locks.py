@@ -119,16 +119,20 @@ async def _documents(rig: _Rig, documents: Documents, stdin: _StdinLines | None)
     if documents.stdin:
         assert stdin is not None
         line = load_object(await stdin.line(), "documents line")
-        ticket_doc, cert_doc = str(line["ticket"]), str(line["certificate"])
+        ticket_doc, cert_doc = line.get("ticket"), line.get("certificate")
+        if not isinstance(ticket_doc, str) or not isinstance(cert_doc, str):
+            raise ProbeError('the documents line needs "ticket" and "certificate" strings')
     elif documents.ticket is not None and documents.certificate is not None:
         ticket_doc = documents.ticket.read_text(encoding="utf-8")
         cert_doc = documents.certificate.read_text(encoding="utf-8")
+    elif documents.ticket is not None or documents.certificate is not None:
+        raise ConfigError("--ticket", "operations need both --ticket and --certificate")
     else:
         return None
-    tickets = rig.services.authorization
-    assert tickets is not None
-    tickets.tickets.accept_certificate(cert_doc)
-    tickets.tickets.accept_ticket(ticket_doc)
+    authorization = rig.services.authorization
+    assert authorization is not None  # the lock service needs it (daemon/services.py)
+    authorization.tickets.accept_certificate(cert_doc)
+    authorization.tickets.accept_ticket(ticket_doc)
     rig.certificate = cert_doc  # its device key is the requester of every operation
     return parse_ticket(ticket_doc)
 
