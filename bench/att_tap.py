@@ -7,7 +7,9 @@ message type sits in byte 4 of a first fragment written to the command character
 notified on the response characteristic (docs/protocol.md, sections 3 and 4).
 
 The tap also samples the number of LE links the gateway's controller holds at every PDU, so
-`peak_links` is the highest number of simultaneous connections seen on the wire.
+`peak_links(start, end)` is the highest number of simultaneous connections seen on the wire.
+Times are `time.monotonic()`, the system's monotonic clock that every process of the machine
+shares, so a window the gateway's probe reports (another process) cuts the record exactly.
 """
 
 from __future__ import annotations
@@ -112,7 +114,7 @@ class AttTap:
 
     def __init__(self, link: LocalLink, gateway: Controller) -> None:
         self.pdus: list[AttPdu] = []
-        self.peak_links = 0
+        self.links: list[tuple[float, int]] = []  # (time, LE links of the gateway) per ACL PDU
         self._gateway = gateway
         self._link = link
         self._real = link.send_acl_data
@@ -122,18 +124,18 @@ class AttTap:
         """Stop tapping."""
         self._link.send_acl_data = self._real  # type: ignore[method-assign]
 
-    def mark(self) -> int:
-        """A position to slice the record from."""
-        return len(self.pdus)
+    def between(self, start: float, end: float, lock: str | None = None) -> list[AttPdu]:
+        """The PDUs recorded from `start` to `end` (monotonic), optionally of one lock only."""
+        return [p for p in self.pdus if start <= p.t <= end and (lock is None or p.lock == lock)]
 
-    def since(self, mark: int, lock: str | None = None) -> list[AttPdu]:
-        """The PDUs recorded after `mark`, optionally only those of one lock."""
-        return [p for p in self.pdus[mark:] if lock is None or p.lock == lock]
+    def peak_links(self, start: float, end: float) -> int:
+        """The most LE links the gateway's controller held at once from `start` to `end`."""
+        return max((n for t, n in self.links if start <= t <= end), default=0)
 
     def _spy(
         self, sender: Controller, destination: Any, transport: core.PhysicalTransport, data: bytes
     ) -> None:
-        self.peak_links = max(self.peak_links, len(self._gateway.le_connections))
+        self.links.append((time.monotonic(), len(self._gateway.le_connections)))
         from_gateway = sender is self._gateway
         lock = str(destination if from_gateway else sender.random_address)
         pdu = _parse(data, from_gateway, lock)
@@ -215,7 +217,7 @@ def _parse(data: bytes, from_gateway: bool, lock: str) -> AttPdu | None:
     handle, value = None, b""
     if opcode in (*_WRITES, NOTIFICATION) and len(payload) >= 3:
         handle, value = int.from_bytes(payload[1:3], "little"), bytes(payload[3:])
-    return AttPdu(time.perf_counter(), from_gateway, lock, opcode, handle, value)
+    return AttPdu(time.monotonic(), from_gateway, lock, opcode, handle, value)
 
 
 _TYPE_NAMES = {member.value: member.name for member in MessageType}

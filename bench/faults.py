@@ -20,30 +20,27 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from firmware_sim.locks.world import MASTER_DIR
 from firmware_sim.mosquitto import MosquittoBroker
+from firmware_sim.network import black_hole, syn_sent_to
+from firmware_sim.procs import Child, SimControl
 from gateway.protocol.chain import verify_chain
 from master_station.authority import MasterAuthority
 from master_station.subscriber import EventSubscriber
 
 GATEWAY = "gw-bench-faults"
-REPO = Path(__file__).resolve().parents[1]
 RATE_PER_S = 200
 COVER_METERS = ("M-645-1", "M-645-2", "M-645-3", "M-645-4", "M-645-5")
 HEAL_TIMEOUT_S = 60.0
@@ -74,58 +71,34 @@ def run(*, quick: bool = False, verbose: bool = True) -> dict[str, Any]:
 
 
 class _Sim:
-    """`sealgw sim` with its stdout read by a thread: control answers and the quiet line."""
+    """`sealgw sim` with its control channel: faults in, `ok` answers and the quiet line out."""
 
     def __init__(self, work: Path, broker: MosquittoBroker, sizes: Sizes, activity_s: float):
         self.config = work / "gw.toml"
         self.truth = work / "truth.jsonl"
         self.state = work / "sim"
-        argv = [
-            sys.executable, "-m", "gateway", "sim", "--broker", broker.url,
-            "--write-config", str(self.config), "--truth", str(self.truth),
-            "--state-dir", str(self.state), "--locks", str(sizes.locks),
-            "--activity-seconds", str(activity_s), "--gateway-id", GATEWAY,
-            "--meter-poll-s", "1", "--seed", "13",
+        args = [
+            "sim", "--broker", broker.url, "--write-config", str(self.config),
+            "--truth", str(self.truth), "--state-dir", str(self.state),
+            "--locks", str(sizes.locks), "--activity-seconds", str(activity_s),
+            "--gateway-id", GATEWAY, "--meter-poll-s", "1", "--seed", "13",
         ]  # fmt: skip
-        with (work / "sim.log").open("ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=_env()
-            )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.quiet = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        ready = self.lines.get(timeout=60)
-        if not ready.startswith("sim ready"):
-            raise RuntimeError(f"simulator did not start: {ready!r}")
+        self.child = Child("sim", args, work / "sim.log", control=True)
+        self.control = SimControl(self.child)
+        self.control.wait_line("sim ready", 60)
+
+    def wait_quiet(self, timeout: float) -> None:
+        self.control.quiet.wait(timeout)
 
     def command(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        self.process.stdin.flush()
-        answer = self.lines.get(timeout=10)
-        if answer != f"ok {line}":
-            raise RuntimeError(f"simulator refused {line!r}: {answer}")
+        self.control.command(line, timeout=10)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        for stream in (self.process.stdin, self.process.stdout):
+        self.child.stop(timeout=20)
+        for stream in (self.child.process.stdin, self.child.process.stdout):
             if stream is not None:
                 with contextlib.suppress(OSError):
                     stream.close()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for raw in self.process.stdout:
-            line = raw.decode(errors="replace").strip()
-            if line.startswith("sim quiet"):
-                self.quiet.set()
-            else:
-                self.lines.put(line)
 
 
 @dataclass(slots=True)
@@ -154,15 +127,14 @@ class _Bench:
         self.config = self.sim.config
         _tune_config(self.config)
         self.subscriber = EventSubscriber(broker.host, broker.port).start()
-        self.gateway: subprocess.Popen[bytes] | None = None
+        self.gateway: Child | None = None
 
     def __enter__(self) -> _Bench:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        if self.gateway is not None and self.gateway.poll() is None:
+        if self.gateway is not None and self.gateway.alive():
             self.gateway.kill()
-            self.gateway.wait()
         with contextlib.suppress(Exception):
             self.subscriber.stop()
         self.sim.stop()
@@ -172,7 +144,7 @@ class _Bench:
         self._wait_meters_polled()
         self._power_cuts()
         self._broker_flaps()
-        self.sim.quiet.wait(timeout=120)
+        self.sim.wait_quiet(timeout=120)
         healed = self._heal()
         report = self._compare(healed)
         self.tally.stop_s.append(self._stop(self.gateway))
@@ -189,8 +161,8 @@ class _Bench:
                 self._maybe_cover()
                 time.sleep(0.2)
             assert self.gateway is not None
-            self.gateway.send_signal(signal.SIGKILL)
-            self.gateway.wait(10)
+            self.gateway.process.send_signal(signal.SIGKILL)
+            self.gateway.process.wait(10)
             self.tally.kills += 1
             if self.rng.random() < 0.5:  # a cover opened and closed while the gateway is down
                 meter = self.rng.choice(COVER_METERS)
@@ -213,7 +185,7 @@ class _Bench:
     def _blackholed_stops(self) -> None:
         config = self.work / "blackhole.toml"
         state = self.work / "blackhole-state"
-        with _black_hole() as port:
+        with black_hole() as port:
             text = self.config.read_text()
             text = text.replace(self.broker.url, f"mqtt://127.0.0.1:{port}")
             config.write_text(text.replace(str(self.sim.state / "gateway"), str(state)))
@@ -251,15 +223,14 @@ class _Bench:
         self.sim.command(f"meter {meter} cover_close")
         self.tally.covers += 1
 
-    def _stop(self, gateway: subprocess.Popen[bytes] | None) -> float:
+    def _stop(self, gateway: Child | None) -> float:
         assert gateway is not None
         started = time.monotonic()
-        gateway.send_signal(signal.SIGTERM)
+        gateway.process.send_signal(signal.SIGTERM)
         try:
-            gateway.wait(60)
+            gateway.process.wait(60)
         except subprocess.TimeoutExpired:
             gateway.kill()
-            gateway.wait()
         return round(time.monotonic() - started, 3)
 
     def _heal(self) -> bool:
@@ -381,11 +352,6 @@ def _committed_head(db: Path) -> int:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def _env() -> dict[str, str]:
-    path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": f"{REPO}:{path}".rstrip(":"), "PYTHONUNBUFFERED": "1"}
-
-
 def _tune_config(config: Path) -> None:
     """Quick reconnects, and the synthetic load, on top of the simulator's config."""
     text = config.read_text().replace(
@@ -394,37 +360,8 @@ def _tune_config(config: Path) -> None:
     config.write_text(text + f"\n[synthetic]\nenabled = true\nrate_per_s = {RATE_PER_S}\n")
 
 
-def _start_gateway(config: Path) -> subprocess.Popen[bytes]:
-    with (config.parent / f"{config.stem}.log").open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "-c", str(config)],
-            env=_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-
-
-@contextlib.contextmanager
-def _black_hole() -> Iterator[int]:
-    """A loopback port whose SYNs go unanswered: a listener that never accepts, backlog full."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    fillers: list[socket.socket] = []
-    try:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(0)
-        port = int(listener.getsockname()[1])
-        for _ in range(3):
-            filler = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            filler.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                filler.connect(("127.0.0.1", port))
-            fillers.append(filler)
-        yield port
-    finally:
-        for filler in fillers:
-            filler.close()
-        listener.close()
+def _start_gateway(config: Path) -> Child:
+    return Child("gateway", ["run", "-c", str(config)], config.parent / f"{config.stem}.log")
 
 
 def _blackholed_stop(config: Path, port: int, settle_s: float) -> tuple[float, int | None]:
@@ -433,9 +370,10 @@ def _blackholed_stop(config: Path, port: int, settle_s: float) -> tuple[float, i
     Returns (seconds to exit, exit code); a gateway still alive after STOP_CAP_S is killed and
     reported as (STOP_CAP_S, None).
     """
-    fillers = _syn_sent_to(port)  # the black hole's own queue fillers
-    gateway = _start_gateway(config)
-    if not _poll(lambda: _syn_sent_to(port) > fillers or gateway.poll() is not None, 30):
+    fillers = syn_sent_to(port)  # the black hole's own queue fillers
+    child = _start_gateway(config)
+    gateway = child.process
+    if not _poll(lambda: syn_sent_to(port) > fillers or gateway.poll() is not None, 30):
         raise RuntimeError("the gateway never tried the black-holed broker")
     time.sleep(settle_s)
     if gateway.poll() is not None:
@@ -445,17 +383,9 @@ def _blackholed_stop(config: Path, port: int, settle_s: float) -> tuple[float, i
     try:
         code: int | None = gateway.wait(STOP_CAP_S)
     except subprocess.TimeoutExpired:
-        gateway.kill()
-        gateway.wait()
+        child.kill()
         return STOP_CAP_S, None
     return round(time.monotonic() - started, 3), code
-
-
-def _syn_sent_to(port: int) -> int:
-    """How many sockets on this host wait in SYN_SENT for 127.0.0.1:`port`."""
-    wanted = f"0100007F:{port:04X}"
-    rows = Path("/proc/net/tcp").read_text().splitlines()[1:]
-    return sum(1 for row in rows if row.split()[2] == wanted and row.split()[3] == "02")
 
 
 def _poll(condition: Any, timeout: float) -> bool:

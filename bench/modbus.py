@@ -1,16 +1,17 @@
 """Modbus read bench: what one poll cycle of a three-phase meter costs on the bus, and how fast.
 
-One process, real pymodbus servers around the simulated meter (firmware_sim.meters.modbus),
-the gateway's own ModbusBus and read plan as the client:
+Real pymodbus servers around the simulated meter (firmware_sim.meters.modbus) run in this
+process; the gateway reads it from outside, as `sealgw probe modbus` (gateway/probe/modbus.py,
+docs/probe.md) in a child process, through its own ModbusBus and read plan:
 
-- the bytes of a cycle are counted on the wire by a TCP proxy between the bus and the server,
-  both ways. `bus_bytes_per_cycle` is measured with RTU framing (`rtu-over-tcp://`, the frames
-  an RS-485 line carries: address, function, data, CRC); `tcp_bytes_per_cycle` with Modbus TCP
-  (MBAP frames). Each frame is 4 bytes longer in MBAP (7-byte header, no address, no CRC),
-  which the bench checks;
+- the bytes of a cycle are counted on the wire by a TCP proxy between the probe and the
+  server, both ways. `bus_bytes_per_cycle` is measured with RTU framing (`rtu-over-tcp://`, the
+  frames an RS-485 line carries: address, function, data, CRC); `tcp_bytes_per_cycle` with
+  Modbus TCP (MBAP frames). Each frame is 4 bytes longer in MBAP (7-byte header, no address,
+  no CRC), which the bench checks;
 - requests are counted by the server (requests it decoded);
-- `min_bus_bytes_per_cycle` is computed (see `min_rtu_bytes`);
-- `reads_per_s`: values per second read over Modbus TCP through gateway.meters.plan.read_plan, many
+- `min_bus_bytes_per_cycle` is computed by the gateway (gateway.meters.plan.min_rtu_bytes);
+- `reads_per_s`: values per second read over Modbus TCP through the gateway's read_plan, many
   cycles back to back, median of rounds;
 - `per_tag_*`: the baseline of one request per value, as naive gateways poll, measured in the
   same run on the same servers;
@@ -25,36 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import statistics
 import sys
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.probes import probe
 from firmware_sim.meters.dlt645 import SimMeter
 from firmware_sim.meters.fleet import PROFILE_MODELS, PROFILES_DIR
 from firmware_sim.meters.maps import MAPS
 from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
-from gateway.drivers.modbus.bus import ModbusBus, open_bus
-from gateway.meters.plan import (
-    EVERY_GAP,
-    ReadPlan,
-    ReadRequest,
-    RegisterSlice,
-    plan_reads,
-    read_plan,
-)
-from gateway.meters.profiles import MAX_READ_REGISTERS, MeterProfile, RegisterSpec, load_profiles
 from gateway.protocol.clock import SystemClock
 
 PROFILE = "dtsu666"
 COMPARE = "sdm630"
 UNIT = 1
-RTU_REQUEST_BYTES = 8  # address, function, start (2), count (2), CRC (2)
-RTU_RESPONSE_OVERHEAD = 5  # address, function, byte count, CRC (2); then 2 bytes per register
 MBAP_EXTRA = 4  # per frame: a 7-byte MBAP header replaces the address byte and the 2-byte CRC
 COST_CYCLES = 10
 
@@ -64,29 +51,9 @@ def run(*, quick: bool = False, verbose: bool = True) -> dict[str, Any]:
     return asyncio.run(_measure(quick=quick, verbose=verbose))
 
 
-def min_rtu_bytes(registers: Iterable[RegisterSpec]) -> tuple[int, int]:
-    """(requests, bytes) a perfect RTU poller needs for exactly these registers.
-
-    Each maximal run of contiguous needed registers of one function is read on its own, split
-    into ceil(run / 125) requests where the Modbus limit forces it; no unused register is read.
-    Each request costs 8 bytes out and 5 + 2 x count bytes back, so the total is 13 bytes per
-    request plus 2 bytes per needed register. (Reading through a gap of up to 6 registers costs
-    less than a 13-byte request, so a plan can come in just under this figure.)
-    """
-    runs = plan_reads(registers, max_gap=0).requests
-    requests = sum(math.ceil(run.count / MAX_READ_REGISTERS) for run in runs)
-    words = sum(run.count for run in runs)
-    return requests, requests * (RTU_REQUEST_BYTES + RTU_RESPONSE_OVERHEAD) + 2 * words
-
-
-def per_value_plan(profile: MeterProfile) -> ReadPlan:
-    """The naive baseline: one request per value."""
-    return ReadPlan(
-        tuple(
-            ReadRequest(spec.function, spec.address, spec.words, (RegisterSlice(spec, 0),))
-            for spec in profile.registers
-        )
-    )
+async def describe(profile: str) -> dict[str, Any]:
+    """The probe's description of a profile: values, its plan, the RTU minimum (no bus I/O)."""
+    return await probe("modbus", "--profile", profile, "--profiles-dir", PROFILES_DIR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,9 +133,10 @@ class CountingProxy:
 class _Rig:
     """The simulated meter behind a Modbus TCP server and an RTU-framed TCP server, proxied."""
 
-    def __init__(self, profile: MeterProfile) -> None:
+    def __init__(self, profile: str) -> None:
+        self.profile = profile
         meter = SimMeter("900000000001", SystemClock(), phases=3)
-        self.sim = ModbusSimMeter(UNIT, MAPS[PROFILE_MODELS[profile.name]], meter)
+        self.sim = ModbusSimMeter(UNIT, MAPS[PROFILE_MODELS[profile]], meter)
         self.tcp = ModbusLine([self.sim])
         self.rtu = ModbusLine([self.sim], rtu_framing=True)
         self.tcp_proxy: CountingProxy | None = None
@@ -190,111 +158,101 @@ class _Rig:
         await self.rtu.close()
         await self.tcp.close()
 
-    async def cost(self, plan: ReadPlan) -> Cost:
-        """Poll COST_CYCLES cycles through each proxy; the bytes and requests of one cycle."""
+    async def cost(self, *plan: object) -> Cost:
+        """COST_CYCLES cycles of the probe's `plan` through each proxy; one cycle's bytes."""
         assert self.tcp_proxy is not None and self.rtu_proxy is not None
-        tcp_bytes, tcp_requests = await _wire(self.tcp_proxy, self.tcp, "modbus-tcp", plan)
-        rtu_bytes, rtu_requests = await _wire(self.rtu_proxy, self.rtu, "rtu-over-tcp", plan)
+        tcp_bytes, tcp_requests, _ = await self._wire(self.tcp_proxy, self.tcp, "modbus-tcp", plan)
+        rtu_bytes, rtu_requests, registers = await self._wire(
+            self.rtu_proxy, self.rtu, "rtu-over-tcp", plan
+        )
         if tcp_requests != rtu_requests or tcp_bytes - rtu_bytes != 2 * MBAP_EXTRA * tcp_requests:
             raise RuntimeError(f"wire counts disagree: tcp {tcp_bytes} B, rtu {rtu_bytes} B")
-        return Cost(rtu_requests, plan.register_count, rtu_bytes, tcp_bytes)
+        return Cost(rtu_requests, registers, rtu_bytes, tcp_bytes)
 
-    async def reads_per_s(self, plan: ReadPlan, cycles: int) -> float:
-        """Values per second through gateway.meters.plan.read_plan over Modbus TCP, no proxy."""
-        bus = open_bus(f"modbus-tcp://127.0.0.1:{self.tcp.port}", timeout=2.0)
-        try:
-            await read_plan(bus, UNIT, plan)  # connect outside the timing
-            start = time.perf_counter()
-            for _ in range(cycles):
-                await read_plan(bus, UNIT, plan)
-            elapsed = time.perf_counter() - start
-        finally:
-            await bus.close()
-        return cycles * sum(len(request.slices) for request in plan.requests) / elapsed
+    async def reads_per_s(self, cycles: int, *plan: object) -> float:
+        """Values per second the probe read over Modbus TCP (no proxy), connect not timed."""
+        read = await self._probe(f"modbus-tcp://127.0.0.1:{self.tcp.port}", cycles, 1, plan)
+        return float(read["values_per_s"])
 
-
-async def _wire(
-    proxy: CountingProxy, line: ModbusLine, scheme: str, plan: ReadPlan
-) -> tuple[int, int]:
-    """Bytes on the wire and server-side requests of one cycle, averaged over COST_CYCLES."""
-    bus: ModbusBus = open_bus(f"{scheme}://127.0.0.1:{proxy.port}", timeout=2.0)
-    try:
-        values = await read_plan(bus, UNIT, plan)  # connect, and check that every value came
-        if len(values) != sum(len(request.slices) for request in plan.requests):
-            raise RuntimeError(f"{scheme}: {len(values)} values")
+    async def _wire(
+        self, proxy: CountingProxy, line: ModbusLine, scheme: str, plan: tuple[object, ...]
+    ) -> tuple[int, int, int]:
+        """Bytes on the wire, server-side requests and registers of one cycle (of COST_CYCLES)."""
         bytes_before, requests_before = proxy.total, line.requests[UNIT]
-        for _ in range(COST_CYCLES):
-            await read_plan(bus, UNIT, plan)
+        read = await self._probe(f"{scheme}://127.0.0.1:{proxy.port}", COST_CYCLES, 0, plan)
         wire, requests = proxy.total - bytes_before, line.requests[UNIT] - requests_before
-    finally:
-        await bus.close()
-    if wire % COST_CYCLES or requests % COST_CYCLES:
-        raise RuntimeError(f"{scheme}: cycles differ ({wire} B, {requests} requests)")
-    return wire // COST_CYCLES, requests // COST_CYCLES
+        if wire % COST_CYCLES or requests % COST_CYCLES:
+            raise RuntimeError(f"{scheme}: cycles differ ({wire} B, {requests} requests)")
+        if requests // COST_CYCLES != read["requests_per_cycle"]:
+            plan_requests = read["requests_per_cycle"]
+            raise RuntimeError(f"{scheme}: {requests} requests decoded, plan: {plan_requests}")
+        return wire // COST_CYCLES, requests // COST_CYCLES, int(read["registers_per_cycle"])
+
+    async def _probe(
+        self, transport: str, cycles: int, warmup: int, plan: tuple[object, ...]
+    ) -> dict[str, Any]:
+        return await probe(
+            "modbus", "--profile", self.profile, "--profiles-dir", PROFILES_DIR,
+            "--transport", transport, "--unit", UNIT, "--warmup", warmup, "--cycles", cycles,
+            *plan,
+        )  # fmt: skip
 
 
-def _plan(profile: MeterProfile, max_gap: int, *, every_gap: bool = False) -> ReadPlan:
-    """The profile's plan at `max_gap`: through its declared holes only, or through any gap."""
-    readable = EVERY_GAP if every_gap else profile.read.readable_holes
-    return plan_reads(
-        profile.registers,
-        max_gap=max_gap,
-        max_registers=profile.read.max_registers,
-        readable=readable,
-    )
+def _gap(max_gap: int) -> tuple[object, ...]:
+    """The profile's plan at `max_gap`, through its declared holes only."""
+    return ("--max-gap", max_gap)
 
 
-async def _holes(rig: _Rig, profile: MeterProfile, configured: Cost) -> dict[str, Any]:
+async def _holes(rig: _Rig, described: dict[str, Any], configured: Cost) -> dict[str, Any]:
     """What keeping out of undeclared holes costs: this plan against one that reads any gap."""
-    every = await rig.cost(_plan(profile, profile.read.max_gap, every_gap=True))
+    every = await rig.cost("--plan", "every-gap")
     return {
-        "readable_holes": [[lo, hi] for lo, hi in profile.read.readable_holes],
+        "readable_holes": described["readable_holes"],
         "every_gap_requests_per_cycle": every.requests,
         "every_gap_bus_bytes_per_cycle": every.bus_bytes,
         "holes_cost_bus_bytes_per_cycle": configured.bus_bytes - every.bus_bytes,
     }
 
 
-async def _by_gap(rig: _Rig, profile: MeterProfile, minimum: int) -> dict[str, Any]:
-    gaps = sorted({0, 6, profile.read.max_gap})
-    return {str(gap): (await rig.cost(_plan(profile, gap))).to_json(minimum) for gap in gaps}
+async def _by_gap(rig: _Rig, described: dict[str, Any]) -> dict[str, Any]:
+    gaps = sorted({0, 6, described["configured_max_gap"]})
+    minimum = described["min_bus_bytes_per_cycle"]
+    return {str(gap): (await rig.cost(*_gap(gap))).to_json(minimum) for gap in gaps}
 
 
-async def _compare(profile: MeterProfile) -> dict[str, Any]:
+async def _compare(profile: str) -> dict[str, Any]:
     """The same cost figures for a second profile (at its configured gap and at gap 0)."""
-    min_requests, minimum = min_rtu_bytes(profile.registers)
+    described = await describe(profile)
     async with _Rig(profile) as rig:
-        by_gap = await _by_gap(rig, profile, minimum)
+        by_gap = await _by_gap(rig, described)
     return {
-        "profile": profile.name,
-        "values": len(profile.registers),
-        "configured_max_gap": profile.read.max_gap,
-        "min_requests_per_cycle": min_requests,
-        "min_bus_bytes_per_cycle": minimum,
+        "profile": described["profile"],
+        "values": described["values"],
+        "configured_max_gap": described["configured_max_gap"],
+        "min_requests_per_cycle": described["min_requests_per_cycle"],
+        "min_bus_bytes_per_cycle": described["min_bus_bytes_per_cycle"],
         "by_max_gap": by_gap,
     }
 
 
 async def _measure(*, quick: bool, verbose: bool) -> dict[str, Any]:
-    profiles = load_profiles(PROFILES_DIR)
-    profile = profiles[PROFILE]
+    described = await describe(PROFILE)
     rounds, cycles = (1, 200) if quick else (5, 1000)
-    min_requests, minimum = min_rtu_bytes(profile.registers)
-    async with _Rig(profile) as rig:
-        configured = await rig.cost(_plan(profile, profile.read.max_gap))
-        by_gap = await _by_gap(rig, profile, minimum)
-        holes = await _holes(rig, profile, configured)
-        naive_plan = per_value_plan(profile)
-        naive = await rig.cost(naive_plan)
+    minimum = described["min_bus_bytes_per_cycle"]
+    async with _Rig(PROFILE) as rig:
+        configured = await rig.cost()
+        by_gap = await _by_gap(rig, described)
+        holes = await _holes(rig, described, configured)
+        naive = await rig.cost("--plan", "per-value")
         rates, naive_rates = [], []
         for index in range(rounds):
-            rates.append(await rig.reads_per_s(_plan(profile, profile.read.max_gap), cycles))
-            naive_rates.append(await rig.reads_per_s(naive_plan, max(cycles // 4, 1)))
+            rates.append(await rig.reads_per_s(cycles))
+            naive_rates.append(await rig.reads_per_s(max(cycles // 4, 1), "--plan", "per-value"))
             _say(
                 verbose,
                 f"round {index + 1}: {rates[-1]:.0f} values/s, per tag {naive_rates[-1]:.0f}",
             )
-    compare = await _compare(profiles[COMPARE])
+    compare = await _compare(COMPARE)
     reads = statistics.median(rates)
     return {
         "bench": "modbus",
@@ -302,11 +260,11 @@ async def _measure(*, quick: bool, verbose: bool) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "rounds": rounds,
         "cycles_per_round": cycles,
-        "profile": profile.name,
-        "values": len(profile.registers),
-        "configured_max_gap": profile.read.max_gap,
+        "profile": described["profile"],
+        "values": described["values"],
+        "configured_max_gap": described["configured_max_gap"],
         "registers_read_per_cycle": configured.registers,
-        "min_requests_per_cycle": min_requests,
+        "min_requests_per_cycle": described["min_requests_per_cycle"],
         "by_max_gap": by_gap,
         "reserved_holes": holes,
         "per_tag_bus_bytes_per_cycle": naive.bus_bytes,
@@ -330,5 +288,4 @@ def _say(verbose: bool, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-logging.getLogger("gateway").setLevel(logging.WARNING)
 logging.getLogger("pymodbus").setLevel(logging.ERROR)

@@ -1,8 +1,11 @@
 """Seal bench: ATT round trips per operation, operation latency and sweep rate on the virtual radio.
 
-Each round builds a fresh `bench.lock_rig` (LockWorld locks on a bumble LocalLink, the gateway's
-LockService over TCP HCI, a real EventBuffer, TicketStore and MasterAuthority tickets) with the
-connection budget at 5, waits for the boot reconciliation of every lock, then measures:
+Each round builds a fresh radio in this process (a LockWorld of locks on a bumble LocalLink, the
+gateway's controller served over TCP HCI, MasterAuthority keys) and runs the gateway from
+outside: `sealgw probe locks` (gateway/probe/locks.py, docs/probe.md) in a child process, with
+the daemon's own lock service, buffer, ticket store and handheld service built from a gateway
+config, `max_connections = 5`. The probe waits for the boot reconciliation of every lock, takes
+a ticket the bench's master issues for its credential key, then measures:
 
 - sweep: the scheduler runs what a background reconciliation runs (connect, read the verified
   state, LOG_FETCH, disconnect) for every lock at once; `locks_swept_per_min` extrapolates it.
@@ -11,12 +14,14 @@ connection budget at 5, waits for the boot reconciliation of every lock, then me
   (`SealOperations.execute`, then `wait` for the settled outcome) and timed from the call until
   the outcome is settled (its event is then durably committed). The in-session
   part is the scheduler action (link up and subscribed, until the disconnect starts);
-- handheld over BLE (last, after the lock figures): a handheld central on the same radio pairs
-  with the gateway's handheld GATT service and times `seal_state` requests in one session
-  (`handheld_ble_request_p50_ms`, `_p95_ms`; bench/handheld_ble.py);
-- round trips: counted on the wire by `bench.att_tap`, not inferred. An ATT round trip is a run
-  of gateway PDUs answered by the lock. The seal operation itself is CHALLENGE_REQUEST and
-  COMMAND; `execute` then fetches the log entry the lock wrote on the same link (LOG_FETCH).
+- handheld over BLE (last, after the lock figures): a simulated handheld on the same radio
+  pairs with the gateway's handheld GATT service and times `seal_state` requests in one session
+  (`handheld_ble_request_p50_ms`, `_p95_ms`), from the write of a request's first chunk until
+  its decrypted answer;
+- round trips: counted on the wire by `bench.att_tap`, not inferred, in the windows the probe
+  reports on the shared monotonic clock. An ATT round trip is a run of gateway PDUs answered by
+  the lock. The seal operation itself is CHALLENGE_REQUEST and COMMAND; `execute` then fetches
+  the log entry the lock wrote on the same link (LOG_FETCH).
 
 Every figure is the median over rounds; per-op figures are medians or percentiles over ops.
 """
@@ -24,20 +29,23 @@ Every figure is the median over rounds; per-op figures are medians or percentile
 from __future__ import annotations
 
 import asyncio
-import logging
+import json
 import math
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from bench.att_tap import (
     AttPdu,
+    AttTap,
     SealHandles,
     connections,
     exchanges,
@@ -45,16 +53,24 @@ from bench.att_tap import (
     split_setup,
     turns,
 )
-from bench.handheld_ble import measure_requests
-from bench.lock_rig import WAIT_S, LockRig, lock_rig
+from bench.probes import ProbeSession, probe_session
+from firmware_sim.handheld.ble import BleHandheldRadio
+from firmware_sim.handheld.client import HandheldIdentity, SimulatedHandheld
+from firmware_sim.handheld.transport import HandheldLink
 from firmware_sim.locks.peripheral import ADVERTISING_INTERVAL_MS
-from firmware_sim.locks.world import address_for
-from gateway.locks.scheduler import Urgency
-from gateway.locks.session import LockSession
+from firmware_sim.locks.world import LockWorld, address_for
+from gateway.protocol.certs import encode_certificate
+from gateway.protocol.tickets import MAX_USES, encode_ticket
+from master_station.authority import MasterAuthority
 
 BUDGET = 5
 OP_LOCKS = 4
 OP_MESSAGES = ("CHALLENGE_REQUEST", "COMMAND")
+GATEWAY_ID = "gw-bench"
+DISTRICT = "district-1"
+OPERATOR = "op-bench"
+HOUR = 3600
+DAY = 24 * HOUR
 
 
 def run(*, quick: bool = False, verbose: bool = True) -> dict[str, Any]:
@@ -89,64 +105,11 @@ class _Round:
     att_mtu: int = 0
 
 
-class _SessionSpy:
-    """Wraps the scheduler's `run`: times each action, counts actions and sessions in flight."""
-
-    def __init__(self, rig: LockRig) -> None:
-        scheduler = rig.service.scheduler
-        self._real = scheduler.run
-        self.durations: list[tuple[Urgency, float]] = []
-        self.running = 0
-        self.peak = 0
-        self.mtus: list[int] = []
-        self._in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-        scheduler.run = self._run  # type: ignore[method-assign]
-
-    async def idle(self) -> None:
-        """Wait until no session is queued, connecting, open or disconnecting."""
-        async with asyncio.timeout(WAIT_S):
-            await self._idle.wait()
-
-    async def _run(
-        self,
-        seal_id: str,
-        urgency: Urgency,
-        action: Callable[[LockSession], Awaitable[Any]],
-        **kwargs: Any,
-    ) -> Any:
-        async def timed(session: LockSession) -> Any:
-            self.running += 1
-            self.peak = max(self.peak, self.running)
-            self.mtus.append(session.att_mtu)
-            began = time.perf_counter()
-            try:
-                return await action(session)
-            finally:
-                self.durations.append((urgency, time.perf_counter() - began))
-                self.running -= 1
-
-        self._in_flight += 1
-        self._idle.clear()
-        try:
-            return await self._real(seal_id, urgency, timed, **kwargs)
-        finally:
-            self._in_flight -= 1
-            if not self._in_flight:
-                self._idle.set()
-
-
 async def _measure(rounds: int, sweep_locks: int, ops: int, verbose: bool) -> dict[str, Any]:
     results: list[_Round] = []
     for index in range(rounds):
         with tempfile.TemporaryDirectory(prefix="sealgw-bench-seal-") as tmp:
-            async with lock_rig(Path(tmp), sweep_locks, max_connections=BUDGET) as rig:
-                results.append(await _round(rig, sweep_locks, ops))
-                # last, so the lock figures above see no handheld traffic on the radio
-                results[-1].handheld_ble_ms = await measure_requests(
-                    rig, Path(tmp) / "gw", ops, next(iter(rig.service.locks))
-                )
+            results.append(await _round(Path(tmp), sweep_locks, ops))
         r = results[-1]
         _say(
             verbose,
@@ -158,71 +121,136 @@ async def _measure(rounds: int, sweep_locks: int, ops: int, verbose: bool) -> di
     return _result(results, rounds, sweep_locks, ops)
 
 
-async def _round(rig: LockRig, sweep_locks: int, ops: int) -> _Round:
-    r = _Round()
-    spy = _SessionSpy(rig)
-    await rig.wait_committed("seal.boot", sweep_locks)
-    r.boot_sweep_s = time.perf_counter() - rig.started
-    await spy.idle()
-    await _sweep(rig, spy, r)
-    await _ops(rig, spy, r, ops)
-    r.peak_links = rig.tap.peak_links
-    r.att_mtu = min(spy.mtus)
-    assert r.peak_links <= BUDGET, f"{r.peak_links} links at once, budget {BUDGET}"
+class _Radio:
+    """The bench's side of a round: the locks on the radio, its master, the operator's handheld."""
+
+    def __init__(self, work: Path, locks: LockWorld, authority: MasterAuthority) -> None:
+        self.work = work
+        self.locks = locks
+        self.authority = authority
+        self.handheld = Ed25519PrivateKey.generate()
+        self.addresses = {
+            seal_id: address_for(number) for number, seal_id in enumerate(locks.lock_ids, start=1)
+        }
+        now = int(time.time())
+        self.certificate = encode_certificate(
+            authority.enroll_operator(
+                operator=OPERATOR, name="Bench Operator", roles=["meter_installer"],
+                districts=[DISTRICT], device_key=_raw_public(self.handheld),
+                not_before=now - 30 * DAY, not_after=now + 365 * DAY, issued_at=now - 30 * DAY,
+            )
+        ).decode("utf-8")  # fmt: skip
+
+    def config(self) -> Path:
+        """The gateway config the probe runs: these locks, this master, handhelds over BLE."""
+        master = self.work / "master.pub"
+        master.write_text(self.authority.public_key_bytes.hex())
+        config = self.work / "gw.toml"
+        config.write_text(
+            f'[gateway]\nid = "{GATEWAY_ID}"\ndistrict = "{DISTRICT}"\n'
+            f'state_dir = "{self.work / "gw"}"\n'
+            f'[authorization]\nmaster_key_file = "{master}"\n'
+            '[handheld]\nenabled = true\nlisten = "ble"\n'
+            + self.locks.gateway_ble_toml(max_connections=BUDGET)
+        )
+        return config
+
+    def documents(self, credential_key: str) -> str:
+        """A meter_replace ticket (unseal, seal) for the first OP_LOCKS seals; the certificate."""
+        now = int(time.time())
+        seals = list(self.locks.lock_ids.items())[:OP_LOCKS]
+        ticket = self.authority.issue_ticket(
+            work_order="WO-BENCH", flow="meter_replace", operator=OPERATOR,
+            role="meter_installer", gateway=GATEWAY_ID, gateway_key=bytes.fromhex(credential_key),
+            seals=seals, ops=["unseal", "seal"], not_before=now - HOUR, not_after=now + 2 * HOUR,
+            max_uses=MAX_USES, issued_at=now - HOUR,
+        )  # fmt: skip
+        return json.dumps(
+            {"ticket": encode_ticket(ticket).decode("utf-8"), "certificate": self.certificate}
+        )
+
+    async def handheld_requests(
+        self, radio: BleHandheldRadio, code: str, count: int, seal_id: str
+    ) -> list[float]:
+        """Pair a BLE handheld with `code`, open a session and time `count` requests (ms)."""
+
+        async def dial(address: str) -> HandheldLink:
+            del address
+            return await radio.dial()
+
+        identity = HandheldIdentity(self.certificate, self.handheld)
+        handheld = SimulatedHandheld(identity, dial=dial)
+        await handheld.pair("ble", code)
+        timings: list[float] = []
+        async with await handheld.open_session("ble") as session:
+            for _ in range(count):
+                started = time.perf_counter()
+                await session.seal_state(seal_id)
+                timings.append((time.perf_counter() - started) * 1000)
+        return timings
+
+
+async def _round(work: Path, sweep_locks: int, ops: int) -> _Round:
+    authority = MasterAuthority.create(work / "master")
+    async with LockWorld(sweep_locks, work / "sim", None, authority=authority) as locks:
+        tap = AttTap(locks.server.controller.link, locks.server.controller)
+        radio = _Radio(work, locks, authority)
+        try:
+            async with probe_session(
+                "locks", work / "probe.log", "-c", radio.config(), "--work-dir", work / "gw",
+                "--ops", ops, "--documents-on-stdin", "--handheld",
+            ) as probe:  # fmt: skip
+                measured, handheld_ms = await _drive(probe, radio, ops)
+        finally:
+            tap.close()
+        r = _analyse(measured, tap, radio)
+    r.handheld_ble_ms = handheld_ms
     return r
 
 
-async def _sweep(rig: LockRig, spy: _SessionSpy, r: _Round) -> None:
-    """Reconcile every lock at once through the scheduler; time it and watch the link count."""
-    service, tap = rig.service, rig.tap
-    tap.peak_links, spy.peak = 0, 0
-    mark = tap.mark()
-    began = time.perf_counter()
-    await asyncio.gather(
-        *(
-            service.scheduler.run(seal_id, Urgency.BACKGROUND, _reconcile(rig, seal_id))
-            for seal_id in service.locks
-        )
-    )
-    r.sweep_s = time.perf_counter() - began
-    r.sweep_peak_links, r.sweep_peak_sessions = tap.peak_links, spy.peak
-    assert r.sweep_peak_links <= BUDGET and spy.peak <= BUDGET
-    handles = seal_handles(next(iter(rig.locks.locks.values())).device)
-    for number in range(1, len(service.locks) + 1):
-        for link in connections(tap.since(mark, address_for(number))):
+async def _drive(
+    probe: ProbeSession, radio: _Radio, ops: int
+) -> tuple[dict[str, Any], list[float]]:
+    """Boot, documents, measurements; then the handheld requests, last, on a quiet radio."""
+    booted = await probe.phase("booted")
+    await probe.send(radio.documents(booted["credential_key"]))
+    measured = await probe.phase("measured")
+    code = (await probe.phase("handheld"))["pairing_code"]
+    handheld = BleHandheldRadio(radio.locks.link)
+    try:
+        seal_id = next(iter(radio.locks.lock_ids))
+        handheld_ms = await radio.handheld_requests(handheld, code, ops, seal_id)
+        await probe.send("done")
+        await probe.finish()  # the gateway ends the handheld's link as it stops
+    finally:
+        await handheld.close()
+    return measured, handheld_ms
+
+
+def _analyse(measured: dict[str, Any], tap: AttTap, radio: _Radio) -> _Round:
+    """The probe's windows cut the radio capture: round trips, setup, links per operation."""
+    sweep, ops = measured["sweep"], measured["ops"]
+    r = _Round(boot_sweep_s=measured["boot_sweep_s"], att_mtu=measured["att_mtu"])
+    r.sweep_s = sweep["ended"] - sweep["began"]
+    r.sweep_peak_links = tap.peak_links(sweep["began"], sweep["ended"])
+    r.sweep_peak_sessions = sweep["peak_sessions"]
+    assert r.sweep_peak_links <= BUDGET and r.sweep_peak_sessions <= BUDGET
+    handles = seal_handles(next(iter(radio.locks.locks.values())).device)
+    for address in radio.addresses.values():
+        for link in connections(tap.between(sweep["began"], sweep["ended"], address)):
             setup, session = split_setup(link, handles.cccd)
             r.setup_round_trips.append(turns(setup))
             r.sweep_round_trips.append(turns(session))
-
-
-async def _ops(rig: LockRig, spy: _SessionSpy, r: _Round, count: int) -> None:
-    """Alternate unseal and seal on OP_LOCKS locks, one operation at a time."""
-    service, tap = rig.service, rig.tap
-    seals = list(service.locks)[:OP_LOCKS]
-    ticket = rig.issue(seals)
-    handles = seal_handles(rig.locks.locks[seals[0]].device)
-    connects = service.scheduler.stats.connects
-    for n in range(count):
-        number = n % len(seals) + 1
-        op = "unseal" if (n // len(seals)) % 2 == 0 else "seal"
-        await spy.idle()
-        spy.durations.clear()
-        mark = tap.mark()
-        began = time.perf_counter()
-        result = await rig.run(rig.request(ticket, seals[number - 1], op))
-        r.op_ms.append((time.perf_counter() - began) * 1000)
-        if not result.ok:
-            raise RuntimeError(f"{op} on {seals[number - 1]} failed: {result}")
-        r.connected_ms += [d * 1000 for u, d in spy.durations if u is Urgency.HANDHELD]
-        _count_op(tap.since(mark, address_for(number)), handles, r)
-        r.before_link_ms.append((tap.since(mark, address_for(number))[0].t - began) * 1000)
-    r.extra_connects = service.scheduler.stats.connects - connects - count
-
-
-def _reconcile(rig: LockRig, seal_id: str) -> Callable[[LockSession], Awaitable[None]]:
-    """What a background reconciliation does on its link: verified state, then the log."""
-    lock = rig.service.locks[seal_id]
-    return lambda session: rig.service.log_sync.refresh(lock, session)
+    for op in ops:
+        pdus = tap.between(op["began"], op["ended"], radio.addresses[op["seal_id"]])
+        r.op_ms.append(op["ms"])
+        r.connected_ms += op["connected_ms"]
+        _count_op(pdus, handles, r)
+        r.before_link_ms.append((pdus[0].t - op["began"]) * 1000)
+    r.extra_connects = measured["background_connects_during_ops"]
+    r.peak_links = tap.peak_links(sweep["began"], ops[-1]["ended"] if ops else sweep["ended"])
+    assert r.peak_links <= BUDGET, f"{r.peak_links} links at once, budget {BUDGET}"
+    return r
 
 
 def _count_op(pdus: list[AttPdu], handles: SealHandles, r: _Round) -> None:
@@ -301,4 +329,5 @@ def _say(verbose: bool, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-logging.getLogger("gateway").setLevel(logging.WARNING)
+def _raw_public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

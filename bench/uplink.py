@@ -14,15 +14,16 @@ real EventBuffer with timestamps of the past day, as a backlog after an outage w
   broker, published, acknowledged and marked, timed from the start of the Uplink to the last
   mark; beside plain paho publishing the same JSON payloads at QoS 1, one message per reading,
   timed from the first publish to the last PUBACK. Rates depend on what else the machine
-  runs; `drain_cpu_us_per_reading` (this process, all threads: the gateway side, or paho) and
-  `broker_cpu_us_per_reading` (Mosquitto) hardly do.
+  runs; `drain_cpu_us_per_reading` (the probe's process, all threads, during the timed part;
+  or this process for paho) and `broker_cpu_us_per_reading` (Mosquitto) hardly do.
+
+The gateway side runs in a child process, `sealgw probe drain --drafts FILE` (gateway/probe/
+drain.py): the bench writes the district's drafts, the probe commits and drains them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import math
 import os
 import random
@@ -37,21 +38,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.uplink_common import CpuMeter, CpuSpent, raw_paho_rate, timed_drain
+from bench.probes import probe
+from bench.uplink_common import CpuMeter, raw_paho_rate, sealed_payloads, write_drafts
 from firmware_sim.mosquitto import MosquittoBroker
-from gateway.config.model import BufferSection, UplinkSection
 from gateway.protocol.canonical import JSONValue
-from gateway.protocol.clock import SystemClock
 from gateway.protocol.events import EventDraft, EventType, Priority
-from gateway.store.buffer import EventBuffer
-from gateway.uplink.commands import CommandDispatcher
-from gateway.uplink.uplink import Uplink
 
 GATEWAY = "gw-bench"
 METERS = 200
 READS_PER_HOUR = 4
 MAX_INFLIGHT = 100
-MIB = 1024 * 1024
 ENCODINGS = ("json", "batch")
 PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles" / "dtsu666.toml"
 
@@ -80,10 +76,11 @@ async def _measure(
     for index in range(rounds):
         drafts = district.readings(math.ceil(drain_n / (METERS * READS_PER_HOUR)))[:drain_n]
         for encoding in ENCODINGS:
-            db = work / f"drain-{encoding}-{index}.db"
-            payloads = await _fill(db, drafts)
-            drains[encoding].append(await _drain_rate(broker, db, encoding, len(payloads)))
+            drains[encoding].append(
+                await _drain_rate(broker, work / f"drain-{encoding}-{index}", encoding, drafts)
+            )
             if encoding == "json":
+                payloads = sealed_payloads(drafts, GATEWAY)
                 drains["raw_paho"].append(await _raw_paho(broker, payloads))
         _say(
             verbose,
@@ -354,11 +351,10 @@ def event_publishes(stream: bytes) -> tuple[int, int]:
 
 
 async def _wire(
-    broker: MosquittoBroker, db: Path, encoding: str, drafts: list[EventDraft]
+    broker: MosquittoBroker, work: Path, encoding: str, drafts: list[EventDraft]
 ) -> dict[str, int]:
-    await _fill(db, drafts)
     async with _Relay(broker) as relay:
-        await _drain(relay.url, db, encoding, paced=True)
+        await _drain(relay.url, work, encoding, drafts, paced=True)
         await asyncio.sleep(0.2)  # let the relay pass the last bytes on
         sent, messages = event_publishes(bytes(relay.upstream))
     readings = sum(1 for d in drafts if d.type == "meter.reading")
@@ -368,60 +364,42 @@ async def _wire(
 # -- drain ------------------------------------------------------------------------------------
 
 
-def _buffer(path: Path) -> EventBuffer:
-    settings = BufferSection(max_bytes=2048 * MIB, audit_reserve_bytes=16 * MIB)
-    return EventBuffer(path, GATEWAY, settings, SystemClock())
-
-
-async def _fill(path: Path, drafts: list[EventDraft]) -> list[bytes]:
-    buffer = _buffer(path)
-    await buffer.open()
-    events = await asyncio.gather(*(buffer.submit(draft) for draft in drafts))
-    await buffer.close()
-    return [event.payload for event in events]
-
-
 async def _drain(
-    url: str, path: Path, encoding: str, *, paced: bool = False, spent: CpuMeter | None = None
-) -> float:
-    """Drain the buffer at `path` with the Uplink; seconds until everything is marked.
+    url: str, work: Path, encoding: str, drafts: list[EventDraft], *, paced: bool = False
+) -> dict[str, Any]:
+    """The gateway's uplink drains `drafts`, committed as a backlog: the probe's JSON.
 
-    `paced`: at the default drain rate; else unbounded. `spent` measures the CPU time of the
-    timed part (not the buffer's open and close).
+    `paced`: at the default `[uplink]` drain rate; else unbounded.
     """
-    buffer = _buffer(path)
-    await buffer.open()
-    settings = UplinkSection(
-        url=url,
-        drain_rate_per_s=UplinkSection().drain_rate_per_s if paced else 0,
-        max_inflight=MAX_INFLIGHT,
-        encoding=encoding,  # type: ignore[arg-type]
-    )
-    uplink = Uplink(settings, GATEWAY, f"{GATEWAY}-{path.stem}", buffer, CommandDispatcher(),
-                    SystemClock(), "bench")  # fmt: skip
-    with spent or contextlib.nullcontext():
-        elapsed = await timed_drain(uplink, buffer)
-    await buffer.close()
-    return elapsed
+    pacing = ("--paced",) if paced else ()
+    return await probe(
+        "drain", "--broker", url, "--drafts", write_drafts(work.with_suffix(".jsonl"), drafts),
+        "--encoding", encoding, "--max-inflight", MAX_INFLIGHT, "--gateway-id", GATEWAY,
+        "--client-id", f"{GATEWAY}-{work.name}", "--work-dir", work, *pacing,
+    )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class _Drained:
-    """One drain: readings per second, and CPU microseconds per reading (ours, the broker's)."""
+    """One drain: readings per second, and CPU microseconds per reading (the drainer's, the
+    broker's)."""
 
     rate: float
     cpu_us: float
     broker_us: float
 
-    @classmethod
-    def of(cls, count: int, seconds: float, spent: CpuSpent) -> _Drained:
-        return cls(count / seconds, spent.process_s / count * 1e6, spent.broker_s / count * 1e6)
 
-
-async def _drain_rate(broker: MosquittoBroker, path: Path, encoding: str, count: int) -> _Drained:
-    meter = CpuMeter(broker)
-    seconds = await _drain(broker.url, path, encoding, spent=meter)
-    return _Drained.of(count, seconds, meter.spent)
+async def _drain_rate(
+    broker: MosquittoBroker, work: Path, encoding: str, drafts: list[EventDraft]
+) -> _Drained:
+    with CpuMeter(broker) as meter:
+        drained = await _drain(broker.url, work, encoding, drafts)
+    count = int(drained["events"])
+    return _Drained(
+        float(drained["events_per_s"]),
+        float(drained["cpu_s"]) / count * 1e6,
+        meter.spent.broker_s / count * 1e6,
+    )
 
 
 async def _raw_paho(broker: MosquittoBroker, payloads: list[bytes]) -> _Drained:
@@ -436,12 +414,10 @@ async def _raw_paho(broker: MosquittoBroker, payloads: list[bytes]) -> _Drained:
             topic=topic,
             max_inflight=MAX_INFLIGHT,
         )
-    return _Drained.of(len(payloads), len(payloads) / rate, meter.spent)
+    count = len(payloads)
+    return _Drained(rate, meter.spent.process_s / count * 1e6, meter.spent.broker_s / count * 1e6)
 
 
 def _say(verbose: bool, text: str) -> None:
     if verbose:
         print(text, file=sys.stderr)
-
-
-logging.getLogger("gateway").setLevel(logging.WARNING)

@@ -1,11 +1,16 @@
-"""What the uplink and pipeline benches share: the raw-paho baseline and a timed Uplink drain."""
+"""What the uplink and pipeline benches share: the raw-paho baseline and the drain probe's work.
+
+The probe (`sealgw probe drain --drafts FILE`) commits the drafts the bench wrote and drains
+them through the gateway's uplink; the bench seals the same drafts itself (gateway.protocol's
+`seal_event`, exactly as the buffer does) to publish the same payloads with plain paho.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +19,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.mosquitto import MosquittoBroker
-from gateway.store.buffer import EventBuffer
-from gateway.uplink.uplink import Uplink
+from gateway.protocol.draft_lines import encode_draft_line
+from gateway.protocol.events import GENESIS_HASH, EventDraft, seal_event
 
 
 @dataclass(slots=True)
@@ -94,17 +99,18 @@ def raw_paho_rate(
     return len(payloads) / elapsed
 
 
-async def timed_drain(uplink: Uplink, buffer: EventBuffer) -> float:
-    """Run `uplink` until `buffer` holds nothing unpublished; the seconds that took."""
-    start = time.perf_counter()
-    task = asyncio.create_task(uplink.run())
-    while sum(buffer.depth().values()) > 0:
-        if task.done():
-            task.result()
-            raise RuntimeError("uplink stopped during the drain")
-        await asyncio.sleep(0.005)
-    elapsed = time.perf_counter() - start
-    await uplink.stop(timeout=5)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-    return elapsed
+def write_drafts(path: Path, drafts: Sequence[EventDraft]) -> Path:
+    """The drafts as a drafts file for `sealgw probe drain --drafts`."""
+    with path.open("w", encoding="utf-8") as out:
+        out.writelines(encode_draft_line(draft) + "\n" for draft in drafts)
+    return path
+
+
+def sealed_payloads(drafts: Sequence[EventDraft], gateway: str) -> list[bytes]:
+    """The payloads a fresh buffer of `gateway` commits for `drafts`: seq 1.., one hash chain."""
+    payloads, prev = [], GENESIS_HASH
+    for seq, draft in enumerate(drafts, start=1):
+        event = seal_event(draft, gateway, seq, prev)
+        payloads.append(event.payload)
+        prev = event.hash
+    return payloads

@@ -52,6 +52,7 @@ __all__ = [
     "ModbusExceptionCode",
     "ModbusExceptionError",
     "OutcomeUnknownError",
+    "ProbeError",
     "ProfileError",
     "ProtocolError",
     "ProvisionError",
@@ -345,6 +346,10 @@ class ControlError(GatewayError):
 
 class AuditInputError(GatewayError):
     """The input or a key cannot be read at all (a usage or I/O error, not a finding)."""
+
+
+class ProbeError(GatewayError):
+    """A probe (`sealgw probe`) could not measure: its broker, lock or work did not behave."""
 
 
 class ExitCode(IntEnum):

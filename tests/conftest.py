@@ -1,9 +1,16 @@
-"""Shared fixtures. Each fixture module registers itself here with one line."""
+"""Shared fixtures: the fixture modules of tests/fixtures/ are pytest plugins, one line each.
+
+A test asks for a plugin's fixture by name (`mosquitto`, `auth_world`, `handheld_bench`,
+`lock_bench`, ...); the modules' helpers stay importable for tests that need other settings.
+"""
 
 from hypothesis import settings
 
 pytest_plugins: list[str] = [
+    "tests.fixtures.auth",
     "tests.fixtures.browser",
+    "tests.fixtures.handheld",
+    "tests.fixtures.locks",
     "tests.fixtures.mosquitto",
     "tests.fixtures.remote",
 ]

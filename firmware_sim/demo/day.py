@@ -21,12 +21,12 @@ from typing import Any, TextIO
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from firmware_sim.demo.procs import Child, DemoStepError, ProcessSet, SimControl, TcpRelay, run_cli
 from firmware_sim.handheld.ble import BLE_ADDRESS, DIAL_TIMEOUT_S, HciHandheldDialer
 from firmware_sim.handheld.client import SimulatedHandheld, load_identity
 from firmware_sim.handheld.transport import Dialer, connect
 from firmware_sim.locks.world import lock_id_for
 from firmware_sim.mosquitto import MosquittoBroker
+from firmware_sim.procs import Child, DemoStepError, ProcessSet, SimControl, TcpRelay, run_cli
 from gateway.protocol.handheld_crypto import ed25519_public_bytes
 from gateway.protocol.tickets import x25519_public_bytes
 from master_station.subscriber import EventSubscriber

@@ -36,7 +36,7 @@ from firmware_sim.demo.day import (
     start_district,
     start_gateway,
 )
-from firmware_sim.demo.procs import DemoStepError
+from firmware_sim.procs import DemoStepError
 from master_station.authority import MasterAuthority
 from master_station.kpi.report import compute_kpis, load_inputs
 from master_station.ledger.factory import open_ledger

@@ -1,6 +1,6 @@
 """The `sealgw` command line. Subcommands import their modules lazily to keep start-up fast.
 
-Built-in commands (run, config, init, status, pair, audit, meters) live in gateway/cli/.
+Built-in commands (run, config, init, status, pair, audit, meters, probe) live in gateway/cli/.
 `master`, `sim` and `demo` are plug-ins of the `sealgw.commands` entry-point group
 (gateway/cli/plugins.py), read only when the command asked for is not a built-in one.
 """
@@ -19,12 +19,13 @@ from gateway.cli.admin import register_init_command, register_status_command
 from gateway.cli.audit import register_audit_command
 from gateway.cli.meters import register_meters_command
 from gateway.cli.pair import register_pair_command
+from gateway.cli.probe import register_probe_command
 from gateway.errors import ConfigError, ExitCode, GatewayError, exit_code_for
 
 EXIT_OK = ExitCode.OK
 EXIT_FAILURE = ExitCode.FAILURE
 EXIT_USAGE = ExitCode.USAGE
-BUILT_IN = ("run", "config", "init", "status", "pair", "audit", "meters")
+BUILT_IN = ("run", "config", "init", "status", "pair", "audit", "meters", "probe")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -82,6 +83,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     register_pair_command(commands)
     register_audit_command(commands)
     register_meters_command(commands)
+    register_probe_command(commands)
     if command not in BUILT_IN:
         from gateway.cli.plugins import add_plugin_commands  # noqa: PLC0415 - built-in commands never read entry points
 

@@ -9,13 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.faults.daemon import (
-    black_hole,
-    log_text,
-    start_gateway,
-    syn_sent_to,
-    write_config,
-)
+from firmware_sim.network import black_hole, syn_sent_to
+from tests.e2e.faults.daemon import log_text, start_gateway, write_config
 from tests.fixtures.procs import poll_until
 
 STOP_BOUND_S = 5.0

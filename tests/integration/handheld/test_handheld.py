@@ -10,7 +10,6 @@ import asyncio
 import json
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -58,18 +57,11 @@ from tests.fixtures.handheld import Bench, start_bench
 WORK_ORDER = "WO-2026-0001"
 
 
-@pytest.fixture
-async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
-    started = await start_bench(tmp_path)
-    yield started
-    await started.server.stop()
-
-
-async def paired(bench: Bench) -> SimulatedHandheld:
+async def paired(handheld_bench: Bench) -> SimulatedHandheld:
     """The world's handheld, paired with a fresh code."""
-    issued = await bench.service.issue_pairing_code()
-    handheld = bench.handheld()
-    await handheld.pair(bench.address, issued.code)
+    issued = await handheld_bench.service.issue_pairing_code()
+    handheld = handheld_bench.handheld()
+    await handheld.pair(handheld_bench.address, issued.code)
     return handheld
 
 
@@ -83,136 +75,166 @@ async def refused(coro: object) -> str:
 # -- pairing --------------------------------------------------------------------------------
 
 
-async def test_pairing_with_the_right_code_and_certificate(bench: Bench) -> None:
-    issued = await bench.service.issue_pairing_code()
+async def test_pairing_with_the_right_code_and_certificate(handheld_bench: Bench) -> None:
+    issued = await handheld_bench.service.issue_pairing_code()
     assert len(issued.code) == 8 and issued.code.isdigit()
-    handheld = bench.handheld()
+    handheld = handheld_bench.handheld()
     gateway = await handheld.pair(
-        bench.address,
+        handheld_bench.address,
         issued.code,
-        gateway_fingerprint=key_fingerprint(ed25519_public_bytes(bench.identity)),
+        gateway_fingerprint=key_fingerprint(ed25519_public_bytes(handheld_bench.identity)),
     )
     assert gateway.gateway == GATEWAY_ID
-    assert gateway.gateway_key == ed25519_public_bytes(bench.identity)
-    record = bench.store.get(ed25519_public_bytes(bench.world.handheld))
+    assert gateway.gateway_key == ed25519_public_bytes(handheld_bench.identity)
+    record = handheld_bench.store.get(ed25519_public_bytes(handheld_bench.world.handheld))
     assert record is not None
-    assert (record.operator, record.cert_serial) == (OPERATOR, bench.world.certificate.serial)
+    assert (record.operator, record.cert_serial) == (
+        OPERATOR,
+        handheld_bench.world.certificate.serial,
+    )
     assert record.paired_at == T0 + HOUR == gateway.paired_at
-    kinds = [e.type for e in bench.events]
+    kinds = [e.type for e in handheld_bench.events]
     assert kinds == [
         "handheld.pairing_code_issued",
         "handheld.pairing_attempt",
         "handheld.paired",
     ]
-    assert all(e.priority.name == "AUDIT" for e in bench.events)
-    assert bench.events[-1].subject == OPERATOR
-    assert issued.code not in json.dumps([dict(e.data) for e in bench.events])
+    assert all(e.priority.name == "AUDIT" for e in handheld_bench.events)
+    assert handheld_bench.events[-1].subject == OPERATOR
+    assert issued.code not in json.dumps([dict(e.data) for e in handheld_bench.events])
 
 
-async def test_paired_devices_survive_a_restart_in_a_private_file(bench: Bench) -> None:
-    await paired(bench)
-    reopened = PairedDeviceStore.open(bench.store.path)
+async def test_paired_devices_survive_a_restart_in_a_private_file(handheld_bench: Bench) -> None:
+    await paired(handheld_bench)
+    reopened = PairedDeviceStore.open(handheld_bench.store.path)
     assert [d.operator for d in reopened.devices()] == [OPERATOR]
-    assert stat.S_IMODE(os.stat(bench.store.path).st_mode) == 0o600
-    assert reopened.remove(ed25519_public_bytes(bench.world.handheld))
-    assert PairedDeviceStore.open(bench.store.path).devices() == ()
+    assert stat.S_IMODE(os.stat(handheld_bench.store.path).st_mode) == 0o600
+    assert reopened.remove(ed25519_public_bytes(handheld_bench.world.handheld))
+    assert PairedDeviceStore.open(handheld_bench.store.path).devices() == ()
 
 
-async def test_wrong_code_is_refused_and_audited(bench: Bench) -> None:
-    issued = await bench.service.issue_pairing_code()
+async def test_wrong_code_is_refused_and_audited(handheld_bench: Bench) -> None:
+    issued = await handheld_bench.service.issue_pairing_code()
     wrong = f"{(int(issued.code) + 1) % 10**8:08d}"
-    assert await refused(bench.handheld().pair(bench.address, wrong)) == "bad_code"
-    assert bench.reasons("handheld.pairing_failed") == ["bad_code"]
-    assert bench.store.devices() == ()
+    assert (
+        await refused(handheld_bench.handheld().pair(handheld_bench.address, wrong)) == "bad_code"
+    )
+    assert handheld_bench.reasons("handheld.pairing_failed") == ["bad_code"]
+    assert handheld_bench.store.devices() == ()
 
 
-async def test_expired_code_is_refused(bench: Bench) -> None:
-    issued = await bench.service.issue_pairing_code(ttl_s=60)
-    bench.clock.advance(61)
-    assert await refused(bench.handheld().pair(bench.address, issued.code)) == "code_expired"
-    assert bench.reasons("handheld.pairing_failed") == ["code_expired"]
+async def test_expired_code_is_refused(handheld_bench: Bench) -> None:
+    issued = await handheld_bench.service.issue_pairing_code(ttl_s=60)
+    handheld_bench.clock.advance(61)
+    assert (
+        await refused(handheld_bench.handheld().pair(handheld_bench.address, issued.code))
+        == "code_expired"
+    )
+    assert handheld_bench.reasons("handheld.pairing_failed") == ["code_expired"]
 
 
-async def test_code_works_once(bench: Bench) -> None:
-    issued = await bench.service.issue_pairing_code()
-    await bench.handheld().pair(bench.address, issued.code)
-    assert await refused(bench.handheld().pair(bench.address, issued.code)) == "code_used"
-    assert bench.reasons("handheld.pairing_failed") == ["code_used"]
+async def test_code_works_once(handheld_bench: Bench) -> None:
+    issued = await handheld_bench.service.issue_pairing_code()
+    await handheld_bench.handheld().pair(handheld_bench.address, issued.code)
+    assert (
+        await refused(handheld_bench.handheld().pair(handheld_bench.address, issued.code))
+        == "code_used"
+    )
+    assert handheld_bench.reasons("handheld.pairing_failed") == ["code_used"]
 
 
-async def test_no_code_issued_is_refused(bench: Bench) -> None:
-    assert await refused(bench.handheld().pair(bench.address, "12345678")) == "no_code"
+async def test_no_code_issued_is_refused(handheld_bench: Bench) -> None:
+    assert (
+        await refused(handheld_bench.handheld().pair(handheld_bench.address, "12345678"))
+        == "no_code"
+    )
 
 
 async def test_too_many_attempts_burn_the_code(tmp_path: Path) -> None:
-    bench = await start_bench(tmp_path, max_attempts=3)
+    handheld_bench = await start_bench(tmp_path, max_attempts=3)
     try:
-        issued = await bench.service.issue_pairing_code()
+        issued = await handheld_bench.service.issue_pairing_code()
         wrong = f"{(int(issued.code) + 1) % 10**8:08d}"
         for _ in range(3):
-            assert await refused(bench.handheld().pair(bench.address, wrong)) == "bad_code"
-        reason = await refused(bench.handheld().pair(bench.address, issued.code))
+            assert (
+                await refused(handheld_bench.handheld().pair(handheld_bench.address, wrong))
+                == "bad_code"
+            )
+        reason = await refused(handheld_bench.handheld().pair(handheld_bench.address, issued.code))
         assert reason == "too_many_attempts"
-        assert bench.reasons("handheld.pairing_failed") == ["bad_code"] * 3 + ["too_many_attempts"]
-        fresh = await bench.service.issue_pairing_code()
-        await bench.handheld().pair(bench.address, fresh.code)
-        assert len(bench.store.devices()) == 1
+        assert handheld_bench.reasons("handheld.pairing_failed") == ["bad_code"] * 3 + [
+            "too_many_attempts"
+        ]
+        fresh = await handheld_bench.service.issue_pairing_code()
+        await handheld_bench.handheld().pair(handheld_bench.address, fresh.code)
+        assert len(handheld_bench.store.devices()) == 1
     finally:
-        await bench.server.stop()
+        await handheld_bench.server.stop()
 
 
-async def test_stolen_certificate_without_the_device_key_cannot_pair(bench: Bench) -> None:
-    issued = await bench.service.issue_pairing_code()
-    thief = bench.handheld(key=Ed25519PrivateKey.generate())
-    assert await refused(thief.pair(bench.address, issued.code)) == "stolen_certificate_no_key"
-    assert bench.reasons("handheld.pairing_failed") == ["stolen_certificate_no_key"]
+async def test_stolen_certificate_without_the_device_key_cannot_pair(handheld_bench: Bench) -> None:
+    issued = await handheld_bench.service.issue_pairing_code()
+    thief = handheld_bench.handheld(key=Ed25519PrivateKey.generate())
+    assert (
+        await refused(thief.pair(handheld_bench.address, issued.code))
+        == "stolen_certificate_no_key"
+    )
+    assert handheld_bench.reasons("handheld.pairing_failed") == ["stolen_certificate_no_key"]
     # the thief's attempt did not burn the code for the real operator
-    await bench.handheld().pair(bench.address, issued.code)
-    assert len(bench.store.devices()) == 1
+    await handheld_bench.handheld().pair(handheld_bench.address, issued.code)
+    assert len(handheld_bench.store.devices()) == 1
 
 
-async def test_forged_expired_and_foreign_certificates_are_refused(bench: Bench) -> None:
-    issued = await bench.service.issue_pairing_code()
-    expired = bench.world.enroll(not_after=T0)
-    other_district = bench.world.enroll(districts=["district-9"])
-    assert await refused(bench.handheld(expired).pair(bench.address, issued.code)) == (
-        "certificate_expired"
-    )
-    assert await refused(bench.handheld(other_district).pair(bench.address, issued.code)) == (
-        "district_out_of_scope"
-    )
-    forged = _tamper_certificate(bench)
-    assert await refused(forged.pair(bench.address, issued.code)) == "bad_certificate"
-    assert bench.reasons("handheld.pairing_failed") == [
+async def test_forged_expired_and_foreign_certificates_are_refused(handheld_bench: Bench) -> None:
+    issued = await handheld_bench.service.issue_pairing_code()
+    expired = handheld_bench.world.enroll(not_after=T0)
+    other_district = handheld_bench.world.enroll(districts=["district-9"])
+    assert await refused(
+        handheld_bench.handheld(expired).pair(handheld_bench.address, issued.code)
+    ) == ("certificate_expired")
+    assert await refused(
+        handheld_bench.handheld(other_district).pair(handheld_bench.address, issued.code)
+    ) == ("district_out_of_scope")
+    forged = _tamper_certificate(handheld_bench)
+    assert await refused(forged.pair(handheld_bench.address, issued.code)) == "bad_certificate"
+    assert handheld_bench.reasons("handheld.pairing_failed") == [
         "certificate_expired",
         "district_out_of_scope",
         "bad_certificate",
     ]
-    assert bench.events_of("handheld.pairing_failed")[-1].subject == GATEWAY_ID
+    assert handheld_bench.events_of("handheld.pairing_failed")[-1].subject == GATEWAY_ID
 
 
-async def test_revoked_certificate_cannot_pair(bench: Bench) -> None:
-    bench.revoked.append(bench.world.revoke(certificates=[bench.world.certificate.serial]))
-    issued = await bench.service.issue_pairing_code()
-    assert await refused(bench.handheld().pair(bench.address, issued.code)) == (
+async def test_revoked_certificate_cannot_pair(handheld_bench: Bench) -> None:
+    handheld_bench.revoked.append(
+        handheld_bench.world.revoke(certificates=[handheld_bench.world.certificate.serial])
+    )
+    issued = await handheld_bench.service.issue_pairing_code()
+    assert await refused(handheld_bench.handheld().pair(handheld_bench.address, issued.code)) == (
         "certificate_revoked"
     )
 
 
-async def test_a_pinned_gateway_key_that_differs_stops_before_the_proof(bench: Bench) -> None:
-    issued = await bench.service.issue_pairing_code()
+async def test_a_pinned_gateway_key_that_differs_stops_before_the_proof(
+    handheld_bench: Bench,
+) -> None:
+    issued = await handheld_bench.service.issue_pairing_code()
     with pytest.raises(AuthError) as info:
-        await bench.handheld().pair(bench.address, issued.code, gateway_fingerprint="00" * 8)
+        await handheld_bench.handheld().pair(
+            handheld_bench.address, issued.code, gateway_fingerprint="00" * 8
+        )
     assert info.value.code == "gateway_mismatch"
-    assert bench.store.devices() == ()
-    await bench.handheld().pair(bench.address, issued.code)  # no attempt was spent
+    assert handheld_bench.store.devices() == ()
+    await handheld_bench.handheld().pair(
+        handheld_bench.address, issued.code
+    )  # no attempt was spent
 
 
-def test_code_mac_needs_the_right_code_and_the_gateway_proves_it_too(bench: Bench) -> None:
+def test_code_mac_needs_the_right_code_and_the_gateway_proves_it_too(handheld_bench: Bench) -> None:
     from gateway.protocol.handheld_crypto import GatewayPairing, HandheldPairing
 
-    device, gateway = bench.world.handheld, Ed25519PrivateKey.generate()
-    document = bench.handheld().identity.certificate
+    device, gateway = handheld_bench.world.handheld, Ed25519PrivateKey.generate()
+    document = handheld_bench.handheld().identity.certificate
 
     def run(handheld_code: str, gateway_code: str) -> tuple[HandheldPairing, GatewayPairing]:
         pairing = HandheldPairing(document, device, handheld_code)
@@ -238,39 +260,44 @@ def test_code_mac_needs_the_right_code_and_the_gateway_proves_it_too(bench: Benc
 
 
 async def test_a_stalled_pairing_times_out_and_is_audited(tmp_path: Path) -> None:
-    bench = await start_bench(tmp_path, handshake_timeout_s=1.0)
+    handheld_bench = await start_bench(tmp_path, handshake_timeout_s=1.0)
     try:
-        await bench.service.issue_pairing_code()
-        stream = await connect(bench.address)
+        await handheld_bench.service.issue_pairing_code()
+        stream = await connect(handheld_bench.address)
         pairing = HandheldPairing(
-            bench.handheld().identity.certificate, bench.world.handheld, "00000000"
+            handheld_bench.handheld().identity.certificate,
+            handheld_bench.world.handheld,
+            "00000000",
         )
         await stream.write(pairing.hello())
         assert isinstance(await stream.read(), PairChallenge)
         answer = await stream.read()  # we never send the proof
         await stream.close()
     finally:
-        await bench.server.stop()
+        await handheld_bench.server.stop()
     assert isinstance(answer, Refusal) and answer.reason == "timeout"
-    assert bench.reasons("handheld.pairing_failed") == ["timeout"]
+    assert handheld_bench.reasons("handheld.pairing_failed") == ["timeout"]
 
 
 async def test_no_pairing_when_audit_events_cannot_be_stored(tmp_path: Path) -> None:
-    bench = await start_bench(tmp_path, storage_full=True)
+    handheld_bench = await start_bench(tmp_path, storage_full=True)
     try:
-        issued = await bench.service.issue_pairing_code()
-        assert await refused(bench.handheld().pair(bench.address, issued.code)) == "storage_full"
+        issued = await handheld_bench.service.issue_pairing_code()
+        assert (
+            await refused(handheld_bench.handheld().pair(handheld_bench.address, issued.code))
+            == "storage_full"
+        )
     finally:
-        await bench.server.stop()
-    assert bench.store.devices() == ()
+        await handheld_bench.server.stop()
+    assert handheld_bench.store.devices() == ()
 
 
 # -- sessions and the attack matrix ---------------------------------------------------------
 
 
-async def test_operations_reach_the_backend_and_results_come_back(bench: Bench) -> None:
-    handheld = await paired(bench)
-    async with await handheld.open_session(bench.address) as session:
+async def test_operations_reach_the_backend_and_results_come_back(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
+    async with await handheld.open_session(handheld_bench.address) as session:
         assert session.operator == OPERATOR
         tickets = await session.tickets()
         assert [t["work_order"] for t in tickets] == [WORK_ORDER]
@@ -286,11 +313,11 @@ async def test_operations_reach_the_backend_and_results_come_back(bench: Bench) 
         assert info.value.code == "unknown_seal"
         answer = await session.request({"op": "format_disk"})
         assert (answer["ok"], answer["error"]) == (False, "bad_request")
-    request = bench.backend.executed[0]
+    request = handheld_bench.backend.executed[0]
     assert (request.operator, request.op, request.seal_id) == (OPERATOR, "unseal", "SL-0001")
-    assert request.device_key == ed25519_public_bytes(bench.world.handheld)
+    assert request.device_key == ed25519_public_bytes(handheld_bench.world.handheld)
     assert request.ticket_id == tickets[0]["ticket_id"]
-    assert [e.data["op"] for e in bench.events_of("handheld.request")] == [
+    assert [e.data["op"] for e in handheld_bench.events_of("handheld.request")] == [
         "list_tickets",
         "seal_state",
         "list_tickets",
@@ -301,36 +328,40 @@ async def test_operations_reach_the_backend_and_results_come_back(bench: Bench) 
         "format_disk",
     ]
     async with asyncio.timeout(5):
-        while not bench.events_of("handheld.session_closed"):
+        while not handheld_bench.events_of("handheld.session_closed"):
             await asyncio.sleep(0.01)
-    assert len(bench.events_of("handheld.session_opened")) == 1
-    closed = bench.events_of("handheld.session_closed")
+    assert len(handheld_bench.events_of("handheld.session_opened")) == 1
+    closed = handheld_bench.events_of("handheld.session_closed")
     assert [e.data["requests"] for e in closed] == [8]
 
 
-async def test_results_of_other_operators_are_not_shown(bench: Bench) -> None:
-    handheld = await paired(bench)
-    await bench.backend.execute(bench.world.request(bench.world.ticket(), operator="op-0099"))
-    async with await handheld.open_session(bench.address) as session:
+async def test_results_of_other_operators_are_not_shown(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
+    await handheld_bench.backend.execute(
+        handheld_bench.world.request(handheld_bench.world.ticket(), operator="op-0099")
+    )
+    async with await handheld.open_session(handheld_bench.address) as session:
         with pytest.raises(HandheldRefusedError) as info:
             await session.result("op-1")
     assert info.value.code == "unknown_operation"
 
 
-async def test_unpaired_handheld_is_refused(bench: Bench) -> None:
-    pin = PairedGateway(GATEWAY_ID, ed25519_public_bytes(bench.identity), T0)
-    stranger = SimulatedHandheld(bench.handheld().identity, pin)
-    assert await refused(stranger.open_session(bench.address)) == "unpaired_device"
-    denied = bench.events_of("handheld.session_denied")
+async def test_unpaired_handheld_is_refused(handheld_bench: Bench) -> None:
+    pin = PairedGateway(GATEWAY_ID, ed25519_public_bytes(handheld_bench.identity), T0)
+    stranger = SimulatedHandheld(handheld_bench.handheld().identity, pin)
+    assert await refused(stranger.open_session(handheld_bench.address)) == "unpaired_device"
+    denied = handheld_bench.events_of("handheld.session_denied")
     assert [e.data["reason"] for e in denied] == ["unpaired_device"]
     assert denied[0].subject == GATEWAY_ID
 
 
-async def test_stolen_certificate_without_the_device_key_gets_no_session(bench: Bench) -> None:
-    await paired(bench)
-    victim = ed25519_public_bytes(bench.world.handheld)
+async def test_stolen_certificate_without_the_device_key_gets_no_session(
+    handheld_bench: Bench,
+) -> None:
+    await paired(handheld_bench)
+    victim = ed25519_public_bytes(handheld_bench.world.handheld)
     thief = Ed25519PrivateKey.generate()
-    stream = await connect(bench.address)
+    stream = await connect(handheld_bench.address)
     try:
         eph = X25519PrivateKey.generate().public_key().public_bytes_raw()
         await stream.write(SessionHello(victim, eph, os.urandom(16)))
@@ -343,86 +374,86 @@ async def test_stolen_certificate_without_the_device_key_gets_no_session(bench: 
     assert answer == Refusal(
         "stolen_certificate_no_key", "session not signed by the paired device key"
     )
-    assert bench.reasons("handheld.session_denied") == ["stolen_certificate_no_key"]
+    assert handheld_bench.reasons("handheld.session_denied") == ["stolen_certificate_no_key"]
 
 
-async def test_replayed_request_is_rejected(bench: Bench) -> None:
-    handheld = await paired(bench)
-    session = await handheld.open_session(bench.address)
+async def test_replayed_request_is_rejected(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
+    session = await handheld.open_session(handheld_bench.address)
     try:
         first = session.channel.seal_request({"op": "list_tickets"})
         assert (await session.exchange(first))["ok"] is True
         assert await refused(session.exchange(first)) == "replayed_request"
     finally:
         await session.close()
-    assert bench.reasons("handheld.session_denied") == ["replayed_request"]
-    assert len(bench.events_of("handheld.request")) == 1
+    assert handheld_bench.reasons("handheld.session_denied") == ["replayed_request"]
+    assert len(handheld_bench.events_of("handheld.request")) == 1
 
 
-async def test_replay_into_a_new_session_is_rejected(bench: Bench) -> None:
-    handheld = await paired(bench)
-    async with await handheld.open_session(bench.address) as old:
+async def test_replay_into_a_new_session_is_rejected(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
+    async with await handheld.open_session(handheld_bench.address) as old:
         captured = old.channel.seal_request({"op": "unseal", "seal_id": "SL-0001"})
-    async with await handheld.open_session(bench.address) as new:
+    async with await handheld.open_session(handheld_bench.address) as new:
         assert await refused(new.exchange(captured)) == "bad_record"
-    assert bench.backend.executed == []
+    assert handheld_bench.backend.executed == []
 
 
-async def test_reordered_request_is_rejected(bench: Bench) -> None:
-    handheld = await paired(bench)
-    session = await handheld.open_session(bench.address)
+async def test_reordered_request_is_rejected(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
+    session = await handheld.open_session(handheld_bench.address)
     try:
         session.channel.seal_request({"op": "list_tickets"})  # counter 1, held back
         second = session.channel.seal_request({"op": "list_tickets"})
         assert await refused(session.exchange(second)) == "reordered_request"
     finally:
         await session.close()
-    assert bench.reasons("handheld.session_denied") == ["reordered_request"]
-    assert bench.events_of("handheld.request") == []
+    assert handheld_bench.reasons("handheld.session_denied") == ["reordered_request"]
+    assert handheld_bench.events_of("handheld.request") == []
 
 
-async def test_tampered_ciphertext_is_rejected(bench: Bench) -> None:
-    handheld = await paired(bench)
-    session = await handheld.open_session(bench.address)
+async def test_tampered_ciphertext_is_rejected(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
+    session = await handheld.open_session(handheld_bench.address)
     try:
         record = session.channel.seal_request({"op": "seal_state", "seal_id": "SL-0001"})
         flipped = bytes([record.ct[0] ^ 1]) + record.ct[1:]
         assert await refused(session.exchange(Record(record.kind, 1, flipped))) == "bad_record"
     finally:
         await session.close()
-    assert bench.reasons("handheld.session_denied") == ["bad_record"]
+    assert handheld_bench.reasons("handheld.session_denied") == ["bad_record"]
 
 
-async def test_revoked_certificate_loses_its_sessions(bench: Bench) -> None:
-    handheld = await paired(bench)
-    bench.revoked.append(bench.world.revoke(operators=[OPERATOR]))
-    assert await refused(handheld.open_session(bench.address)) == "certificate_revoked"
+async def test_revoked_certificate_loses_its_sessions(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
+    handheld_bench.revoked.append(handheld_bench.world.revoke(operators=[OPERATOR]))
+    assert await refused(handheld.open_session(handheld_bench.address)) == "certificate_revoked"
 
 
-async def test_certificate_expiry_ends_sessions(bench: Bench) -> None:
-    handheld = await paired(bench)
-    bench.clock.advance(366 * 24 * HOUR)
-    assert await refused(handheld.open_session(bench.address)) == "certificate_expired"
+async def test_certificate_expiry_ends_sessions(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
+    handheld_bench.clock.advance(366 * 24 * HOUR)
+    assert await refused(handheld.open_session(handheld_bench.address)) == "certificate_expired"
 
 
-async def test_a_handheld_rejects_an_impostor_gateway(bench: Bench) -> None:
-    handheld = await paired(bench)
+async def test_a_handheld_rejects_an_impostor_gateway(handheld_bench: Bench) -> None:
+    handheld = await paired(handheld_bench)
     assert handheld.paired is not None
     impostor = PairedGateway(GATEWAY_ID, ed25519_public_bytes(Ed25519PrivateKey.generate()), T0)
     handheld.paired = impostor
     with pytest.raises(AuthError) as info:
-        await handheld.open_session(bench.address)
+        await handheld.open_session(handheld_bench.address)
     assert info.value.code == "bad_gateway"
 
 
-async def test_garbage_and_wrong_first_messages_are_denied(bench: Bench) -> None:
-    stream = await connect(bench.address)
+async def test_garbage_and_wrong_first_messages_are_denied(handheld_bench: Bench) -> None:
+    stream = await connect(handheld_bench.address)
     await stream.write(Record(RecordKind.REQUEST, 1, bytes(20)))
     answer = await stream.read()
     await stream.close()
     assert answer == Refusal("unexpected_message", "Record")
     reader, writer = await asyncio.open_connection(
-        bench.server.address.host, bench.server.address.port
+        handheld_bench.server.address.host, handheld_bench.server.address.port
     )
     writer.write(encode_frame(b"{not json"))
     await writer.drain()
@@ -430,7 +461,7 @@ async def test_garbage_and_wrong_first_messages_are_denied(bench: Bench) -> None
     writer.close()
     await writer.wait_closed()
     assert isinstance(reply, Refusal) and reply.reason == "malformed"
-    assert bench.reasons("handheld.session_denied") == ["unexpected_message", "malformed"]
+    assert handheld_bench.reasons("handheld.session_denied") == ["unexpected_message", "malformed"]
 
 
 def test_responses_are_bound_to_their_request() -> None:
@@ -456,14 +487,14 @@ def test_responses_are_bound_to_their_request() -> None:
 
 async def test_pairing_and_session_over_a_unix_socket(tmp_path: Path) -> None:
     sock = Path("/tmp") / f"sealgw-hh-{os.getpid()}-{id(tmp_path)}.sock"
-    bench = await start_bench(tmp_path, listen=f"unix:{sock}")
+    handheld_bench = await start_bench(tmp_path, listen=f"unix:{sock}")
     try:
-        handheld = await paired(bench)
-        async with await handheld.open_session(bench.address) as session:
+        handheld = await paired(handheld_bench)
+        async with await handheld.open_session(handheld_bench.address) as session:
             assert (await session.seal_state("SL-0002"))["state"] == "unsealed"
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o660
     finally:
-        await bench.server.stop()
+        await handheld_bench.server.stop()
     assert not sock.exists()
 
 
@@ -477,11 +508,11 @@ def test_listen_strings() -> None:
 
 
 async def test_sealgw_pair_prints_a_fresh_code_from_the_daemon(
-    bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    handheld_bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import argparse
 
-    control = ControlServer(tmp_path / "ctl.sock", {"pair": bench.service.pair_command})
+    control = ControlServer(tmp_path / "ctl.sock", {"pair": handheld_bench.service.pair_command})
     await control.start()
     try:
         parser = argparse.ArgumentParser()
@@ -493,21 +524,24 @@ async def test_sealgw_pair_prints_a_fresh_code_from_the_daemon(
     out = capsys.readouterr().out
     code = out.split()[2] + out.split()[3]
     assert len(code) == 8 and code.isdigit()
-    assert key_fingerprint(ed25519_public_bytes(bench.identity)) in out
-    await bench.handheld().pair(bench.address, code)
-    assert len(bench.store.devices()) == 1
+    assert key_fingerprint(ed25519_public_bytes(handheld_bench.identity)) in out
+    await handheld_bench.handheld().pair(handheld_bench.address, code)
+    assert len(handheld_bench.store.devices()) == 1
     text = format_code({"code": "12345678", "expires_at": "x", "ttl_s": 300})
     assert text.startswith("pairing code   1234 5678")
 
 
 async def test_handheld_cli_plays_a_field_worker(
-    bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    handheld_bench: Bench, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     directory = tmp_path / "hh"
     authority_dir = tmp_path / "master"
 
     def run(*argv: str) -> dict[str, object] | list[object]:
-        assert handheld_cli.main(["--dir", str(directory), "--gateway", bench.address, *argv]) == 0
+        assert (
+            handheld_cli.main(["--dir", str(directory), "--gateway", handheld_bench.address, *argv])
+            == 0
+        )
         return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
 
     await asyncio.to_thread(
@@ -527,8 +561,8 @@ async def test_handheld_cli_plays_a_field_worker(
         str(T0 - 24 * HOUR),
     )
     assert stat.S_IMODE(os.stat(directory / "device.key").st_mode) == 0o600
-    issued = await bench.service.issue_pairing_code()
-    fingerprint = key_fingerprint(ed25519_public_bytes(bench.identity))
+    issued = await handheld_bench.service.issue_pairing_code()
+    fingerprint = key_fingerprint(ed25519_public_bytes(handheld_bench.identity))
     pairing = await asyncio.to_thread(
         run, "pair", "--code", issued.code, "--gateway-key", fingerprint
     )
@@ -547,7 +581,7 @@ async def test_handheld_cli_plays_a_field_worker(
             "--dir",
             str(directory),
             "--gateway",
-            bench.address,
+            handheld_bench.address,
             "seal",
             "SL-0003",
             "--work-order",
@@ -561,14 +595,14 @@ async def test_handheld_cli_plays_a_field_worker(
 # -- codecs (hypothesis) --------------------------------------------------------------------
 
 
-def _tamper_certificate(bench: Bench) -> SimulatedHandheld:
-    handheld = bench.handheld()
+def _tamper_certificate(handheld_bench: Bench) -> SimulatedHandheld:
+    handheld = handheld_bench.handheld()
     doc = json.loads(handheld.identity.certificate)
     doc["body"]["roles"] = ["district_manager"]
     from firmware_sim.handheld.client import HandheldIdentity
 
     text = json.dumps(doc, separators=(",", ":"), sort_keys=True)
-    return SimulatedHandheld(HandheldIdentity(text, bench.world.handheld))
+    return SimulatedHandheld(HandheldIdentity(text, handheld_bench.world.handheld))
 
 
 _b = st.binary
@@ -655,15 +689,15 @@ def test_oversized_frames_are_refused() -> None:
 # -- protocol versions ------------------------------------------------------------------------
 
 
-async def test_an_old_version_handheld_gets_a_refusal_it_can_read(bench: Bench) -> None:
+async def test_an_old_version_handheld_gets_a_refusal_it_can_read(handheld_bench: Bench) -> None:
     """A version 1 handheld (HMAC-bound code) is refused in version 1's own refusal layout."""
-    await bench.service.issue_pairing_code()
-    host, port = bench.address.removeprefix("tcp:").rsplit(":", 1)
+    await handheld_bench.service.issue_pairing_code()
+    host, port = handheld_bench.address.removeprefix("tcp:").rsplit(":", 1)
     reader, writer = await asyncio.open_connection(host, int(port))
     v1_hello = {
         "v": 1,
         "type": "pair_hello",
-        "cert": bench.handheld().identity.certificate,
+        "cert": handheld_bench.handheld().identity.certificate,
         "eph": "A" * 43,
         "nonce": "A" * 22,
     }
@@ -675,12 +709,12 @@ async def test_an_old_version_handheld_gets_a_refusal_it_can_read(bench: Bench) 
     assert answer["v"] == 1 and answer["type"] == "refusal"
     assert answer["reason"] == "unsupported_version"
     assert "version 1 is not supported" in answer["detail"] and "version 2" in answer["detail"]
-    assert bench.reasons("handheld.session_denied") == ["unsupported_version"]
-    assert bench.store.devices() == ()
+    assert handheld_bench.reasons("handheld.session_denied") == ["unsupported_version"]
+    assert handheld_bench.store.devices() == ()
 
 
-async def test_a_future_version_is_refused_in_todays_version(bench: Bench) -> None:
-    stream = await connect(bench.address)
+async def test_a_future_version_is_refused_in_todays_version(handheld_bench: Bench) -> None:
+    stream = await connect(handheld_bench.address)
     writer = stream._writer
     writer.write(encode_frame(b'{"type":"pair_hello","v":3}'))
     answer = await stream.read()

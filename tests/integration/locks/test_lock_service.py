@@ -21,7 +21,7 @@ from gateway.protocol.seal_exchange import (
 )
 from gateway.protocol.seal_frames import Challenge, CommandResult, LockState, Operation, ResultCode
 from tests.fixtures.auth import HOUR, T0
-from tests.fixtures.locks import bench, log_events
+from tests.fixtures.locks import Bench, bench, log_events
 
 
 def state_of(retained: dict[str, bytes], seal: str) -> dict[str, object]:
@@ -29,239 +29,242 @@ def state_of(retained: dict[str, bytes], seal: str) -> dict[str, object]:
     return json.loads(raw) if raw else {}
 
 
-async def test_scan_gives_verified_state_and_reconciles_boot_entries(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        seals = ["SL-0001", "SL-0002", "SL-0003"]
-        await b.wait_for(lambda: all(state_of(b.retained, s).get("online") for s in seals))
-        assert all(state_of(b.retained, s)["state"] == "sealed" for s in seals)
-        boots = await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        assert sorted(e.subject for e in boots) == seals
-        assert all(e.data["log_index"] == 1 and e.data["source"] == "log" for e in boots)
-        assert b.service is not None
-        assert b.service.seal_state("SL-0001") == "sealed"
-        snap = b.service.snapshot()
-        assert snap["seen"] == 3
-        assert snap["spoofed_adverts"] == 0
+async def test_scan_gives_verified_state_and_reconciles_boot_entries(lock_bench: Bench) -> None:
+    seals = ["SL-0001", "SL-0002", "SL-0003"]
+    await lock_bench.wait_for(
+        lambda: all(state_of(lock_bench.retained, s).get("online") for s in seals)
+    )
+    assert all(state_of(lock_bench.retained, s)["state"] == "sealed" for s in seals)
+    boots = await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    assert sorted(e.subject for e in boots) == seals
+    assert all(e.data["log_index"] == 1 and e.data["source"] == "log" for e in boots)
+    assert lock_bench.service is not None
+    assert lock_bench.service.seal_state("SL-0001") == "sealed"
+    snap = lock_bench.service.snapshot()
+    assert snap["seen"] == 3
+    assert snap["spoofed_adverts"] == 0
 
 
-async def test_unseal_then_seal_end_to_end(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        assert b.service is not None
-        await b.wait_for(lambda: state_of(b.retained, "SL-0001").get("online"))
-        ticket = b.issue()
-        lock = b.locks.locks["SL-0001"].model
+async def test_unseal_then_seal_end_to_end(lock_bench: Bench) -> None:
+    assert lock_bench.service is not None
+    await lock_bench.wait_for(lambda: state_of(lock_bench.retained, "SL-0001").get("online"))
+    ticket = lock_bench.issue()
+    lock = lock_bench.locks.locks["SL-0001"].model
 
-        result = await b.run(b.request(ticket, op="unseal"))
+    result = await lock_bench.run(lock_bench.request(ticket, op="unseal"))
 
-        assert result.ok, result
-        assert (result.status, result.state, result.log_index) == ("done", "unsealed", 2)
-        assert lock.state is LockState.UNSEALED
-        events = await b.events()
-        kinds = [e.type for e in events if e.subject == "SL-0001" and e.priority.name == "AUDIT"]
-        assert kinds[-3:] == ["seal.op_requested", "seal.op_allowed", "seal.unsealed"]
-        unsealed = next(e for e in events if e.type == "seal.unsealed")
-        assert unsealed.data["log_index"] == 2
-        assert unsealed.data["operator"] == "op-0042"
-        assert unsealed.data["ticket_id"] == ticket.ticket_id
-        assert unsealed.data["audit_tag"] == lock.log_entries()[-1].audit_tag.hex()
-        assert b.service.seal_state("SL-0001") == "unsealed"
-        assert b.service.unseal_authorized("SL-0001", b.clock.now())
-        assert b.tickets.uses(ticket.ticket_id) == 1
+    assert result.ok, result
+    assert (result.status, result.state, result.log_index) == ("done", "unsealed", 2)
+    assert lock.state is LockState.UNSEALED
+    events = await lock_bench.events()
+    kinds = [e.type for e in events if e.subject == "SL-0001" and e.priority.name == "AUDIT"]
+    assert kinds[-3:] == ["seal.op_requested", "seal.op_allowed", "seal.unsealed"]
+    unsealed = next(e for e in events if e.type == "seal.unsealed")
+    assert unsealed.data["log_index"] == 2
+    assert unsealed.data["operator"] == "op-0042"
+    assert unsealed.data["ticket_id"] == ticket.ticket_id
+    assert unsealed.data["audit_tag"] == lock.log_entries()[-1].audit_tag.hex()
+    assert lock_bench.service.seal_state("SL-0001") == "unsealed"
+    assert lock_bench.service.unseal_authorized("SL-0001", lock_bench.clock.now())
+    assert lock_bench.tickets.uses(ticket.ticket_id) == 1
 
-        result = await b.run(b.request(ticket, op="seal"))
+    result = await lock_bench.run(lock_bench.request(ticket, op="seal"))
 
-        assert result.ok, result
-        assert (result.state, result.wire, result.log_index) == ("sealed", "intact", 3)
-        sealed = (await b.wait_events(lambda e: e.type == "seal.sealed"))[0]
-        assert sealed.data["wire_loop"] == "intact"
-        assert sealed.data["log_index"] == 3
-        assert not b.service.unseal_authorized("SL-0001", b.clock.now())
-        assert state_of(b.retained, "SL-0001")["state"] == "sealed"
-        assert b.service.snapshot()["ops_ok"] == 2
-        per_entry = log_events(await b.events())
-        assert len(per_entry) == len(set(per_entry))
-
-
-async def test_tamper_is_raised_from_the_advert_then_reconciled(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        assert b.service is not None
-        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        connects = b.service.scheduler.stats.connects
-
-        b.locks.inject("SL-0002", "wire_cut")
-
-        tampers = await b.wait_events(lambda e: e.type == "seal.tamper", count=2)
-        from_advert, from_log = tampers
-        assert from_advert.data["source"] == "advert"
-        assert from_advert.priority.name == "ALARM"
-        assert from_advert.data["wire_cut"] is True
-        assert from_advert.seq < from_log.seq
-        assert (from_log.data["source"], from_log.data["cause"]) == ("log", "wire_cut")
-        assert from_log.data["log_index"] == 2
-        assert b.service.scheduler.stats.connects == connects + 1  # one connect, after the alarm
-        assert b.service.seal_state("SL-0002") == "tampered"
-        state = state_of(b.retained, "SL-0002")
-        assert (state["state"], state["tamper"], state["wire"]) == ("tampered", True, "broken")
-
-        b.locks.inject("SL-0003", "low_battery")
-        low = await b.wait_events(lambda e: e.type == "seal.battery_low", count=2)
-        assert {e.data["source"] for e in low} == {"advert", "log"}
-        assert low[0].priority.name == "STATE"
+    assert result.ok, result
+    assert (result.state, result.wire, result.log_index) == ("sealed", "intact", 3)
+    sealed = (await lock_bench.wait_events(lambda e: e.type == "seal.sealed"))[0]
+    assert sealed.data["wire_loop"] == "intact"
+    assert sealed.data["log_index"] == 3
+    assert not lock_bench.service.unseal_authorized("SL-0001", lock_bench.clock.now())
+    assert state_of(lock_bench.retained, "SL-0001")["state"] == "sealed"
+    assert lock_bench.service.snapshot()["ops_ok"] == 2
+    per_entry = log_events(await lock_bench.events())
+    assert len(per_entry) == len(set(per_entry))
 
 
-async def test_spoofed_and_replayed_adverts_are_rejected_and_counted(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        assert b.service is not None
-        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        old_payload = b.locks.locks["SL-0003"].advert_payload
-        b.locks.inject("SL-0003", "low_battery")  # the real lock moves its counter on
-        await b.wait_events(lambda e: e.type == "seal.battery_low", count=2)
-        # A rogue lock with the right id but not the right key, on the same radio.
-        clock = b.clock
-        rogue_model = LockModel(lock_id_for(3), os.urandom(32), clock=clock)
-        rogue_model.set_shell_open(True)
-        link = b.locks.server.controller.link
-        rogue = LockPeripheral("ROGUE", rogue_model, link, "F5:EA:10:00:FF:03", clock=clock)
-        b.spy_adverts()
-        await rogue.start()
-        try:
-            await b.wait_for(lambda: b.service.rejected["bad_advert_mac"] >= 3)
-        finally:
-            await rogue.close()
-        assert b.service.beliefs.observe_payload(old_payload, source="advert") is None  # replay
-        assert b.service.rejected["advert_replay"] == 1
-        snap = b.service.snapshot()
-        assert snap["spoofed_adverts"] >= 4
-        assert b.service.seal_state("SL-0003") == "sealed"
-        tampers = [e for e in await b.events() if e.type == "seal.tamper"]
-        assert tampers == []
+async def test_tamper_is_raised_from_the_advert_then_reconciled(lock_bench: Bench) -> None:
+    assert lock_bench.service is not None
+    await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    connects = lock_bench.service.scheduler.stats.connects
+
+    lock_bench.locks.inject("SL-0002", "wire_cut")
+
+    tampers = await lock_bench.wait_events(lambda e: e.type == "seal.tamper", count=2)
+    from_advert, from_log = tampers
+    assert from_advert.data["source"] == "advert"
+    assert from_advert.priority.name == "ALARM"
+    assert from_advert.data["wire_cut"] is True
+    assert from_advert.seq < from_log.seq
+    assert (from_log.data["source"], from_log.data["cause"]) == ("log", "wire_cut")
+    assert from_log.data["log_index"] == 2
+    assert (
+        lock_bench.service.scheduler.stats.connects == connects + 1
+    )  # one connect, after the alarm
+    assert lock_bench.service.seal_state("SL-0002") == "tampered"
+    state = state_of(lock_bench.retained, "SL-0002")
+    assert (state["state"], state["tamper"], state["wire"]) == ("tampered", True, "broken")
+
+    lock_bench.locks.inject("SL-0003", "low_battery")
+    low = await lock_bench.wait_events(lambda e: e.type == "seal.battery_low", count=2)
+    assert {e.data["source"] for e in low} == {"advert", "log"}
+    assert low[0].priority.name == "STATE"
 
 
-async def test_replayed_command_frame_is_rejected_by_the_lock_and_logged(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        service = b.service
-        assert service is not None
-        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        ticket = b.issue()
-        credential = b.tickets.credential(ticket.ticket_id, "SL-0001")
-        lock = service.locks["SL-0001"]
-        answers: list[CommandResult] = []
-
-        async def replay(session: LockSession) -> None:
-            request = challenge_request()
-            first = await session.request(request)
-            assert isinstance(first, Challenge)
-            ctx = check_challenge(request, first, lock.lock_id, None)
-            command = build_command(credential, ctx, first.counter, Operation.UNSEAL)
-            answer = await session.request(command)
-            assert isinstance(answer, CommandResult)
-            answers.append(verify_result(credential, ctx, command, answer))
-            again = challenge_request()
-            second = await session.request(again)
-            assert isinstance(second, Challenge)
-            ctx2 = check_challenge(again, second, lock.lock_id, first.counter)
-            replayed = await session.request(command)  # the same bytes, an old challenge
-            assert isinstance(replayed, CommandResult)
-            answers.append(verify_result(credential, ctx2, command, replayed))
-            await service.log_sync.reconcile_on(lock, session)
-
-        await service.scheduler.run("SL-0001", Urgency.HANDHELD, replay)
-
-        assert [a.result for a in answers] == [ResultCode.OK, ResultCode.REPLAY]
-        rejected = await b.wait_events(lambda e: e.type == "seal.op_rejected")
-        assert rejected[0].data["reason"] == "replay"
-        assert rejected[0].data["log_index"] == answers[1].log_index
-        assert b.locks.locks["SL-0001"].model.state is LockState.UNSEALED  # only the first acted
+async def test_spoofed_and_replayed_adverts_are_rejected_and_counted(lock_bench: Bench) -> None:
+    assert lock_bench.service is not None
+    await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    old_payload = lock_bench.locks.locks["SL-0003"].advert_payload
+    lock_bench.locks.inject("SL-0003", "low_battery")  # the real lock moves its counter on
+    await lock_bench.wait_events(lambda e: e.type == "seal.battery_low", count=2)
+    # A rogue lock with the right id but not the right key, on the same radio.
+    clock = lock_bench.clock
+    rogue_model = LockModel(lock_id_for(3), os.urandom(32), clock=clock)
+    rogue_model.set_shell_open(True)
+    link = lock_bench.locks.server.controller.link
+    rogue = LockPeripheral("ROGUE", rogue_model, link, "F5:EA:10:00:FF:03", clock=clock)
+    lock_bench.spy_adverts()
+    await rogue.start()
+    try:
+        await lock_bench.wait_for(lambda: lock_bench.service.rejected["bad_advert_mac"] >= 3)
+    finally:
+        await rogue.close()
+    assert (
+        lock_bench.service.beliefs.observe_payload(old_payload, source="advert") is None
+    )  # replay
+    assert lock_bench.service.rejected["advert_replay"] == 1
+    snap = lock_bench.service.snapshot()
+    assert snap["spoofed_adverts"] >= 4
+    assert lock_bench.service.seal_state("SL-0003") == "sealed"
+    tampers = [e for e in await lock_bench.events() if e.type == "seal.tamper"]
+    assert tampers == []
 
 
-async def test_forged_answer_is_detected_and_the_truth_comes_from_the_log(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        assert b.service is not None
-        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        ticket = b.issue()
-        b.locks.inject("SL-0001", "corrupt")
+async def test_replayed_command_frame_is_rejected_by_the_lock_and_logged(lock_bench: Bench) -> None:
+    service = lock_bench.service
+    assert service is not None
+    await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    ticket = lock_bench.issue()
+    credential = lock_bench.tickets.credential(ticket.ticket_id, "SL-0001")
+    lock = service.locks["SL-0001"]
+    answers: list[CommandResult] = []
 
-        result = await b.run(b.request(ticket, op="unseal"))
+    async def replay(session: LockSession) -> None:
+        request = challenge_request()
+        first = await session.request(request)
+        assert isinstance(first, Challenge)
+        ctx = check_challenge(request, first, lock.lock_id, None)
+        command = build_command(credential, ctx, first.counter, Operation.UNSEAL)
+        answer = await session.request(command)
+        assert isinstance(answer, CommandResult)
+        answers.append(verify_result(credential, ctx, command, answer))
+        again = challenge_request()
+        second = await session.request(again)
+        assert isinstance(second, Challenge)
+        ctx2 = check_challenge(again, second, lock.lock_id, first.counter)
+        replayed = await session.request(command)  # the same bytes, an old challenge
+        assert isinstance(replayed, CommandResult)
+        answers.append(verify_result(credential, ctx2, command, replayed))
+        await service.log_sync.reconcile_on(lock, session)
 
-        assert (result.ok, result.status, result.reason) == (False, "unknown", "bad_answer_mac")
-        events = await b.events()
-        assert [e.type for e in events if e.type == "seal.unsealed"] == []
-        unconfirmed = [e for e in events if e.type == "seal.op_unconfirmed"]
-        assert unconfirmed[0].data["reason"] == "bad_answer_mac"
-        recovered = await b.wait_events(lambda e: e.type == "seal.unsealed")
-        assert recovered[0].data["log_index"] == 2
-        assert recovered[0].data["work_order"] == ticket.work_order  # context kept for the log
-        assert b.service.snapshot()["ops_unknown"] == 1
+    await service.scheduler.run("SL-0001", Urgency.HANDHELD, replay)
 
-
-async def test_operations_outside_ticket_scope_or_window_are_denied(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        assert b.service is not None
-        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        ticket = b.issue()
-        later = b.issue(not_before=T0 + 3 * HOUR, not_after=T0 + 4 * HOUR)
-        seal_only = b.issue(ops=["seal"])
-        cases = [
-            (b.request(ticket, seal_id="SL-0003"), "seal_out_of_scope"),
-            (b.request(later), "ticket_not_yet_valid"),
-            (b.request(seal_only), "operation_not_in_ticket"),
-            (b.request(ticket, op="seal"), "seal_state_forbids"),
-            (b.request(ticket, seal_id="SL-0099"), "seal_out_of_scope"),
-        ]
-        for request, reason in cases:
-            result = await b.run(request)
-            assert (result.ok, result.status, result.reason) == (False, "denied", reason)
-        denied = [e.data["reason"] for e in await b.events() if e.type == "seal.op_denied"]
-        assert denied == [reason for _, reason in cases]
-        assert b.service.scheduler.stats.connects == 3  # the boot reconciliations only
-        assert all(m.model.state is LockState.SEALED for m in b.locks.locks.values())
+    assert [a.result for a in answers] == [ResultCode.OK, ResultCode.REPLAY]
+    rejected = await lock_bench.wait_events(lambda e: e.type == "seal.op_rejected")
+    assert rejected[0].data["reason"] == "replay"
+    assert rejected[0].data["log_index"] == answers[1].log_index
+    assert (
+        lock_bench.locks.locks["SL-0001"].model.state is LockState.UNSEALED
+    )  # only the first acted
 
 
-async def test_link_dropped_mid_command_gives_no_false_done(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        assert b.service is not None
-        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        ticket = b.issue()
-        b.locks.inject("SL-0002", "drop_link")
+async def test_forged_answer_is_detected_and_the_truth_comes_from_the_log(
+    lock_bench: Bench,
+) -> None:
+    assert lock_bench.service is not None
+    await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    ticket = lock_bench.issue()
+    lock_bench.locks.inject("SL-0001", "corrupt")
 
-        result = await b.run(b.request(ticket, seal_id="SL-0002"))
+    result = await lock_bench.run(lock_bench.request(ticket, op="unseal"))
 
-        assert (result.ok, result.status, result.reason) == (False, "unknown", "link_lost")
-        assert b.locks.locks["SL-0002"].model.state is LockState.UNSEALED  # it did act
-        assert [e for e in await b.events() if e.type == "seal.unsealed"] == []
-        recovered = await b.wait_events(lambda e: e.type == "seal.unsealed")
-        assert (recovered[0].subject, recovered[0].data["log_index"]) == ("SL-0002", 2)
-        assert recovered[0].data["operator"] == "op-0042"
-        assert b.service.seal_state("SL-0002") == "unsealed"
-        assert log_events(await b.events()).count(("SL-0002", 2)) == 1
+    assert (result.ok, result.status, result.reason) == (False, "unknown", "bad_answer_mac")
+    events = await lock_bench.events()
+    assert [e.type for e in events if e.type == "seal.unsealed"] == []
+    unconfirmed = [e for e in events if e.type == "seal.op_unconfirmed"]
+    assert unconfirmed[0].data["reason"] == "bad_answer_mac"
+    recovered = await lock_bench.wait_events(lambda e: e.type == "seal.unsealed")
+    assert recovered[0].data["log_index"] == 2
+    assert recovered[0].data["work_order"] == ticket.work_order  # context kept for the log
+    assert lock_bench.service.snapshot()["ops_unknown"] == 1
 
 
-async def test_reconciliation_is_exactly_once_across_a_restart(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        assert b.service is not None
-        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        ticket = b.issue()
-        assert (await b.run(b.request(ticket, seal_id="SL-0002"))).ok
-        b.locks.inject("SL-0001", "low_battery")
-        b.locks.inject("SL-0001", "shell_open")
-        await b.wait_events(lambda e: e.type == "seal.tamper" and "log_index" in e.data)
-        await b.wait_events(lambda e: e.type == "seal.battery_low" and "log_index" in e.data)
-        await b.stop_service()
-        # The crash window: events committed, cursors not yet written. Entries arrive meanwhile.
-        with sqlite3.connect(tmp_path / "gw" / "locks.db") as db:
-            db.execute("UPDATE locks SET cursor = 0")
-        b.locks.inject("SL-0003", "reboot")
+async def test_operations_outside_ticket_scope_or_window_are_denied(lock_bench: Bench) -> None:
+    assert lock_bench.service is not None
+    await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    ticket = lock_bench.issue()
+    later = lock_bench.issue(not_before=T0 + 3 * HOUR, not_after=T0 + 4 * HOUR)
+    seal_only = lock_bench.issue(ops=["seal"])
+    cases = [
+        (lock_bench.request(ticket, seal_id="SL-0003"), "seal_out_of_scope"),
+        (lock_bench.request(later), "ticket_not_yet_valid"),
+        (lock_bench.request(seal_only), "operation_not_in_ticket"),
+        (lock_bench.request(ticket, op="seal"), "seal_state_forbids"),
+        (lock_bench.request(ticket, seal_id="SL-0099"), "seal_out_of_scope"),
+    ]
+    for request, reason in cases:
+        result = await lock_bench.run(request)
+        assert (result.ok, result.status, result.reason) == (False, "denied", reason)
+    denied = [e.data["reason"] for e in await lock_bench.events() if e.type == "seal.op_denied"]
+    assert denied == [reason for _, reason in cases]
+    assert lock_bench.service.scheduler.stats.connects == 3  # the boot reconciliations only
+    assert all(m.model.state is LockState.SEALED for m in lock_bench.locks.locks.values())
 
-        service = await b.start_service()
-        heads = b.spy_reconciles()
-        await b.wait_for(lambda: len(heads) >= 3)
 
-        truth = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
-        expected = sorted((t["seal"], t["index"]) for t in truth if t["kind"] == "lock_log")
-        seen = log_events(await b.events())
-        assert sorted(seen) == expected  # every entry, each exactly once
-        assert ("SL-0003", 2) in seen
-        assert service.reconciler.duplicates >= 5  # re-fetched entries were refused as repeats
+async def test_link_dropped_mid_command_gives_no_false_done(lock_bench: Bench) -> None:
+    assert lock_bench.service is not None
+    await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    ticket = lock_bench.issue()
+    lock_bench.locks.inject("SL-0002", "drop_link")
+
+    result = await lock_bench.run(lock_bench.request(ticket, seal_id="SL-0002"))
+
+    assert (result.ok, result.status, result.reason) == (False, "unknown", "link_lost")
+    assert lock_bench.locks.locks["SL-0002"].model.state is LockState.UNSEALED  # it did act
+    assert [e for e in await lock_bench.events() if e.type == "seal.unsealed"] == []
+    recovered = await lock_bench.wait_events(lambda e: e.type == "seal.unsealed")
+    assert (recovered[0].subject, recovered[0].data["log_index"]) == ("SL-0002", 2)
+    assert recovered[0].data["operator"] == "op-0042"
+    assert lock_bench.service.seal_state("SL-0002") == "unsealed"
+    assert log_events(await lock_bench.events()).count(("SL-0002", 2)) == 1
+
+
+async def test_reconciliation_is_exactly_once_across_a_restart(
+    lock_bench: Bench, tmp_path: Path
+) -> None:
+    assert lock_bench.service is not None
+    await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    ticket = lock_bench.issue()
+    assert (await lock_bench.run(lock_bench.request(ticket, seal_id="SL-0002"))).ok
+    lock_bench.locks.inject("SL-0001", "low_battery")
+    lock_bench.locks.inject("SL-0001", "shell_open")
+    await lock_bench.wait_events(lambda e: e.type == "seal.tamper" and "log_index" in e.data)
+    await lock_bench.wait_events(lambda e: e.type == "seal.battery_low" and "log_index" in e.data)
+    await lock_bench.stop_service()
+    # The crash window: events committed, cursors not yet written. Entries arrive meanwhile.
+    with sqlite3.connect(tmp_path / "gw" / "locks.db") as db:
+        db.execute("UPDATE locks SET cursor = 0")
+    lock_bench.locks.inject("SL-0003", "reboot")
+
+    service = await lock_bench.start_service()
+    heads = lock_bench.spy_reconciles()
+    await lock_bench.wait_for(lambda: len(heads) >= 3)
+
+    truth = [json.loads(line) for line in (tmp_path / "truth.jsonl").read_text().splitlines()]
+    expected = sorted((t["seal"], t["index"]) for t in truth if t["kind"] == "lock_log")
+    seen = log_events(await lock_bench.events())
+    assert sorted(seen) == expected  # every entry, each exactly once
+    assert ("SL-0003", 2) in seen
+    assert service.reconciler.duplicates >= 5  # re-fetched entries were refused as repeats
 
 
 async def test_offline_after_silence_and_online_again(tmp_path: Path) -> None:
@@ -290,40 +293,39 @@ async def test_offline_after_silence_and_online_again(tmp_path: Path) -> None:
         assert state_of(b.retained, "SL-0001")["online"] is True
 
 
-async def test_handheld_backend_denies_at_once_and_reports_the_outcome(tmp_path: Path) -> None:
-    async with bench(tmp_path) as b:
-        assert b.service is not None
-        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
-        backend: OperationsBackend = b.service.operations  # what the daemon hands the handheld
-        ticket = b.issue()
-        assert [t.ticket_id for t in await backend.list_tickets("op-0042")] == [ticket.ticket_id]
+async def test_handheld_backend_denies_at_once_and_reports_the_outcome(lock_bench: Bench) -> None:
+    assert lock_bench.service is not None
+    await lock_bench.wait_events(lambda e: e.type == "seal.boot", count=3)
+    backend: OperationsBackend = lock_bench.service.operations  # what the daemon hands the handheld
+    ticket = lock_bench.issue()
+    assert [t.ticket_id for t in await backend.list_tickets("op-0042")] == [ticket.ticket_id]
 
-        denied = await backend.execute(b.request(ticket, seal_id="SL-0003"))
-        assert denied.to_json() == {
-            "op_id": denied.op_id,
-            "op": "unseal",
-            "seal_id": "SL-0003",
-            "status": "denied",
-            "reason": "seal_out_of_scope",
-            "result": "denied",
-            "state": "",
-            "log_index": None,
-        }
+    denied = await backend.execute(lock_bench.request(ticket, seal_id="SL-0003"))
+    assert denied.to_json() == {
+        "op_id": denied.op_id,
+        "op": "unseal",
+        "seal_id": "SL-0003",
+        "status": "denied",
+        "reason": "seal_out_of_scope",
+        "result": "denied",
+        "state": "",
+        "log_index": None,
+    }
 
-        pending = await backend.execute(b.request(ticket))
-        assert pending.to_json()["status"] == "pending"
-        await b.service.operations.wait(pending.op_id)  # the command running in the background
-        found = await backend.result(pending.op_id)
-        assert found is not None
-        assert {k: v for k, v in found.to_json().items() if k != "op_id"} == {
-            "op": "unseal",
-            "seal_id": "SL-0001",
-            "status": "done",
-            "reason": "",
-            "result": "done",
-            "state": "unsealed",
-            "log_index": 2,
-        }
-        status = await backend.seal_state("SL-0001")
-        assert status is not None
-        assert status.state == "unsealed"
+    pending = await backend.execute(lock_bench.request(ticket))
+    assert pending.to_json()["status"] == "pending"
+    await lock_bench.service.operations.wait(pending.op_id)  # the command running in the background
+    found = await backend.result(pending.op_id)
+    assert found is not None
+    assert {k: v for k, v in found.to_json().items() if k != "op_id"} == {
+        "op": "unseal",
+        "seal_id": "SL-0001",
+        "status": "done",
+        "reason": "",
+        "result": "done",
+        "state": "unsealed",
+        "log_index": 2,
+    }
+    status = await backend.seal_state("SL-0001")
+    assert status is not None
+    assert status.state == "unsealed"

@@ -26,7 +26,6 @@ from typing import Any
 import pytest
 
 from bench import modbus as bench_modbus
-from bench.modbus import min_rtu_bytes, per_value_plan
 from firmware_sim.meters.dlt645 import MeterBus, SimMeter
 from firmware_sim.meters.fleet import PROFILE_MODELS, Dlt645SerialServer, PtyPair
 from firmware_sim.meters.maps import DDS238_2, MAPS, Condition, RegisterMap, SimRegister, Table
@@ -34,7 +33,7 @@ from firmware_sim.meters.modbus import ModbusLine, ModbusSimMeter
 from gateway.drivers.dlt645.bus import SILENT_ABORT
 from gateway.drivers.modbus.bus import open_bus
 from gateway.meters.config import TheftSection
-from gateway.meters.plan import plan_profile, read_plan
+from gateway.meters.plan import min_rtu_bytes, plan_per_value, plan_profile, read_plan
 from gateway.meters.profiles import (
     MeterProfile,
     MeterProtocol,
@@ -361,7 +360,7 @@ async def test_naive_per_value_reads_cost_one_request_each(
     try:
         coalesced = await read_plan(bus, 1, plan_profile(sdm))
         after_coalesced = server.requests[1]
-        naive = await read_plan(bus, 1, per_value_plan(sdm))
+        naive = await read_plan(bus, 1, plan_per_value(sdm))
     finally:
         await bus.close()
     assert naive == coalesced  # the same values either way

@@ -42,7 +42,7 @@ from gateway.protocol.seal_frames import (
 )
 from gateway.protocol.signed import b64url
 from gateway.protocol.tickets import Ticket, encode_ticket, open_credential, parse_ticket
-from tests.fixtures.auth import HOUR, LOCKS, T0, World, at, make_world
+from tests.fixtures.auth import HOUR, LOCKS, World
 
 SKEW = 120
 
@@ -56,24 +56,12 @@ class Loot:
 
 
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(at(T0 + HOUR))
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    w = make_world(tmp_path)
-    w.credential_key = load_or_create_credential_key(tmp_path / "state" / "credential.key")
-    return w
-
-
-@pytest.fixture
-def store(world: World, clock: ManualClock, tmp_path: Path) -> Iterator[TicketStore]:
+def store(auth_world: World, auth_clock: ManualClock, tmp_path: Path) -> Iterator[TicketStore]:
     opened = TicketStore.open(
         tmp_path / "state" / "tickets.db",
-        trust=world.trust,
-        credential_key=world.credential_key,
-        clock=clock,
+        trust=auth_world.trust,
+        credential_key=auth_world.credential_key,
+        clock=auth_clock,
         skew_s=SKEW,
     )
     yield opened
@@ -81,18 +69,22 @@ def store(world: World, clock: ManualClock, tmp_path: Path) -> Iterator[TicketSt
 
 
 @pytest.fixture
-def locks(world: World, clock: ManualClock) -> dict[str, LockModel]:
+def locks(auth_world: World, auth_clock: ManualClock) -> dict[str, LockModel]:
     return {
         seal_id: LockModel(
-            lock_id, world.k_locks[seal_id], clock=clock, state=LockState.SEALED, wire_intact=True
+            lock_id,
+            auth_world.k_locks[seal_id],
+            clock=auth_clock,
+            state=LockState.SEALED,
+            wire_intact=True,
         )
         for seal_id, lock_id in LOCKS.items()
     }
 
 
 @pytest.fixture
-def ticket(world: World, store: TicketStore) -> Ticket:
-    issued = world.ticket()  # SL-0001 and SL-0002, unseal + seal, T0 .. T0 + 2 h
+def ticket(auth_world: World, store: TicketStore) -> Ticket:
+    issued = auth_world.ticket()  # SL-0001 and SL-0002, unseal + seal, T0 .. T0 + 2 h
     store.accept_ticket(encode_ticket(issued))
     return issued
 
@@ -145,12 +137,12 @@ def assert_refused(lock: LockModel, answer: CommandResult, result: ResultCode) -
 
 
 def test_disk_holds_no_lock_secret_and_no_plaintext_ticket_key(
-    world: World, ticket: Ticket, tmp_path: Path
+    auth_world: World, ticket: Ticket, tmp_path: Path
 ) -> None:
     loot = steal(tmp_path / "state", tmp_path / "loot")
     assert set(loot.credentials) == {(ticket.ticket_id, "SL-0001"), (ticket.ticket_id, "SL-0002")}
     blob = b"".join(loot.files.values())
-    for k_lock in world.k_locks.values():
+    for k_lock in auth_world.k_locks.values():
         assert k_lock not in blob
     for credential in loot.credentials.values():
         assert credential.k_tl not in blob
@@ -171,10 +163,10 @@ def test_control_a_live_ticket_opens_its_lock_within_its_window(
 
 
 def test_expired_ticket_cannot_open_the_lock(
-    ticket: Ticket, locks: dict[str, LockModel], clock: ManualClock, tmp_path: Path
+    ticket: Ticket, locks: dict[str, LockModel], auth_clock: ManualClock, tmp_path: Path
 ) -> None:
     loot = steal(tmp_path / "state", tmp_path / "loot")
-    clock.advance(ticket.not_after + SKEW + 1 - clock.now().timestamp())
+    auth_clock.advance(ticket.not_after + SKEW + 1 - auth_clock.now().timestamp())
     for seal_id in ("SL-0001", "SL-0002"):
         credential = loot.credentials[ticket.ticket_id, seal_id]
         answer = attempt(locks[seal_id], credential.header, credential.k_tl, Operation.UNSEAL)
@@ -182,10 +174,10 @@ def test_expired_ticket_cannot_open_the_lock(
 
 
 def test_stretching_the_window_breaks_the_key(
-    ticket: Ticket, locks: dict[str, LockModel], clock: ManualClock, tmp_path: Path
+    ticket: Ticket, locks: dict[str, LockModel], auth_clock: ManualClock, tmp_path: Path
 ) -> None:
     loot = steal(tmp_path / "state", tmp_path / "loot")
-    clock.advance(ticket.not_after + SKEW + 1 - clock.now().timestamp())
+    auth_clock.advance(ticket.not_after + SKEW + 1 - auth_clock.now().timestamp())
     credential = loot.credentials[ticket.ticket_id, "SL-0001"]
     stretched = rewrite(credential.header, not_after=ticket.not_after + 30 * 24 * HOUR)
     answer = attempt(locks["SL-0001"], stretched, credential.k_tl, Operation.UNSEAL)
@@ -220,9 +212,13 @@ def test_credential_does_not_open_a_lock_outside_the_ticket(
 
 
 def test_key_of_ticket_a_fails_under_ticket_b(
-    world: World, ticket: Ticket, store: TicketStore, locks: dict[str, LockModel], tmp_path: Path
+    auth_world: World,
+    ticket: Ticket,
+    store: TicketStore,
+    locks: dict[str, LockModel],
+    tmp_path: Path,
 ) -> None:
-    ticket_b = world.ticket(seals=[("SL-0001", LOCKS["SL-0001"])], ops=["unseal", "seal"])
+    ticket_b = auth_world.ticket(seals=[("SL-0001", LOCKS["SL-0001"])], ops=["unseal", "seal"])
     store.accept_ticket(encode_ticket(ticket_b))
     loot = steal(tmp_path / "state", tmp_path / "loot")
     key_a = loot.credentials[ticket.ticket_id, "SL-0001"].k_tl
@@ -235,16 +231,20 @@ def test_key_of_ticket_a_fails_under_ticket_b(
 
 
 def test_revoked_ticket_is_refused_and_wiped(
-    world: World, ticket: Ticket, store: TicketStore, locks: dict[str, LockModel], tmp_path: Path
+    auth_world: World,
+    ticket: Ticket,
+    store: TicketStore,
+    locks: dict[str, LockModel],
+    tmp_path: Path,
 ) -> None:
     before = steal(tmp_path / "state", tmp_path / "before")
     sealed_keys = [b64url(grant.sealed_key).encode() for grant in ticket.seals]
-    revocations = world.revoke(tickets=[ticket.ticket_id])
+    revocations = auth_world.revoke(tickets=[ticket.ticket_id])
     store.accept_revocations(encode_revocations(revocations))
 
-    request = world.request(ticket)
+    request = auth_world.request(ticket)
     held = store.ticket(ticket.ticket_id)
-    decision = world.decide(request, held, revocations=store.revocations())
+    decision = auth_world.decide(request, held, revocations=store.revocations())
     assert decision.reason is Reason.TICKET_REVOKED
     with pytest.raises(AuthError) as err:
         store.credential(ticket.ticket_id, "SL-0001")
@@ -260,17 +260,17 @@ def test_revoked_ticket_is_refused_and_wiped(
 
 
 def test_copy_stolen_before_revocation_dies_with_its_window(
-    world: World,
+    auth_world: World,
     ticket: Ticket,
     store: TicketStore,
     locks: dict[str, LockModel],
-    clock: ManualClock,
+    auth_clock: ManualClock,
     tmp_path: Path,
 ) -> None:
     """The lock cannot know revocations: what bounds an earlier copy is the ticket window."""
     loot = steal(tmp_path / "state", tmp_path / "loot")
-    store.accept_revocations(encode_revocations(world.revoke(tickets=[ticket.ticket_id])))
-    clock.advance(ticket.not_after + SKEW + 1 - clock.now().timestamp())
+    store.accept_revocations(encode_revocations(auth_world.revoke(tickets=[ticket.ticket_id])))
+    auth_clock.advance(ticket.not_after + SKEW + 1 - auth_clock.now().timestamp())
     credential = loot.credentials[ticket.ticket_id, "SL-0002"]
     answer = attempt(locks["SL-0002"], credential.header, credential.k_tl, Operation.UNSEAL)
     assert_refused(locks["SL-0002"], answer, ResultCode.EXPIRED)
@@ -280,10 +280,10 @@ def test_copy_stolen_before_revocation_dies_with_its_window(
 
 
 def test_gateway_path_allows_then_executes(
-    world: World, ticket: Ticket, store: TicketStore, locks: dict[str, LockModel]
+    auth_world: World, ticket: Ticket, store: TicketStore, locks: dict[str, LockModel]
 ) -> None:
-    request = world.request(ticket)
-    decision = world.decide(
+    request = auth_world.request(ticket)
+    decision = auth_world.decide(
         request,
         store.ticket(ticket.ticket_id),
         revocations=store.revocations(),

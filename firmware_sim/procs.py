@@ -1,9 +1,10 @@
-"""The demo's processes: child processes in their own sessions, the simulator's control channel,
-and the TCP relay the gateway reaches its broker through (cut to make an outage).
+"""Processes of the demo, the bench and the tests: children in their own sessions, the
+simulator's control channel, and the TCP relay the gateway reaches its broker through (cut to
+make an outage).
 
 Every child runs in a new session (`start_new_session`), so stopping it stops its whole process
 group; `ProcessSet.close()` in a `finally` leaves no orphans, and `sealgw demo` turns SIGTERM
-into that cleanup. Each child also gets SIGTERM from the kernel if the demo dies abruptly
+into that cleanup. Each child also gets SIGTERM from the kernel if its parent dies abruptly
 (`firmware_sim.children.die_with_parent`).
 """
 
@@ -136,12 +137,17 @@ class ProcessSet:
 
 
 class SimControl:
-    """`sealgw sim`'s stdout lines (ready, quiet, answers) and its stdin control channel."""
+    """`sealgw sim`'s stdout lines (ready, quiet, answers) and its stdin control channel.
+
+    `quiet` is set once the simulator printed `sim quiet` (its scripted activity is over),
+    whichever `wait_line` was waiting when the line came.
+    """
 
     def __init__(self, child: Child) -> None:
         if child.process.stdin is None or child.process.stdout is None:
             raise ValueError("the simulator needs control=True")
         self.child = child
+        self.quiet = threading.Event()
         self._stdin: IO[bytes] = child.process.stdin
         self._lines: queue.Queue[str] = queue.Queue()
         self._reader = threading.Thread(
@@ -173,7 +179,10 @@ class SimControl:
 
     def _read(self, stream: IO[bytes]) -> None:
         for raw in iter(stream.readline, b""):
-            self._lines.put(raw.decode(errors="replace").strip())
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("sim quiet"):
+                self.quiet.set()
+            self._lines.put(line)
 
 
 class TcpRelay:
