@@ -22,7 +22,7 @@ from gateway.daemon.debug_stall import install_debug_stall
 from gateway.daemon.health import HealthMonitor, HealthProviders
 from gateway.daemon.sdnotify import SystemdNotifier
 from gateway.daemon.services import build_services
-from gateway.daemon.supervisor import Supervisor
+from gateway.daemon.supervisor import STOP_BUDGET_S, Supervisor, pending_tasks
 from gateway.daemon.synthetic import run_synthetic_source
 from gateway.errors import GatewayError, IdentityRequiredError, ProvisionError
 from gateway.protocol.canonical import JSONValue
@@ -225,9 +225,21 @@ class Gateway:
         await self._close_trail()
         await self.uplink.stop(timeout=SHUTDOWN_FLUSH_S)
         await self.supervisor.stop()
-        await self.services.close()
+        await self._close_services()
         await self.buffer.close()
         _LOGGER.info("stopped")
+
+    async def _close_services(self) -> None:
+        """Release devices and files; one held by an abandoned component is left to the exit."""
+        try:
+            async with asyncio.timeout(STOP_BUDGET_S):
+                await self.services.close()
+        except TimeoutError:
+            _LOGGER.error(  # noqa: TRY400 - the pending tasks say where it hangs; no traceback
+                "services did not close within %.1f s: left open; tasks still pending: %s",
+                STOP_BUDGET_S,
+                pending_tasks(),
+            )
 
     async def _close_trail(self) -> None:
         """Commit gateway.stopped and the checkpoint covering it; refuse every other event now."""
@@ -357,6 +369,13 @@ async def run_daemon(config: GatewayConfig) -> int:
     gateway = Gateway(config, clock=_daemon_clock())
     install_signal_handlers(gateway)
     await gateway.run()
+    abandoned = gateway.supervisor.abandoned
+    if abandoned:  # asyncio.run would wait for their tasks again, maybe for ever
+        _LOGGER.error(
+            "exiting with %s abandoned: their tasks are not waited for", ", ".join(abandoned)
+        )
+        logging.shutdown()
+        os._exit(gateway.exit_code)
     return gateway.exit_code
 
 

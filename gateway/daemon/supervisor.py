@@ -14,6 +14,9 @@ _LOGGER = logging.getLogger(__name__)
 
 TaskFactory = Callable[[], Awaitable[None]]
 
+STOP_BUDGET_S = 2.0
+"""How long a cancelled component may take to finish stopping before it is abandoned."""
+
 
 @dataclass(slots=True)
 class _Component:
@@ -32,6 +35,8 @@ class Supervisor:
         self._backoff = (backoff_min_s, backoff_max_s)
         self._components: dict[str, _Component] = {}
         self._stopping = False
+        self.abandoned: list[str] = []
+        """Components that did not finish stopping within their budget, in the order found."""
 
     def start(self, name: str, factory: TaskFactory) -> None:
         """Start `factory()` as component `name`, restarting it if it fails."""
@@ -47,15 +52,31 @@ class Supervisor:
         """How often each component was restarted after a failure."""
         return {name: comp.restarts for name, comp in self._components.items()}
 
-    async def stop(self, *names: str) -> None:
-        """Cancel the named components (all when none named) and wait for them."""
+    async def stop(self, *names: str, budget_s: float = STOP_BUDGET_S) -> None:
+        """Cancel the named components (all when none named) and wait for them.
+
+        A component still running `budget_s` after its cancel is abandoned: logged at ERROR
+        with every task still pending, named in `abandoned`, and no longer waited for.
+        """
         if not names:
             self._stopping = True
         chosen = [c for n, c in self._components.items() if not names or n in names]
-        tasks = [comp.task for comp in chosen if comp.task is not None]
+        tasks = [comp.task for comp in chosen if comp.task is not None and not comp.task.done()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=budget_s)
+        for comp in chosen:
+            if comp.task in pending and comp.name not in self.abandoned:
+                self.abandoned.append(comp.name)
+                _LOGGER.error(
+                    "component %s did not finish stopping within %.1f s: abandoned; "
+                    "tasks still pending: %s",
+                    comp.name,
+                    budget_s,
+                    pending_tasks(),
+                )
 
     async def _keep_running(self, component: _Component) -> None:
         while not self._stopping:
@@ -84,3 +105,21 @@ class Supervisor:
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def pending_tasks() -> str:
+    """Every unfinished task but the current one: its name and where it waits, for a stop log."""
+    current = asyncio.current_task()
+    described = []
+    for task in sorted(asyncio.all_tasks(), key=lambda t: t.get_name()):
+        if task is current or task.done():
+            continue
+        frames = task.get_stack()
+        where = (
+            f" at {frames[-1].f_code.co_filename}:{frames[-1].f_lineno}"
+            f" in {frames[-1].f_code.co_name}"
+            if frames
+            else ""
+        )
+        described.append(f"{task.get_name()}{where}")
+    return "; ".join(described) or "none"

@@ -2,11 +2,13 @@
 
 ModbusBus and Dlt645Bus both implement `Bus`; the meter service reports their health and
 closes them through it. `RegisterBus` adds the raw register read that Modbus read plans
-(gateway.meters.plan) are executed with.
+(gateway.meters.plan) are executed with. `raise_if_cancelling` re-raises a cancellation that a
+library swallowed (see its docstring).
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -20,7 +22,19 @@ from gateway.errors import (
 )
 from gateway.protocol.modbus_values import RegisterFunction
 
-__all__ = ["Bus", "BusStats", "RegisterBus"]
+__all__ = ["Bus", "BusStats", "RegisterBus", "raise_if_cancelling"]
+
+
+def raise_if_cancelling() -> None:
+    """CancelledError if the current task was asked to stop, though the await it made returned.
+
+    Python 3.11's asyncio.wait_for returns the awaited result, and drops the cancellation, when
+    the result and the cancel arrive in the same turn of the loop; pymodbus awaits its connect
+    and every reply through it. Call this after such an await so that a stop is not lost.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 @dataclass(slots=True)

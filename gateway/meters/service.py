@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gateway.drivers.bus import Bus
+from gateway.drivers.bus import Bus, raise_if_cancelling
 from gateway.drivers.dlt645.bus import Dlt645Bus
 from gateway.errors import DuplicateEventError, GatewayError, ProfileError
 from gateway.locks.view import SealStateView
@@ -188,6 +188,7 @@ class MeterService:
         due = self._clock.monotonic()
         while True:
             await self.poll_once(meter.id)
+            raise_if_cancelling()  # a stop a library swallowed during the poll ends the loop
             due += meter.poll_s
             now = self._clock.monotonic()
             due = max(due, now)  # polls overran the period: skip the missed ones

@@ -24,6 +24,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 
+from gateway.drivers.bus import raise_if_cancelling
 from gateway.drivers.bus_turns import TurnTakingBus
 from gateway.drivers.modbus.transport import (
     TransportKind,
@@ -168,9 +169,12 @@ class ModbusBus(TurnTakingBus[int]):
         self.stats.count_request(str(unit))
         if not self.transport.connected:
             await self.transport.connect()
+            raise_if_cancelling()
         try:
             async with asyncio.timeout(self.timeout):
-                return await self.transport.read_registers(function, address, count, unit)
+                words = await self.transport.read_registers(function, address, count, unit)
+                raise_if_cancelling()  # pymodbus's wait_for drops a cancel that meets the reply
+                return words
         except TimeoutError:
             raise self._timeout_error(unit) from None
 
@@ -207,9 +211,14 @@ class PymodbusTransport:
         self.close()
         self._client = self._build_client()
         try:
-            ok = await asyncio.wait_for(self._client.connect(), self.connect_timeout)
+            async with asyncio.timeout(self.connect_timeout):
+                ok = await self._client.connect()
+            raise_if_cancelling()  # pymodbus's wait_for drops a cancel that meets the connect
         except TimeoutError:
             ok = False
+        except asyncio.CancelledError:
+            self.close()
+            raise
         if not ok:
             self.close()
             raise BusUnavailableError(f"{self.name}: cannot connect")
