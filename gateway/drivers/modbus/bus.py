@@ -173,10 +173,12 @@ class ModbusBus(TurnTakingBus[int]):
         try:
             async with asyncio.timeout(self.timeout):
                 words = await self.transport.read_registers(function, address, count, unit)
-                raise_if_cancelling()  # pymodbus's wait_for drops a cancel that meets the reply
-                return words
         except TimeoutError:
             raise self._timeout_error(unit) from None
+        # pymodbus's wait_for drops a cancel that meets the reply; our own deadline's cancel
+        # was taken back on leaving its block, so what is left is a stop asked for
+        raise_if_cancelling()
+        return words
 
     def _timeout_error(self, unit: int) -> GatewayError:
         device = f"{self.name}#{unit}"
