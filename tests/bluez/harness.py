@@ -9,6 +9,7 @@ returns what the guest left there: its exit code, the scenario's JSON summary an
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +19,8 @@ import sys
 import tempfile
 import time
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +42,7 @@ GUEST_PACKAGES = (
 EXTRA_GUEST_PACKAGES = ("cbor2", "spake2")
 """Added at this venv's version when installed here (optional runtime dependencies)."""
 VM_TIMEOUT_S = 900
+BUILD_TIMEOUT_S = 1500
 
 
 @dataclass
@@ -82,21 +86,51 @@ def image_key(packages: list[str]) -> str:
 
 
 def image() -> Path:
-    """The image folder for the current inputs; built (about 100 s) when it is not cached."""
+    """The image folder for the current inputs; built (about 100 s) when it is not cached.
+
+    The build holds an exclusive lock on `CACHE/KEY.lock`: a second test run that needs the
+    same image meanwhile (another checkout, another pytest) waits for it instead of building
+    it twice, then finds it cached.
+    """
     packages = guest_packages()
-    folder = CACHE / image_key(packages)
+    key = image_key(packages)
+    folder = CACHE / key
     if (folder / "root.img").exists():
         return folder
     CACHE.mkdir(parents=True, exist_ok=True)
-    build = subprocess.run(
-        ["bash", str(HERE / "build-image.sh"), str(folder), " ".join(packages)],
-        capture_output=True, text=True, timeout=1500, check=False,
-    )  # fmt: skip
+    with _exclusive(CACHE / f"{key}.lock", timeout_s=BUILD_TIMEOUT_S + 60):
+        if (folder / "root.img").exists():  # built by whoever held the lock before us
+            return folder
+        build = subprocess.run(
+            ["bash", str(HERE / "build-image.sh"), str(folder), " ".join(packages)],
+            capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False,
+        )  # fmt: skip
     if build.returncode != 0 or not (folder / "root.img").exists():
         raise RuntimeError(
             f"VM image build failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}"
         )
     return folder
+
+
+@contextmanager
+def _exclusive(path: Path, *, timeout_s: float) -> Iterator[None]:
+    """An exclusive `flock` on `path`, waited for up to `timeout_s` (then a clear error)."""
+    with path.open("a") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{path} stayed locked for {timeout_s:.0f} s: another VM image build"
+                    ) from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run_scenario(scenario: str = "locks", *, duration_s: float = 60) -> GuestRun:
