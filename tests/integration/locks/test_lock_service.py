@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from firmware_sim.locks.model import LockModel
 from firmware_sim.locks.peripheral import LockPeripheral
@@ -13,6 +16,7 @@ from firmware_sim.locks.world import lock_id_for
 from gateway.handheld.api import OperationsBackend
 from gateway.locks.scheduler import Urgency
 from gateway.locks.session import LockSession
+from gateway.protocol.events import Event
 from gateway.protocol.seal_exchange import (
     build_command,
     challenge_request,
@@ -21,7 +25,7 @@ from gateway.protocol.seal_exchange import (
 )
 from gateway.protocol.seal_frames import Challenge, CommandResult, LockState, Operation, ResultCode
 from tests.fixtures.auth import HOUR, T0
-from tests.fixtures.locks import bench, log_events
+from tests.fixtures.locks import Bench, bench, log_events
 
 
 def state_of(retained: dict[str, bytes], seal: str) -> dict[str, object]:
@@ -234,6 +238,53 @@ async def test_link_dropped_mid_command_gives_no_false_done(tmp_path: Path) -> N
         assert recovered[0].data["operator"] == "op-0042"
         assert b.service.seal_state("SL-0002") == "unsealed"
         assert log_events(await b.events()).count(("SL-0002", 2)) == 1
+
+
+async def test_a_lock_gone_out_of_range_mid_command_fails_clearly_and_recovers(
+    tmp_path: Path,
+) -> None:
+    async with bench(tmp_path) as b:
+        assert b.service is not None
+        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
+        ticket = b.issue()
+        b.locks.inject("SL-0002", "out_of_range_on_command")
+
+        result = await b.run(b.request(ticket, seal_id="SL-0002"))
+
+        # The lock acted, then left: the link timed out; nothing is claimed.
+        assert (result.ok, result.status, result.reason) == (False, "unknown", "link_lost")
+        assert b.locks.locks["SL-0002"].model.state is LockState.UNSEALED
+        unconfirmed = await b.wait_events(lambda e: e.type == "seal.op_unconfirmed")
+        assert unconfirmed[0].data["reason"] == "link_lost"
+        # The alarm reconciliation that follows cannot reach it, gives up, and holds nothing.
+        scheduler, budget = b.service.scheduler, b.service.section.max_connections
+        failed = b.service.log_sync.stats
+        await _advance_until(b, lambda _events: failed.failed)
+        await _advance_until(
+            b, lambda _: scheduler.budget.free == budget and not scheduler.connected
+        )
+
+        b.locks.inject("SL-0002", "in_range")
+        recovered = await _advance_until(
+            b, lambda events: [e for e in events if e.type == "seal.unsealed"]
+        )
+        assert (recovered[0].subject, recovered[0].data["log_index"]) == ("SL-0002", 2)
+        assert recovered[0].data["operator"] == "op-0042"
+
+        again = await b.run(b.request(ticket, seal_id="SL-0002", op="seal"))
+        assert (again.ok, again.state, again.log_index) == (True, "sealed", 3)
+        assert log_events(await b.events()).count(("SL-0002", 2)) == 1
+
+
+async def _advance_until(b: Bench, found: Callable[[list[Event]], Any]) -> Any:
+    """Step the manual clock (retry backoffs sleep on it) until `found(events)` is truthy."""
+    for _ in range(400):
+        hit = found(await b.events())
+        if hit:
+            return hit
+        b.clock.advance(0.5)
+        await asyncio.sleep(0.05)
+    raise AssertionError("not reached while the clock advanced 200 s")
 
 
 async def test_reconciliation_is_exactly_once_across_a_restart(tmp_path: Path) -> None:
