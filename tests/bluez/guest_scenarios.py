@@ -66,6 +66,12 @@ class Broker:
         self.client.disconnect()
 
 
+def note(text: str) -> None:
+    """A line in scenarios.log, stamped with the guest's uptime (compare with the console)."""
+    uptime = Path("/proc/uptime").read_text().split()[0]
+    print(f"[{uptime}s] {text}", flush=True)
+
+
 def wait(what: str, condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout * PATIENCE
     while not condition():
@@ -130,6 +136,7 @@ def main(out: Path, work: Path, logs: Path) -> int:
 
     def scenario(name: str, body: Callable[[], str]) -> None:
         started = time.monotonic()
+        note(f"scenario {name}")
         try:
             detail = body()
             results[name] = {
@@ -145,7 +152,9 @@ def main(out: Path, work: Path, logs: Path) -> int:
             }
 
     try:
+        note("simulator started")
         ready = sim.stdout.readline().decode()
+        note(f"simulator: {ready.strip()}")
         if not ready.startswith("sim ready"):
             raise RuntimeError(f"simulator did not start: {ready!r}")
         broker = Broker()
@@ -154,6 +163,7 @@ def main(out: Path, work: Path, logs: Path) -> int:
 
         def adverts() -> str:
             wait("gateway.started", lambda: bool(b.typed("gateway.started")), 30)
+            note("gateway.started")
             wait(
                 f"all {LOCKS} seals online from verified adverts",
                 lambda: sum(1 for s in b.states.values() if s.get("online")) == LOCKS,

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -139,7 +139,7 @@ def run_scenario(scenario: str = "locks", *, duration_s: float = 60) -> GuestRun
     share = Path(tempfile.mkdtemp(prefix="sealgw-bluez-"))
     _fill_share(share, scenario, duration_s)
     run = _boot(folder, share)
-    if run.rc == 0:
+    if run.rc == 0 and not os.environ.get("SEALGW_BLUEZ_KEEP"):
         shutil.rmtree(share, ignore_errors=True)
     else:  # keep every log of a failed run
         run.console += f"\n(the guest's share, with every log, is kept in {share})"
@@ -147,24 +147,64 @@ def run_scenario(scenario: str = "locks", *, duration_s: float = 60) -> GuestRun
 
 
 def _fill_share(share: Path, scenario: str, duration_s: float) -> None:
-    """The checkout as an unpacked wheel (so its entry points exist), the guest script, inputs."""
-    wheels = share / "wheel"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-         "-w", str(wheels), str(REPO)],
-        check=True, capture_output=True, timeout=300,
-    )  # fmt: skip
-    (wheel,) = wheels.glob("sealgw-*.whl")
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(share / "site")
-    shutil.rmtree(wheels)
+    """The checkout's packages with their entry points, the guest scripts, the inputs."""
+    site = share / "site"
+    _install_checkout(site)
     # `sealgw sim` points meters at the checkout's config/profiles (beside the packages).
-    shutil.copytree(REPO / "config", share / "site" / "config")
+    shutil.copytree(REPO / "config", site / "config")
+    # The ATT round-trip count of the bench (bench/att_tap.py), applied to the guest's trace.
+    (site / "bench").mkdir()
+    for name in ("__init__.py", "att_tap.py"):
+        shutil.copy(REPO / "bench" / name, site / "bench" / name)
+    _compile(site)
     shutil.copy(HERE / "guest.sh", share / "guest.sh")
-    shutil.copy(HERE / "guest_scenarios.py", share / "guest_scenarios.py")
     (share / "guest.sh").chmod(0o755)
+    for script in sorted(HERE.glob("guest_*.py")):  # the driver and its scenario modules
+        shutil.copy(script, share / script.name)
     (share / "scenario").write_text(scenario)
     (share / "duration").write_text(f"{duration_s:g}")
+
+
+def _install_checkout(site: Path) -> None:
+    """What `pip install .` would put in site-packages, without building a wheel.
+
+    The packages pyproject.toml names, copied as they are in the checkout, and a dist-info
+    with the entry points (`sealgw sim` and `sealgw demo` are plug-in commands found through
+    them). Faster than a wheel build, and nothing is left in the checkout's build/ folder.
+    """
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for package in sorted({p.rstrip("*") for p in patterns}):
+        shutil.copytree(REPO / package, site / package, ignore=skip)
+    meta = project["project"]
+    info = site / f"{meta['name']}-{meta['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n"
+    )
+    groups = {"console_scripts": meta.get("scripts", {}), **meta.get("entry-points", {})}
+    lines = []
+    for group, entries in groups.items():
+        lines.append(f"[{group}]")
+        lines += [f"{name} = {target}" for name, target in entries.items()]
+        lines.append("")
+    (info / "entry_points.txt").write_text("\n".join(lines))
+
+
+def _compile(site: Path) -> None:
+    """Bytecode compiled here, where it is fast.
+
+    Under emulation every module the guest compiled itself would cost it seconds at each
+    Python start, and it never keeps them (PYTHONDONTWRITEBYTECODE on the 9p share). Host and
+    guest both run Python 3.11, so the guest loads these; another host Python's files carry
+    another cache tag and the guest ignores them.
+    """
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", "-j", "0",
+         "--invalidation-mode", "unchecked-hash", str(site)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
 
 
 def _boot(folder: Path, share: Path) -> GuestRun:
