@@ -10,12 +10,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from firmware_sim.locks.model import LockModel
 from firmware_sim.locks.peripheral import LockPeripheral
 from firmware_sim.locks.world import lock_id_for
+from gateway.errors import LinkLostError
 from gateway.handheld.api import OperationsBackend
 from gateway.locks.scheduler import Urgency
-from gateway.locks.session import LockSession
+from gateway.locks.session import BleLockConnector, LockSession
 from gateway.protocol.events import Event
 from gateway.protocol.seal_exchange import (
     build_command,
@@ -378,3 +381,18 @@ async def test_handheld_backend_denies_at_once_and_reports_the_outcome(tmp_path:
         status = await backend.seal_state("SL-0001")
         assert status is not None
         assert status.state == "unsealed"
+
+
+async def test_a_connect_says_why_it_failed(tmp_path: Path) -> None:
+    async with bench(tmp_path) as b:
+        transport = b.adapters.get(b.locks.adapter)
+        specs = b.service.locks if b.service is not None else {}
+        # BlueZ connects only to devices its scan found: no advert seen, no connect attempted.
+        blind = BleLockConnector(transport, specs, op_timeout_s=2.0, discovered_only=True)
+        with pytest.raises(LinkLostError, match="SL-0001: not heard by the scanner yet"):
+            await blind.connect("SL-0001", 2.0)
+        # A lock that does not answer: the timeout is named, not an empty message.
+        b.locks.inject("SL-0003", "out_of_range")
+        direct = BleLockConnector(transport, specs, op_timeout_s=2.0)
+        with pytest.raises(LinkLostError, match="SL-0003: connect failed: not connected .* 1 s"):
+            await direct.connect("SL-0003", 1.0)
