@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_bumble_log = logging.getLogger("bumble.controller")
 
 
 class SpecController(Controller):
@@ -43,7 +44,30 @@ class SpecController(Controller):
     pending connection, so a host waiting for it hangs and the controller refuses every later
     connect. Its HCI Reset also keeps links of a previous host. Core spec Vol 4, Part E,
     7.8.13 and 7.3.2.
+
+    It also formats packets only when debug logging is on: bumble 0.0.236's
+    `Controller.on_hci_packet` and `send_hci_packet` build their debug line with an f-string,
+    so every HCI packet (every advertising report) is turned into coloured text and thrown
+    away; that was a fifth of the simulator's CPU with twenty locks advertising.
     """
+
+    def on_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        """Dispatch a packet from the host (bumble's own method when debug logging is on)."""
+        if _bumble_log.isEnabledFor(logging.DEBUG):
+            super().on_hci_packet(packet)
+        elif isinstance(packet, hci.HCI_Command):
+            self.on_hci_command_packet(packet)
+        elif isinstance(packet, hci.HCI_AclDataPacket):
+            self.on_hci_acl_data_packet(packet)
+        else:
+            super().on_hci_packet(packet)
+
+    def send_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        """Hand a packet to the host (bumble's own method when debug logging is on)."""
+        if _bumble_log.isEnabledFor(logging.DEBUG):
+            super().send_hci_packet(packet)
+        elif self.host:
+            asyncio.get_running_loop().call_soon(self.host.on_packet, bytes(packet))
 
     def on_hci_le_create_connection_cancel_command(
         self, command: hci.HCI_LE_Create_Connection_Cancel_Command
