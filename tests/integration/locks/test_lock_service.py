@@ -394,5 +394,36 @@ async def test_a_connect_says_why_it_failed(tmp_path: Path) -> None:
         # A lock that does not answer: the timeout is named, not an empty message.
         b.locks.inject("SL-0003", "out_of_range")
         direct = BleLockConnector(transport, specs, op_timeout_s=2.0)
-        with pytest.raises(LinkLostError, match="SL-0003: connect failed: not connected .* 1 s"):
+        with pytest.raises(LinkLostError, match=r"SL-0003: connect failed: not connected .* 1 s"):
             await direct.connect("SL-0003", 1.0)
+
+
+async def test_an_outcome_settles_before_its_link_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_close = LockSession.close
+
+    async def slow_close(session: LockSession) -> None:
+        await asyncio.sleep(1.0)  # bluetoothd waits 2 s before it drops a link
+        await real_close(session)
+
+    monkeypatch.setattr(LockSession, "close", slow_close)
+    async with bench(tmp_path) as b:
+        assert b.service is not None
+        budget, scheduler = b.service.section.max_connections, b.service.scheduler
+        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
+        await _polled(lambda: scheduler.budget.free == budget)
+        ticket = b.issue()
+
+        result = await b.run(b.request(ticket, op="unseal"))
+
+        assert (result.ok, result.state) == (True, "unsealed")
+        assert scheduler.budget.free == budget - 1  # its link is still being closed
+        await _polled(lambda: scheduler.budget.free == budget)
+
+
+async def _polled(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition no commit or publish announces (the scheduler's budget)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
