@@ -1,10 +1,12 @@
 """The BlueZ test bed: a Debian VM under QEMU (TCG) with hci_vhci, dbus and bluetoothd.
 
 `image()` builds the VM image once per set of inputs (this folder's scripts and the pinned guest
-packages) into a cache outside the checkout, and reuses it after. `run_scenario()` builds a
-wheel of the checkout, unpacks it into a fresh 9p share with the guest script, boots the VM and
-returns what the guest left there: its exit code, the scenario's JSON summary and its logs
-(bluetoothd, btmon, the demo's). `python -m tests.bluez.harness [SCENARIO]` runs one by hand.
+packages) into a cache outside the checkout, and reuses it after. `run_scenario()` copies the
+checkout's packages (bytecode compiled here) and the guest scripts into a fresh 9p share, boots
+the VM and returns what the guest left there: its exit code, the scenarios' JSON summary, its logs
+(scenarios, simulator, gateway, bluetoothd; btmon's decoded when something failed) and the LE
+links and ATT PDUs of btmon's HCI file (tests/bluez/trace.py). `python -m tests.bluez.harness
+[SCENARIO]` runs one by hand (SEALGW_BLUEZ_KEEP=1 keeps the share of a passing run too).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -25,6 +28,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from tests.bluez.trace import Link, read_links
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -47,17 +52,44 @@ BUILD_TIMEOUT_S = 1500
 
 @dataclass
 class GuestRun:
-    """What one VM boot left in its share."""
+    """What one VM boot left in its share, and what the host read from its HCI trace."""
 
     rc: int
     seconds: float
     console: str
     summary: dict[str, Any] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
+    links: list[Link] = field(default_factory=list)
+    """Every LE link of hci0 with its ATT PDUs, from btmon's file (tests/bluez/trace.py)."""
+    qemu_cpu_s: float = 0.0
+    """Host CPU seconds QEMU used: the work of the run, whatever else loads the machine."""
+
+    @property
+    def scenarios(self) -> dict[str, dict[str, Any]]:
+        """Scenario name -> {ok, s, detail | error, ...} as the guest reported them."""
+        return dict(self.summary.get("scenarios", {}))
+
+    def timing(self) -> str:
+        """One line: guest result, wall time, QEMU's CPU time, each scenario's seconds."""
+        each = ", ".join(f"{name} {r.get('s', '?')}" for name, r in self.scenarios.items())
+        return (
+            f"guest rc={self.rc} after {self.seconds:.0f} s (QEMU {self.qemu_cpu_s:.0f} CPU s); "
+            f"scenarios (s): {each or 'none'}"
+        )
+
+    def passed(self, name: str) -> dict[str, Any]:
+        """The scenario's result; AssertionError with the whole report unless it passed."""
+        result = self.scenarios.get(name)
+        if result is None:
+            raise AssertionError(f"scenario {name} did not run\n{self.report()}")
+        if not result.get("ok"):
+            raise AssertionError(f"{name}: {result.get('error')}\n{self.report()}")
+        return result
 
     def report(self) -> str:
         """Everything a person needs when a scenario failed: console and the guest's logs."""
-        parts = [f"guest rc={self.rc} after {self.seconds:.0f} s", "--- console", self.console]
+        parts = [self.timing(), "--- console", self.console]
+        parts += ["--- summary.json", json.dumps(self.summary, indent=1)]
         for name, text in self.logs.items():
             parts += [f"--- {name} (tail)", "\n".join(text.splitlines()[-80:])]
         return "\n".join(parts)
@@ -218,7 +250,7 @@ def _boot(folder: Path, share: Path) -> GuestRun:
         "-virtfs", f"local,path={share},mount_tag=share,security_model=none,id=share",
         "-display", "none", "-monitor", "none", "-serial", "stdio", "-nic", "none", "-no-reboot",
     ]  # fmt: skip
-    started = time.monotonic()
+    started, before = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     try:
         boot = subprocess.run(
             command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
@@ -229,7 +261,9 @@ def _boot(folder: Path, share: Path) -> GuestRun:
         console = f"VM timed out after {VM_TIMEOUT_S} s\n{_text(exc.stdout)}{_text(exc.stderr)}"
     result = share / "result.rc"
     rc = int(result.read_text()) if result.exists() else 125
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     run = GuestRun(rc, time.monotonic() - started, console)
+    run.qemu_cpu_s = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     summary = share / "summary.json"
     if summary.exists() and summary.stat().st_size:
         try:
@@ -238,6 +272,12 @@ def _boot(folder: Path, share: Path) -> GuestRun:
             run.logs["summary.json"] = summary.read_text()
     for path in sorted([*share.glob("*.log"), *share.glob("work/*.log")]):
         run.logs[path.name] = path.read_text(errors="replace")
+    trace = share / "hci.btsnoop"
+    if trace.exists():
+        try:
+            run.links = read_links(trace)
+        except ValueError as exc:
+            run.logs["hci.btsnoop"] = f"unreadable: {exc}"
     return run
 
 
@@ -249,6 +289,5 @@ def _text(data: bytes | str | None) -> str:
 
 if __name__ == "__main__":
     outcome = run_scenario(sys.argv[1] if len(sys.argv) > 1 else "locks")
-    print(outcome.report())
-    print(json.dumps(outcome.summary, indent=2))
+    print(outcome.report() if outcome.rc else outcome.timing())
     sys.exit(outcome.rc)
