@@ -33,8 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 GATEWAY = "gw-bluez"
 ROOT = "sealgw/v1"
 PORT = 1883
@@ -81,6 +79,8 @@ class Broker:
     """Every event and retained seal state the gateway publishes, as the driver saw them."""
 
     def __init__(self) -> None:
+        import paho.mqtt.client as mqtt  # after the simulator was started: seconds to import
+
         self.events: list[dict[str, Any]] = []
         self.states: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -134,7 +134,7 @@ class Bed:
     work: Path
     logs: Path
     locks: int = 20
-    advertising_interval_ms: float = 1000.0
+    advertising_interval_ms: float = 500.0
     sim_args: list[str] = field(default_factory=list)
     config_edits: list[Callable[[str], str]] = field(default_factory=list)
     handheld_listen: str = ""
@@ -147,10 +147,11 @@ class Bed:
     _handhelds: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.gateway_spawned = self.gateway_go = 0.0
+        self.gateway_go = 0.0
         self.config = self.work / "gw.toml"
         self.truth = self.work / "truth.jsonl"
-        self._go = self.work / "gateway.go"
+        self._standby: tuple[subprocess.Popen[bytes], Path] | None = None
+        self._spawned = 0
         self.state = self.work / "sim"
         socket_path = self.work / "handheld.sock"
         self.handheld_listen = self.handheld_listen or f"unix:{socket_path}"
@@ -165,7 +166,7 @@ class Bed:
         self.mosquitto = subprocess.Popen(
             ["mosquitto", "-p", str(PORT)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        self._spawn_gateway()  # it imports while the simulator starts; runs once told to
+        self._standby = self._spawn_gateway()  # it imports while the simulator starts
         self.sim = subprocess.Popen(
             [sys.executable, "-m", "gateway", "sim", "--radio", "vhci", "--no-meters",
              "--locks", str(self.locks),
@@ -188,7 +189,7 @@ class Bed:
 
         init_gateway(self.state / "gateway", GATEWAY)  # `sealgw init`: handhelds pair with its key
         self.broker = Broker()
-        self._go_gateway()
+        self.start_gateway()
 
     def _tune_config(self) -> None:
         text = self.config.read_text()
@@ -203,28 +204,19 @@ class Bed:
         self.config.write_text(text)
 
     def start_gateway(self) -> None:
-        """`sealgw run` on the simulator's config; returns once its gateway.started arrived."""
-        self._spawn_gateway()
-        self._go_gateway()
+        """`sealgw run` on the simulator's config; returns once its gateway.started arrived.
 
-    def _spawn_gateway(self) -> None:
-        """Start the gateway's process: it imports the daemon, then waits for the go file."""
-        self._go.unlink(missing_ok=True)
-        log = (self.logs / "gateway.log").open("ab")
-        self.gateway_spawned = time.time()
-        self.gateway = subprocess.Popen(
-            [sys.executable, "-c", GATEWAY_LAUNCHER, str(self._go), str(self.config)],
-            stdout=log,
-            stderr=log,
-        )
-        note(f"gateway spawned (pid {self.gateway.pid})")
-
-    def _go_gateway(self) -> None:
+        The process is the standby spawned earlier when there is one (its imports are done),
+        and a new standby is spawned for the next start.
+        """
+        if self._standby is None:
+            self._standby = self._spawn_gateway()
+        self.gateway, go = self._standby
+        self._standby = None
         before = len(self.events("gateway.started"))
         self.gateway_go = time.time()
-        self._go.touch()
+        go.touch()
         gateway = self.gateway
-        assert gateway is not None
 
         def started() -> bool:
             if gateway.poll() is not None:
@@ -233,6 +225,24 @@ class Bed:
 
         wait("gateway.started", started, 40)
         note(f"gateway.started (pid {gateway.pid})")
+        self._standby = self._spawn_gateway()
+
+    def _spawn_gateway(self) -> tuple[subprocess.Popen[bytes], Path]:
+        """A gateway process that does its imports, then waits for its go file to run.
+
+        Under emulation the imports take seconds: the first overlaps the simulator's start-up,
+        a standby's the scenarios before a restart (the guest has two CPUs).
+        """
+        self._spawned += 1
+        go = self.work / f"gateway.go.{self._spawned}"
+        log = (self.logs / "gateway.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-c", GATEWAY_LAUNCHER, str(go), str(self.config)],
+            stdout=log,
+            stderr=log,
+        )
+        note(f"gateway process {process.pid} spawned, waiting for {go.name}")
+        return process, go
 
     def kill_gateway(self) -> None:
         """SIGKILL the gateway, as a power cut or the OOM killer would."""
@@ -279,7 +289,8 @@ class Bed:
 
     def stop(self) -> None:
         """Stop the gateway and the simulator (SIGTERM, then SIGKILL), the watch and Mosquitto."""
-        for name, child in (("gateway", self.gateway), ("sim", self.sim)):
+        standby = None if self._standby is None else self._standby[0]
+        for name, child in (("gateway", self.gateway), ("standby", standby), ("sim", self.sim)):
             if child is None or child.poll() is not None:
                 continue
             child.send_signal(signal.SIGTERM)
@@ -309,6 +320,15 @@ class Bed:
             record = json.loads(line)
             if record.get("kind") == "lock_log":
                 found.add((record["seal"], int(record["index"])))
+        return found
+
+    def truth_log(self, seal: str) -> list[tuple[int, str]]:
+        """(index, event) of every log entry the seal's lock wrote, from the truth file."""
+        found = []
+        for line in self.truth.read_text().splitlines():
+            record = json.loads(line)
+            if record.get("kind") == "lock_log" and record["seal"] == seal:
+                found.append((int(record["index"]), str(record["type"])))
         return found
 
     def wait_reconciled(self, what: str, timeout: float) -> int:
@@ -380,6 +400,18 @@ class Bed:
         if not reply.get("result", {}).get("stored"):
             raise AssertionError(f"the gateway did not store ticket {work_order}: {reply}")
         return str(ticket.ticket_id)
+
+    def start_operation(self, operator: str, op: str, seal: str, work_order: str) -> dict[str, Any]:
+        """Ask for an unseal or seal and return its first answer (pending) without waiting."""
+
+        async def ask() -> dict[str, Any]:
+            handheld = self._handhelds[operator]
+            async with await handheld.open_session(self.handheld_address) as session:
+                ask_for = session.unseal if op == "unseal" else session.seal
+                answer: dict[str, Any] = await ask_for(seal, work_order, None)
+                return answer
+
+        return asyncio.run(ask())
 
     def operate(self, operator: str, op: str, seal: str, work_order: str) -> dict[str, Any]:
         """One unseal or seal from the operator's handheld, followed until it is settled."""

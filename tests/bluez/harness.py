@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -72,9 +73,10 @@ class GuestRun:
     def timing(self) -> str:
         """One line: guest result, wall time, QEMU's CPU time, each scenario's seconds."""
         each = ", ".join(f"{name} {r.get('s', '?')}" for name, r in self.scenarios.items())
+        booted = re.search(r"VM: init at uptime ([0-9.]+)s", self.console)
         return (
-            f"guest rc={self.rc} after {self.seconds:.0f} s (QEMU {self.qemu_cpu_s:.0f} CPU s); "
-            f"scenarios (s): {each or 'none'}"
+            f"guest rc={self.rc} after {self.seconds:.0f} s (QEMU {self.qemu_cpu_s:.0f} CPU s, "
+            f"booted in {booted.group(1) if booted else '?'} s); scenarios (s): {each or 'none'}"
         )
 
     def passed(self, name: str) -> dict[str, Any]:

@@ -63,10 +63,10 @@ def test_a_lock_gone_mid_operation_fails_clearly_and_nothing_is_stuck(bluez_run:
     bluez_run.passed("lock_gone_mid_operation")
 
 
-def test_a_gateway_sigkilled_on_bluez_reconciles_what_happened_meanwhile(
+def test_a_gateway_sigkilled_mid_command_reconciles_the_locks_logs_exactly_once(
     bluez_run: GuestRun,
 ) -> None:
-    bluez_run.passed("sigkill_and_reconcile")
+    bluez_run.passed("sigkill_mid_command")
 
 
 def test_the_daemon_recovers_from_a_bluetoothd_restart_without_restarting(
