@@ -8,17 +8,20 @@ import pytest
 
 from tests.bluez.harness import GuestRun, run_scenario
 
+_RUNS: list[GuestRun] = []
+
 
 @pytest.fixture(scope="session")
-def bluez_run(request: pytest.FixtureRequest) -> GuestRun:
-    """The `locks` run: every scenario module in tests/bluez/guest_*.py, in one VM boot.
-
-    Its timing line (wall and QEMU CPU seconds, each scenario's seconds) goes to the terminal.
-    """
+def bluez_run() -> GuestRun:
+    """The `locks` run: every scenario module in tests/bluez/guest_*.py, in one VM boot."""
     if os.geteuid() != 0:
         pytest.fail("the BlueZ test bed needs root (debootstrap, chroot, /dev/vhci in the VM)")
     run = run_scenario("locks")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\nBlueZ bed: {run.timing()}")
+    _RUNS.append(run)
     return run
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The run's timing line (wall and QEMU CPU seconds, each scenario's seconds)."""
+    for run in _RUNS:
+        terminalreporter.write_line(f"BlueZ bed: {run.timing()}")
