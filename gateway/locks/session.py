@@ -131,7 +131,13 @@ class LockSession:
         try:
             command = client.services.get_characteristic(COMMAND_CHAR_UUID)
             if command is None or client.services.get_characteristic(RESPONSE_CHAR_UUID) is None:
-                raise ProtocolError("peer lacks the seal service characteristics")
+                # Seen on BlueZ under load: services "resolved" without them, the same GATT
+                # database complete on the next connect. Retried; a device that never has
+                # them fails every attempt.
+                raise LinkLostError(
+                    f"lock {self.lock_id.hex()}: the seal service's characteristics were not "
+                    "found on this connection"
+                )
             room = int(command.max_write_without_response_size)
             self._att_mtu = max(MIN_ATT_MTU, min(MAX_ATT_MTU, room + ATT_OVERHEAD))
             await client.start_notify(RESPONSE_CHAR_UUID, self._on_notify)

@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bumble import hci
+from bumble.device import Device
+from bumble.host import Host
 
 from firmware_sim.locks.model import LockModel
 from firmware_sim.locks.peripheral import LockPeripheral
 from firmware_sim.locks.world import lock_id_for
+from firmware_sim.radio import SpecController, attach_host
 from gateway.errors import LinkLostError
 from gateway.handheld.api import OperationsBackend
 from gateway.locks.scheduler import Urgency
@@ -427,3 +431,28 @@ async def _polled(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
             await asyncio.sleep(0.02)
+
+
+async def test_a_peer_without_the_seal_service_is_a_retryable_link_failure(tmp_path: Path) -> None:
+    async with bench(tmp_path) as b:
+        controller = SpecController("stranger", link=b.locks.link)
+        stranger = Device(
+            name="stranger",
+            address=hci.Address("F5:EA:10:00:00:99"),
+            host=Host(*attach_host(controller)),
+        )
+        await stranger.power_on()
+        await stranger.start_advertising(auto_restart=True)
+        specs = b.service.locks if b.service is not None else {}
+        connector = BleLockConnector(
+            b.adapters.get(b.locks.adapter),
+            specs,
+            op_timeout_s=2.0,
+            addresses=lambda _seal: "F5:EA:10:00:00:99",
+        )
+        # BlueZ under load once resolved a lock's services without them; the next connect
+        # had them. So it is retried, not taken for a protocol violation.
+        with pytest.raises(LinkLostError, match="characteristics were not found"):
+            await connector.connect("SL-0001", 3.0)
+        await stranger.stop_advertising()
+        b.locks.link.remove_controller(controller)
