@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
+_bumble_log = logging.getLogger("bumble.controller")
 
 
 class SpecController(Controller):
@@ -43,7 +44,30 @@ class SpecController(Controller):
     pending connection, so a host waiting for it hangs and the controller refuses every later
     connect. Its HCI Reset also keeps links of a previous host. Core spec Vol 4, Part E,
     7.8.13 and 7.3.2.
+
+    It also formats packets only when debug logging is on: bumble 0.0.236's
+    `Controller.on_hci_packet` and `send_hci_packet` build their debug line with an f-string,
+    so every HCI packet (every advertising report) is turned into coloured text and thrown
+    away; that was a fifth of the simulator's CPU with twenty locks advertising.
     """
+
+    def on_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        """Dispatch a packet from the host (bumble's own method when debug logging is on)."""
+        if _bumble_log.isEnabledFor(logging.DEBUG):
+            super().on_hci_packet(packet)
+        elif isinstance(packet, hci.HCI_Command):
+            self.on_hci_command_packet(packet)
+        elif isinstance(packet, hci.HCI_AclDataPacket):
+            self.on_hci_acl_data_packet(packet)
+        else:
+            super().on_hci_packet(packet)
+
+    def send_hci_packet(self, packet: hci.HCI_Packet) -> None:
+        """Hand a packet to the host (bumble's own method when debug logging is on)."""
+        if _bumble_log.isEnabledFor(logging.DEBUG):
+            super().send_hci_packet(packet)
+        elif self.host:
+            asyncio.get_running_loop().call_soon(self.host.on_packet, bytes(packet))
 
     def on_hci_le_create_connection_cancel_command(
         self, command: hci.HCI_LE_Create_Connection_Cancel_Command
@@ -193,7 +217,8 @@ def attach_host(controller: Controller) -> tuple[Controller, AsyncPipeSink]:
 
 
 class RadioLink(LocalLink):
-    """The bench's LocalLink, with LE data sent from the address the connection was made with.
+    """The bench's LocalLink: LE data from the connection's address, a link that tolerates a
+    peer gone, and controllers that go out of range.
 
     Workaround for bumble 0.0.236, `bumble.link.LocalLink.send_acl_data`: LE ACL data is
     tagged with the sending controller's *random* address even when the connection was made
@@ -201,7 +226,43 @@ class RadioLink(LocalLink):
     connects from its public address, so every peer drops every packet from BlueZ ("no
     connection for ..."). Reported in docs/ble-transport.md ("bumble LocalLink addressing").
     Harmless for bumble hosts, which use one address for both.
+
+    Workaround for bumble 0.0.236, `LocalLink.send_ll_control_pdu`: it raises when the peer
+    has left the link, so a controller's Disconnect command sends Command Status but never
+    "Disconnection Complete", and its host waits for ever (a simulator stopping after the
+    gateway's controller left hung there). Over the air an LL PDU to nobody is simply lost:
+    here it is dropped. Reported in docs/ble-transport.md ("bumble LocalLink disconnect").
+
+    `leave_range(controller)` is what a real radio does when a device is carried away or loses
+    its battery: nothing it sends is heard and nothing reaches it, and every LE link it had
+    ends on both sides after the supervision timeout with "Connection Timeout" (0x08). bumble's
+    LocalLink has no such notion: links to a removed controller stay up for ever.
+    `enter_range(controller)` brings it back.
     """
+
+    SUPERVISION_TIMEOUT_S = 0.42
+    """Linux's default LE supervision timeout (42 x 10 ms), what BlueZ asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._away: set[Controller] = set()
+
+    def leave_range(self, controller: Controller) -> None:
+        """From now on `controller` is not heard; its links time out on both sides."""
+        if controller in self._away:
+            return
+        self._away.add(controller)
+        asyncio.get_running_loop().call_later(
+            self.SUPERVISION_TIMEOUT_S, self._time_out_links, controller
+        )
+
+    def enter_range(self, controller: Controller) -> None:
+        """`controller` is heard again (its links, if any timed out, stay gone)."""
+        self._away.discard(controller)
+
+    def out_of_range(self, controller: Controller) -> bool:
+        """True while `controller` is away."""
+        return controller in self._away
 
     def send_acl_data(
         self,
@@ -214,13 +275,50 @@ class RadioLink(LocalLink):
         if transport != PhysicalTransport.LE:
             super().send_acl_data(sender_controller, destination_address, transport, data)
             return
+        if sender_controller in self._away:
+            return
         connection = sender_controller.le_connections.get(destination_address)
         source = connection.self_address if connection else sender_controller.random_address
         destination = self.find_le_controller(destination_address)
-        if destination is not None:
+        if destination is not None and destination not in self._away:
             asyncio.get_running_loop().call_soon(
                 destination.on_link_acl_data, source, transport, data
             )
+
+    def send_advertising_pdu(self, sender_controller: Controller, packet: Any) -> None:
+        """Every other controller in range hears it; one out of range is not heard."""
+        if sender_controller in self._away:
+            return
+        loop = asyncio.get_running_loop()
+        for controller in list(self.controllers):
+            if controller is not sender_controller and controller not in self._away:
+                loop.call_soon(controller.on_ll_advertising_pdu, packet)
+
+    def send_ll_control_pdu(
+        self, sender_address: hci.Address, receiver_address: hci.Address, packet: Any
+    ) -> None:
+        """Deliver an LL control PDU; one to or from nobody in range is lost, as on air."""
+        receiver = self.find_le_controller(receiver_address)
+        sender = self.find_le_controller(sender_address)
+        if receiver is None or receiver in self._away or sender in self._away:
+            _log.debug("LL PDU %s from %s to %s lost", packet, sender_address, receiver_address)
+            return
+        asyncio.get_running_loop().call_soon(receiver.on_ll_control_pdu, sender_address, packet)
+
+    def _time_out_links(self, away: Controller) -> None:
+        if away not in self._away:
+            return  # back within the supervision timeout: the links survive, as on air
+        reason = hci.HCI_ErrorCode.CONNECTION_TIMEOUT_ERROR
+        addresses = {c.self_address for c in away.le_connections.values()}
+        addresses |= {away.public_address, away.random_address}
+        for controller in list(self.controllers):
+            if controller is away:
+                continue
+            for connection in list(controller.le_connections.values()):
+                if connection.peer_address in addresses:
+                    controller.on_le_disconnected(connection, reason)
+        for connection in list(away.le_connections.values()):
+            away.on_le_disconnected(connection, reason)
 
 
 class KernelFacingController(SpecController):

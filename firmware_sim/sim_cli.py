@@ -22,10 +22,13 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from firmware_sim.locks.world import RADIOS, LockWorld
-from firmware_sim.meters.fleet import MeterSim
 from firmware_sim.sim_control import serve_stdin
+
+if TYPE_CHECKING:
+    from firmware_sim.meters.fleet import MeterSim
 
 __all__ = ["ACTIVITY", "SimOptions", "main", "register_sim_command", "run_sim"]
 
@@ -124,7 +127,11 @@ async def run_sim(options: SimOptions, stop: asyncio.Event) -> None:
         advertising_interval_ms=options.advertising_interval_ms,
         radio=options.radio,
     )
-    meters = MeterSim(options.state_dir / "meters", truth=options.truth) if options.meters else None
+    meters: MeterSim | None = None
+    if options.meters:  # pymodbus and the meter models cost seconds to import on a slow CPU
+        from firmware_sim.meters.fleet import MeterSim  # noqa: PLC0415 - only when meters run
+
+        meters = MeterSim(options.state_dir / "meters", truth=options.truth)
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(world)
         if meters is not None:

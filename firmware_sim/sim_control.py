@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from typing import TYPE_CHECKING
 
-from firmware_sim.locks.world import LockWorld
-from firmware_sim.meters.fleet import MeterSim
+if TYPE_CHECKING:
+    from firmware_sim.locks.world import LockWorld
+    from firmware_sim.meters.fleet import MeterSim
 
 _log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from bumble.host import Host
 from bumble.link import LocalLink
 
 from firmware_sim.locks.model import ADVERT_HEARTBEAT_S, LockModel, fragment_error
-from firmware_sim.radio import SpecController, attach_host
+from firmware_sim.radio import RadioLink, SpecController, attach_host
 from gateway.errors import ProtocolError
 from gateway.protocol.clock import Clock
 from gateway.protocol.seal_advert import advertising_data
@@ -92,6 +92,8 @@ class TransportFaults:
     """Delay every COMMAND answer by this long (the lock actuates at once)."""
     corrupt_answers: int = 0
     """Flip one byte of the MAC in the next N COMMAND answers."""
+    leave_on_command: bool = False
+    """Go out of range when the next COMMAND arrives, after executing it (one shot)."""
 
 
 class LockPeripheral:
@@ -189,6 +191,22 @@ class LockPeripheral:
         FAULTS[name](self, float(value) if value else None)
         self.sync()
 
+    def leave_range(self) -> None:
+        """Out of range (carried away, battery pulled): nothing heard, links time out."""
+        _log.info("lock %s: out of range", self.seal_id)
+        self._radio().leave_range(self._controller)
+
+    def enter_range(self) -> None:
+        """Back in range: adverts are heard again."""
+        _log.info("lock %s: back in range", self.seal_id)
+        self._radio().enter_range(self._controller)
+
+    def _radio(self) -> RadioLink:
+        link = self._controller.link
+        if not isinstance(link, RadioLink):
+            raise ValueError("range faults need the bench's RadioLink")
+        return link
+
     def drop_connection(self) -> None:
         """End the current link, if any, from the lock's side."""
         if self._connection is not None:
@@ -239,6 +257,12 @@ class LockPeripheral:
         is_command = len(message) >= HEADER_LEN and message[1] == MessageType.COMMAND
         if is_command and (self.faults.drop_link or self.model.drop_link):
             self._drop_mid_command(connection, message)
+            return
+        if is_command and self.faults.leave_on_command:
+            self.faults.leave_on_command = False
+            self.model.handle_message(message)  # executed and logged, never answered
+            self.sync()
+            self.leave_range()
             return
         answer = self.model.handle_message(message)
         delay = 0.0
@@ -369,6 +393,10 @@ def _drop(lock: LockPeripheral, *, actuate: bool) -> None:
     lock.faults.actuate_before_drop = actuate
 
 
+def _leave_on_command(lock: LockPeripheral, _value: float | None) -> None:
+    lock.faults.leave_on_command = True
+
+
 def _reboot(lock: LockPeripheral) -> None:
     lock.model.reboot()
     lock.drop_connection()
@@ -397,9 +425,14 @@ FAULTS: dict[str, FaultAction] = {
     "slow": _set_delay,
     "fast": lambda lock, _: _set_delay(lock, 0.0),
     "corrupt": _corrupt,
+    "out_of_range": lambda lock, _: lock.leave_range(),
+    "in_range": lambda lock, _: lock.enter_range(),
+    "out_of_range_on_command": _leave_on_command,
 }
 """Faults `inject` knows. `tamper` opens the shell (any state); `forced_open` and `wire_cut`
 break the wire loop (a tamper when sealed); `drop_link` drops the link after the next COMMAND
 is executed, `drop_link_before` before it is; `slow[:S]` delays COMMAND answers (`fast` undoes
 it); `corrupt[:N]` corrupts the next N COMMAND answers; `mechanical_failure[:N]` fails the next
-N actuations."""
+N actuations; `out_of_range` takes the lock off the air (its links time out as on a real radio)
+until `in_range`, and `out_of_range_on_command` does so when the next COMMAND arrives, after
+executing it but before answering."""

@@ -121,6 +121,7 @@ class SealOperations:
         self._clock = clock
         self._outcomes: OrderedDict[str, OperationOutcome] = OrderedDict()
         self._running: dict[str, asyncio.Task[None]] = {}
+        self._settled_ops: dict[str, asyncio.Event] = {}
         self.stats = OpStats()
 
     # -- OperationsBackend ----------------------------------------------------------------------
@@ -134,9 +135,17 @@ class SealOperations:
         if denied is not None:
             return self._remember(denied)
         self._remember(started)
-        task = asyncio.create_task(self._run(request, started), name=f"seal-op-{started.op_id}")
-        self._running[started.op_id] = task
-        task.add_done_callback(lambda _: self._running.pop(started.op_id, None))
+        op_id = started.op_id
+        settled = self._settled_ops[op_id] = asyncio.Event()
+        task = asyncio.create_task(self._run(request, started), name=f"seal-op-{op_id}")
+        self._running[op_id] = task
+
+        def done(_task: asyncio.Task[None]) -> None:
+            self._running.pop(op_id, None)
+            self._settled_ops.pop(op_id, None)
+            settled.set()  # also when cancelled: nobody waits for ever
+
+        task.add_done_callback(done)
         return started
 
     async def result(self, op_id: str) -> OperationOutcome | None:
@@ -179,10 +188,14 @@ class SealOperations:
     # -- waiting and stopping -------------------------------------------------------------------
 
     async def wait(self, op_id: str) -> OperationOutcome | None:
-        """The outcome once it is settled (durably recorded); None for an unknown op_id."""
-        task = self._running.get(op_id)
-        if task is not None:
-            await asyncio.shield(task)
+        """The outcome once it is settled (durably recorded); None for an unknown op_id.
+
+        That can be before the operation's link is closed: a BlueZ disconnect takes seconds
+        (bluetoothd waits 2 s before it drops the link) and changes nothing of the outcome.
+        """
+        settled = self._settled_ops.get(op_id)
+        if settled is not None:
+            await settled.wait()
         return self._outcomes.get(op_id)
 
     async def close(self) -> None:
@@ -237,7 +250,7 @@ class SealOperations:
         except Exception:  # noqa: BLE001 - a handheld must never be left waiting on a crash
             _log.exception("seal operation %s failed unexpectedly", started.op_id)
             outcome = replace(started, status=OperationStatus.FAILED, reason="internal_error")
-        self._remember(outcome)
+        self._settle(outcome)
 
     async def _perform(
         self, request: OperationRequest, started: OperationOutcome
@@ -311,7 +324,8 @@ class SealOperations:
         else:
             self._log_sync.expect(lock.seal_id, context)
             await self._reconcile_after(lock, session, context)
-        return self._settled(lock, request, started, answer.result, answer.log_index)
+        # Durable now: the handheld need not wait for the link to close (seconds on BlueZ).
+        return self._settle(self._settled(lock, request, started, answer.result, answer.log_index))
 
     async def _fetch_before_retry(self, lock: LockSpec, session: LockSession) -> None:
         """BUSY may mean a ring blocked by unfetched tamper entries: fetch, then retry."""
@@ -429,6 +443,14 @@ class SealOperations:
             return
         window = (unix_now(self._now()), ticket.not_after + self._policy.skew_s)
         self._beliefs.set_unseal_window(lock, window)
+
+    def _settle(self, outcome: OperationOutcome) -> OperationOutcome:
+        """Make a settled outcome visible to `result` and wake `wait`."""
+        self._remember(outcome)
+        settled = self._settled_ops.get(outcome.op_id)
+        if settled is not None:
+            settled.set()
+        return outcome
 
     def _remember(self, outcome: OperationOutcome) -> OperationOutcome:
         self._outcomes[outcome.op_id] = outcome

@@ -133,8 +133,8 @@ class ScanSupervisor:
         while True:
             try:
                 await self._scan()
-            except _RadioLostError:
-                self._down("the controller link was lost")
+            except _RadioLostError as exc:
+                self._down(str(exc) or "the controller link was lost")
             except _RADIO_ERRORS as exc:
                 self._down(_describe(exc))
             if self._up_since is not None:
@@ -191,7 +191,8 @@ class ScanSupervisor:
                 task.cancel()
             await asyncio.gather(lost, timer, return_exceptions=True)
         if lost.done() and not lost.cancelled() and scanning:
-            raise _RadioLostError
+            error = lost.exception()
+            raise _RadioLostError(_describe(error) if error else lost.result() or "")
 
     # -- radio up and down ----------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from bleak.backends.scanner import AdvertisementData
 
 from gateway.auth.policy import GatewayTrust, RoleTable
 from gateway.auth.ticket_store import TicketStore
-from gateway.drivers.ble.adapters import BleTransport
+from gateway.drivers.ble.adapters import BleTransport, BlueZTransport
 from gateway.locks.beliefs import PublishState, SealBeliefs
 from gateway.locks.config import BleSection, read_key_file
 from gateway.locks.log_sync import LogSync
@@ -92,12 +92,14 @@ class LockService:
         self.store = LockStore.open(state_dir / LOCKS_DB_FILE)
         self.beliefs = SealBeliefs(self.locks, self.store, emit, clock, publish_state)
         self._seen_device: dict[str, BLEDevice] = {}
+        self._discovered_only = isinstance(transport, BlueZTransport)
         connector = BleLockConnector(
             transport,
             self.locks,
             op_timeout_s=section.op_timeout_s,
             addresses=self._address,
             clock=clock,
+            discovered_only=self._discovered_only,
         )
         self.scheduler: ConnectionScheduler[LockSession] = ConnectionScheduler(
             connector,
@@ -216,12 +218,19 @@ class LockService:
 
         On BlueZ, a connect by address string makes bleak start a discovery of its own, which
         BlueZ refuses with org.bluez.Error.InProgress while the gateway's scanner is running
-        (one discovery per D-Bus client). Found by the BlueZ test bed (docs/ble-transport.md).
+        (one discovery per D-Bus client), so BlueZ connects wait for an advert. Found by the
+        BlueZ test bed (docs/ble-transport.md).
         """
         return self._seen_device.get(seal_id)
 
     def _seed_known_addresses(self) -> None:
-        """Probe unseeded locks whose address is configured (others once an advert names it)."""
+        """Probe unseeded locks whose address is configured (others once an advert names it).
+
+        Not on BlueZ, which connects only to devices it discovered: there the first advert of
+        an unseeded lock asks for its probe (SealBeliefs.observe_payload).
+        """
+        if self._discovered_only:
+            return
         for seal_id, lock in self.locks.items():
             if lock.address and self.beliefs.needs_seed(seal_id):
                 self.log_sync.request(seal_id)

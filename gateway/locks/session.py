@@ -131,7 +131,13 @@ class LockSession:
         try:
             command = client.services.get_characteristic(COMMAND_CHAR_UUID)
             if command is None or client.services.get_characteristic(RESPONSE_CHAR_UUID) is None:
-                raise ProtocolError("peer lacks the seal service characteristics")
+                # Seen on BlueZ under load: services "resolved" without them, the same GATT
+                # database complete on the next connect. Retried; a device that never has
+                # them fails every attempt.
+                raise LinkLostError(
+                    f"lock {self.lock_id.hex()}: the seal service's characteristics were not "
+                    "found on this connection"
+                )
             room = int(command.max_write_without_response_size)
             self._att_mtu = max(MIN_ATT_MTU, min(MAX_ATT_MTU, room + ATT_OVERHEAD))
             await client.start_notify(RESPONSE_CHAR_UUID, self._on_notify)
@@ -294,6 +300,11 @@ def _reason(exc: Exception) -> str:
     return "link_lost" if isinstance(exc, RetryableError) else "bad_answer"
 
 
+def _describe(exc: BaseException) -> str:
+    """The error's text, or its type when it has none (a bare timeout)."""
+    return str(exc) or type(exc).__name__
+
+
 def _ticket_tag(credential: TicketCredential) -> bytes:
     return ticket_tag(credential.header)
 
@@ -309,20 +320,30 @@ class BleLockConnector:
         op_timeout_s: float,
         addresses: Callable[[str], BLEDevice | str | None] | None = None,
         clock: Clock | None = None,
+        discovered_only: bool = False,
     ) -> None:
         self._transport = transport
         self._locks = locks
         self._op_timeout_s = op_timeout_s
         self._addresses = addresses
         self._clock = clock
+        self._discovered_only = discovered_only
 
     async def connect(self, seal_id: str, timeout_s: float) -> LockSession:
-        """Connect to the seal's lock and subscribe to its answers."""
+        """Connect to the seal's lock and subscribe to its answers.
+
+        With `discovered_only` (BlueZ) only a device our scanner saw is connected to: BlueZ
+        connects only to devices it discovered, and for an address alone bleak would start a
+        discovery of its own, which BlueZ refuses while the gateway's scanner runs
+        (org.bluez.Error.InProgress).
+        """
         lock = self._locks[seal_id]
         seen = self._addresses(seal_id) if self._addresses else None
-        address = seen or lock.address  # the scanned device first: no discovery of bleak's own
+        address = seen or (None if self._discovered_only else lock.address)
         if not address:
-            raise LinkLostError(f"seal {seal_id}: address unknown until its advert is seen")
+            raise LinkLostError(
+                f"seal {seal_id}: not heard by the scanner yet, nothing to connect to"
+            )
         session = LockSession(lock.lock_id, op_timeout_s=self._op_timeout_s, clock=self._clock)
         client = self._transport.make_client(
             address, disconnected_callback=session.link_lost, timeout=timeout_s
@@ -330,7 +351,11 @@ class BleLockConnector:
         try:
             await client.connect()
         except BleakError as exc:
-            raise LinkLostError(f"seal {seal_id}: connect failed: {exc}") from exc
+            raise LinkLostError(f"seal {seal_id}: connect failed: {_describe(exc)}") from exc
+        except TimeoutError:
+            raise LinkLostError(
+                f"seal {seal_id}: connect failed: not connected and resolved within {timeout_s:g} s"
+            ) from None
         try:
             await session.open(client)
         except BaseException:

@@ -391,8 +391,17 @@ async def seal_state(handheld: Any) -> dict[str, Any]:
 
 
 def check_secure_connections(btmon: Path) -> str:
-    """btmon saw LE Secure Connections pairing (public keys both ways) and AES-CCM encryption."""
-    text = btmon.read_text(errors="replace")
+    """btmon saw LE Secure Connections pairing (public keys both ways) and AES-CCM encryption.
+
+    `btmon` is btmon's text output, or the raw trace it is writing (`btmon -w`), decoded here.
+    """
+    if btmon.suffix == ".btsnoop":
+        decoded = subprocess.run(
+            ["btmon", "-r", str(btmon)], capture_output=True, timeout=120, check=False
+        )
+        text = decoded.stdout.decode(errors="replace")
+    else:
+        text = btmon.read_text(errors="replace")
     public_keys = text.count("SMP: Pairing Public Key")
     encrypted = text.count("Encryption: Enabled with AES-CCM")
     if public_keys < 2 or not encrypted:
@@ -581,7 +590,7 @@ def main(out: Path, work: Path, logs: Path, btmon: Path) -> int:
     finally:
         bed.stop()
         merged = json.loads(out.read_text()) if out.exists() and out.stat().st_size else {}
-        merged.update(results)
+        merged.setdefault("scenarios", {}).update(results)
         out.write_text(json.dumps(merged, indent=1))
     return 0 if results and all(r["ok"] for r in results.values()) else 1
 

@@ -11,7 +11,6 @@ config change only. `BleAdapters` opens each adapter string once and closes them
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from bleak import BleakClient, BleakScanner
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementDataCallback
 
+from gateway.drivers.ble.bluez_watch import wait_bluez_lost
 from gateway.errors import ConfigError
 
 __all__ = [
@@ -59,8 +59,9 @@ class BleTransport(Protocol):
         timeout: float = 10.0,
     ) -> BleakClient: ...
 
-    async def wait_lost(self) -> None:
-        """Return when the adapter loses its controller (the scan supervisor then reopens it)."""
+    async def wait_lost(self) -> str | None:
+        """Return when the adapter loses its controller, or the stack under it restarted (the
+        scan supervisor then reopens it); say what happened when the transport knows."""
         ...
 
     async def close(self) -> None: ...
@@ -167,9 +168,11 @@ class BlueZTransport:
             bluez={"adapter": self.hci_name},
         )
 
-    async def wait_lost(self) -> None:
-        """Never returns: BlueZ reports a lost adapter as errors of the next scan or connect."""
-        await asyncio.Event().wait()
+    async def wait_lost(self) -> str:
+        """Return when bluetoothd left the system bus or removed the adapter: a restarted
+        bluetoothd runs no discovery for the gateway, so the scanner must start again
+        (gateway/drivers/ble/bluez_watch.py)."""
+        return await wait_bluez_lost(self.hci_name)
 
     async def close(self) -> None:
         """Nothing to close: BlueZ owns the adapter; clients disconnect themselves."""

@@ -363,3 +363,48 @@ async def test_advert_counter_moves_every_600_s_with_nothing_else_changing(tmp_p
         later = await _next_advert(bench, lock.address, tracker)
         assert later.advert.counter == first.advert.counter + 1
         assert later.advert.log_head == first.advert.log_head
+
+
+async def test_a_lock_out_of_range_times_its_link_out_and_is_not_heard(bench: Bench) -> None:
+    lock = bench.world.locks["SL-0003"]
+    session = await _connect(bench, "SL-0003")
+    assert lock.connected
+
+    bench.world.inject("SL-0003", "out_of_range")
+
+    # Both ends learn it from the supervision timeout, as over the air; no one hangs.
+    await asyncio.wait_for(session.gone.wait(), WAIT_S)
+    await _wait_for(lambda: not lock.connected)
+    tracker = bench.advert_tracker()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(_next_advert(bench, lock.address, tracker), 1.5)
+
+    bench.world.inject("SL-0003", "in_range")
+    seen = await _next_advert(bench, lock.address, tracker)
+    assert seen.lock_id == bench.world.lock_ids["SL-0003"]
+    session = await _connect(bench, "SL-0003")
+    await session.client.disconnect()
+
+
+async def test_the_world_closes_with_a_link_up_after_the_gateway_controller_left(
+    tmp_path: Path,
+) -> None:
+    truth = tmp_path / "truth.jsonl"
+    world = LockWorld(2, tmp_path / "sim", truth)
+    adapters = BleAdapters()
+    await world.start()
+    try:
+        bench = Bench(world, adapters.get(world.adapter), truth)
+        await _connect(bench, "SL-0001")
+        assert world.locks["SL-0001"].connected
+    finally:
+        # The gateway's controller leaves the radio first; the lock's Disconnect must still
+        # complete (an LL PDU to nobody is lost, not an error that leaves the host waiting).
+        await asyncio.wait_for(world.close(), WAIT_S)
+        await adapters.close()
+
+
+async def _wait_for(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(WAIT_S):
+        while not condition():
+            await asyncio.sleep(0.02)

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
+from bumble import hci
+from bumble.device import Device
+from bumble.host import Host
 
 from firmware_sim.locks.model import LockModel
 from firmware_sim.locks.peripheral import LockPeripheral
 from firmware_sim.locks.world import lock_id_for
+from firmware_sim.radio import SpecController, attach_host
+from gateway.errors import LinkLostError
 from gateway.handheld.api import OperationsBackend
 from gateway.locks.scheduler import Urgency
-from gateway.locks.session import LockSession
+from gateway.locks.session import BleLockConnector, LockSession
+from gateway.protocol.events import Event
 from gateway.protocol.seal_exchange import (
     build_command,
     challenge_request,
@@ -238,6 +249,53 @@ async def test_link_dropped_mid_command_gives_no_false_done(lock_bench: Bench) -
     assert log_events(await lock_bench.events()).count(("SL-0002", 2)) == 1
 
 
+async def test_a_lock_gone_out_of_range_mid_command_fails_clearly_and_recovers(
+    tmp_path: Path,
+) -> None:
+    async with bench(tmp_path) as b:
+        assert b.service is not None
+        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
+        ticket = b.issue()
+        b.locks.inject("SL-0002", "out_of_range_on_command")
+
+        result = await b.run(b.request(ticket, seal_id="SL-0002"))
+
+        # The lock acted, then left: the link timed out; nothing is claimed.
+        assert (result.ok, result.status, result.reason) == (False, "unknown", "link_lost")
+        assert b.locks.locks["SL-0002"].model.state is LockState.UNSEALED
+        unconfirmed = await b.wait_events(lambda e: e.type == "seal.op_unconfirmed")
+        assert unconfirmed[0].data["reason"] == "link_lost"
+        # The alarm reconciliation that follows cannot reach it, gives up, and holds nothing.
+        scheduler, budget = b.service.scheduler, b.service.section.max_connections
+        failed = b.service.log_sync.stats
+        await _advance_until(b, lambda _events: failed.failed)
+        await _advance_until(
+            b, lambda _: scheduler.budget.free == budget and not scheduler.connected
+        )
+
+        b.locks.inject("SL-0002", "in_range")
+        recovered = await _advance_until(
+            b, lambda events: [e for e in events if e.type == "seal.unsealed"]
+        )
+        assert (recovered[0].subject, recovered[0].data["log_index"]) == ("SL-0002", 2)
+        assert recovered[0].data["operator"] == "op-0042"
+
+        again = await b.run(b.request(ticket, seal_id="SL-0002", op="seal"))
+        assert (again.ok, again.state, again.log_index) == (True, "sealed", 3)
+        assert log_events(await b.events()).count(("SL-0002", 2)) == 1
+
+
+async def _advance_until(b: Bench, found: Callable[[list[Event]], Any]) -> Any:
+    """Step the manual clock (retry backoffs sleep on it) until `found(events)` is truthy."""
+    for _ in range(400):
+        hit = found(await b.events())
+        if hit:
+            return hit
+        b.clock.advance(0.5)
+        await asyncio.sleep(0.05)
+    raise AssertionError("not reached while the clock advanced 200 s")
+
+
 async def test_reconciliation_is_exactly_once_across_a_restart(
     lock_bench: Bench, tmp_path: Path
 ) -> None:
@@ -329,3 +387,74 @@ async def test_handheld_backend_denies_at_once_and_reports_the_outcome(lock_benc
     status = await backend.seal_state("SL-0001")
     assert status is not None
     assert status.state == "unsealed"
+
+
+async def test_a_connect_says_why_it_failed(tmp_path: Path) -> None:
+    async with bench(tmp_path) as b:
+        transport = b.adapters.get(b.locks.adapter)
+        specs = b.service.locks if b.service is not None else {}
+        # BlueZ connects only to devices its scan found: no advert seen, no connect attempted.
+        blind = BleLockConnector(transport, specs, op_timeout_s=2.0, discovered_only=True)
+        with pytest.raises(LinkLostError, match="SL-0001: not heard by the scanner yet"):
+            await blind.connect("SL-0001", 2.0)
+        # A lock that does not answer: the timeout is named, not an empty message.
+        b.locks.inject("SL-0003", "out_of_range")
+        direct = BleLockConnector(transport, specs, op_timeout_s=2.0)
+        with pytest.raises(LinkLostError, match=r"SL-0003: connect failed: not connected .* 1 s"):
+            await direct.connect("SL-0003", 1.0)
+
+
+async def test_an_outcome_settles_before_its_link_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_close = LockSession.close
+
+    async def slow_close(session: LockSession) -> None:
+        await asyncio.sleep(1.0)  # bluetoothd waits 2 s before it drops a link
+        await real_close(session)
+
+    monkeypatch.setattr(LockSession, "close", slow_close)
+    async with bench(tmp_path) as b:
+        assert b.service is not None
+        budget, scheduler = b.service.section.max_connections, b.service.scheduler
+        await b.wait_events(lambda e: e.type == "seal.boot", count=3)
+        await _polled(lambda: scheduler.budget.free == budget)
+        ticket = b.issue()
+
+        result = await b.run(b.request(ticket, op="unseal"))
+
+        assert (result.ok, result.state) == (True, "unsealed")
+        assert scheduler.budget.free == budget - 1  # its link is still being closed
+        await _polled(lambda: scheduler.budget.free == budget)
+
+
+async def _polled(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll a condition no commit or publish announces (the scheduler's budget)."""
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
+
+
+async def test_a_peer_without_the_seal_service_is_a_retryable_link_failure(tmp_path: Path) -> None:
+    async with bench(tmp_path) as b:
+        controller = SpecController("stranger", link=b.locks.link)
+        stranger = Device(
+            name="stranger",
+            address=hci.Address("F5:EA:10:00:00:99"),
+            host=Host(*attach_host(controller)),
+        )
+        await stranger.power_on()
+        await stranger.start_advertising(auto_restart=True)
+        specs = b.service.locks if b.service is not None else {}
+        connector = BleLockConnector(
+            b.adapters.get(b.locks.adapter),
+            specs,
+            op_timeout_s=2.0,
+            addresses=lambda _seal: "F5:EA:10:00:00:99",
+        )
+        # BlueZ under load once resolved a lock's services without them; the next connect
+        # had them. So it is retried, not taken for a protocol violation.
+        with pytest.raises(LinkLostError, match="characteristics were not found"):
+            await connector.connect("SL-0001", 3.0)
+        await stranger.stop_advertising()
+        b.locks.link.remove_controller(controller)
