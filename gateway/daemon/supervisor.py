@@ -1,4 +1,10 @@
-"""Owns the daemon's long-running tasks: restarts a crashed one with backoff, stops all cleanly."""
+"""Owns the daemon's long-running tasks: restarts a crashed one with backoff, stops all promptly.
+
+A stop cancels the components and gives their clean-up `STOP_GRACE_S`. A clean-up still
+waiting after that (on a peer that never answers: a frozen BLE controller, a black-holed
+broker) is cancelled again every `RECANCEL_S`, which ends the wait it is stuck in, so a stop
+finishes in seconds whatever the peers do (issue 13, item 8).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,11 @@ from dataclasses import dataclass, field
 from gateway.protocol.clock import Clock
 
 _LOGGER = logging.getLogger(__name__)
+
+STOP_GRACE_S = 1.5
+"""How long a stopping component may clean up before its waits are cancelled too."""
+RECANCEL_S = 0.25
+"""Then: how often a component still running is cancelled again."""
 
 TaskFactory = Callable[[], Awaitable[None]]
 
@@ -47,14 +58,27 @@ class Supervisor:
         """How often each component was restarted after a failure."""
         return {name: comp.restarts for name, comp in self._components.items()}
 
-    async def stop(self, *names: str) -> None:
-        """Cancel the named components (all when none named) and wait for them."""
+    async def stop(self, *names: str, grace_s: float = STOP_GRACE_S) -> None:
+        """Cancel the named components (all when none named) and wait for them.
+
+        A component still running `grace_s` later is cancelled again, every RECANCEL_S.
+        """
         if not names:
             self._stopping = True
         chosen = [c for n, c in self._components.items() if not names or n in names]
-        tasks = [comp.task for comp in chosen if comp.task is not None]
+        tasks = {comp.task: comp.name for comp in chosen if comp.task is not None}
         for task in tasks:
             task.cancel()
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        if pending:
+            late = ", ".join(sorted(tasks[task] for task in pending))
+            _LOGGER.warning("%s still stopping after %.1f s: cancelling its waits", late, grace_s)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _keep_running(self, component: _Component) -> None:
