@@ -207,6 +207,7 @@ class _PeakRss:
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
     def __enter__(self) -> _PeakRss:
+        self.mb = _sample_rss(self.pid, 0.0)
         self._thread.start()
         return self
 
