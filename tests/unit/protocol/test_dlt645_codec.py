@@ -124,13 +124,27 @@ def test_time_sync_matches_hand_vector() -> None:
 
 
 def test_time_sync_field_order_is_seconds_first() -> None:
-    """DL/T 645-2007 08H: data ssmmhhDDMMYY; a year-first frame reads as another time."""
+    """DL/T 645-2007 08H: data YYMMDDhhmmss sent low byte first (seconds first on the wire)."""
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=METER_TZ)
     assert dlt645.time_sync_frame(when).data == bytes.fromhex("050403020126")
     year_first = dlt645.Frame(
         dlt645.BROADCAST, Function.BROADCAST_TIME, bytes.fromhex("260102030405")
     )
     assert dlt645.parse_time_sync(year_first) == datetime(2005, 4, 3, 2, 1, 26, tzinfo=METER_TZ)
+
+
+DLT645_PACKAGE_TIME_SYNC = bytes.fromhex("FEFEFEFE 689999999999 9968 0806 593435363738 DB16")
+"""What PyPI dlt645 3.2.0's broadcast_time_sync sent for 2026-01-02 03:04:05: year first."""
+
+
+def test_the_dlt645_packages_year_first_frame_reads_as_another_time() -> None:
+    """docs/dlt645.md: the package's frame, read in the standard's order, is years off."""
+    used, frame = decode(DLT645_PACKAGE_TIME_SYNC)
+    assert used == len(DLT645_PACKAGE_TIME_SYNC) and frame is not None
+    assert frame.function == Function.BROADCAST_TIME and frame.address == dlt645.BROADCAST
+    assert dlt645.parse_time_sync(frame) == datetime(2005, 4, 3, 2, 1, 26, tzinfo=METER_TZ)
+    ours = encode(dlt645.time_sync_frame(datetime(2026, 1, 2, 3, 4, 5, tzinfo=METER_TZ)))
+    assert sorted(ours) == sorted(DLT645_PACKAGE_TIME_SYNC) != ours  # same bytes, other order
 
 
 def test_time_sync_converts_utc_to_meter_time() -> None:
