@@ -16,6 +16,7 @@ from firmware_sim.children import exit_on_signals
 
 BENCHES = {
     "authz": "bench.authz",
+    "commands": "bench.commands",
     "faults": "bench.faults",
     "pipeline": "bench.pipeline",
     "footprint": "bench.footprint",

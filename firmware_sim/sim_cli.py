@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from firmware_sim.locks.world import RADIOS, LockWorld
+from firmware_sim.meters.district import DAY_S
 from firmware_sim.sim_control import serve_stdin
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ GATEWAY_STATE = "gateway"
 ACTIVITY_PAUSE_S = (0.05, 0.3)
 ADVERTISING_INTERVAL_MS = 200.0
 MAX_LOCKS = 9999
+MAX_DISTRICT = 99  # customer addresses 3100000001NN
 
 ACTIVITY: tuple[tuple[str, int], ...] = (
     ("tamper", 3),
@@ -69,6 +71,8 @@ class SimOptions:
     radio: str = "tcp"
     advertising_interval_ms: float = ADVERTISING_INTERVAL_MS
     handheld_radio: bool = False
+    district: int = 0
+    district_day_s: float = DAY_S
 
 
 def register_sim_command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -105,6 +109,20 @@ def register_sim_command(subparsers: argparse._SubParsersAction[argparse.Argumen
         help="serve one more controller over TCP HCI for handhelds over BLE (its bumble "
         "transport is in the ready line as handheld_radio=...)",
     )
+    sim.add_argument(
+        "--district",
+        type=_district_size,
+        default=0,
+        help="add a distribution district for line loss: its own meter and N customers, each "
+        "customer's box under the next free seal (default 0: none)",
+    )
+    sim.add_argument(
+        "--district-day-s",
+        type=_day_length,
+        default=DAY_S,
+        help="seconds of one simulated day for the district's meters (default 86400: real "
+        "time; a demo compresses it so daily line-loss intervals pass in seconds)",
+    )
     sim.add_argument("--log-level", default="WARNING", help="simulator log level")
     sim.set_defaults(handler=_cmd_sim)
 
@@ -131,7 +149,12 @@ async def run_sim(options: SimOptions, stop: asyncio.Event) -> None:
     if options.meters:  # pymodbus and the meter models cost seconds to import on a slow CPU
         from firmware_sim.meters.fleet import MeterSim  # noqa: PLC0415 - only when meters run
 
-        meters = MeterSim(options.state_dir / "meters", truth=options.truth)
+        meters = MeterSim(
+            options.state_dir / "meters",
+            truth=options.truth,
+            district=options.district,
+            district_day_s=options.district_day_s,
+        )
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(world)
         if meters is not None:
@@ -180,10 +203,17 @@ def gateway_config(options: SimOptions, world: LockWorld, meters: MeterSim | Non
         "require_identity = false",
     ]
     if meters is not None:
-        seal_ids = list(world.locks)
-        seals = dict(zip(sorted(meters.meters), seal_ids, strict=False))
-        parts.append(meters.meters_toml(seals=seals, poll_s=options.meter_poll_s))
+        parts.append(meters.meters_toml(seals=meter_seals(meters, list(world.locks)),
+                                        poll_s=options.meter_poll_s))  # fmt: skip
     return "\n".join(parts)
+
+
+def meter_seals(meters: MeterSim, seal_ids: Sequence[str]) -> dict[str, str]:
+    """The bench meters (sorted) under the first seals, then the district's customers."""
+    from firmware_sim.meters.fleet import DISTRICT_BUS  # noqa: PLC0415 - only when meters run
+
+    bench = sorted(m for m in meters.meters if meters.info[m].bus != DISTRICT_BUS)
+    return dict(zip([*bench, *meters.district_customers], seal_ids, strict=False))
 
 
 async def _activity(world: LockWorld, options: SimOptions, stop: asyncio.Event) -> int:
@@ -218,6 +248,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
         gateway_id=args.gateway_id,
         seed=args.seed,
         meter_poll_s=args.meter_poll_s,
+        district=args.district,
+        district_day_s=args.district_day_s,
     )
     asyncio.run(_run_until_signal(options))
     return 0
@@ -236,6 +268,20 @@ def _lock_count(text: str) -> int:
     if not 1 <= count <= MAX_LOCKS:
         raise argparse.ArgumentTypeError(f"--locks must be 1..{MAX_LOCKS}")
     return count
+
+
+def _district_size(text: str) -> int:
+    count = int(text)
+    if not 0 <= count <= MAX_DISTRICT:
+        raise argparse.ArgumentTypeError(f"--district must be 0..{MAX_DISTRICT}")
+    return count
+
+
+def _day_length(text: str) -> float:
+    seconds = float(text)
+    if not 1.0 <= seconds <= DAY_S:
+        raise argparse.ArgumentTypeError(f"--district-day-s must be 1..{DAY_S:g}")
+    return seconds
 
 
 def _q(text: str) -> str:

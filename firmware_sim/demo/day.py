@@ -33,6 +33,7 @@ from master_station.subscriber import EventSubscriber
 
 __all__ = [
     "GATEWAY_ID",
+    "LINE_LOSS_THIEF",
     "Day",
     "Timeline",
     "locks_heard_since",
@@ -45,6 +46,9 @@ DISTRICT = "district-1"
 LOCKS = 20
 VHCI_ADVERTISING_MS = 1000  # 20 locks at 200 ms swamp an emulated VM's kernel-facing controller
 METER_POLL_S = 2.0
+LINE_LOSS_CUSTOMERS = 5
+LINE_LOSS_DAY_S = 3.0  # the line-loss district's meters run a simulated day every 3 s
+LINE_LOSS_THIEF = "DIST-C3"  # the customer whose meter the bypass scenario goes around
 INSTALLER, AUDITOR = "op-inst-01", "op-audit-01"
 REPLACE_SEAL, INSTALL_SEAL, AUDIT_SEAL = "SL-0001", "SL-0015", "SL-0003"
 TAMPER_SEAL, THEFT_SEAL, OUTAGE_SEAL = "SL-0018", "SL-0005", "SL-0019"
@@ -95,6 +99,7 @@ class Day:
     handhelds: dict[str, SimulatedHandheld] = field(default_factory=dict)
     kpi: dict[str, Any] = field(default_factory=dict)
     audit_ticket: str = ""
+    bypassed: str = ""  # the meter the line-loss scenario bypassed
 
     def __post_init__(self) -> None:
         self.procs = ProcessSet(self.work)
@@ -206,6 +211,7 @@ def _start_sim(day: Day) -> None:
         "--activity-seconds", "0", "--locks", str(LOCKS), "--gateway-id", GATEWAY_ID,
         "--seed", "1", "--meter-poll-s", str(METER_POLL_S), "--radio", day.radio,
         "--advertising-interval-ms", str(VHCI_ADVERTISING_MS if day.radio == "vhci" else 200),
+        "--district", str(LINE_LOSS_CUSTOMERS), "--district-day-s", str(LINE_LOSS_DAY_S),
         *(["--handheld-radio"] if _handhelds_over_ble(day) else []),
     ], control=True)  # fmt: skip
     day.sim = SimControl(child)

@@ -40,8 +40,10 @@ __all__ = ["DemoOptions", "run_demo", "summarize"]
 MIN_DURATION_S = 30.0
 HEADLINE = (
     "events_published", "seal_integrity_rate", "lock_online_rate", "meter_read_success_rate",
-    "meter_readings_by_protocol", "theft_suspected", "ledger_seq_gaps", "ledger_chain_verified",
-    "ledger_equals_published", "steps_passed", "steps_failed", "duration_s",
+    "meter_readings_by_protocol", "theft_suspected", "line_loss_intervals", "line_loss_alarms",
+    "line_loss_bypassed_meter", "line_loss_named_meters", "ledger_seq_gaps",
+    "ledger_chain_verified", "ledger_equals_published", "steps_passed", "steps_failed",
+    "duration_s",
 )  # fmt: skip
 
 
@@ -132,6 +134,7 @@ def summarize(day: Day, results: list[StepResult]) -> dict[str, Any]:
             name: readings.get(name, 0) for name in ("modbus-rtu", "modbus-tcp", "dlt645")
         },
         "theft_suspected": sum(1 for e in events if e["type"] == "theft.suspected"),
+        **_line_loss(day, events),
         "ledger_seq_gaps": len(missing),
         "ledger_chain_verified": bool(events) and _chain_verified(day.ledger, events),
         "ledger_equals_published": bool(events) and published == {e["id"] for e in events},
@@ -143,6 +146,21 @@ def summarize(day: Day, results: list[StepResult]) -> dict[str, Any]:
         "steps_passed": sum(1 for r in results if r.ok),
         "steps_failed": len(STEPS) - sum(1 for r in results if r.ok),
         "duration_s": round(day.timeline.elapsed(), 1),
+    }
+
+
+def _line_loss(day: Day, events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Line-loss intervals and alarms in the ledger; the meters its thefts named."""
+    named = {
+        e["data"]["meter"]
+        for e in events
+        if e["type"] == "theft.suspected" and e["data"].get("rule") == "line_loss_jump"
+    }
+    return {
+        "line_loss_intervals": sum(1 for e in events if e["type"] == "district.line_loss"),
+        "line_loss_alarms": sum(1 for e in events if e["type"] == "district.line_loss_alarm"),
+        "line_loss_bypassed_meter": day.bypassed or None,
+        "line_loss_named_meters": sorted(named),
     }
 
 
@@ -257,6 +275,8 @@ def _show(value: Any) -> str:
         return f"{value:.3f}"
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) or "-"
     return "-" if value is None else str(value)
 
 

@@ -19,6 +19,7 @@ from firmware_sim.demo.day import (
     GATEWAY_ID,
     INSTALL_SEAL,
     INSTALLER,
+    LINE_LOSS_THIEF,
     OUTAGE_SEAL,
     REPLACE_SEAL,
     TAMPER_SEAL,
@@ -160,6 +161,66 @@ def theft(day: Day) -> None:
     say(f"theft.suspected: {meter} under sealed {THEFT_SEAL}, rule {event['data'].get('rule')}")
 
 
+def line_loss_theft(day: Day) -> None:
+    """District line loss: honest days, then a bypass after a tamper; the alarm names the meter.
+
+    The line-loss district's meters run a compressed day (a simulated day every few seconds),
+    so its daily intervals have been closing since start-up.
+    """
+    say = _prefixed(day, "line-loss theft")
+    day.wait("a line-loss baseline (three honest days)", lambda: _baseline_day(day) is not None, 40)
+    honest = _baseline_day(day)
+    assert honest is not None
+    if any(e["type"] == "district.line_loss_alarm" for e in day.events()):
+        raise DemoStepError("honest days raised a district.line_loss_alarm")
+    data = honest["data"]
+    say(f"district {data['district']}: {_count_days(day)} honest days, loss {data['rate']:.1%} "
+        f"against a baseline of {data['baseline_rate']:.1%}; no alarm")  # fmt: skip
+    meter = LINE_LOSS_THIEF
+    seal = day.meters[meter]["seal"]
+    _sim(day, f"lock {seal} tamper")
+    day.wait_event("seal.tamper", lambda e: e["type"] == "seal.tamper" and e["subject"] == seal, 20)
+    _sim(day, f"meter {meter} bypass")
+    day.bypassed = meter
+    say(f"{seal} tampered, then 60 % of {meter}'s load bypasses its meter")
+    theft = day.wait_event("theft.suspected, rule line_loss_jump", _line_loss_theft, 30)
+    _sim(day, f"meter {meter} bypass_off")
+    alarm = day.wait_event("district.line_loss_alarm", _is_type("district.line_loss_alarm"), 5)
+    named = theft["data"]["meter"]
+    if named != meter:
+        raise DemoStepError(f"the line-loss alarm named {named}, not the bypassed {meter}")
+    found = alarm["data"]
+    say(f"district.line_loss_alarm: loss {found['rate']:.1%} against {found['baseline_rate']:.1%} "
+        f"({', '.join(found['reasons'])})")  # fmt: skip
+    top, under = theft["data"]["evidence"]["suspects"][0], theft["data"]
+    say(f"theft.suspected, rule line_loss_jump: {named} under {under['seal']} "
+        f"({under['seal_state']}), use down {top['drop_ratio']:.0%}; bypass removed")  # fmt: skip
+
+
+def _baseline_day(day: Day) -> dict[str, Any] | None:
+    """The first line-loss interval compared with a baseline (three honest days before it)."""
+    return next(
+        (
+            e
+            for e in day.events()
+            if e["type"] == "district.line_loss" and e["data"].get("baseline_rate") is not None
+        ),
+        None,
+    )
+
+
+def _count_days(day: Day) -> int:
+    return len({e["id"] for e in day.events() if e["type"] == "district.line_loss"})
+
+
+def _line_loss_theft(event: dict[str, Any]) -> bool:
+    return bool(event["type"] == "theft.suspected" and event["data"]["rule"] == "line_loss_jump")
+
+
+def _is_type(kind: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda event: bool(event["type"] == kind)
+
+
 # -- outage and restart -----------------------------------------------------------------------
 
 
@@ -252,6 +313,7 @@ STEPS: tuple[tuple[str, Step], ...] = (
     ("denied attempt", denied_attempt),
     ("tamper alarm", tamper_alarm),
     ("theft", theft),
+    ("line-loss theft", line_loss_theft),
     ("broker outage", broker_outage),
     ("gateway restart", gateway_restart),
     ("end of day", end_of_day),

@@ -9,19 +9,55 @@ same days.
 The bypass theft scenario: a customer's box is tampered, and from then on a share of that
 customer's load flows around the meter (`SimMeter.bypass`). The customer's meter counts less;
 the district meter, upstream, still counts all of it, so the district's line loss jumps.
+
+`ScaledClock` compresses time for a demonstration: on it a simulated day passes in seconds,
+so daily line-loss intervals close within a short demo. Its meters ignore broadcast time
+syncs, which would otherwise pull them back to the wall clock.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from datetime import time as dtime
 from decimal import Decimal
 
 from firmware_sim.meters.dlt645 import LoadCurve, SimMeter, residential_load
 from gateway.protocol.clock import Clock
+from gateway.protocol.dlt645 import METER_TZ
 
-__all__ = ["SimDistrict", "daily_varied"]
+__all__ = ["DAY_S", "ScaledClock", "SimDistrict", "daily_varied"]
+
+DAY_S = 86400.0
+
+
+class ScaledClock:
+    """`base` time `factor` times faster, starting just before the next meter-local midnight.
+
+    It never runs behind `base`: the start is at most a minute before that midnight, and not
+    before `base.now()`. So the first daily freeze comes at once and every later one follows
+    a simulated day (`DAY_S / factor` seconds of `base`) after the previous.
+    """
+
+    def __init__(self, base: Clock, factor: float) -> None:
+        if factor < 1:
+            raise ValueError("a scaled clock runs at least as fast as its base")
+        self._base = base
+        self._factor = factor
+        self._mono0 = base.monotonic()
+        now = base.now().astimezone(METER_TZ)
+        midnight = datetime.combine(now.date() + timedelta(days=1), dtime(), METER_TZ)
+        self._start = max(now, midnight - timedelta(minutes=1))
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=self.monotonic())
+
+    def monotonic(self) -> float:
+        return (self._base.monotonic() - self._mono0) * self._factor
+
+    async def sleep(self, seconds: float) -> None:
+        await self._base.sleep(seconds / self._factor)
 
 
 def daily_varied(base: LoadCurve, seed: str, spread: float) -> LoadCurve:
@@ -66,6 +102,9 @@ class SimDistrict:
         self.district_meter = SimMeter(
             district_address, clock, load=self.supply_kw, phases=3, forward_kwh=Decimal("50000.00")
         )
+        if isinstance(clock, ScaledClock):
+            for meter in self.meters:
+                meter.clock_settable = False
 
     @property
     def meters(self) -> list[SimMeter]:

@@ -106,6 +106,8 @@ class SimMeter:
         """Daily freezes at meter-local midnight: (freeze time, forward energy total + tariffs)."""
         self.refuse_follow_ups = False
         """Refuse read-follow-up requests, as a meter that lost the rest of a value does."""
+        self.clock_settable = True
+        """Whether a broadcast time sync sets the clock (not on a compressed simulated day)."""
         self._pending: dict[int, list[bytes]] = {}
         self.status_words = [0] * 7
         self.meter_cover = _Cover()
@@ -221,6 +223,9 @@ class SimMeter:
         """The reply frame to a request addressed to this meter (None for broadcasts)."""
         if frame.function == Function.BROADCAST_TIME:
             when = dlt645.parse_time_sync(frame)
+            if not self.clock_settable:
+                _LOGGER.info("meter %s: time sync to %s ignored", self.address, when.isoformat())
+                return None
             _LOGGER.info("meter %s: clock set to %s by a broadcast", self.address, when.isoformat())
             self.set_time(when)
             return None

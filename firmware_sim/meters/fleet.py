@@ -8,7 +8,13 @@
   M-DDS-2 (DDS238-2, unit 1), M-SDM-2 (SDM630, unit 2) and M-DDS-3 (unit 3); the gateway opens
   the other end;
 - `sim-645`: a DL/T 645 TCP server with M-645-1, M-645-2 and M-645-4 (addresses 00000000000N);
-- `sim-645s`: a DL/T 645 serial line on a second pty pair with M-645-3 and M-645-5, 2400 8E1.
+- `sim-645s`: a DL/T 645 serial line on a second pty pair with M-645-3 and M-645-5, 2400 8E1;
+- with `district=N`, `sim-district`: a DL/T 645 TCP bus with a simulated distribution district
+  (`SimDistrict`): its district meter DIST-TOTAL and N customers DIST-C1.., all with daily
+  freeze data, in line-loss district `district-2`. With `district_day_s` under a day its meters
+  run on a compressed clock (`ScaledClock`), so daily line-loss intervals pass in seconds.
+  `inject(meter, "bypass")` starts the bypass theft on a customer (60 % of its load around the
+  meter), `"bypass_off"` ends it.
 
 Energy advances on a load curve with the injected clock. Faults go through `inject(meter, name)`
 or the named methods; every meter event they generate is appended to the truth file as a JSON
@@ -33,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.children import die_with_parent
+from firmware_sim.meters.district import DAY_S, ScaledClock, SimDistrict
 from firmware_sim.meters.dlt645 import (
     Dlt645TcpServer,
     LoadCurve,
@@ -48,6 +55,9 @@ from gateway.protocol.clock import Clock, SystemClock
 from gateway.protocol.events import format_ts
 
 __all__ = [
+    "BYPASS_SHARE",
+    "DISTRICT_BUS",
+    "DISTRICT_NAME",
     "FAULTS",
     "PROFILES_DIR",
     "PROFILE_MODELS",
@@ -64,6 +74,13 @@ PROFILES_DIR = Path(__file__).resolve().parents[2] / "config" / "profiles"
 
 PROFILE_MODELS = {"sdm630": "sdm630", "dtsu666": "dtsu666", "dds-single-phase": "dds238-2"}
 """Shipped gateway profile -> the simulated meter model (maps.MAPS) it is written for."""
+
+DISTRICT_NAME = "district-2"
+"""The line-loss district of the simulated district's meters (`district=N`)."""
+DISTRICT_BUS = "sim-district"
+DISTRICT_PROFILE = "dlt645-freeze"
+BYPASS_SHARE = 0.6
+"""Share of a customer's load the `bypass` fault takes around its meter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +213,17 @@ class MeterSim:
         truth: Path | None = None,
         load: LoadCurve = residential_load,
         profiles_dir: Path = PROFILES_DIR,
+        district: int = 0,
+        district_day_s: float = DAY_S,
     ) -> None:
         self.state_dir = state_dir
         self.clock: Clock = clock or SystemClock()
         self.truth = truth
         self.profiles_dir = profiles_dir
+        self.district_day_s = district_day_s
         self.info = {item.id: item for item in _LAYOUT}
         self.meters = {item.id: self._sim_meter(i, item, load) for i, item in enumerate(_LAYOUT)}
+        self.district = self._district(district, district_day_s) if district else None
         self.modbus = {
             item.id: ModbusSimMeter(
                 item.unit, MAPS[PROFILE_MODELS[item.profile]], self.meters[item.id]
@@ -218,6 +239,9 @@ class MeterSim:
         self.dlt645_serial = Dlt645SerialServer(
             MeterBus(self._dlt645_on("sim-645s")), self.dlt645_pty.server_end
         )
+        self.district_tcp = (
+            Dlt645TcpServer(MeterBus(self._dlt645_on(DISTRICT_BUS))) if self.district else None
+        )
 
     async def start(self) -> None:
         """Start every bus."""
@@ -227,9 +251,13 @@ class MeterSim:
         await self.dlt645_tcp.start()
         await self.dlt645_pty.start()
         await self.dlt645_serial.start()
+        if self.district_tcp is not None:
+            await self.district_tcp.start()
 
     async def close(self) -> None:
         """Stop every bus."""
+        if self.district_tcp is not None:
+            await self.district_tcp.close()
         await self.dlt645_serial.close()
         await self.dlt645_pty.close()
         await self.dlt645_tcp.close()
@@ -285,6 +313,13 @@ class MeterSim:
         self.meters[meter_id].garble = garbled
         self._fault(meter_id, "garble" if garbled else "clean")
 
+    def set_bypass(self, meter_id: str, share: float) -> None:
+        """Let `share` of the customer's load flow around its meter (0: the bypass is gone)."""
+        meter = self.meters[meter_id]
+        meter.advance()  # what was drawn so far was metered
+        meter.bypass = share
+        self._fault(meter_id, f"bypass {share:g}" if share else "bypass_off")
+
     def set_magnetic(self, meter_id: str, on: bool = True) -> None:
         """Raise (or clear) magnetic interference near a Modbus meter."""
         meter = self.modbus[meter_id]
@@ -312,25 +347,53 @@ class MeterSim:
         for name, transport in self.transports().items():
             lines += ["[[meters.buses]]", f"name = {_q(name)}", f"transport = {_q(transport)}"]
             lines += [f"gap_s = {gap_s}", f"timeout_s = {timeout_s}", ""]
-        for item in _LAYOUT:
+        # a poll at least three times a simulated day, so every daily freeze is read
+        district_poll_s = min(poll_s, self.district_day_s / 3)
+        for item in self.info.values():
+            in_district = item.bus == DISTRICT_BUS
             lines += ["[[meters.meters]]", f"id = {_q(item.id)}", f"bus = {_q(item.bus)}"]
-            lines += [f"profile = {_q(item.profile)}", f"poll_s = {poll_s}"]
+            lines += [f"profile = {_q(item.profile)}"]
+            lines.append(f"poll_s = {district_poll_s if in_district else poll_s}")
             lines.append(f"address = {_q(item.address)}" if item.address else f"unit = {item.unit}")
             if item.id in seals:
                 lines.append(f"seal = {_q(seals[item.id])}")
+            if in_district:
+                lines.append(f"district = {_q(DISTRICT_NAME)}")
+            if in_district and item.id == _DISTRICT_METER:
+                lines.append("district_meter = true")
             lines.append("")
         return "\n".join(lines)
 
     def transports(self) -> dict[str, str]:
         """Transport strings of the running buses, by bus name."""
-        return {
+        transports = {
             "sim-tcp": f"modbus-tcp://127.0.0.1:{self.tcp_line.port}",
             "sim-rtu": f"rtu://{self.rtu_pty.client_end}?baud=9600",
             "sim-645": f"dlt645-tcp://127.0.0.1:{self.dlt645_tcp.port}",
             "sim-645s": f"dlt645-serial://{self.dlt645_pty.client_end}?baud=2400&parity=E",
         }
+        if self.district_tcp is not None:
+            transports[DISTRICT_BUS] = f"dlt645-tcp://127.0.0.1:{self.district_tcp.port}"
+        return transports
+
+    @property
+    def district_customers(self) -> list[str]:
+        """Ids of the simulated district's customer meters (none without a district)."""
+        return [m for m, item in self.info.items() if item.bus == DISTRICT_BUS][1:]
 
     # --- helpers --------------------------------------------------------------------------
+
+    def _district(self, customers: int, day_s: float) -> SimDistrict:
+        """The simulated district and its meters, on a compressed clock when day_s < a day."""
+        clock = self.clock if day_s >= DAY_S else ScaledClock(self.clock, DAY_S / day_s)
+        district = SimDistrict(clock, customers)
+        ids = [_DISTRICT_METER, *(f"DIST-C{n}" for n in range(1, customers + 1))]
+        for meter_id, meter in zip(ids, district.meters, strict=True):
+            self.info[meter_id] = SimMeterInfo(
+                meter_id, DISTRICT_BUS, DISTRICT_PROFILE, address=meter.address
+            )
+            self.meters[meter_id] = meter
+        return district
 
     def _sim_meter(self, index: int, item: SimMeterInfo, load: LoadCurve) -> SimMeter:
         address = item.address or f"{900000000000 + index:012d}"  # Modbus meters: unused
@@ -371,6 +434,8 @@ class MeterSim:
             out.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+_DISTRICT_METER = "DIST-TOTAL"
+
 _CONDITIONS = {
     "cover_opened": Condition.METER_COVER_OPEN,
     "terminal_cover_opened": Condition.TERMINAL_COVER_OPEN,
@@ -396,5 +461,7 @@ FAULTS: dict[str, Callable[[MeterSim, str], None]] = {
     "clean": lambda sim, m: sim.set_garbled(m, False),
     "magnetic": lambda sim, m: sim.set_magnetic(m, True),
     "magnetic_off": lambda sim, m: sim.set_magnetic(m, False),
+    "bypass": lambda sim, m: sim.set_bypass(m, BYPASS_SHARE),
+    "bypass_off": lambda sim, m: sim.set_bypass(m, 0.0),
 }
 """Faults `inject` knows, for `sealgw sim` and scenario scripts."""

@@ -1,4 +1,10 @@
-"""Owns the daemon's long-running tasks: restarts a crashed one with backoff, stops all cleanly."""
+"""Owns the daemon's long-running tasks: restarts a crashed one with backoff, stops all promptly.
+
+A stop cancels the components and gives their clean-up `STOP_GRACE_S`. A clean-up still
+waiting after that (on a peer that never answers: a frozen BLE controller, a black-holed
+broker) is cancelled again every `RECANCEL_S`, which ends the wait it is stuck in, so a stop
+finishes in seconds whatever the peers do (issue 13, item 8).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,11 @@ from dataclasses import dataclass, field
 from gateway.protocol.clock import Clock
 
 _LOGGER = logging.getLogger(__name__)
+
+STOP_GRACE_S = 1.5
+"""How long a stopping component may clean up before its waits are cancelled too."""
+RECANCEL_S = 0.25
+"""Then: how often a component still running is cancelled again."""
 
 TaskFactory = Callable[[], Awaitable[None]]
 
@@ -52,21 +63,37 @@ class Supervisor:
         """How often each component was restarted after a failure."""
         return {name: comp.restarts for name, comp in self._components.items()}
 
-    async def stop(self, *names: str, budget_s: float = STOP_BUDGET_S) -> None:
+    async def stop(
+        self, *names: str, grace_s: float = STOP_GRACE_S, budget_s: float = STOP_BUDGET_S
+    ) -> None:
         """Cancel the named components (all when none named) and wait for them.
 
-        A component still running `budget_s` after its cancel is abandoned: logged at ERROR
-        with every task still pending, named in `abandoned`, and no longer waited for.
+        A component still running `grace_s` later is cancelled again every RECANCEL_S (so its
+        clean-up waits end too). One still running `budget_s` after the first cancel is
+        abandoned: logged at ERROR with every task still pending, named in `abandoned`, and no
+        longer waited for.
         """
         if not names:
             self._stopping = True
         chosen = [c for n, c in self._components.items() if not names or n in names]
-        tasks = [comp.task for comp in chosen if comp.task is not None and not comp.task.done()]
+        tasks = {
+            comp.task: comp.name
+            for comp in chosen
+            if comp.task is not None and not comp.task.done()
+        }
         for task in tasks:
             task.cancel()
         if not tasks:
             return
-        _, pending = await asyncio.wait(tasks, timeout=budget_s)
+        deadline = asyncio.get_running_loop().time() + budget_s
+        _, pending = await asyncio.wait(tasks, timeout=min(grace_s, budget_s))
+        if pending:
+            late = ", ".join(sorted(tasks[task] for task in pending))
+            _LOGGER.warning("%s still stopping after %.1f s: cancelling its waits", late, grace_s)
+        while pending and (left := deadline - asyncio.get_running_loop().time()) > 0:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=min(RECANCEL_S, left))
         for comp in chosen:
             if comp.task in pending and comp.name not in self.abandoned:
                 self.abandoned.append(comp.name)
@@ -77,6 +104,7 @@ class Supervisor:
                     budget_s,
                     pending_tasks(),
                 )
+        await asyncio.gather(*(t for t in tasks if t not in pending), return_exceptions=True)
 
     async def _keep_running(self, component: _Component) -> None:
         while not self._stopping:

@@ -16,6 +16,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable
 
+from bleak.exc import BleakError
 from bumble import att, core, gatt, hci
 from bumble.core import AdvertisingData
 from bumble.device import Connection, Device
@@ -41,6 +42,8 @@ __all__ = ["BleHandheldServer", "GattFrameStream", "LinkSlots"]
 
 _log = logging.getLogger(__name__)
 
+STOP_TIMEOUT_S = 1.0
+"""Longest wait for the controller to stop advertising at stop (a frozen one never answers)."""
 _LINK_ERRORS = (core.BaseBumbleError, ConnectionError, TimeoutError)
 
 
@@ -113,14 +116,21 @@ class BleHandheldServer:
         return self._device is not None and self._device.is_advertising
 
     async def start(self) -> None:
-        """Add the service to the adapter's Device (on every reopen too) and advertise."""
+        """Add the service to the adapter's Device (on every reopen too) and advertise.
+
+        An adapter that cannot be opened now is not an error here: the lock service's scan
+        supervisor reopens it (and reports the outage), and the service is added then.
+        """
         self._adapter.add_connect_guard(self._pause)
-        device = await self._adapter.add_open_hook(self._install)
-        self.address = f"ble:{device.random_address.to_string(with_type_qualifier=False)}"
-        _log.info("handheld GATT service on %s as %s", self._adapter.name, self.address)
+        try:
+            await self._adapter.add_open_hook(self._install)
+        except BleakError as exc:
+            _log.warning(
+                "handheld GATT service waits for BLE adapter %s: %s", self._adapter.name, exc
+            )
 
     async def stop(self) -> None:
-        """Stop advertising and drop the connected handhelds."""
+        """Stop advertising (within STOP_TIMEOUT_S) and drop the connected handhelds."""
         self._adapter.remove_open_hook(self._install)
         self._adapter.remove_connect_guard(self._pause)
         for task in list(self._tasks):
@@ -130,12 +140,13 @@ class BleHandheldServer:
         device, self._device = self._device, None
         if device is not None and device.is_advertising:
             with contextlib.suppress(*_LINK_ERRORS, hci.HCI_Error):
-                await device.stop_advertising()
+                async with asyncio.timeout(STOP_TIMEOUT_S):
+                    await device.stop_advertising()
 
     async def run(self) -> None:
         """Start, serve until cancelled, stop (for the supervisor)."""
-        await self.start()
         try:
+            await self.start()
             await asyncio.Event().wait()
         finally:
             await self.stop()
@@ -158,6 +169,8 @@ class BleHandheldServer:
         device.pairing_config_factory = _pairing_config
         device.on(device.EVENT_CONNECTION, self._on_connection)
         self._device = device
+        self.address = f"ble:{device.random_address.to_string(with_type_qualifier=False)}"
+        _log.info("handheld GATT service on %s as %s", self._adapter.name, self.address)
         await self._advertise(device)
 
     async def _advertise(self, device: Device) -> None:

@@ -49,7 +49,7 @@ _log = logging.getLogger(__name__)
 
 RADIO_BACKOFF = (1.0, 30.0)  # between attempts to reopen the adapter
 HEALTHY_RUN_S = 30.0  # a scan up this long resets the backoff
-STOP_TIMEOUT_S = 2.0  # longest wait for a scanner to stop (a frozen controller never answers)
+STOP_TIMEOUT_S = 1.0  # longest wait for a scanner to stop (a frozen controller never answers)
 START_TIMEOUT_S = 10.0  # longest wait for a scanner to start
 
 _RADIO_ERRORS = (BleakError, OSError, TimeoutError, GatewayError)

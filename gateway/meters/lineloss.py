@@ -9,7 +9,10 @@ limits and every threshold (the `line_loss_*` keys of [theft]).
   `line_loss_max_skew_s` of the boundary; otherwise the two readings around the boundary are
   interpolated linearly, if they are at most `line_loss_max_interp_s` apart.
 - An interval closes when every meter has a value at both ends, or `line_loss_settle_s` after
-  its end. A missing meter makes it *incomplete*: reported, never compared.
+  its end. A missing meter makes it *incomplete*: reported, never compared. "After" is on the
+  later of the gateway's clock and the district's own timeline (the latest boundary any of its
+  meters froze at), so meters whose clocks run ahead of the gateway's (a compressed simulated
+  day, a gateway clock behind) cannot hold a day open for ever.
 - supplied = the district meter's energy, sold = the customers' sum, loss = supplied - sold,
   rate = loss / supplied. A negative loss is a metering or mapping fault.
 - Alarms: the rate leaves [min_rate, max_rate], or it rose `line_loss_jump` above the
@@ -84,6 +87,8 @@ class _State:
     district: District
     meters: dict[str, _Meter]
     next_end: datetime | None = None
+    frozen_until: datetime | None = None
+    """The latest boundary any of the district's meters gave a frozen value at."""
     rates: deque[float] = field(default_factory=deque)
     supplies: deque[float] = field(default_factory=deque)
 
@@ -115,11 +120,14 @@ class LineLossMonitor:
         state = self._district_of.get(meter)
         if state is None or kwh is None:
             return []
-        self._record(state.meters[meter], ts, kwh, frozen)
+        boundary = self._record(state.meters[meter], ts, kwh, frozen)
+        if boundary is not None and (state.frozen_until is None or boundary > state.frozen_until):
+            state.frozen_until = boundary
         if meter == state.district.supply and state.next_end is None:
             first = min(state.meters[meter].points, default=None)
             state.next_end = None if first is None else first + self._interval
-        return self._close_due(state, ts)
+        now = ts if state.frozen_until is None else max(ts, state.frozen_until)
+        return self._close_due(state, now)
 
     def observe_event(self, event: MeterEvent) -> None:
         """Remember a meter event for the suspects' evidence."""
@@ -131,13 +139,16 @@ class LineLossMonitor:
 
     def _record(
         self, meter: _Meter, ts: datetime, kwh: float, frozen: tuple[datetime, float] | None
-    ) -> None:
+    ) -> datetime | None:
+        """Record the reading; the boundary its freeze gave a value at, if it did."""
         interval_s = self._interval.total_seconds()
+        boundary_frozen = None
         if frozen is not None:
             when, value = frozen
             nearest = boundary_at_or_before(when + timedelta(seconds=interval_s / 2), interval_s)
             if abs((when - nearest).total_seconds()) <= self.settings.line_loss_max_skew_s:
                 meter.points[nearest] = (value, "freeze")
+                boundary_frozen = nearest
         if meter.last is not None:
             t0, e0 = meter.last
             if (ts - t0).total_seconds() <= self.settings.line_loss_max_interp_s:
@@ -147,6 +158,7 @@ class LineLossMonitor:
                     meter.points.setdefault(boundary, (e0 + (kwh - e0) * share, "interpolated"))
                     boundary -= self._interval
         meter.last = (ts, kwh)
+        return boundary_frozen
 
     # --- closing intervals ------------------------------------------------------------------
 

@@ -111,9 +111,15 @@ class MeterReading:
     missing: Mapping[str, str] = field(default_factory=dict)
 
     def energy_kwh(self) -> float | None:
-        """The import energy register in kWh: a preferred name, else the first energy value."""
+        """The import energy register in kWh: a preferred name, else the first energy value.
+
+        None when a preferred register is missing from this poll (it timed out, say): another
+        energy value (the export register) must not stand in for it.
+        """
         energies = [m for m in self.values if m.kind is ValueKind.ENERGY]
         chosen = next((m for n in _ENERGY_PREFERENCE for m in energies if m.name == n), None)
+        if chosen is None and any(name in self.missing for name in _ENERGY_PREFERENCE):
+            return None
         chosen = chosen or (energies[0] if energies else None)
         if chosen is None:
             return None

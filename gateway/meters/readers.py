@@ -174,7 +174,20 @@ class Dlt645Reader:
                 counters[_COUNTERS[name]] = value
         missing = _missing(batch, skipped)
         frozen = _frozen(batch.values)
+        if frozen is not None and not await self._freeze_unchanged(frozen[0]):
+            frozen = None
         return Sample(tuple(measurements), frozenset(active), counters, missing, frozen)
+
+    async def _freeze_unchanged(self, when: datetime) -> bool:
+        """Read the freeze time again: a meter that froze between the time and the energy reads
+        would pair one day's freeze time with the next day's energy."""
+        di = DI_BY_NAME["daily_freeze_time"]
+        again = (await self.bus.read_batch(self.address, [di])).values.get(di)
+        if again != when:
+            _log.debug("meter %s froze while read (%s, then %s): freeze skipped", self.address,
+                       when, again)  # fmt: skip
+            return False
+        return True
 
 
 def make_reader(

@@ -11,8 +11,12 @@ never waits on a command that died silently:
 Input is bounded before it is parsed: a payload over MAX_COMMAND_BYTES is answered `too_large`
 unread (MQTT 5 brokers do not even deliver it: the gateway's CONNECT says Maximum Packet Size),
 JSON deeper than MAX_DEPTH is `bad_json`, and at most MAX_RUNNING commands run at once, the
-excess being answered `busy`. A response topic with a wildcard is refused (the reply goes to
-reply/{name}), since nothing may be published to it.
+excess being answered `busy`. Replies wait for the few in-flight slots the uplink keeps for
+control messages, so at most MAX_PENDING_REPLIES of them may wait for the broker's PUBACK:
+beyond that a command is dropped unread and counted `unanswered`, so a flood cannot queue
+replies without bound. A response topic with a wildcard is refused (the reply goes to
+reply/{name}), since nothing may be published to it. Refusals are logged at WARNING the first
+time for each code and at DEBUG after, with a count.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ MAX_PACKET_BYTES = MAX_COMMAND_BYTES + 4096
 """The MQTT Maximum Packet Size the gateway announces: a command plus topic and properties."""
 MAX_RUNNING = 32
 """Commands running at once; more are answered `busy` at once, never queued without bound."""
+MAX_PENDING_REPLIES = 1024
+"""Replies published and not yet acknowledged; beyond, commands are dropped (`unanswered`)."""
 NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_-./")
 
 
@@ -113,6 +119,8 @@ class CommandDispatcher:
     def __init__(self, verifier: Verifier | None = None) -> None:
         self.verifier = verifier
         self._handlers: dict[str, _Registration] = {}
+        self.refused: Counter[str] = Counter()
+        """Commands refused before or by their handler's checks, by error code."""
 
     def register(self, name: str, handler: CommandHandler, *, signed: bool = False) -> None:
         """Route cmd/`name` to `handler`; `signed` handlers run only after the verifier passes."""
@@ -130,7 +138,7 @@ class CommandDispatcher:
         """Run the command and return its reply; never raises (except on cancellation)."""
         if command.response_topic is not None and not valid_response_topic(command.response_topic):
             detail = f"response topic {command.response_topic[:64]!r} is not a topic name"
-            log.warning("command %s refused: %s", command.name, detail)
+            self._log_refusal(command, "bad_response_topic", detail)
             return error_reply(command, "bad_response_topic", detail)
         if command.parse_error is not None:
             return error_reply(command, "bad_json", command.parse_error)
@@ -142,7 +150,7 @@ class CommandDispatcher:
                 self._verify(command)
             result = await registration.handler(command)
         except AuthError as exc:
-            log.warning("command %s refused: %s (%s)", command.name, exc.code, exc)
+            self._log_refusal(command, exc.code, str(exc))
             return error_reply(command, exc.code, str(exc))
         except ValueError as exc:  # ConfigError and ProtocolError are ValueErrors too
             return error_reply(command, "bad_request", _describe(exc))
@@ -150,6 +158,13 @@ class CommandDispatcher:
             log.exception("command %s failed", command.name)
             return error_reply(command, "internal_error", type(exc).__name__)
         return {"ok": True, "result": dict(result), "id": command.request_id}
+
+    def _log_refusal(self, command: Command, code: str, detail: str) -> None:
+        """WARNING the first time for each code, DEBUG after (a flood must not flood the log)."""
+        self.refused[code] += 1
+        level = logging.WARNING if self.refused[code] == 1 else logging.DEBUG
+        log.log(level, "command %s refused: %s (%s; %d so far)", command.name, code, detail,
+                self.refused[code])  # fmt: skip
 
     def _verify(self, command: Command) -> None:
         if self.verifier is None:
@@ -240,13 +255,20 @@ class CommandServer:
         self._connection = connection
         self._tasks: set[asyncio.Future[None]] = set()  # commands and refusals being answered
         self._running = 0  # commands among them
+        self._unacked = 0  # replies published, PUBACK not yet received
         self.max_running = MAX_RUNNING
+        self.max_pending_replies = MAX_PENDING_REPLIES
         self.refused: Counter[str] = Counter()  # too_large, busy (and unanswered): never run
 
     @property
     def running(self) -> int:
         """Commands being run now (refusals being answered are not counted)."""
         return self._running
+
+    @property
+    def pending_replies(self) -> int:
+        """Replies published and not yet acknowledged by the broker."""
+        return self._unacked
 
     def on_message(self, msg: paho.MQTTMessage) -> None:
         """A message on a subscribed topic (on the loop thread); never raises into paho."""
@@ -267,7 +289,9 @@ class CommandServer:
             response_topic=getattr(props, "ResponseTopic", None),
             correlation_data=getattr(props, "CorrelationData", None),
         )
-        if len(msg.payload) > MAX_COMMAND_BYTES:  # MQTT 3.1.1 has no Maximum Packet Size
+        if self._unacked >= self.max_pending_replies:
+            self._drop(command)
+        elif len(msg.payload) > MAX_COMMAND_BYTES:  # MQTT 3.1.1 has no Maximum Packet Size
             self._refuse(command, "too_large", f"payload exceeds {MAX_COMMAND_BYTES} bytes")
         elif self._running >= self.max_running:
             self._refuse(command, "busy", f"{self.max_running} commands are running; retry")
@@ -284,6 +308,13 @@ class CommandServer:
             self._start(self._send(command, error_reply(command, code, detail)))
         else:  # so many answers pending that even the refusal is dropped (and counted)
             self.refused["unanswered"] += 1
+
+    def _drop(self, command: Command) -> None:
+        """So many replies wait for the broker that this command is not even answered."""
+        self.refused["unanswered"] += 1
+        level = logging.WARNING if self.refused["unanswered"] == 1 else logging.DEBUG
+        log.log(level, "command %s dropped unanswered: %d replies wait for the broker (%d so far)",
+                command.name, self._unacked, self.refused["unanswered"])  # fmt: skip
 
     def _start(self, work: Awaitable[None]) -> asyncio.Future[None]:
         task = asyncio.ensure_future(work)
@@ -309,6 +340,7 @@ class CommandServer:
         await self._send(command, await self._dispatcher.dispatch(command))
 
     async def _send(self, command: Command, reply: Reply) -> None:
+        """Publish the reply; it counts as pending until its PUBACK (or the connection ends)."""
         conn = self._connection()
         if conn is None or not conn.connected:
             log.debug("reply to %s dropped: not connected", command.name)
@@ -316,8 +348,11 @@ class CommandServer:
         topic = command.response_topic if conn.protocol == "5" else None
         if topic is not None and not valid_response_topic(topic):
             topic = None
-        properties = conn.new_publish_properties()
-        if topic and properties is not None and command.correlation_data is not None:
-            properties.CorrelationData = command.correlation_data
         target = topic or self._topic(f"reply/{command.name}")
-        conn.publish_control(target, encode_reply(reply), properties=properties)
+        correlation = command.correlation_data if topic else None
+        sent = conn.publish_control(target, encode_reply(reply), correlation_data=correlation)
+        self._unacked += 1
+        sent.add_done_callback(self._acked)
+
+    def _acked(self, _sent: asyncio.Future[bool]) -> None:
+        self._unacked -= 1

@@ -128,10 +128,6 @@ class UplinkConnection:
     def subscribe(self, topic: str, qos: int) -> None:
         self._mqtt.subscribe(topic, qos)
 
-    def new_publish_properties(self) -> Properties | None:
-        """An empty PUBLISH property set under v5, None under 3.1.1."""
-        return self._mqtt.new_publish_properties()
-
     def publish_event(self, topic: str, payload: bytes) -> int:
         """Queue one event (or batch) message at QoS 1; its PUBACK goes to on_event_ack.
 
@@ -163,14 +159,18 @@ class UplinkConnection:
         *,
         qos: int = 1,
         retain: bool = False,
-        properties: Properties | None = None,
+        correlation_data: bytes | None = None,
     ) -> asyncio.Future[bool]:
-        """Publish a non-event message; the future resolves at its PUBACK (False if lost)."""
+        """Publish a non-event message; the future resolves at its PUBACK (False if lost).
+
+        `correlation_data` (MQTT 5 only) is put in the PUBLISH properties when the message
+        leaves the outbox: a paho property set costs about 6 KB, so waiting messages hold none.
+        """
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if not self.connected:
             future.set_result(False)
             return future
-        self._outbox.append(_Outgoing(topic, payload, qos, retain, properties, future))
+        self._outbox.append(_Outgoing(topic, payload, qos, retain, correlation_data, future))
         self._send_control()
         return future
 
@@ -218,7 +218,7 @@ class UplinkConnection:
                     item.payload,
                     item.qos,
                     retain=item.retain,
-                    properties=item.properties,
+                    properties=self._properties(item.correlation_data),
                 )
             except TransientError:
                 item.future.set_result(False)
@@ -227,6 +227,14 @@ class UplinkConnection:
                 item.future.set_result(True)
             else:
                 self._control[mid] = item.future
+
+    def _properties(self, correlation_data: bytes | None) -> Properties | None:
+        if correlation_data is None:
+            return None
+        properties = self._mqtt.new_publish_properties()
+        if properties is not None:
+            properties.CorrelationData = correlation_data
+        return properties
 
 
 def control_slots(receive_maximum: int | None) -> int:
@@ -248,5 +256,5 @@ class _Outgoing:
     payload: bytes
     qos: int
     retain: bool
-    properties: Properties | None
+    correlation_data: bytes | None
     future: asyncio.Future[bool]

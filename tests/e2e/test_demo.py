@@ -1,8 +1,8 @@
 """`sealgw demo --json` as a process: its own broker, then an outside broker with a relay cut.
 
 The demo runs Mosquitto (private), the master station, the simulator and the gateway as
-processes, plays its scripted day (work orders, a denied attempt, tamper, theft, an outage, a
-SIGKILL restart) and compares the master's ledger with what its independent subscriber received.
+processes, plays its scripted day (work orders, a denied attempt, tamper, theft, district line
+loss with a bypass theft, an outage, a SIGKILL restart) and compares the master's ledger with what its independent subscriber received.
 With `--broker`, this test is the outside subscriber: it stays connected through the outage
 (a cut relay between gateway and broker) and must see every event the ledger holds.
 """
@@ -25,10 +25,14 @@ DURATION_S = "32"
 KEYS = (
     "events_published", "events_per_type", "seal_integrity_rate", "lock_online_rate",
     "meter_read_success_rate", "meter_readings_by_protocol", "theft_suspected",
+    "line_loss_intervals", "line_loss_alarms", "line_loss_bypassed_meter", "line_loss_named_meters",
     "ledger_seq_gaps", "ledger_chain_verified", "ledger_equals_published", "steps_passed",
     "steps_failed", "duration_s",
 )  # fmt: skip
-DAY_TYPES = {"seal.tamper", "seal.op_denied", "seal.unsealed", "seal.sealed", "theft.suspected"}
+DAY_TYPES = {
+    "seal.tamper", "seal.op_denied", "seal.unsealed", "seal.sealed", "theft.suspected",
+    "district.line_loss", "district.line_loss_alarm",
+}  # fmt: skip
 
 
 def run_demo(*extra: str) -> dict[str, Any]:
@@ -54,7 +58,11 @@ def assert_day_passed(summary: dict[str, Any]) -> None:
     assert summary["ledger_seq_gaps"] == 0
     assert summary["ledger_chain_verified"] is True
     assert summary["ledger_equals_published"] is True
-    assert summary["theft_suspected"] >= 1
+    assert summary["theft_suspected"] >= 2  # a cover opened under a seal; the line-loss jump
+    # the bypass theft: the line-loss alarm names the bypassed meter, and no other
+    assert summary["line_loss_bypassed_meter"] == "DIST-C3"
+    assert summary["line_loss_named_meters"] == ["DIST-C3"]
+    assert summary["line_loss_intervals"] >= 4 and summary["line_loss_alarms"] >= 1
     assert set(summary["events_per_type"]) >= DAY_TYPES, summary["events_per_type"]
     assert summary["events_per_type"]["gateway.started"] == 2, "one start, one after SIGKILL"
     assert summary["events_published"] == sum(summary["events_per_type"].values())

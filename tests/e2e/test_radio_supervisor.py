@@ -1,8 +1,9 @@
 """The BLE radio as processes: `sealgw sim` + `sealgw run` + a broker, the HCI link through a relay.
 
-The gateway reaches the simulator's controller over TCP HCI through a relay this test controls:
-it can cut the link (and refuse reconnects), or freeze it (keep the sockets, forward nothing,
-as a controller that stopped answering does).
+The gateway reaches the simulator's controller over TCP HCI through a relay this test controls
+(tests/fixtures/hci_relay.py): it can cut the link (and refuse reconnects), or freeze it (keep
+the sockets, forward nothing, as a controller that stopped answering does), at once or at the
+first HCI command of a kind, so that the gateway waits at exactly that step.
 """
 
 from __future__ import annotations
@@ -11,109 +12,23 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bumble import hci
 
 from firmware_sim.mosquitto import MosquittoBroker
 from master_station.subscriber import EventSubscriber
+from tests.fixtures.hci_relay import HciRelay
 
 REPO = Path(__file__).resolve().parents[2]
 GATEWAY = "gw-radio"
 WAIT_S = 60.0
-
-
-class HciRelay:
-    """A TCP relay between the gateway and the simulator's controller: open, cut or frozen."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.mode = "open"
-        self.accepted = 0
-        self._pairs: list[tuple[socket.socket, socket.socket]] = []
-        self._lock = threading.Lock()
-        self._listener: socket.socket | None = self._listen(0)
-        self.port = int(self._listener.getsockname()[1])
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._accept_loop, daemon=True)
-        self._thread.start()
-
-    def cut(self) -> None:
-        """Close every relayed connection and stop listening (connects are refused)."""
-        self.mode = "cut"
-        with self._lock:
-            pairs, self._pairs = self._pairs, []
-            listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.close()
-        for pair in pairs:
-            for sock in pair:
-                _close(sock)
-
-    def freeze(self) -> None:
-        """Keep the connections, forward nothing (a controller that stopped answering)."""
-        self.mode = "frozen"
-
-    def restore(self) -> None:
-        """Listen again on the same port and forward."""
-        with self._lock:
-            self._listener = self._listen(self.port)
-        self.mode = "open"
-
-    def close(self) -> None:
-        self._stopping.set()
-        self.cut()
-        self._thread.join(5)
-
-    @staticmethod
-    def _listen(port: int) -> socket.socket:
-        listener = socket.create_server(("127.0.0.1", port), reuse_port=False)
-        listener.settimeout(0.05)
-        return listener
-
-    def _accept_loop(self) -> None:
-        while not self._stopping.is_set():
-            listener = self._listener
-            if listener is None:
-                self._stopping.wait(0.05)  # cut: nothing listens until restore
-                continue
-            try:
-                client, _ = listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            upstream = socket.create_connection(self.target)
-            for sock in (client, upstream):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._pairs.append((client, upstream))
-            self.accepted += 1
-            for source, sink in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
-                if self.mode == "open":
-                    sink.sendall(data)
-        except OSError:
-            pass
-        for sock in (source, sink):
-            _close(sock)
-
-
-def _close(sock: socket.socket) -> None:
-    """Shut down (which wakes a thread blocked in recv) and close."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-    with contextlib.suppress(OSError):
-        sock.close()
 
 
 def _env() -> dict[str, str]:
@@ -123,6 +38,15 @@ def _env() -> dict[str, str]:
 @pytest.fixture
 def sim(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[tuple[Path, Any, HciRelay]]:
     """The simulator (2 locks, stdin control), its config pointed at a relay; health every 1 s."""
+    with simulator(tmp_path, mosquitto) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def simulator(
+    tmp_path: Path, mosquitto: MosquittoBroker, *, handheld: bool = False
+) -> Iterator[tuple[Path, Any, HciRelay]]:
+    """`sealgw sim` and its gateway config through a relay; handhelds over BLE when asked."""
     config = tmp_path / "gw.toml"
     with (tmp_path / "sim.log").open("ab") as log:
         process = subprocess.Popen(
@@ -139,7 +63,15 @@ def sim(tmp_path: Path, mosquitto: MosquittoBroker) -> Iterator[tuple[Path, Any,
     assert match is not None, text
     relay = HciRelay((match.group(1), int(match.group(2))))
     text = text.replace(match.group(0), f'adapter = "bumble:tcp-client:127.0.0.1:{relay.port}"')
-    config.write_text(text + "\n[health]\ninterval_s = 1\n")
+    text += "\n[health]\ninterval_s = 1\n"
+    if handheld:  # the handheld GATT service on the locks' adapter needs the identity key
+        text += '\n[handheld]\nenabled = true\nlisten = "ble"\n'
+    config.write_text(text)
+    if handheld:
+        subprocess.run(
+            [sys.executable, "-m", "gateway", "init", "-c", str(config)],
+            check=True, capture_output=True, env=_env(),
+        )  # fmt: skip
     try:
         yield config, process, relay
     finally:
@@ -247,3 +179,59 @@ def test_the_daemon_stops_quickly_with_a_frozen_controller(
                 gateway.wait(10)
     assert code == 0
     assert took < 5.0, f"the daemon took {took:.1f} s to stop"
+
+
+STOP_BOUND_S = 5.0
+
+ACL = -1
+"""Freeze on the host's first ACL packet instead of a command."""
+
+FREEZE_POINTS = {
+    # the adapter opening: its HCI Reset is never answered (the scanner and, with handhelds on
+    # BLE, the handheld service both wait on that open)
+    "opening": (hci.HCI_RESET_COMMAND, False),
+    "opening-with-handhelds": (hci.HCI_RESET_COMMAND, True),
+    # the open's last step for the handheld service: advertising enabled on the new Device
+    "advertising": (hci.HCI_LE_SET_EXTENDED_ADVERTISING_ENABLE_COMMAND, True),
+    # a lock's link being created after its first advert (the boot reconciliation)
+    "connecting": (hci.HCI_LE_CREATE_CONNECTION_COMMAND, False),
+    "connecting-with-handhelds": (hci.HCI_LE_CREATE_CONNECTION_COMMAND, True),
+    # a lock's link is up and its first ATT request goes unanswered
+    "link-up": (ACL, False),
+    "link-up-with-handhelds": (ACL, True),
+}
+
+
+@pytest.mark.parametrize("point", list(FREEZE_POINTS))
+def test_sigterm_while_the_controller_freezes_stops_within_5_s(
+    point: str, tmp_path: Path, mosquitto: MosquittoBroker
+) -> None:
+    """Issue 13 item 8: whatever HCI step the controller stops answering at, a stop is prompt."""
+    opcode, handheld = FREEZE_POINTS[point]
+    with simulator(tmp_path, mosquitto, handheld=handheld) as (config, _process, relay):
+        if opcode == ACL:
+            relay.freeze_on_acl()
+        else:
+            relay.freeze_on(opcode)
+        gateway = start_gateway(config)
+        try:
+            assert relay.frozen.wait(WAIT_S), f"the gateway never reached {point}"
+            started = time.monotonic()
+            gateway.send_signal(signal.SIGTERM)
+            try:
+                code = gateway.wait(STOP_BOUND_S)
+            except subprocess.TimeoutExpired:
+                code = gateway.wait(60)
+                pytest.fail(
+                    f"frozen at {point}: still running {STOP_BOUND_S} s after SIGTERM "
+                    f"(stopped after {time.monotonic() - started:.1f} s, exit {code})"
+                )
+        finally:
+            if gateway.poll() is None:
+                gateway.kill()
+                gateway.wait(10)
+    assert code == 0
+    log = (config.parent / "gateway.log").read_text()
+    assert "stopped" in log
+    assert "Traceback" not in log
+    assert "never retrieved" not in log

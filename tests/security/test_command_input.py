@@ -10,6 +10,8 @@ import asyncio
 import json
 from collections.abc import Mapping
 
+import pytest
+
 from gateway.protocol.canonical import JSONValue
 from gateway.protocol.events import Priority
 from gateway.uplink.commands import MAX_COMMAND_BYTES, MAX_RUNNING, Command, CommandDispatcher
@@ -102,6 +104,29 @@ async def test_a_command_flood_runs_at_most_max_running_and_answers_the_rest_bus
     replies = _replies(sub.messages)
     assert sum(1 for r in replies if r.get("error") == "busy") <= flood - MAX_RUNNING
     assert uplink.commands.refused["busy"] == flood - MAX_RUNNING
+
+
+async def test_a_flood_beyond_the_pending_replies_is_dropped_unanswered_and_counted(
+    mosquitto: Broker, subscriber_factory: SubscriberFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 13 item 10: replies waiting for the broker are capped, so a flood cannot grow them."""
+    dispatcher = CommandDispatcher()
+    dispatcher.register("echo", _echo)
+    flood, cap = 400, 8
+    sub = await subscriber_factory(mosquitto, [f"{ROOT}/reply/#"]).start()
+    uplink = make_uplink(mosquitto.url, FakeEventBuffer(), dispatcher=dispatcher)
+    async with running(uplink, commands_from=mosquitto):
+        uplink.commands.max_pending_replies = cap
+        for n in range(flood):
+            sub.publish(f"{ROOT}/cmd/echo", json.dumps({"id": n, "x": n}).encode())
+        unanswered = uplink.commands.refused
+        await sub.wait_for(lambda m: len(_replies(m)) + unanswered["unanswered"] == flood)
+        await wait_until(lambda: uplink.commands.pending_replies == 0, 10, "replies acked")
+    replies = _replies(sub.messages)
+    assert unanswered["unanswered"] > 0
+    assert all(r["ok"] and r["result"] == {"echo": r["id"]} for r in replies)
+    dropped = [r for r in caplog.records if "dropped unanswered" in r.getMessage()]
+    assert [r.levelname for r in dropped if r.levelname == "WARNING"] == ["WARNING"]
 
 
 async def test_a_wildcard_response_topic_is_refused_with_a_reply(

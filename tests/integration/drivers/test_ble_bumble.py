@@ -417,6 +417,40 @@ async def test_unreachable_tcp_adapter_reports_bluetooth_unavailable() -> None:
         await adapters.close()
 
 
+class _SlowLink:
+    """An HCI link to a virtual controller that records its close."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.source, self.sink = attach_host(controller)
+        self.closed = False
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_an_open_completing_after_close_is_closed_not_kept(radio: _Radio) -> None:
+    """Issue 13 item 8: close() does not wait for an open under way, nor leave its link open."""
+    link = _SlowLink(SpecController("gateway", link=radio.link))
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def opener() -> _SlowLink:
+        asked.set()
+        await answer.wait()  # the transport comes up only after the adapter was closed
+        return link
+
+    adapter = BumbleAdapter("slow", opener)
+    opening = asyncio.create_task(adapter.device())
+    await asyncio.wait_for(asked.wait(), WAIT_S)
+
+    await adapter.close()
+    answer.set()
+
+    with pytest.raises(BleakError, match="closed while it was opening"):
+        await opening
+    assert link.closed
+    assert not adapter.is_open
+
+
 async def test_failing_notification_callback_does_not_break_the_link(
     radio: _Radio, caplog: pytest.LogCaptureFixture
 ) -> None:

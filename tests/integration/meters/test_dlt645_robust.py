@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from firmware_sim.meters.fleet import Dlt645SerialServer, PtyPair
 from gateway.drivers.dlt645.bus import SILENT_ABORT, Dlt645Bus, matches, open_dlt645_bus
 from gateway.errors import DeviceTimeoutError, FollowUpError, MeterValueError
 from gateway.meters.profiles import parse_profile
-from gateway.meters.readers import failure_reason
+from gateway.meters.readers import Dlt645Reader, failure_reason
 from gateway.meters.service import MeterService
 from gateway.protocol.clock import ManualClock
 from gateway.protocol.dlt645 import DI_BY_NAME, CoverRecord
@@ -184,3 +185,40 @@ async def test_follow_up_frames_on_a_serial_pty(tmp_path: Path, meters: list[Sim
         await pty.close()
     assert reading.value == meters[1].meter_cover.last
     assert energy.value == Decimal("42.50")
+
+
+class _FreezesWhileRead(SimMeter):
+    """A meter whose midnight comes between the gateway's two freeze reads of one poll."""
+
+    def __init__(self, address: str, clock: ManualClock) -> None:
+        super().__init__(address, clock)
+        self.clock = clock
+        self.armed = False
+
+    def value(self, di: int) -> Any:
+        if self.armed and di == DI_BY_NAME["daily_frozen_forward_energy"]:
+            self.armed = False
+            self.clock.advance(2)  # 23:59:59 -> 00:00:01: the meter freezes right now
+        return super().value(di)
+
+
+async def test_a_freeze_between_the_two_freeze_reads_is_not_paired(clock: ManualClock) -> None:
+    """The freeze time of one day must not go with the frozen energy of the next."""
+    meter = _FreezesWhileRead(ONE, clock)
+    clock.advance(12 * 3600)  # past a meter-local midnight: a first daily freeze
+    clock.advance(24 * 3600 - 1)  # 23:59:59 the next day, meter time
+    names = ("forward_active_energy_total", "daily_freeze_time", "daily_frozen_forward_energy")
+    async with Dlt645TcpServer(MeterBus([meter])) as server:
+        bus = open_dlt645_bus(f"dlt645-tcp://127.0.0.1:{server.port}", timeout=0.2,
+                              inter_frame_gap=0)  # fmt: skip
+        try:
+            reader = Dlt645Reader(bus, ONE, names)
+            meter.armed = True
+            racing = await reader.read()
+            settled = await reader.read()
+        finally:
+            await bus.close()
+    assert racing.frozen is None
+    assert settled.frozen is not None
+    when, kwh = settled.frozen
+    assert (when, Decimal(str(kwh))) == (meter.freezes[-1][0], meter.freezes[-1][1][0])

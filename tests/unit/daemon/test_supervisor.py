@@ -62,3 +62,26 @@ async def test_an_error_raised_while_stopping_does_not_restart_the_component() -
 
     assert started == 1
     assert supervisor.restarts() == {"locks": 0}
+
+
+async def test_a_clean_up_stuck_on_a_silent_peer_is_cancelled_after_the_grace() -> None:
+    """A component whose clean-up awaits an answer that never comes still stops."""
+    supervisor = Supervisor(ManualClock())
+    cleaned: list[str] = []
+
+    async def component() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            try:
+                await asyncio.Event().wait()  # e.g. HCI "stop scanning", never answered
+            finally:
+                cleaned.append("cut short")
+
+    supervisor.start("locks", component)
+    await _settle()
+
+    await asyncio.wait_for(supervisor.stop(grace_s=0.05), 5.0)
+
+    assert cleaned == ["cut short"]
+    assert supervisor.restarts() == {"locks": 0}

@@ -60,14 +60,18 @@ def of(drafts: list[EventDraft], type_: str) -> list[EventDraft]:
 
 @pytest.mark.parametrize("seed", range(1, 21))
 def test_twenty_seeded_honest_days_raise_nothing(seed: int) -> None:
+    """Each seed's fifth day is judged against a baseline of its first four: no alarm, no theft."""
     sim, clock, monitor = build(seed, FakeSeals(states=dict(SEALS)))
-    drafts = run_days(sim, clock, monitor, 1.1)  # one more simulated day per seed: 20 in all
+    drafts = run_days(sim, clock, monitor, 5.1)  # 22:00 start: five whole days
     days = of(drafts, "district.line_loss")
-    assert len(days) == 1
-    data = days[0].data
-    assert data["complete"] is True and data["status"] == "ok"
-    assert data["rate"] == pytest.approx(0.04 / 1.04, abs=0.005)  # technical loss and noise
-    assert data["methods"] == {"freeze": 5, "interpolated": 1}
+    assert len(days) == 5
+    judged = days[-1].data
+    assert judged["baseline_rate"] is not None, "the day was compared with a baseline"
+    assert judged["complete"] is True and judged["status"] == "ok"
+    assert judged["rate"] == pytest.approx(0.04 / 1.04, abs=0.005)  # technical loss and noise
+    assert judged["methods"] == {"freeze": 5, "interpolated": 1}
+    assert of(drafts, "district.line_loss_alarm") == []
+    assert of(drafts, "theft.suspected") == []
 
 
 def test_twenty_consecutive_honest_days_raise_no_alarm_or_suspect() -> None:
@@ -144,3 +148,20 @@ def test_boundaries_are_meter_local_midnight() -> None:
     assert boundary_at_or_before(at + timedelta(minutes=1), 86400) == datetime(
         2026, 3, 1, 16, 0, tzinfo=UTC
     )
+
+
+def test_a_missed_freeze_closes_its_day_incomplete_on_the_meters_timeline() -> None:
+    """Meter clocks ahead of the gateway's (a compressed simulated day, or a gateway clock
+    behind): a day one meter never froze for closes incomplete once the others are a settle
+    period past it, and the days after it are still reported."""
+    monitor = LineLossMonitor(theft_section(), [District("D", "T", {"C": "SL-C"})], FakeSeals())
+    t0 = boundary_at_or_before(START, 86400) + timedelta(days=30)  # freezes a month ahead
+    drafts: list[EventDraft] = []
+    for day in range(5):
+        at, read_at = t0 + timedelta(days=day), START + timedelta(seconds=day)
+        drafts += monitor.observe_reading("T", read_at, 100.0 * day, (at, 100.0 * day))
+        if day != 2:  # C was not read at all while its freeze of day 2 was the last one
+            drafts += monitor.observe_reading("C", read_at, 96.0 * day, (at, 96.0 * day))
+    days = of(drafts, "district.line_loss")
+    assert [d.data["status"] for d in days] == ["ok", "incomplete", "incomplete", "ok"]
+    assert days[1].data["missing"] == ["C"]

@@ -129,6 +129,22 @@ def test_energy_decrease_stays_quiet(seals: FakeSeals, volts: float | None, afte
     assert theft.observe(reading(T0 + timedelta(minutes=1), after, volts=volts)) == []
 
 
+def test_a_poll_without_its_import_register_is_not_a_decrease() -> None:
+    """The import register timed out in this poll: the export register is not taken for it."""
+    theft = correlator()
+    forward = Measurement("forward_active_energy_total", 500.0, "kWh", ValueKind.ENERGY)
+    reverse = Measurement("reverse_active_energy_total", 0.0, "kWh", ValueKind.ENERGY)
+    volts = Measurement("voltage_a", 230.0, "V", ValueKind.VOLTAGE)
+    before = MeterReading("M-1", T0, "dlt645", (forward, reverse, volts), "SL-1")
+    partial = MeterReading(
+        "M-1", T0 + timedelta(minutes=1), "dlt645", (reverse, volts), "SL-1",
+        {"forward_active_energy_total": "timeout"},
+    )  # fmt: skip
+    assert partial.energy_kwh() is None
+    assert theft.observe(before) == []
+    assert theft.observe(partial) == []
+
+
 # --- energy_drop_under_seal --------------------------------------------------------------
 
 

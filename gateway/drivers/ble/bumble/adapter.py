@@ -6,6 +6,10 @@ remembers the address type of every advertiser it saw, because bleak addresses a
 strings while LE needs to know public from random. When the HCI transport is lost (the
 simulator went away, the dongle was unplugged) the links drop, `wait_lost` returns, and the
 next use reopens it (the lock service's scan supervisor does so with backoff).
+
+Closing is bounded whatever the controller does (`CLOSE_TIMEOUT_S`): the links are asked to
+disconnect together, and a controller that does not answer in time has its transport closed
+under it. An open still under way when the adapter closes is closed as soon as it completes.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from typing import Any, Literal, Protocol
 
 from bleak.exc import BleakBluetoothNotAvailableError, BleakBluetoothNotAvailableReason, BleakError
 from bumble import hci
-from bumble.core import InvalidArgumentError
+from bumble.core import BaseBumbleError, InvalidArgumentError
 from bumble.device import Advertisement, Device
 from bumble.transport import open_transport
 from bumble.transport.common import TransportLostError
@@ -29,6 +33,9 @@ _log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 5.0
 """Longest wait for the transport to open and the controller to answer HCI Reset."""
+
+CLOSE_TIMEOUT_S = 1.0
+"""Longest wait at close for the links to disconnect (a frozen controller never answers)."""
 
 _SEEN_MAX = 512
 """Advertisers remembered for their address type; nearby phones rotate addresses, so bound it."""
@@ -82,7 +89,8 @@ class BumbleAdapter:
         self._link: HciLink | None = None
         self._open_lock = asyncio.Lock()
         self._scan_lock = asyncio.Lock()
-        self.connect_lock: asyncio.Lock = _ConnectGate(self)
+        self._connect_gate = _ConnectGate(self)
+        self.connect_lock: asyncio.Lock = self._connect_gate
         """Held while one LE connection is being created; bumble and controllers allow one."""
         self._connect_guards: list[ConnectGuard] = []
         self._listeners: dict[AdvertisementListener, bool] = {}
@@ -127,8 +135,14 @@ class BumbleAdapter:
                 raise BleakError(f"BLE adapter {self.name} is closed")
             if self._device is None:
                 device = await self._open()
-                for hook in self._open_hooks:
-                    await hook(device)
+                try:
+                    self._check_open()
+                    for hook in self._open_hooks:
+                        await hook(device)
+                    self._check_open()
+                except BaseException:
+                    await self._abandon(device)
+                    raise
                 self._device = device
                 await self._restore_scan(device)
             return self._device
@@ -142,7 +156,8 @@ class BumbleAdapter:
     async def add_open_hook(self, hook: OpenHook) -> Device:
         """Run `hook` on the Device now (opening it) and again after every reopen."""
         async with self._open_lock:
-            self._open_hooks.append(hook)
+            if hook not in self._open_hooks:  # a restarted service registers its hook again
+                self._open_hooks.append(hook)
             device = self._device
         if device is not None:
             await hook(device)
@@ -168,18 +183,24 @@ class BumbleAdapter:
             self._open_hooks.remove(hook)
 
     async def close(self) -> None:
-        """Disconnect every link, stop scanning and close the transport. Idempotent."""
-        async with self._open_lock:
-            self._closed = True
-            device, link = self._device, self._link
-            self._device, self._link = None, None
-            self._lost.set()
-            self._listeners.clear()
-            if device is not None:
-                await _disconnect_all(device)
-            if link is not None:
-                await link.close()
-                _log.info("BLE adapter %s closed", self.name)
+        """Disconnect every link (within CLOSE_TIMEOUT_S) and close the transport. Idempotent."""
+        self._closed = True
+        self._listeners.clear()
+        self._lost.set()
+        await self._connect_gate.drain()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S), self._open_lock:
+                if self._device is not None:
+                    await _disconnect_all(self._device)
+        except TimeoutError:
+            _log.debug("BLE adapter %s: links not closed within %g s", self.name, CLOSE_TIMEOUT_S)
+        device, link = self._device, self._link
+        self._device, self._link = None, None
+        if link is not None:
+            await link.close()
+            _log.info("BLE adapter %s closed", self.name)
+        elif device is not None:
+            _log.info("BLE adapter %s closed", self.name)
 
     async def add_scan_listener(self, listener: AdvertisementListener, *, active: bool) -> None:
         """Receive every advertisement from now on; the controller scans while anyone listens."""
@@ -226,6 +247,18 @@ class BumbleAdapter:
         while len(self._seen) > _SEEN_MAX:
             self._seen.popitem(last=False)
         return text
+
+    def _check_open(self) -> None:
+        """An open that completes after close() must not be kept."""
+        if self._closed:
+            raise BleakError(f"BLE adapter {self.name} closed while it was opening")
+
+    async def _abandon(self, device: Device) -> None:
+        """Close the transport of a Device opened but not kept."""
+        link, self._link = self._link, None
+        if link is not None:
+            await link.close()
+        _log.debug("BLE adapter %s: opened Device %s abandoned", self.name, device.random_address)
 
     async def _open(self) -> Device:
         try:
@@ -319,7 +352,21 @@ class _ConnectGate(asyncio.Lock):
         if self._adapter._connect_guards:
             task = asyncio.get_running_loop().create_task(self._adapter._guard_connects(False))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._resumed)
+
+    async def drain(self) -> None:
+        """Cancel the guards still resuming (the adapter closes) and wait for them."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _resumed(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # e.g. advertising restarted on a controller that went away: the radio supervisor
+            # reports the outage; this is the detail
+            _log.debug("connect guard failed to resume: %r", task.exception())
 
 
 class _FixedLink:
@@ -335,9 +382,11 @@ class _FixedLink:
 
 async def _disconnect_all(device: Device) -> None:
     """Best effort: tell each peer we leave, so simulated locks see a clean disconnect."""
-    for connection in list(device.connections.values()):
-        try:
-            async with asyncio.timeout(1.0):
-                await connection.disconnect()
-        except (TimeoutError, hci.HCI_Error) as exc:
-            _log.debug("disconnect of %s at close failed: %r", connection.peer_address, exc)
+    await asyncio.gather(*(_disconnect(c) for c in list(device.connections.values())))
+
+
+async def _disconnect(connection: Any) -> None:
+    try:
+        await connection.disconnect()
+    except (hci.HCI_Error, BaseBumbleError) as exc:
+        _log.debug("disconnect of %s at close failed: %r", connection.peer_address, exc)
