@@ -75,15 +75,15 @@ def _refuse(name: str) -> Any:
 def _float(text: str) -> float:
     """A float whose text is JCS text once the payload equals its dumps; else not canonical."""
     if "e" in text or "E" in text or text.endswith(".0"):
-        raise _NotCanonical  # Python's e+16/e-05 and 5.0, -0.0 are not ECMAScript's text
+        raise _NotCanonicalError  # Python's e+16/e-05 and 5.0, -0.0 are not ECMAScript's text
     return float(text)
 
 
 def _int(text: str) -> int:
     if len(text) > 15:
-        raise _NotCanonical  # beyond 2**53 JCS writes a double's text
+        raise _NotCanonicalError  # beyond 2**53 JCS writes a double's text
     return int(text)
 
 
-class _NotCanonical(ValueError):
+class _NotCanonicalError(ValueError):
     """The payload holds a number whose Python text is not its JCS text."""

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError, ProtocolError
+from gateway.protocol.event_payload import read_event_payload
 from gateway.protocol.events import EVENT_FIELDS, EVENT_VERSION
-from gateway.protocol.strict_json import load_object
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -66,10 +66,15 @@ class AddResult:
 
 @dataclass(frozen=True, slots=True)
 class ParsedEvent:
-    """A received payload parsed and type-checked (the hash is not yet compared)."""
+    """A received payload parsed and type-checked, with the hash its content gives.
+
+    `content_hash` is `event_hash(obj)`; the event's own claim is `hash`. They differ for an
+    edited event, which the ledger refuses.
+    """
 
     obj: Mapping[str, Any]
     payload: bytes
+    content_hash: str
 
     @property
     def id(self) -> str:
@@ -204,6 +209,10 @@ class Ledger(Protocol):
 
     def verify(self, gateway: str, *, full: bool = False) -> VerifyReport: ...
 
+    def check_chain(self, gateway: str) -> list[SeqRange] | None:
+        """Verify what arrived since the last check; the gaps, or None if another master is."""
+        ...
+
     def problems(self, gateway: str | None = None) -> list[Problem]: ...
 
     def record_problem(
@@ -254,9 +263,11 @@ def is_postgres_dsn(target: str | Path) -> bool:
 def parse_event(payload: bytes) -> ParsedEvent:
     """Parse and type-check an event payload; raise ValueError when it is not an event."""
     try:
-        obj = load_object(payload, "event")  # capped depth and size: a JSON bomb is one problem
+        obj, content_hash = read_event_payload(payload)  # capped depth and size, strict
     except ProtocolError as exc:
         raise ValueError(str(exc)) from None
+    except UnicodeError as exc:  # a lone surrogate has no canonical UTF-8 form to hash
+        raise ValueError(f"event text cannot be hashed: {exc}") from None
     for name, kind in EVENT_FIELDS.items():
         value = obj.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -265,4 +276,4 @@ def parse_event(payload: bytes) -> ParsedEvent:
         raise ValueError(f"unsupported event version {obj.get('v')!r}")
     if obj["seq"] < 1:
         raise ValueError(f"seq {obj['seq']} is not positive")
-    return ParsedEvent(obj, bytes(payload))
+    return ParsedEvent(obj, bytes(payload), content_hash)

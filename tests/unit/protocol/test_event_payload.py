@@ -62,20 +62,25 @@ SCALARS = st.one_of(
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS | st.text(max_size=3), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(KEYS | st.text(max_size=3), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 OBJECTS = st.dictionaries(KEYS, VALUES, max_size=5).map(lambda d: {**d, "data": d.get("data", {})})
 TAME_SCALARS = st.one_of(
     st.integers(-(10**6), 10**6),
     st.integers(-(10**4), 10**4).map(lambda n: n / 8 + 0.125 if n % 8 == 0 else n / 8),
-    st.text(alphabet="abcé\u4e2d\"\\\n", max_size=5),
+    st.text(alphabet='abcé\u4e2d"\\\n', max_size=5),
     st.booleans(),
 )
 TAME = st.dictionaries(
     st.sampled_from(["data", "gateway", "id", "seq", "ts", "type", "zz"]),
-    st.recursive(TAME_SCALARS, lambda inner: st.dictionaries(st.text("abc", max_size=2), inner,
-                                                             max_size=3), max_leaves=8),
+    st.recursive(
+        TAME_SCALARS,
+        lambda inner: st.dictionaries(st.text("abc", max_size=2), inner, max_size=3),
+        max_leaves=8,
+    ),
     max_size=6,
 ).map(lambda d: {**d, "data": d.get("data", {})})
 
