@@ -252,8 +252,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
     else:
         _log.warning("no --master-dir: lock log entries and checkpoint signatures not verified")
     ledger = open_ledger(args.ledger, trust=authority)
+    chain_ledger = open_ledger(args.ledger, trust=authority)  # the chain keeper's connection
     try:
-        listener = MasterListener(options, ledger).start(args.timeout)
+        listener = MasterListener(options, ledger, chain_ledger=chain_ledger).start(args.timeout)
         print(f"listening as {listener.client_id} on {options.broker_url}"
               f" (ledger {ledger.location}, healing {'on' if listener.healing else 'off'})",
               flush=True)  # fmt: skip
@@ -262,6 +263,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         _print_counters(listener.stats.to_json(), as_json=args.json)
     finally:
         ledger.close()
+        chain_ledger.close()
     return EXIT_OK
 
 
