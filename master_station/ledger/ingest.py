@@ -18,10 +18,13 @@ transaction that waits on another's uncommitted row sees it once that commits.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from gateway.protocol.chain import EPOCH_TYPE
+from gateway.protocol.checkpoint import CHECKPOINT_TYPE
 from master_station.ledger.backend import Db, Tx, insert_problem
 from master_station.ledger.evidence import (
     Finding,
@@ -31,12 +34,15 @@ from master_station.ledger.evidence import (
     check_lock_event,
 )
 from master_station.ledger.models import AddOutcome, AddResult, ParsedEvent, parse_event
+from master_station.ledger.recent import RecentlyVerified, VerifiedRow
 from master_station.ledger.rows import event_row
 from master_station.ledger.schema import INSERT_LOCK_ENTRY
 
 __all__ = ["add_events"]
 
 _log = logging.getLogger(__name__)
+
+_NOT_PLAIN = frozenset({CHECKPOINT_TYPE, EPOCH_TYPE})  # what the walk must read again
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +62,29 @@ def add_events(
     *,
     received: str,
     trust: LedgerTrust | None,
+    recent: RecentlyVerified | None = None,
 ) -> list[AddResult]:
-    """Store a batch in one transaction; one result per payload, in order."""
+    """Store a batch in one transaction; one result per payload, in order.
+
+    With `recent`, each stored plain event is noted there once committed (ledger/recent.py).
+    """
     checked = [_check(bytes(p), g) for p, g in zip(payloads, topic_gateways, strict=True)]
     fresh = [c.event for c in checked if c.refusal is None and c.event is not None]
     with db.transaction() as tx:
         inserted = iter(tx.insert_events([event_row(e, received) for e in fresh]) if fresh else [])
-        return [_outcome(tx, c, inserted, received, trust) for c in checked]
+        results = [_outcome(tx, c, inserted, received, trust) for c in checked]
+    if recent is not None:
+        _note(recent, checked, results)
+    return results
+
+
+def _note(recent: RecentlyVerified, checked: list[_Checked], results: list[AddResult]) -> None:
+    for item, result in zip(checked, results, strict=True):
+        event = item.event
+        if result.stored and event is not None and event.obj["type"] not in _NOT_PLAIN:
+            row = VerifiedRow(hashlib.sha256(item.payload).digest(), event.hash,
+                              str(event.obj["prev_hash"]))  # fmt: skip
+            recent.note(event.gateway, event.seq, row)
 
 
 def _check(payload: bytes, expected: str | None) -> _Checked:

@@ -27,6 +27,7 @@ from master_station.ledger.models import (
     TicketRecord,
     VerifyReport,
 )
+from master_station.ledger.recent import RecentlyVerified
 from master_station.ledger.rows import (
     json_object,
     status_state,
@@ -51,13 +52,17 @@ class SqlLedger:
         *,
         now: Callable[[], datetime] | None = None,
         trust: LedgerTrust | None = None,
+        recent: RecentlyVerified | None = None,
     ) -> None:
+        """`recent`: shared with the process's other ledger objects on the same ledger (the
+        listener's writer and chain keeper), so the walk need not re-read what was checked."""
         self._db = db
         self._now = now or _utcnow
         self._trust = trust
         self.location = db.location
         self.shared = db.shared
-        self._walk = ChainWalk(db, self._now)
+        self._recent = recent
+        self._walk = ChainWalk(db, self._now, recent)
         self._check_version()
 
     # -- writing ---------------------------------------------------------------------------
@@ -72,7 +77,8 @@ class SqlLedger:
         """Store a batch in one transaction (one commit, one fsync); see `ingest`."""
         expected = list(topic_gateways) if topic_gateways is not None else [None] * len(payloads)
         received = format_ts(self._now())
-        return add_events(self._db, payloads, expected, received=received, trust=self._trust)
+        return add_events(self._db, payloads, expected, received=received, trust=self._trust,
+                          recent=self._recent)  # fmt: skip
 
     def put_seal_state(self, gateway: str, seal: str, payload: bytes) -> None:
         """Upsert the retained state of one seal; an empty payload deletes it."""
@@ -155,7 +161,9 @@ class SqlLedger:
         with self._db.exclusive(f"chain:{gateway}") as mine:
             if not mine:
                 return None
-            self._walk.advance(gateway)
+            walked = self._walk.advance(gateway)
+        if walked.at_end:
+            return []  # every stored row is verified: nothing before the newest is missing
         return self.gaps(gateway)
 
     def verify(self, gateway: str, *, full: bool = False) -> VerifyReport:
@@ -163,7 +171,8 @@ class SqlLedger:
         if full:
             return self._walk.full(gateway, self._stats(gateway)[2])
         with self._db.exclusive(f"chain:{gateway}", wait=True):
-            head, checkpoints = self._walk.advance(gateway)
+            walked = self._walk.advance(gateway)
+        head, checkpoints = walked.head, walked.checkpoints
         head_seq, events, repeats = self._stats(gateway)
         return VerifyReport(
             gateway=gateway,

@@ -16,22 +16,25 @@ Design: docs/master.md ("Shared subscriptions and gap healing").
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from gateway.errors import ProtocolError
-from gateway.protocol.chain import EPOCH_TYPE, RunLinks, announced_ranges, verify_chain
+from gateway.protocol.chain import EPOCH_TYPE, RunLinks, announced_ranges, link_ok, verify_chain
 from gateway.protocol.checkpoint import parse_checkpoint
 from gateway.protocol.events import GENESIS_HASH, format_ts
 from master_station.ledger.backend import Db, insert_problem
 from master_station.ledger.models import Problem, SeqRange, VerifyReport
+from master_station.ledger.recent import RecentlyVerified
 from master_station.ledger.rows import as_bytes, check_row, check_runs, link_to, to_ranges
 from master_station.ledger.schema import UPSERT_HEAD
 
-__all__ = ["CHECKPOINT_TYPE", "EVICTED_TYPE", "ChainWalk"]
+__all__ = ["CHECKPOINT_TYPE", "EVICTED_TYPE", "ChainWalk", "Walked"]
 
 _log = logging.getLogger(__name__)
 
@@ -42,37 +45,55 @@ Head = tuple[int, str]
 Finding = tuple[int, str, str]  # (seq, kind, detail)
 
 
+@dataclass(frozen=True, slots=True)
+class Walked:
+    """Where a walk left the chain: the head, checkpoints matched, announced absences, and
+    whether it passed every stored row (then nothing after the head is missing)."""
+
+    head: Head
+    checkpoints: int
+    evicted: list[SeqRange]
+    at_end: bool
+
+
 class ChainWalk:
     """Chain checks over a `Db`: the incremental walk, the full check, heads and evictions."""
 
-    def __init__(self, db: Db, now: Callable[[], datetime]) -> None:
+    def __init__(
+        self, db: Db, now: Callable[[], datetime], recent: RecentlyVerified | None = None
+    ) -> None:
         self._db = db
         self._now = now
+        self._recent = recent
 
-    def advance(self, gateway: str) -> tuple[Head, int]:
-        """Walk past the verified head while the chain is contiguous and sound.
-
-        Returns the new head and the checkpoints whose claims matched on the way.
-        """
+    def advance(self, gateway: str) -> Walked:
+        """Walk past the verified head while the chain is contiguous and sound."""
         start = head = self.head(gateway)
-        evicted = self.evicted(gateway)
-        runs = RunLinks(self._notices(gateway))
+        notices = self._notices(gateway)
+        evicted = _evicted(notices)
+        runs = RunLinks(notices)
         findings: list[Finding] = []
         checkpoints = 0
+        walked: dict[int, str] = {}  # seq -> hash of the rows this walk passed
         for seq, payload, stored_hash in self._rows_after(gateway, head[0]):
             link = link_to(head, seq, evicted)
             if link is None:
-                break  # a gap: stop here until it is filled
+                self._save_head(gateway, start, head, findings)
+                return Walked(head, checkpoints, evicted, at_end=False)
             obj, finding = None, check_runs(runs, head, seq)
             if finding is None:
-                obj, finding = check_row(payload, stored_hash, link or runs.ends.get(seq - 1, ""))
-            if finding is not None or obj is None:
-                findings.append((seq, *(finding or ("edited", "not an event"))))
-                break
-            checkpoints += self._check_checkpoint(gateway, obj, findings)
+                obj, finding = self._check(gateway, seq, payload, stored_hash,
+                                           link or runs.ends.get(seq - 1, ""))  # fmt: skip
+            if finding is not None:
+                findings.append((seq, *finding))
+                self._save_head(gateway, start, head, findings)
+                return Walked(head, checkpoints, evicted, at_end=False)
+            if obj is not None:
+                checkpoints += self._check_checkpoint(gateway, obj, walked, findings)
+            walked[seq] = stored_hash
             head = (seq, stored_hash)
         self._save_head(gateway, start, head, findings)
-        return head, checkpoints
+        return Walked(head, checkpoints, evicted, at_end=True)
 
     def full(self, gateway: str, duplicates: int) -> VerifyReport:
         """Everything again, with gateway.protocol.chain.verify_chain."""
@@ -108,7 +129,7 @@ class ChainWalk:
 
     def evicted(self, gateway: str) -> list[SeqRange]:
         """Seq ranges announced as absent: evicted telemetry and the lost history of epochs."""
-        return sorted(span for obj in self._notices(gateway) for span in announced_ranges(obj))
+        return _evicted(self._notices(gateway))
 
     # -- private ---------------------------------------------------------------------------
 
@@ -133,8 +154,27 @@ class ChainWalk:
                 return
             seq = int(rows[-1][0])
 
+    def _check(
+        self, gateway: str, seq: int, payload: bytes, stored_hash: str, link: str
+    ) -> tuple[Mapping[str, Any] | None, tuple[str, str] | None]:
+        """(the event when it had to be read, what is wrong); see ledger/recent.py."""
+        known = self._recent.take(gateway, seq) if self._recent is not None else None
+        if (
+            known is not None
+            and known.hash == stored_hash
+            and hashlib.sha256(payload).digest() == known.digest
+        ):
+            if link_ok({"seq": seq, "prev_hash": known.prev_hash}, link or None):
+                return None, None
+            return None, ("broken_link", "prev_hash differs from the previous event's hash")
+        return check_row(payload, stored_hash, link)
+
     def _check_checkpoint(
-        self, gateway: str, obj: Mapping[str, Any], findings: list[Finding]
+        self,
+        gateway: str,
+        obj: Mapping[str, Any],
+        walked: Mapping[int, str],
+        findings: list[Finding],
     ) -> int:
         if obj.get("type") != CHECKPOINT_TYPE:
             return 0
@@ -143,10 +183,14 @@ class ChainWalk:
         except ProtocolError as exc:
             findings.append((int(obj["seq"]), "checkpoint", f"malformed checkpoint: {exc}"))
             return 0
-        rows = self._db.query(
-            "SELECT hash FROM events WHERE gateway = ? AND seq = ?", (gateway, claim.covers_seq)
-        )
-        if rows and str(rows[0][0]) != claim.covers_hash:
+        covered = walked.get(claim.covers_seq)
+        if covered is None:
+            rows = self._db.query(
+                "SELECT hash FROM events WHERE gateway = ? AND seq = ?",
+                (gateway, claim.covers_seq),
+            )
+            covered = str(rows[0][0]) if rows else None
+        if covered is not None and covered != claim.covers_hash:
             detail = f"checkpoint covers seq {claim.covers_seq} with a different hash"
             findings.append((claim.seq, "checkpoint", detail))
             return 0
@@ -162,3 +206,7 @@ class ChainWalk:
             for seq, kind, detail in findings:
                 insert_problem(tx, gateway, kind, detail, seq=seq, received=now)
                 _log.warning("gateway %s: chain problem at seq %d: %s", gateway, seq, detail)
+
+
+def _evicted(notices: Iterable[Mapping[str, Any]]) -> list[SeqRange]:
+    return sorted(span for obj in notices for span in announced_ranges(obj))
