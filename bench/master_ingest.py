@@ -73,6 +73,7 @@ class RunResult:
     transaction_sizes: list[int]
     stats: list[dict[str, int]]
     problems: int
+    cpu_s: float  # the listener processes' CPU seconds, summed
 
 
 def run_listeners(
@@ -106,6 +107,7 @@ def run_listeners(
         transaction_sizes=[n for r in reports for n in r["transaction_sizes"]],
         stats=[r["stats"] for r in reports],
         problems=_count(dsn, "SELECT COUNT(*) FROM problems"),
+        cpu_s=sum(float(r["cpu_s"]) for r in reports),
     )
 
 

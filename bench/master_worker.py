@@ -5,8 +5,9 @@
 1. subscribes once with a persistent session, prints `subscribed`, and disconnects: the broker
    now queues this listener's share of what is published;
 2. on `go`, connects again with the same client id and writes what the broker delivers;
-3. on `stop`, stops and prints one JSON object: its counters and the size of each ledger
-   transaction of events (the raw baseline replays the same sizes).
+3. on `stop`, stops and prints one JSON object: its counters, the size of each ledger
+   transaction of events (the raw baseline replays the same sizes) and the CPU seconds the
+   process used from `go` to `stop`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from master_station.ledger.factory import open_ledger
@@ -40,10 +42,13 @@ def main() -> int:
     MasterListener(options, ledger, chain_ledger=chains).start().stop()
     _say("subscribed")
     _expect("go")
+    cpu = time.process_time()
     listener = MasterListener(options, ledger, chain_ledger=chains).start()
     _expect("stop")
     listener.stop()
-    _say(json.dumps({"stats": listener.stats.to_json(), "transaction_sizes": sizes}))
+    cpu = time.process_time() - cpu
+    _say(json.dumps({"stats": listener.stats.to_json(), "transaction_sizes": sizes,
+                     "cpu_s": round(cpu, 3)}))  # fmt: skip
     ledger.close()
     chains.close()
     return 0

@@ -40,7 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.errors import ConfigError, ProtocolError, TransientError
-from gateway.protocol.batch import BatchDecodeError, decode_batch
+from gateway.protocol.batch import BatchDecodeError, DecodedBatch, decode_batch
 from gateway.protocol.strict_json import load_object
 from master_station.chain_keeper import ChainKeeper, CommandSigner, HealingPolicy
 from master_station.ledger.models import AddOutcome, AddResult, Ledger, LedgerError
@@ -120,6 +120,16 @@ class _Inbound:
     mid: int
     qos: int
     correlation: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Events:
+    """The event payloads of one batch of messages, their topics' gateways, and the hash of
+    each one's content where a batch decoder computed it (None: the ledger computes it)."""
+
+    payloads: list[bytes]
+    gateways: list[str]
+    hashes: list[str | None]
 
 
 class MasterListener:
@@ -339,9 +349,9 @@ class MasterListener:
         message would otherwise stop it again after every restart. Batch-encoded messages are
         rebuilt into their events first (one that does not decode is one problem record).
         """
-        payloads, gateways = self._event_payloads(batch)
-        if payloads:
-            self._add_events(payloads, gateways)
+        events = self._events(batch)
+        if events.payloads:
+            self._add_events(events)
         for item in batch:
             if item.kind in ("events", "batch"):
                 continue
@@ -352,14 +362,16 @@ class MasterListener:
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the worker
                 self._reject(item, exc)
 
-    def _add_events(self, payloads: list[bytes], gateways: list[str]) -> None:
+    def _add_events(self, events: _Events) -> None:
         try:
-            results = self.ledger.add_many(payloads, gateways)
+            results = self.ledger.add_many(
+                events.payloads, events.gateways, content_hashes=events.hashes
+            )
         except LedgerError:
             raise
         except Exception:  # noqa: BLE001 - not expected (parse_event refuses bad events)
             results = []
-            for payload, gateway in zip(payloads, gateways, strict=True):
+            for payload, gateway in zip(events.payloads, events.gateways, strict=True):
                 try:
                     results += self.ledger.add_many([payload], [gateway])
                 except LedgerError:
@@ -368,7 +380,7 @@ class MasterListener:
                     self._reject(_Inbound("events", gateway, "", payload, 0, 0), exc)
         self._count(results)
         self._bump("writes")
-        self.keeper.moved(gateways)
+        self.keeper.moved(events.gateways)
 
     def _apply_one(self, item: _Inbound) -> None:
         if item.kind == "state":
@@ -389,28 +401,31 @@ class MasterListener:
         _log.log(level, "gateway %s: %s", item.gateway, detail)
         self.ledger.record_problem(item.gateway, f"bad_{item.kind}", detail)
 
-    def _event_payloads(self, batch: list[_Inbound]) -> tuple[list[bytes], list[str]]:
-        """Every event payload of the batch in arrival order, batch messages rebuilt.
+    def _events(self, batch: list[_Inbound]) -> _Events:
+        """Every event payload of the batch in arrival order, batch messages rebuilt (with
+        the hashes the rebuilding computed).
 
         A batch message that does not decode is one `invalid` problem (kept with its bytes),
         and is acknowledged like any other message: it never blocks the listener.
         """
-        payloads: list[bytes] = []
-        gateways: list[str] = []
+        events = _Events([], [], [])
         for item in batch:
             if item.kind == "events":
-                payloads.append(item.payload)
-                gateways.append(item.gateway)
+                events.payloads.append(item.payload)
+                events.gateways.append(item.gateway)
+                events.hashes.append(None)
             elif item.kind == "batch":
                 rebuilt = self._decode_batch(item)
-                payloads += rebuilt
-                gateways += [item.gateway] * len(rebuilt)
-        return payloads, gateways
+                if rebuilt is not None:
+                    events.payloads.extend(rebuilt.payloads)
+                    events.gateways.extend([item.gateway] * len(rebuilt.payloads))
+                    events.hashes.extend(rebuilt.hashes)
+        return events
 
-    def _decode_batch(self, item: _Inbound) -> tuple[bytes, ...]:
+    def _decode_batch(self, item: _Inbound) -> DecodedBatch | None:
         self._bump("batches")
         try:
-            return decode_batch(item.payload, item.gateway).payloads
+            return decode_batch(item.payload, item.gateway)
         except BatchDecodeError as exc:
             digest = hashlib.sha256(item.payload).hexdigest()[:32]
             detail = f"batch message does not decode: {exc}"
@@ -419,7 +434,7 @@ class MasterListener:
             )
             self._bump("invalid")
             _log.warning("gateway %s: %s", item.gateway, detail)
-            return ()
+            return None
 
     def _count(self, results: Iterable[AddResult]) -> None:
         names = {

@@ -94,11 +94,13 @@ class BatchDecodeError(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
-    """The events of one batch, rebuilt: canonical JSON payloads in seq order."""
+    """The events of one batch, rebuilt: canonical JSON payloads in seq order, and the hash
+    each one's content gives (computed while rebuilding them, so a reader need not again)."""
 
     priority: Priority
     first_seq: int
     payloads: tuple[bytes, ...]
+    hashes: tuple[str, ...] = ()
 
     @property
     def last_seq(self) -> int:
@@ -470,7 +472,7 @@ class _Decoder:
             raise BatchDecodeError("batch holds no events or too many")
         columns = _Columns(_shapes(shapes))
         type_names = _strings(types, "types")
-        payloads = []
+        payloads, hashes = [], []
         last_ms = 0
         for offset, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != 5:
@@ -486,9 +488,10 @@ class _Decoder:
             }
             payload, prev = self._seal(body, first + offset, prev)
             payloads.append(payload)
+            hashes.append(prev)
         if prev != _hash(last_hash, "last_hash"):
             raise BatchDecodeError("the rebuilt chain does not end at the batch's last hash")
-        return DecodedBatch(wire_priority, first, tuple(payloads))
+        return DecodedBatch(wire_priority, first, tuple(payloads), tuple(hashes))
 
     def _seal(self, body: Mapping[str, Any], seq: int, prev_hash: str) -> tuple[bytes, str]:
         """The event's canonical payload and hash, as gateway.protocol.events.seal_event."""

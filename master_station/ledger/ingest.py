@@ -63,12 +63,17 @@ def add_events(
     received: str,
     trust: LedgerTrust | None,
     recent: RecentlyVerified | None = None,
+    content_hashes: Sequence[str | None] | None = None,
 ) -> list[AddResult]:
     """Store a batch in one transaction; one result per payload, in order.
 
-    With `recent`, each stored plain event is noted there once committed (ledger/recent.py).
+    `content_hashes` as `parse_event` takes them; with `recent`, each stored plain event is
+    noted there once committed (ledger/recent.py).
     """
-    checked = [_check(bytes(p), g) for p, g in zip(payloads, topic_gateways, strict=True)]
+    hashes = content_hashes if content_hashes is not None else [None] * len(payloads)
+    checked = [
+        _check(bytes(p), g, h) for p, g, h in zip(payloads, topic_gateways, hashes, strict=True)
+    ]
     fresh = [c.event for c in checked if c.refusal is None and c.event is not None]
     with db.transaction() as tx:
         inserted = iter(tx.insert_events([event_row(e, received) for e in fresh]) if fresh else [])
@@ -87,9 +92,9 @@ def _note(recent: RecentlyVerified, checked: list[_Checked], results: list[AddRe
             recent.note(event.gateway, event.seq, row)
 
 
-def _check(payload: bytes, expected: str | None) -> _Checked:
+def _check(payload: bytes, expected: str | None, content_hash: str | None) -> _Checked:
     try:
-        event = parse_event(payload)
+        event = parse_event(payload, content_hash)
     except ValueError as exc:
         return _Checked(payload, expected or "?", None, ("invalid", str(exc)))
     if expected is not None and event.gateway != expected:

@@ -72,13 +72,21 @@ class SqlLedger:
         return self.add_many([payload], [topic_gateway])[0]
 
     def add_many(
-        self, payloads: Sequence[bytes], topic_gateways: Sequence[str | None] | None = None
+        self,
+        payloads: Sequence[bytes],
+        topic_gateways: Sequence[str | None] | None = None,
+        *,
+        content_hashes: Sequence[str | None] | None = None,
     ) -> list[AddResult]:
-        """Store a batch in one transaction (one commit, one fsync); see `ingest`."""
+        """Store a batch in one transaction (one commit, one fsync); see `ingest`.
+
+        `content_hashes`: for payloads the caller built and hashed itself (a decoded batch,
+        DecodedBatch.hashes), the hash each one's content gives; None where unknown.
+        """
         expected = list(topic_gateways) if topic_gateways is not None else [None] * len(payloads)
         received = format_ts(self._now())
         return add_events(self._db, payloads, expected, received=received, trust=self._trust,
-                          recent=self._recent)  # fmt: skip
+                          recent=self._recent, content_hashes=content_hashes)  # fmt: skip
 
     def put_seal_state(self, gateway: str, seal: str, payload: bytes) -> None:
         """Upsert the retained state of one seal; an empty payload deletes it."""
