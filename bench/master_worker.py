@@ -60,10 +60,13 @@ def _record_sizes(ledger: Ledger) -> list[int]:
     add_many = ledger.add_many
 
     def recording(
-        payloads: Sequence[bytes], topic_gateways: Sequence[str | None] | None = None
+        payloads: Sequence[bytes],
+        topic_gateways: Sequence[str | None] | None = None,
+        *,
+        content_hashes: Sequence[str | None] | None = None,
     ) -> list[AddResult]:
         sizes.append(len(payloads))
-        return add_many(payloads, topic_gateways)
+        return add_many(payloads, topic_gateways, content_hashes=content_hashes)
 
     ledger.add_many = recording  # type: ignore[method-assign]
     return sizes
