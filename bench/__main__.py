@@ -19,6 +19,7 @@ BENCHES = {
     "faults": "bench.faults",
     "pipeline": "bench.pipeline",
     "footprint": "bench.footprint",
+    "master": "bench.master",
     "modbus": "bench.modbus",
     "seal": "bench.seal",
     "uplink": "bench.uplink",
