@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,8 +16,8 @@ from gateway.protocol.canonical import canonical_json
 from gateway.protocol.event_payload import _read_canonical, read_event_payload
 from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, event_hash, seal_event
 from gateway.protocol.strict_json import check_shape, load_object
-from tests.fixtures.master import T0
 
+T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
 
 
