@@ -99,11 +99,12 @@ def _console(work: Path, db: str, events: int, rounds: int, verbose: bool) -> di
             built = build(ledger, conn, backend, plan, events)
             _say(verbose, f"{backend}: {built.events} events built in {built.seconds:.0f} s")
             pages = time_pages(ledger, built, rounds)
-            _say(verbose, f"{backend}: " + ", ".join(f"{k} {v} ms" for k, v in pages.items()))
+            _say(verbose, f"{backend}: " + ", ".join(f"{k} {v}" for k, v in pages.items()))
         finally:
             conn.close()
             ledger.close()
-        out[backend] = {"events": built.events, "build_s": round(built.seconds, 1), **pages}
+        out[backend] = {"events": built.events, "build_s": round(built.seconds, 1),
+                        "bytes_per_event": built.bytes_per_event, **pages}  # fmt: skip
     return out
 
 

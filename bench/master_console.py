@@ -44,6 +44,7 @@ class BuildResult:
     last_day: date
     sample_gateway: str
     sample_seal: str
+    bytes_per_event: int  # the events table with its indexes (PostgreSQL), the file (SQLite)
 
 
 def build(ledger: Ledger, conn: Any, backend: str, plan: LedgerPlan, events: int) -> BuildResult:
@@ -64,11 +65,11 @@ def build(ledger: Ledger, conn: Any, backend: str, plan: LedgerPlan, events: int
         count += len(chunk)
     sample = sorted(heads)[0]
     _retained(conn, backend, plan, {gw: head for gw, head in heads.items() if gw != sample})
-    if backend == "postgres":
-        conn.execute("ANALYZE")
+    seconds = time.perf_counter() - start
+    size = _size(conn, backend)
     last_day = date.fromisoformat(newest[:10])
-    return BuildResult(count, len(heads), time.perf_counter() - start, last_day, sample,
-                       "SL-0003")  # fmt: skip
+    return BuildResult(count, len(heads), seconds, last_day, sample, "SL-0003",
+                       size // max(count, 1))  # fmt: skip
 
 
 def time_pages(ledger: Ledger, built: BuildResult, rounds: int) -> dict[str, float]:
@@ -92,6 +93,16 @@ def time_pages(ledger: Ledger, built: BuildResult, rounds: int) -> dict[str, flo
     }
     timed = {name: _median_ms(work, rounds) for name, work in pages.items()}
     return {"chain_walk_events_per_s": round(walked.events / walk_s), **timed}
+
+
+def _size(conn: Any, backend: str) -> int:
+    """Bytes the events take: the table, its TOAST and indexes; or the whole SQLite file."""
+    if backend == "postgres":
+        conn.execute("ANALYZE")
+        return int(conn.execute("SELECT pg_total_relation_size('events')").fetchone()[0])
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    return int(pages * conn.execute("PRAGMA page_size").fetchone()[0])
 
 
 def _seal_timeline(ledger: Ledger, gateway: str, seal: str) -> list[Any]:
