@@ -138,8 +138,8 @@ class ChainKeeper:
             watched |= {gw for gw, seen in self._gap_seen.items() if seen}
             self._moved = set()
         now = self._clock()
-        for gateway in sorted(watched):
-            gaps = self.ledger.check_chain(gateway)
+        checked = self.ledger.check_chains(sorted(watched)) if watched else {}
+        for gateway, gaps in checked.items():
             if gaps is None:
                 with self._lock:
                     self._unchecked.add(gateway)

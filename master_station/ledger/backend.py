@@ -39,8 +39,13 @@ class Db(Protocol):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
-    def exclusive(self, name: str) -> AbstractContextManager[bool]:
-        """Try to hold `name` against every other user of the ledger; yields False if taken."""
+    def exclusive(self, name: str, *, wait: bool = False) -> AbstractContextManager[bool]:
+        """Hold `name` against every other user of the ledger: wait for it, or try once and
+        yield False when it is taken."""
+        ...
+
+    def exclusive_many(self, names: Sequence[str]) -> AbstractContextManager[set[str]]:
+        """Try to hold each of `names` (without waiting); yields the ones held."""
         ...
 
     def close(self) -> None: ...

@@ -219,6 +219,10 @@ class Ledger(Protocol):
         """Verify what arrived since the last check; the gaps, or None if another master is."""
         ...
 
+    def check_chains(self, gateways: Sequence[str]) -> dict[str, list[SeqRange] | None]:
+        """`check_chain` for several gateways at once (a few statements for them all)."""
+        ...
+
     def problems(self, gateway: str | None = None) -> list[Problem]: ...
 
     def record_problem(

@@ -86,9 +86,39 @@ class PostgresDb:
         finally:
             local.release()
 
+    @contextmanager
+    def exclusive_many(self, names: Sequence[str]) -> Iterator[set[str]]:
+        """Try to hold each name (thread lock, then one statement of advisory locks)."""
+        with self._lock:
+            holds = {name: self._holds.setdefault(name, threading.Lock()) for name in set(names)}
+        local = [name for name, hold in holds.items() if hold.acquire(blocking=False)]
+        try:
+            held = self._advisory_many("pg_try_advisory_lock", local) if local else set()
+            try:
+                yield held
+            finally:
+                if held:
+                    self._advisory_many("pg_advisory_unlock", sorted(held))
+        finally:
+            for name in local:
+                holds[name].release()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def _advisory_many(self, function: str, names: Sequence[str]) -> set[str]:
+        """Call an advisory lock function for each name in one statement; the names it granted."""
+        with self._lock:
+            try:
+                rows = self._conn.execute(
+                    "SELECT name FROM unnest(%s::text[]) AS name"  # noqa: S608 - a function name of ours
+                    f" WHERE {function}(%s, hashtext(name))",
+                    (list(names), HOLD_NAMESPACE),
+                ).fetchall()
+            except psycopg.Error as exc:
+                raise LedgerError(f"ledger {self.location}: {_first_line(exc)}") from exc
+        return {str(row[0]) for row in rows}
 
     def _advisory(self, function: str, name: str) -> bool:
         """Call one of PostgreSQL's two-key advisory lock functions; False when refused."""

@@ -166,13 +166,21 @@ class SqlLedger:
         None when another master is walking this gateway's chain right now (shared ledger):
         ask again later.
         """
-        with self._db.exclusive(f"chain:{gateway}") as mine:
-            if not mine:
-                return None
-            walked = self._walk.advance(gateway)
-        if walked.at_end:
-            return []  # every stored row is verified: nothing before the newest is missing
-        return self.gaps(gateway)
+        return self.check_chains([gateway])[gateway]
+
+    def check_chains(self, gateways: Sequence[str]) -> dict[str, list[SeqRange] | None]:
+        """`check_chain` for several gateways, with a few statements for them all."""
+        names = {gateway: f"chain:{gateway}" for gateway in gateways}
+        with self._db.exclusive_many(list(names.values())) as held:
+            walked = self._walk.advance_many(gw for gw, name in names.items() if name in held)
+        return {
+            gateway: None
+            if gateway not in walked
+            else []
+            if walked[gateway].at_end
+            else self.gaps(gateway)
+            for gateway in names
+        }
 
     def verify(self, gateway: str, *, full: bool = False) -> VerifyReport:
         """Check the chain from the last verified head on (or all of it, with verify_chain)."""

@@ -72,6 +72,18 @@ class SqliteDb:
             if mine:
                 hold.release()
 
+    @contextmanager
+    def exclusive_many(self, names: Sequence[str]) -> Iterator[set[str]]:
+        """Try to hold each name against this process's other threads; yields those held."""
+        with self._lock:
+            holds = {name: self._holds.setdefault(name, threading.Lock()) for name in names}
+        held = {name for name, hold in holds.items() if hold.acquire(blocking=False)}
+        try:
+            yield held
+        finally:
+            for name in held:
+                holds[name].release()
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

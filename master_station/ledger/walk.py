@@ -17,10 +17,11 @@ Design: docs/master.md ("Shared subscriptions and gap healing").
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +41,9 @@ _log = logging.getLogger(__name__)
 
 EVICTED_TYPE = "gateway.telemetry_evicted"  # the same string as gateway.protocol.chain.EVICTED_TYPE
 CHECKPOINT_TYPE = "gateway.checkpoint"
-VERIFY_BATCH = 1000
+GROUP = 200  # chains per statement
+ROWS_PER_QUERY = 4000  # rows per statement, shared among its chains
+WALKED_KEPT = 8192  # hashes of walked rows kept for checkpoint claims (older ones: a query)
 Head = tuple[int, str]
 Finding = tuple[int, str, str]  # (seq, kind, detail)
 
@@ -56,6 +59,37 @@ class Walked:
     at_end: bool
 
 
+@dataclass(slots=True)
+class _Walk:
+    """One chain's walk in progress."""
+
+    gateway: str
+    start: Head
+    notices: list[dict[str, Any]]
+    head: Head = (0, GENESIS_HASH)
+    stopped: bool = False
+    checkpoints: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    walked: dict[int, str] = field(default_factory=dict)  # seq -> hash of rows just passed
+    evicted: list[SeqRange] = field(init=False)
+    runs: RunLinks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.head = self.start
+        self.evicted = _evicted(self.notices)
+        self.runs = RunLinks(self.notices)
+
+    def passed(self, seq: int, stored_hash: str) -> None:
+        self.walked[seq] = stored_hash
+        if len(self.walked) > WALKED_KEPT:
+            for old in list(itertools.islice(self.walked, WALKED_KEPT // 2)):
+                del self.walked[old]
+        self.head = (seq, stored_hash)
+
+    def result(self) -> Walked:
+        return Walked(self.head, self.checkpoints, self.evicted, at_end=not self.stopped)
+
+
 class ChainWalk:
     """Chain checks over a `Db`: the incremental walk, the full check, heads and evictions."""
 
@@ -68,32 +102,35 @@ class ChainWalk:
 
     def advance(self, gateway: str) -> Walked:
         """Walk past the verified head while the chain is contiguous and sound."""
-        start = head = self.head(gateway)
-        notices = self._notices(gateway)
-        evicted = _evicted(notices)
-        runs = RunLinks(notices)
-        findings: list[Finding] = []
-        checkpoints = 0
-        walked: dict[int, str] = {}  # seq -> hash of the rows this walk passed
-        for seq, payload, stored_hash in self._rows_after(gateway, head[0]):
-            link = link_to(head, seq, evicted)
-            if link is None:
-                self._save_head(gateway, start, head, findings)
-                return Walked(head, checkpoints, evicted, at_end=False)
-            obj, finding = None, check_runs(runs, head, seq)
-            if finding is None:
-                obj, finding = self._check(gateway, seq, payload, stored_hash,
-                                           link or runs.ends.get(seq - 1, ""))  # fmt: skip
-            if finding is not None:
-                findings.append((seq, *finding))
-                self._save_head(gateway, start, head, findings)
-                return Walked(head, checkpoints, evicted, at_end=False)
-            if obj is not None:
-                checkpoints += self._check_checkpoint(gateway, obj, walked, findings)
-            walked[seq] = stored_hash
-            head = (seq, stored_hash)
-        self._save_head(gateway, start, head, findings)
-        return Walked(head, checkpoints, evicted, at_end=True)
+        return self.advance_many([gateway])[gateway]
+
+    def advance_many(self, gateways: Iterable[str]) -> dict[str, Walked]:
+        """Walk several chains with a few queries per GROUP gateways, not a few per chain."""
+        names = sorted(set(gateways))
+        walks: dict[str, _Walk] = {}
+        for start in range(0, len(names), GROUP):
+            group = names[start : start + GROUP]
+            heads, notices = self._heads(group), self._notices_of(group)
+            for gateway in group:
+                walks[gateway] = _Walk(gateway, heads.get(gateway, (0, GENESIS_HASH)),
+                                       notices.get(gateway, []))  # fmt: skip
+        pending = {gateway: walk.head[0] for gateway, walk in walks.items()}
+        while pending:
+            group = sorted(pending)[:GROUP]
+            per_gateway = max(ROWS_PER_QUERY // len(group), 16)
+            rows = self._rows_after(group, pending, per_gateway)
+            for gateway in group:
+                mine = rows.get(gateway, [])
+                walk = walks[gateway]
+                for seq, payload, stored_hash in mine:
+                    if not self._step(walk, seq, payload, stored_hash):
+                        break
+                if walk.stopped or len(mine) < per_gateway:
+                    del pending[gateway]
+                else:
+                    pending[gateway] = mine[-1][0]
+        self._save_heads(walks.values())
+        return {gateway: walk.result() for gateway, walk in walks.items()}
 
     def full(self, gateway: str, duplicates: int) -> VerifyReport:
         """Everything again, with gateway.protocol.chain.verify_chain."""
@@ -135,24 +172,68 @@ class ChainWalk:
 
     def _notices(self, gateway: str) -> list[dict[str, Any]]:
         """The eviction notices and epoch starts of `gateway`, parsed."""
-        rows = self._db.query(
-            "SELECT payload FROM events WHERE gateway = ? AND type IN (?, ?)",
-            (gateway, EVICTED_TYPE, EPOCH_TYPE),
-        )
-        return [json.loads(as_bytes(payload)) for (payload,) in rows]
+        return self._notices_of([gateway]).get(gateway, [])
 
-    def _rows_after(self, gateway: str, seq: int) -> Iterator[tuple[int, bytes, str]]:
-        while True:
-            rows = self._db.query(
-                "SELECT seq, payload, hash FROM events WHERE gateway = ? AND seq > ?"
-                " ORDER BY seq LIMIT ?",
-                (gateway, seq, VERIFY_BATCH),
+    def _notices_of(self, gateways: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        marks = ", ".join("?" for _ in gateways)
+        rows = self._db.query(
+            f"SELECT gateway, payload FROM events WHERE type IN (?, ?) AND gateway IN ({marks})"  # noqa: S608 - placeholders only
+            " ORDER BY gateway, seq",
+            (EVICTED_TYPE, EPOCH_TYPE, *gateways),
+        )
+        found: dict[str, list[dict[str, Any]]] = {}
+        for gateway, payload in rows:
+            found.setdefault(str(gateway), []).append(json.loads(as_bytes(payload)))
+        return found
+
+    def _heads(self, gateways: Sequence[str]) -> dict[str, Head]:
+        marks = ", ".join("?" for _ in gateways)
+        rows = self._db.query(
+            "SELECT gateway, verified_seq, verified_hash FROM chain_head"  # noqa: S608 - placeholders only
+            f" WHERE gateway IN ({marks})",
+            tuple(gateways),
+        )
+        return {str(gw): (int(seq), str(digest)) for gw, seq, digest in rows}
+
+    def _rows_after(
+        self, gateways: Sequence[str], floors: Mapping[str, int], limit: int
+    ) -> dict[str, list[tuple[int, bytes, str]]]:
+        """Up to `limit` rows past each gateway's floor, in seq order, in one statement."""
+        one = (
+            "SELECT * FROM (SELECT gateway, seq, payload, hash FROM events WHERE gateway = ?"  # noqa: S608 - placeholders and an int
+            f" AND seq > ? ORDER BY seq LIMIT {int(limit)}) AS t{{}}"
+        )
+        sql = " UNION ALL ".join(one.format(index) for index in range(len(gateways)))
+        params = [value for gateway in gateways for value in (gateway, floors[gateway])]
+        found: dict[str, list[tuple[int, bytes, str]]] = {}
+        for gateway, seq, payload, stored_hash in self._db.query(sql, params):
+            found.setdefault(str(gateway), []).append(
+                (int(seq), as_bytes(payload), str(stored_hash))
             )
-            for row in rows:
-                yield int(row[0]), as_bytes(row[1]), str(row[2])
-            if len(rows) < VERIFY_BATCH:
-                return
-            seq = int(rows[-1][0])
+        for rows in found.values():
+            rows.sort(key=lambda row: row[0])
+        return found
+
+    def _step(self, walk: _Walk, seq: int, payload: bytes, stored_hash: str) -> bool:
+        """Judge the next row of a chain; False once the walk stops (a gap or a finding)."""
+        link = link_to(walk.head, seq, walk.evicted)
+        if link is None:
+            walk.stopped = True  # a gap: stop here until it is filled
+            return False
+        obj, finding = None, check_runs(walk.runs, walk.head, seq)
+        if finding is None:
+            link = link or walk.runs.ends.get(seq - 1, "")
+            obj, finding = self._check(walk.gateway, seq, payload, stored_hash, link)
+        if finding is not None:
+            walk.findings.append((seq, *finding))
+            walk.stopped = True
+            return False
+        if obj is not None:
+            walk.checkpoints += self._check_checkpoint(
+                walk.gateway, obj, walk.walked, walk.findings
+            )
+        walk.passed(seq, stored_hash)
+        return True
 
     def _check(
         self, gateway: str, seq: int, payload: bytes, stored_hash: str, link: str
@@ -196,16 +277,19 @@ class ChainWalk:
             return 0
         return 1
 
-    def _save_head(self, gateway: str, start: Head, head: Head, findings: list[Finding]) -> None:
-        if head == start and not findings:
+    def _save_heads(self, walks: Iterable[_Walk]) -> None:
+        moved = [walk for walk in walks if walk.head != walk.start or walk.findings]
+        if not moved:
             return
         now = format_ts(self._now())
         with self._db.transaction() as tx:
-            if head != start:
-                tx.execute(UPSERT_HEAD, (gateway, head[0], head[1], now))
-            for seq, kind, detail in findings:
-                insert_problem(tx, gateway, kind, detail, seq=seq, received=now)
-                _log.warning("gateway %s: chain problem at seq %d: %s", gateway, seq, detail)
+            for walk in moved:
+                if walk.head != walk.start:
+                    tx.execute(UPSERT_HEAD, (walk.gateway, walk.head[0], walk.head[1], now))
+                for seq, kind, detail in walk.findings:
+                    insert_problem(tx, walk.gateway, kind, detail, seq=seq, received=now)
+                    _log.warning("gateway %s: chain problem at seq %d: %s", walk.gateway, seq,
+                                 detail)  # fmt: skip
 
 
 def _evicted(notices: Iterable[Mapping[str, Any]]) -> list[SeqRange]:
