@@ -32,7 +32,14 @@ from gateway.protocol.events import GENESIS_HASH, format_ts
 from master_station.ledger.backend import Db, insert_problem
 from master_station.ledger.models import Problem, SeqRange, VerifyReport
 from master_station.ledger.recent import RecentlyVerified
-from master_station.ledger.rows import as_bytes, check_row, check_runs, link_to, to_ranges
+from master_station.ledger.rows import (
+    as_bytes,
+    check_row,
+    check_runs,
+    link_to,
+    subtract_ranges,
+    to_ranges,
+)
 from master_station.ledger.schema import UPSERT_HEAD
 
 __all__ = ["CHECKPOINT_TYPE", "EVICTED_TYPE", "ChainWalk", "Walked"]
@@ -43,6 +50,7 @@ EVICTED_TYPE = "gateway.telemetry_evicted"  # the same string as gateway.protoco
 CHECKPOINT_TYPE = "gateway.checkpoint"
 GROUP = 200  # chains per statement
 ROWS_PER_QUERY = 4000  # rows per statement, shared among its chains
+GAP_ROWS = 2000  # rows after a stopped walk's head looked at for gaps
 WALKED_KEPT = 8192  # hashes of walked rows kept for checkpoint claims (older ones: a query)
 Head = tuple[int, str]
 Finding = tuple[int, str, str]  # (seq, kind, detail)
@@ -57,6 +65,7 @@ class Walked:
     checkpoints: int
     evicted: list[SeqRange]
     at_end: bool
+    gaps: list[SeqRange] = field(default_factory=list)  # after the head (within GAP_ROWS rows)
 
 
 @dataclass(slots=True)
@@ -86,8 +95,8 @@ class _Walk:
                 del self.walked[old]
         self.head = (seq, stored_hash)
 
-    def result(self) -> Walked:
-        return Walked(self.head, self.checkpoints, self.evicted, at_end=not self.stopped)
+    def result(self, gaps: list[SeqRange]) -> Walked:
+        return Walked(self.head, self.checkpoints, self.evicted, not self.stopped, gaps)
 
 
 class ChainWalk:
@@ -130,7 +139,8 @@ class ChainWalk:
                 else:
                     pending[gateway] = mine[-1][0]
         self._save_heads(walks.values())
-        return {gateway: walk.result() for gateway, walk in walks.items()}
+        gaps = self._gaps_after([walk for walk in walks.values() if walk.stopped])
+        return {gateway: walk.result(gaps.get(gateway, [])) for gateway, walk in walks.items()}
 
     def full(self, gateway: str, duplicates: int) -> VerifyReport:
         """Everything again, with gateway.protocol.chain.verify_chain."""
@@ -214,6 +224,25 @@ class ChainWalk:
             rows.sort(key=lambda row: row[0])
         return found
 
+    def _gaps_after(self, walks: Sequence[_Walk]) -> dict[str, list[SeqRange]]:
+        """Missing ranges after each stopped walk's head, minus announced absences."""
+        found: dict[str, list[SeqRange]] = {}
+        for start in range(0, len(walks), GROUP):
+            group = walks[start : start + GROUP]
+            one = (
+                "SELECT * FROM (SELECT gateway, seq FROM events WHERE gateway = ? AND seq > ?"  # noqa: S608 - placeholders and an int
+                f" ORDER BY seq LIMIT {GAP_ROWS}) AS t{{}}"
+            )
+            sql = " UNION ALL ".join(one.format(index) for index in range(len(group)))
+            params = [value for walk in group for value in (walk.gateway, walk.head[0])]
+            seqs: dict[str, list[int]] = {}
+            for gateway, seq in self._db.query(sql, params):
+                seqs.setdefault(str(gateway), []).append(int(seq))
+            for walk in group:
+                found[walk.gateway] = _holes(walk.head[0], sorted(seqs.get(walk.gateway, [])),
+                                             walk.evicted)  # fmt: skip
+        return found
+
     def _step(self, walk: _Walk, seq: int, payload: bytes, stored_hash: str) -> bool:
         """Judge the next row of a chain; False once the walk stops (a gap or a finding)."""
         link = link_to(walk.head, seq, walk.evicted)
@@ -294,3 +323,13 @@ class ChainWalk:
 
 def _evicted(notices: Iterable[Mapping[str, Any]]) -> list[SeqRange]:
     return sorted(span for obj in notices for span in announced_ranges(obj))
+
+
+def _holes(floor: int, seqs: Sequence[int], evicted: Sequence[SeqRange]) -> list[SeqRange]:
+    holes: list[SeqRange] = []
+    previous = floor
+    for seq in seqs:
+        if seq > previous + 1:
+            holes.extend(subtract_ranges((previous + 1, seq - 1), evicted))
+        previous = seq
+    return holes

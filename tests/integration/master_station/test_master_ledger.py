@@ -101,6 +101,7 @@ def test_gaps_are_missing_ranges_minus_announced_evictions(ledger: Ledger) -> No
         if e.seq not in {3, 4, 7, 8, 9}:
             ledger.add(e.payload)
     assert ledger.gaps("gw-1") == [(3, 4), (7, 9)]
+    assert ledger.check_chains(["gw-1", "gw-0"]) == {"gw-1": [(3, 4), (7, 9)], "gw-0": []}
     builder = ChainBuilder("gw-2")
     builder.samples(2)
     builder.samples(3)  # seq 3..5: evicted, never delivered
@@ -110,6 +111,7 @@ def test_gaps_are_missing_ranges_minus_announced_evictions(ledger: Ledger) -> No
         if e.seq not in {3, 4, 5}:
             ledger.add(e.payload)
     assert ledger.gaps("gw-2") == []
+    assert ledger.check_chain("gw-2") == []
     report = ledger.verify("gw-2")
     assert report.ok and report.verified_seq == 7 and report.evicted == ((3, 5),)
 
