@@ -9,7 +9,8 @@ scratch database and drops it at the end.
   on a shared subscription, until every event is stored and every chain verified; per
   encoding (`json`, the gateway's default, and `batch`). Beside them in each round: the same
   rows inserted with psycopg's executemany in the transaction sizes the one-listener run used
-  (`raw_psycopg`), and a bare paho client draining the json backlog (`raw_paho`).
+  (`raw_psycopg`; `raw_psycopg_per_row`: one execute per row, json sizes), and a bare paho
+  client draining the json backlog (`raw_paho`).
 - console (bench/master_console.py): a ledger of 1,000,000 events built in bulk, on SQLite and
   on PostgreSQL, and the median time of each page's ledger work as master_station has it.
 
@@ -68,6 +69,7 @@ def _ingest(work: Path, db: str, events: int, rounds: int, verbose: bool) -> dic
         e: {"one": [], "two": [], "raw_psycopg": []} for e in ENCODINGS
     }
     raw_paho: list[float] = []
+    per_row: list[float] = []
     for index in range(rounds):
         for encoding in ENCODINGS:
             one = run_listeners(work, db, rows, encoding, 1)
@@ -79,8 +81,11 @@ def _ingest(work: Path, db: str, events: int, rounds: int, verbose: bool) -> dic
             _say(verbose, f"round {index + 1} {encoding}: raw {raw:.0f}/s, one listener "
                  f"{one.verified_per_s:.0f}/s, two {two.verified_per_s:.0f}/s")  # fmt: skip
         raw_paho.append(raw_paho_rate(work, rows))
-        _say(verbose, f"round {index + 1}: raw paho {raw_paho[-1]:.0f} msgs/s")
-    return {"runs": runs, "raw_paho": raw_paho, "events": len(rows)}
+        sizes = runs["json"]["one"][-1].transaction_sizes
+        per_row.append(raw_psycopg_rate(db, rows, sizes, per_row=True))
+        _say(verbose, f"round {index + 1}: raw paho {raw_paho[-1]:.0f} msgs/s, raw psycopg "
+             f"row by row {per_row[-1]:.0f}/s")  # fmt: skip
+    return {"runs": runs, "raw_paho": raw_paho, "per_row": per_row, "events": len(rows)}
 
 
 # -- console -----------------------------------------------------------------------------------
@@ -167,6 +172,8 @@ def _result(
         "mean_events_per_transaction": sizes,
         "ingest_runs": runs_out,
         "raw_paho_runs": [round(r) for r in ingest["raw_paho"]],
+        "raw_psycopg_per_row_runs": [round(r) for r in ingest["per_row"]],
+        "raw_psycopg_per_row_rows_per_s": round(statistics.median(ingest["per_row"])),
         "listener_cpu_us_per_event": cpu,
         "console_ms_at_1m": console,
         "raw_paho_msgs_per_s": raw_paho,

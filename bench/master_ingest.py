@@ -13,8 +13,9 @@ the batch form, runs of up to 256 events per message) and one or two listeners:
 
 Baselines on the same machine and in the same run: `raw_psycopg` inserts the same rows (as
 `events` rows) with psycopg's executemany, one transaction per size the one-listener run
-used; `raw_paho` is a bare paho client receiving and acknowledging the same json backlog,
-the MQTT client's own ceiling.
+used (`raw_psycopg_per_row`: the same with one execute, and round trip, per row, as the
+ledger did before it inserted in bulk); `raw_paho` is a bare paho client receiving and
+acknowledging the same json backlog, the MQTT client's own ceiling.
 """
 
 from __future__ import annotations
@@ -112,8 +113,11 @@ def run_listeners(
     )
 
 
-def raw_psycopg_rate(database: str, rows: Sequence[GeneratedRow], sizes: Sequence[int]) -> float:
-    """Rows per second: the same rows, psycopg executemany, one transaction per size."""
+def raw_psycopg_rate(
+    database: str, rows: Sequence[GeneratedRow], sizes: Sequence[int], *, per_row: bool = False
+) -> float:
+    """Rows per second: the same rows, psycopg executemany (or, `per_row`, one execute and
+    round trip per row), one transaction per size."""
     dsn = schema_dsn(database)
     open_ledger(dsn).close()
     columns = [row.columns(RECEIVED) for row in rows]
@@ -123,7 +127,11 @@ def raw_psycopg_rate(database: str, rows: Sequence[GeneratedRow], sizes: Sequenc
         offset = 0
         for size in _cover(sizes, len(columns)):
             with conn.transaction(), conn.cursor() as cur:
-                cur.executemany(statement, columns[offset : offset + size])
+                if per_row:
+                    for row in columns[offset : offset + size]:
+                        cur.execute(statement, row)
+                else:
+                    cur.executemany(statement, columns[offset : offset + size])
             offset += size
         elapsed = time.perf_counter() - start
     return len(rows) / elapsed
