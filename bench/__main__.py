@@ -20,6 +20,7 @@ BENCHES = {
     "faults": "bench.faults",
     "pipeline": "bench.pipeline",
     "footprint": "bench.footprint",
+    "master": "bench.master",
     "modbus": "bench.modbus",
     "seal": "bench.seal",
     "uplink": "bench.uplink",

@@ -250,6 +250,7 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 def _cmd_listen(args: argparse.Namespace) -> int:
     from master_station.ledger.factory import open_ledger  # noqa: PLC0415 - CLI command body: loaded when it runs
+    from master_station.ledger.recent import RecentlyVerified  # noqa: PLC0415 - CLI command body: loaded when it runs
     from master_station.ledger.rollup import rollups_for  # noqa: PLC0415 - CLI command body: loaded when it runs
     from master_station.listener import MasterListener  # noqa: PLC0415 - CLI command body: loaded when it runs
 
@@ -262,9 +263,13 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, signer=authority.sign_command)
     else:
         _log.warning("no --master-dir: lock log entries and checkpoint signatures not verified")
-    ledger = open_ledger(args.ledger, trust=authority)
+    recent = RecentlyVerified()  # what the writer checked, for the chain keeper's walk
+    ledger = open_ledger(args.ledger, trust=authority, recent=recent)
+    chain_ledger = open_ledger(args.ledger, trust=authority, recent=recent)  # the keeper's
     try:
-        listener = MasterListener(options, ledger, observer=rollups_for(ledger))
+        listener = MasterListener(
+            options, ledger, chain_ledger=chain_ledger, observer=rollups_for(ledger)
+        )
         listener.start(args.timeout)
         print(f"listening as {listener.client_id} on {options.broker_url}"
               f" (ledger {ledger.location}, healing {'on' if listener.healing else 'off'})",
@@ -274,6 +279,7 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         _print_counters(listener.stats.to_json(), as_json=args.json)
     finally:
         ledger.close()
+        chain_ledger.close()
     return EXIT_OK
 
 

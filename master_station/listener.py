@@ -1,8 +1,9 @@
 """`sealgw master listen`: receive gateway events over MQTT 5 into the ledger, and heal gaps.
 
-Threads: paho's network loop (loop_start) only queues what arrives; one worker thread writes
-batches to the ledger, acknowledges them (manual PUBACK, after the commit, so a master that dies
-mid-batch gets the messages again), and runs the periodic chain check and `cmd/resend`.
+Threads: paho's network loop (loop_start) only queues what arrives; one writer thread writes
+batches to the ledger and acknowledges them (manual PUBACK, after the commit, so a master that
+dies mid-batch gets the messages again); the chain keeper (master_station/chain_keeper.py), on
+its own thread and ledger connection, walks the chains that moved and sends `cmd/resend`.
 
 Sessions are persistent (clean_start False, a session expiry): a short master outage, or a
 broker restart with persistence, loses nothing. With `share_group`, events are subscribed as
@@ -27,7 +28,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -39,10 +40,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.errors import ConfigError, ProtocolError, TransientError
-from gateway.protocol.batch import BatchDecodeError, decode_batch
-from gateway.protocol.canonical import canonical_bytes
+from gateway.protocol.batch import BatchDecodeError, DecodedBatch, decode_batch
 from gateway.protocol.strict_json import load_object
-from master_station.ledger.models import AddOutcome, AddResult, Ledger, LedgerError, SeqRange
+from master_station.chain_keeper import ChainKeeper, CommandSigner, HealingPolicy
+from master_station.ledger.models import AddOutcome, AddResult, Ledger, LedgerError
 
 __all__ = [
     "LedgerObserver",
@@ -54,12 +55,8 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-CommandSigner = Callable[[str, str, Mapping[str, Any], int], bytes]
-"""(name, gateway, args, lifetime_s) -> a signed command document (MasterAuthority.sign_command)."""
-
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _GATEWAY = re.compile(r"^(\+|[A-Za-z0-9_-]{1,64})$")
-MAX_RANGES_PER_TICK = 16
 RETRY_S = 1.0
 
 
@@ -126,6 +123,8 @@ class ListenerStats:
     resend_requeued: int = 0
     connects: int = 0
     batches: int = 0
+    writes: int = 0  # ledger transactions of events
+    chain_checks: int = 0
 
     def snapshot(self) -> ListenerStats:
         return ListenerStats(**{f.name: getattr(self, f.name) for f in fields(self)})
@@ -147,12 +146,14 @@ class _Inbound:
     correlation: bytes | None = None
 
 
-@dataclass(slots=True)
-class _Pending:
-    """A resend request waiting for its reply."""
+@dataclass(frozen=True, slots=True)
+class _Events:
+    """The event payloads of one batch of messages, their topics' gateways, and the hash of
+    each one's content where a batch decoder computed it (None: the ledger computes it)."""
 
-    gateway: str
-    span: SeqRange
+    payloads: list[bytes]
+    gateways: list[str]
+    hashes: list[str | None]
 
 
 class MasterListener:
@@ -163,28 +164,35 @@ class MasterListener:
         options: ListenerOptions,
         ledger: Ledger,
         *,
+        chain_ledger: Ledger | None = None,
         clock: Callable[[], float] = time.monotonic,
         observer: LedgerObserver | None = None,
     ) -> None:
+        """`chain_ledger`: a second connection to the same ledger for the chain keeper (the
+        writer then never waits for a walk); without one both use `ledger`."""
         _check_options(options)
         self.observer = observer
         self.options = options
         self.ledger = ledger
         self.client_id = options.resolved_client_id()
         self.healing = options.heal if options.heal is not None else _auto_heal(options, ledger)
-        self._clock = clock
         self._root = options.topic_root.rstrip("/")
         self._stats = ListenerStats()
         self._stats_lock = threading.Lock()
         self._inbox: queue.Queue[_Inbound] = queue.Queue()
         self._stop = threading.Event()
+        self._stop_keeper = threading.Event()
+        self._closing = False
         self._subscribed = threading.Event()
-        self._touched: set[str] = set()
-        self._gap_seen: dict[str, dict[int, float]] = {}
-        self._gone: dict[str, list[SeqRange]] = {}
-        self._pending: dict[str, _Pending] = {}
-        self._request_counter = 0
+        policy = HealingPolicy(self.healing, self.client_id, self._root, options.gap_grace_s,
+                               options.resend_interval_s, options.signer)  # fmt: skip
+        self.keeper = ChainKeeper(chain_ledger or ledger, policy, self._publish, self._bump,
+                                  clock=clock)  # fmt: skip
         self._worker = threading.Thread(target=self._work, name="master-ledger", daemon=True)
+        self._keeper = threading.Thread(
+            target=self.keeper.run, args=(self._stop_keeper, options.tick_s),
+            name="master-chains", daemon=True,
+        )  # fmt: skip
         self._client = self._make_client()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -197,12 +205,14 @@ class MasterListener:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self.options.session_expiry_s
         self._worker.start()
+        self._keeper.start()
         try:
             self._client.connect(
                 host, port, self.options.keepalive_s, clean_start=False, properties=props
             )
         except OSError as exc:
             self._stop.set()
+            self._stop_keeper.set()
             raise TransientError(f"cannot reach broker {host}:{port}: {exc}") from None
         self._client.loop_start()
         if not self._subscribed.wait(timeout):
@@ -212,12 +222,16 @@ class MasterListener:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Disconnect, write what was received, and stop the worker."""
+        """Disconnect, write what was received, check the chains once more, and stop."""
+        self._closing = True
         self._client.disconnect()
         self._client.loop_stop()
         self._stop.set()
         if self._worker.is_alive():
             self._worker.join(timeout)
+        self._stop_keeper.set()
+        if self._keeper.is_alive():
+            self._keeper.join(timeout)
 
     def __enter__(self) -> MasterListener:
         return self.start()
@@ -232,7 +246,7 @@ class MasterListener:
 
     def response_topic(self, gateway: str) -> str:
         """Where gateways answer this master's `cmd/resend` (inside the gateway's subtree)."""
-        return f"{self._root}/{gateway}/reply/resend/{self.client_id}"
+        return self.keeper.policy.response_topic(gateway)
 
     def subscriptions(self) -> list[str]:
         """The topic filters this listener subscribes to."""
@@ -288,7 +302,7 @@ class MasterListener:
         self._subscribed.set()
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        if not self._stop.is_set():
+        if not self._closing:
             _log.warning("disconnected from the broker (%s); reconnecting", rc)
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
@@ -319,14 +333,14 @@ class MasterListener:
 
     def _work(self) -> None:
         self._observe(lambda o: o.reconcile())
-        next_tick = self._clock() + self.options.tick_s
+        next_tick = time.monotonic() + self.options.tick_s
         while not (self._stop.is_set() and self._inbox.empty()):
-            batch = self._take(min(self.options.tick_s, max(0.0, next_tick - self._clock())))
+            batch = self._take(min(self.options.tick_s, max(0.0, next_tick - time.monotonic())))
             if batch:
                 self._write_safely(batch)
-            if self._clock() >= next_tick and not self._stop.is_set():
-                self._tick_safely()
-                next_tick = self._clock() + self.options.tick_s
+            if time.monotonic() >= next_tick and not self._stop.is_set():
+                self._observe(lambda o: o.tick())
+                next_tick = time.monotonic() + self.options.tick_s
 
     def _take(self, timeout: float) -> list[_Inbound]:
         try:
@@ -369,9 +383,9 @@ class MasterListener:
         message would otherwise stop it again after every restart. Batch-encoded messages are
         rebuilt into their events first (one that does not decode is one problem record).
         """
-        payloads, gateways = self._event_payloads(batch)
-        if payloads:
-            self._add_events(payloads, gateways)
+        events = self._events(batch)
+        if events.payloads:
+            self._add_events(events)
         for item in batch:
             if item.kind in ("events", "batch"):
                 continue
@@ -382,14 +396,16 @@ class MasterListener:
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the worker
                 self._reject(item, exc)
 
-    def _add_events(self, payloads: list[bytes], gateways: list[str]) -> None:
+    def _add_events(self, events: _Events) -> None:
         try:
-            results = self.ledger.add_many(payloads, gateways)
+            results = self.ledger.add_many(
+                events.payloads, events.gateways, content_hashes=events.hashes
+            )
         except LedgerError:
             raise
         except Exception:  # noqa: BLE001 - not expected (parse_event refuses bad events)
             results = []
-            for payload, gateway in zip(payloads, gateways, strict=True):
+            for payload, gateway in zip(events.payloads, events.gateways, strict=True):
                 try:
                     results += self.ledger.add_many([payload], [gateway])
                 except LedgerError:
@@ -397,9 +413,10 @@ class MasterListener:
                 except Exception as exc:  # noqa: BLE001 - the culprit becomes a problem record
                     self._reject(_Inbound("events", gateway, "", payload, 0, 0), exc)
         self._count(results)
-        self._touched.update(gateways)
-        if len(results) == len(payloads):
-            stored = [p for p, r in zip(payloads, results, strict=True) if r.stored]
+        self._bump("writes")
+        self.keeper.moved(events.gateways)
+        if len(results) == len(events.payloads):
+            stored = [p for p, r in zip(events.payloads, results, strict=True) if r.stored]
             if stored:
                 self._observe(lambda o: o.stored(stored))
         elif self.observer is not None:
@@ -413,7 +430,7 @@ class MasterListener:
             self.ledger.put_status(item.gateway, _retained(item))
             self._bump("statuses")
         elif item.kind == "reply":
-            self._on_reply(item)
+            self.keeper.on_reply(item.gateway, item.payload, item.correlation)
         elif item.kind == "alarm":
             load_object(item.payload, "alarm message")
             self._observe(lambda o: o.outside_alarm(item.gateway, item.key, item.payload))
@@ -427,28 +444,31 @@ class MasterListener:
         _log.log(level, "gateway %s: %s", item.gateway, detail)
         self.ledger.record_problem(item.gateway, f"bad_{item.kind}", detail)
 
-    def _event_payloads(self, batch: list[_Inbound]) -> tuple[list[bytes], list[str]]:
-        """Every event payload of the batch in arrival order, batch messages rebuilt.
+    def _events(self, batch: list[_Inbound]) -> _Events:
+        """Every event payload of the batch in arrival order, batch messages rebuilt (with
+        the hashes the rebuilding computed).
 
         A batch message that does not decode is one `invalid` problem (kept with its bytes),
         and is acknowledged like any other message: it never blocks the listener.
         """
-        payloads: list[bytes] = []
-        gateways: list[str] = []
+        events = _Events([], [], [])
         for item in batch:
             if item.kind == "events":
-                payloads.append(item.payload)
-                gateways.append(item.gateway)
+                events.payloads.append(item.payload)
+                events.gateways.append(item.gateway)
+                events.hashes.append(None)
             elif item.kind == "batch":
                 rebuilt = self._decode_batch(item)
-                payloads += rebuilt
-                gateways += [item.gateway] * len(rebuilt)
-        return payloads, gateways
+                if rebuilt is not None:
+                    events.payloads.extend(rebuilt.payloads)
+                    events.gateways.extend([item.gateway] * len(rebuilt.payloads))
+                    events.hashes.extend(rebuilt.hashes)
+        return events
 
-    def _decode_batch(self, item: _Inbound) -> tuple[bytes, ...]:
+    def _decode_batch(self, item: _Inbound) -> DecodedBatch | None:
         self._bump("batches")
         try:
-            return decode_batch(item.payload, item.gateway).payloads
+            return decode_batch(item.payload, item.gateway)
         except BatchDecodeError as exc:
             digest = hashlib.sha256(item.payload).hexdigest()[:32]
             detail = f"batch message does not decode: {exc}"
@@ -457,7 +477,7 @@ class MasterListener:
             )
             self._bump("invalid")
             _log.warning("gateway %s: %s", item.gateway, detail)
-            return ()
+            return None
 
     def _count(self, results: Iterable[AddResult]) -> None:
         names = {
@@ -476,7 +496,7 @@ class MasterListener:
         with self._stats_lock:
             setattr(self._stats, name, getattr(self._stats, name) + amount)
 
-    # -- gaps and resends ------------------------------------------------------------------
+    # -- the observer (rollups) -----------------------------------------------------------
 
     def _observe(self, call: Callable[[LedgerObserver], object]) -> None:
         """Tell the observer; its failure is logged and marks it dirty, never stops the worker."""
@@ -488,93 +508,8 @@ class MasterListener:
             _log.exception("the ledger observer failed; it catches up at its next tick")
             self.observer.dirty = True
 
-    def _tick_safely(self) -> None:
-        self._observe(lambda o: o.tick())
-        try:
-            self._tick()
-        except LedgerError as exc:
-            _log.warning("chain check failed: %s", exc)
-        except Exception:  # noqa: BLE001 - the worker outlives a failed check
-            _log.exception("chain check failed")
-
-    def _tick(self) -> None:
-        """Verify the chains that moved, and ask for ranges missing longer than the grace."""
-        watched = self._touched | {gw for gw, seen in self._gap_seen.items() if seen}
-        self._touched = set()
-        now = self._clock()
-        for gateway in sorted(watched):
-            gaps = self.ledger.verify(gateway).gaps
-            due = self._due(gateway, gaps, now)
-            if self.healing:
-                for span in due[:MAX_RANGES_PER_TICK]:
-                    self._request_resend(gateway, span)
-
-    def _due(self, gateway: str, gaps: Iterable[SeqRange], now: float) -> list[SeqRange]:
-        """Gaps open longer than the grace period, minus ranges the gateway no longer has."""
-        seen = self._gap_seen.setdefault(gateway, {})
-        open_gaps = [g for gap in gaps for g in _minus(gap, self._gone.get(gateway, []))]
-        starts = {span[0] for span in open_gaps}
-        for start in list(seen):
-            if start not in starts:
-                del seen[start]
-        for start in starts:
-            seen.setdefault(start, now)
-        return [span for span in open_gaps if now - seen[span[0]] >= self.options.gap_grace_s]
-
-    def _request_resend(self, gateway: str, span: SeqRange) -> None:
-        claimed = self.ledger.claim_resend(
-            gateway,
-            span,
-            requester=self.client_id,
-            now=time.time(),
-            min_interval_s=self.options.resend_interval_s,
-        )
-        if not claimed:
-            return
-        self._request_counter += 1
-        request_id = f"{self.client_id}-{self._request_counter}"
-        body: dict[str, Any] = {"from_seq": span[0], "to_seq": span[1], "id": request_id}
-        payload = canonical_bytes(body)
-        if self.options.signer is not None:  # unsigned, gateways answer verifier_missing
-            lifetime = max(60, int(self.options.resend_interval_s))
-            payload = self.options.signer("resend", gateway, body, lifetime)
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = self.response_topic(gateway)
-        props.CorrelationData = request_id.encode()
-        props.MessageExpiryInterval = max(1, int(self.options.resend_interval_s))
-        topic = f"{self._root}/{gateway}/cmd/resend"
+    def _publish(self, topic: str, payload: bytes, props: Properties) -> None:
         self._client.publish(topic, payload, qos=1, properties=props)
-        self._pending[request_id] = _Pending(gateway, span)
-        self._bump("resend_requests")
-        _log.info("gateway %s: asked to resend seq %d..%d", gateway, *span)
-
-    def _on_reply(self, item: _Inbound) -> None:
-        reply = load_object(item.payload, "resend reply")
-        request_id = reply.get("id")
-        if request_id is None and item.correlation:  # a signed request carries no top-level id
-            request_id = item.correlation.decode(errors="replace")
-        pending = self._pending.pop(str(request_id), None) if request_id is not None else None
-        self._bump("resend_replies")
-        result = reply.get("result") if isinstance(reply.get("result"), dict) else {}
-        requeued = result.get("requeued") if isinstance(result, dict) else None
-        if isinstance(requeued, int):
-            self._bump("resend_requeued", requeued)
-        if not reply.get("ok"):
-            _log.warning("gateway %s refused cmd/resend: %s", item.gateway, reply.get("error"))
-            return
-        if pending is not None and isinstance(result, dict):
-            self._note_gone(pending, result.get("first_available_seq"))
-
-    def _note_gone(self, pending: _Pending, first_available: Any) -> None:
-        """Seqs below the first the gateway still holds are gone: record once, stop asking."""
-        lo, hi = pending.span
-        last_gone = hi if first_available is None else min(hi, int(first_available) - 1)
-        if last_gone < lo:
-            return
-        self._gone.setdefault(pending.gateway, []).append((lo, last_gone))
-        detail = f"gateway no longer holds seq {lo}..{last_gone}"
-        self.ledger.record_problem(pending.gateway, "gone", detail, seq=lo)
-        _log.warning("gateway %s: %s", pending.gateway, detail)
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:
@@ -605,18 +540,6 @@ def _check_options(options: ListenerOptions) -> None:
 def _auto_heal(options: ListenerOptions, ledger: Ledger) -> bool:
     """Heal unless the events are split between masters that each keep their own ledger."""
     return options.share_group is None or ledger.shared
-
-
-def _minus(span: SeqRange, gone: Iterable[SeqRange]) -> list[SeqRange]:
-    pieces = [span]
-    for lo, hi in gone:
-        pieces = [
-            piece
-            for a, b in pieces
-            for piece in ((a, min(b, lo - 1)), (max(a, hi + 1), b))
-            if piece[0] <= piece[1]
-        ]
-    return pieces
 
 
 def _retained(item: _Inbound) -> bytes:

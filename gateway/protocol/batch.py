@@ -108,7 +108,7 @@ class _Decoder:
             raise BatchDecodeError("batch holds no events or too many")
         columns = _Columns(_shapes(shapes))
         type_names = _strings(types, "types")
-        payloads = []
+        payloads, hashes = [], []
         last_ms = 0
         for offset, row in enumerate(rows):
             if not isinstance(row, list) or len(row) != 5:
@@ -124,9 +124,10 @@ class _Decoder:
             }
             payload, prev = self._seal(body, first + offset, prev)
             payloads.append(payload)
+            hashes.append(prev)
         if prev != _hash(last_hash, "last_hash"):
             raise BatchDecodeError("the rebuilt chain does not end at the batch's last hash")
-        return DecodedBatch(wire_priority, first, tuple(payloads))
+        return DecodedBatch(wire_priority, first, tuple(payloads), tuple(hashes))
 
     def _seal(self, body: Mapping[str, Any], seq: int, prev_hash: str) -> tuple[bytes, str]:
         """The event's canonical payload and hash, as gateway.protocol.events.seal_event."""

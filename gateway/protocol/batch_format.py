@@ -75,11 +75,13 @@ class BatchDecodeError(ProtocolError):
 
 @dataclass(frozen=True, slots=True)
 class DecodedBatch:
-    """The events of one batch, rebuilt: canonical JSON payloads in seq order."""
+    """The events of one batch, rebuilt: canonical JSON payloads in seq order, and the hash
+    each one's content gives (computed while rebuilding them, so a reader need not again)."""
 
     priority: Priority
     first_seq: int
     payloads: tuple[bytes, ...]
+    hashes: tuple[str, ...] = ()
 
     @property
     def last_seq(self) -> int:

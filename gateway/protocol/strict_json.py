@@ -24,7 +24,8 @@ MAX_DEPTH = 32
 MAX_JSON_BYTES = 256 * 1024
 """Largest message any network input of ours needs (signed documents are capped at 64 KiB)."""
 
-_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.DOTALL)
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
 _OPEN = frozenset(b"[{")
 
 
@@ -93,14 +94,15 @@ def check_shape(
     """Why `data` is too large or too deeply nested to parse, or None when it is not."""
     if len(data) > max_bytes:
         return f"{len(data)} bytes exceed the limit of {max_bytes}"
+    if data.count(b"[") + data.count(b"{") <= max_depth:
+        return None  # not even every bracket nested in the one before could be too deep
     depth = 0
-    for match in _TOKENS.finditer(data):
-        token = match.group()[0]
-        if token in _OPEN:
+    for byte in _STRING.sub(b"", data).translate(None, _NOT_BRACKET):
+        if byte in _OPEN:
             depth += 1
             if depth > max_depth:
                 return f"nesting deeper than {max_depth}"
-        elif token != ord('"'):
+        else:
             depth -= 1
     return None
 

@@ -6,6 +6,7 @@ The bottom of master_station/ledger/: models <- schema, sqlite, postgres <- sql 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -13,8 +14,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import GatewayError, ProtocolError
+from gateway.protocol.event_payload import read_event_payload
 from gateway.protocol.events import EVENT_FIELDS, EVENT_VERSION
-from gateway.protocol.strict_json import load_object
+from gateway.protocol.strict_json import check_shape
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -66,10 +68,15 @@ class AddResult:
 
 @dataclass(frozen=True, slots=True)
 class ParsedEvent:
-    """A received payload parsed and type-checked (the hash is not yet compared)."""
+    """A received payload parsed and type-checked, with the hash its content gives.
+
+    `content_hash` is `event_hash(obj)`; the event's own claim is `hash`. They differ for an
+    edited event, which the ledger refuses.
+    """
 
     obj: Mapping[str, Any]
     payload: bytes
+    content_hash: str
 
     @property
     def id(self) -> str:
@@ -187,7 +194,11 @@ class Ledger(Protocol):
     def add(self, payload: bytes, *, topic_gateway: str | None = None) -> AddResult: ...
 
     def add_many(
-        self, payloads: Sequence[bytes], topic_gateways: Sequence[str | None] | None = None
+        self,
+        payloads: Sequence[bytes],
+        topic_gateways: Sequence[str | None] | None = None,
+        *,
+        content_hashes: Sequence[str | None] | None = None,
     ) -> list[AddResult]: ...
 
     def put_seal_state(self, gateway: str, seal: str, payload: bytes) -> None: ...
@@ -203,6 +214,14 @@ class Ledger(Protocol):
     def gaps(self, gateway: str) -> list[SeqRange]: ...
 
     def verify(self, gateway: str, *, full: bool = False) -> VerifyReport: ...
+
+    def check_chain(self, gateway: str) -> list[SeqRange] | None:
+        """Verify what arrived since the last check; the gaps, or None if another master is."""
+        ...
+
+    def check_chains(self, gateways: Sequence[str]) -> dict[str, list[SeqRange] | None]:
+        """`check_chain` for several gateways at once (a few statements for them all)."""
+        ...
 
     def problems(self, gateway: str | None = None) -> list[Problem]: ...
 
@@ -253,12 +272,35 @@ def is_postgres_dsn(target: str | Path) -> bool:
     return isinstance(target, str) and target.startswith(("postgresql://", "postgres://"))
 
 
-def parse_event(payload: bytes) -> ParsedEvent:
-    """Parse and type-check an event payload; raise ValueError when it is not an event."""
+def parse_event(payload: bytes, content_hash: str | None = None) -> ParsedEvent:
+    """Parse and type-check an event payload; raise ValueError when it is not an event.
+
+    `content_hash`: the hash the payload's content gives, when the caller built the payload
+    itself with the canonical encoder and hashed it (a decoded batch); else it is computed.
+    """
+    if content_hash is not None:
+        return _typed(_load_built(payload), payload, content_hash)
     try:
-        obj = load_object(payload, "event")  # capped depth and size: a JSON bomb is one problem
+        obj, content_hash = read_event_payload(payload)  # capped depth and size, strict
     except ProtocolError as exc:
         raise ValueError(str(exc)) from None
+    except UnicodeError as exc:  # a lone surrogate has no canonical UTF-8 form to hash
+        raise ValueError(f"event text cannot be hashed: {exc}") from None
+    return _typed(obj, payload, content_hash)
+
+
+def _load_built(payload: bytes) -> dict[str, Any]:
+    """A payload our canonical encoder wrote: no repeated names or NaN; size and depth capped."""
+    problem = check_shape(payload)
+    if problem is not None:
+        raise ValueError(f"event is not JSON: {problem}")
+    obj = json.loads(payload)
+    if not isinstance(obj, dict):
+        raise ValueError("event is not a JSON object")
+    return obj
+
+
+def _typed(obj: dict[str, Any], payload: bytes, content_hash: str) -> ParsedEvent:
     for name, kind in EVENT_FIELDS.items():
         value = obj.get(name)
         if not isinstance(value, kind) or isinstance(value, bool):
@@ -267,4 +309,4 @@ def parse_event(payload: bytes) -> ParsedEvent:
         raise ValueError(f"unsupported event version {obj.get('v')!r}")
     if obj["seq"] < 1:
         raise ValueError(f"seq {obj['seq']} is not positive")
-    return ParsedEvent(obj, bytes(payload))
+    return ParsedEvent(obj, bytes(payload), content_hash)

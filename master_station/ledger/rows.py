@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.errors import ProtocolError
 from gateway.protocol.chain import RunLinks, link_ok
-from gateway.protocol.events import event_hash
+from gateway.protocol.event_payload import read_event_payload
 from gateway.protocol.strict_json import load_object
 from master_station.ledger.evidence import REJECTING
 from master_station.ledger.models import ParsedEvent, SeqRange, StoredEvent
@@ -63,13 +63,19 @@ def check_runs(runs: RunLinks, head: tuple[int, str], seq: int) -> tuple[str, st
     return None
 
 
-def check_row(payload: bytes, stored_hash: str, link: str) -> tuple[str, str] | None:
-    obj = json.loads(payload)
-    if event_hash(obj) != stored_hash or obj.get("hash") != stored_hash:
-        return "edited", "stored payload does not match its hash"
+def check_row(
+    payload: bytes, stored_hash: str, link: str
+) -> tuple[dict[str, Any] | None, tuple[str, str] | None]:
+    """(the stored event, what is wrong with it): its content must give its stored hash."""
+    try:
+        obj, content_hash = read_event_payload(payload, "stored event")
+    except (ProtocolError, UnicodeError) as exc:
+        return None, ("edited", f"stored payload is not an event: {exc}")
+    if content_hash != stored_hash or obj.get("hash") != stored_hash:
+        return obj, ("edited", "stored payload does not match its hash")
     if not link_ok(obj, link or None):
-        return "broken_link", "prev_hash differs from the previous event's hash"
-    return None
+        return obj, ("broken_link", "prev_hash differs from the previous event's hash")
+    return obj, None
 
 
 def subtract_ranges(span: SeqRange, holes: Iterable[SeqRange]) -> list[SeqRange]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from gateway.audit.verify import verify_file
 from gateway.protocol.events import GENESIS_HASH, EventDraft, Priority, seal_event
 from master_station.ledger.factory import open_ledger
 from master_station.ledger.models import AddOutcome, Ledger, TicketRecord
+from master_station.ledger.recent import RecentlyVerified
 from tests.fixtures.master import T0, ChainBuilder, chain, schema_dsn, scratch_database
 
 
@@ -99,6 +101,7 @@ def test_gaps_are_missing_ranges_minus_announced_evictions(ledger: Ledger) -> No
         if e.seq not in {3, 4, 7, 8, 9}:
             ledger.add(e.payload)
     assert ledger.gaps("gw-1") == [(3, 4), (7, 9)]
+    assert ledger.check_chains(["gw-1", "gw-0"]) == {"gw-1": [(3, 4), (7, 9)], "gw-0": []}
     builder = ChainBuilder("gw-2")
     builder.samples(2)
     builder.samples(3)  # seq 3..5: evicted, never delivered
@@ -108,6 +111,7 @@ def test_gaps_are_missing_ranges_minus_announced_evictions(ledger: Ledger) -> No
         if e.seq not in {3, 4, 5}:
             ledger.add(e.payload)
     assert ledger.gaps("gw-2") == []
+    assert ledger.check_chain("gw-2") == []
     report = ledger.verify("gw-2")
     assert report.ok and report.verified_seq == 7 and report.evicted == ((3, 5),)
 
@@ -238,3 +242,48 @@ def test_postgres_ledger_is_shared_by_concurrent_masters(pg_database: str) -> No
     assert first.count() == 200 and first.verify("gw-1").ok
     first.close()
     second.close()
+
+
+def test_one_batch_gives_what_adding_one_by_one_gives(ledger: Ledger) -> None:
+    events = chain("gw-1", 3)
+    twin = seal_event(
+        EventDraft("synthetic.sample", "gw-1", {"n": 99}, Priority.AUDIT, T0), "gw-1", 2,
+        events[0].hash,
+    )  # fmt: skip
+    payloads = [events[0].payload, events[1].payload, events[1].payload, twin.payload,
+                b"{}", events[2].payload]  # fmt: skip
+    outcomes = [r.outcome for r in ledger.add_many(payloads, ["gw-1"] * 6)]
+    assert outcomes == [AddOutcome.STORED, AddOutcome.STORED, AddOutcome.DUPLICATE,
+                        AddOutcome.CONFLICT, AddOutcome.INVALID, AddOutcome.STORED]  # fmt: skip
+    assert ledger.event_ids("gw-1") == {e.id for e in events}
+    assert sorted(p.kind for p in ledger.problems()) == ["conflict", "invalid"]
+    assert ledger.verify("gw-1").duplicates == 1
+
+
+def test_an_edit_at_rest_is_found_though_the_walk_knows_what_it_stored(
+    ledger_target: str,
+) -> None:
+    recent = RecentlyVerified()
+    led = open_ledger(ledger_target, recent=recent)
+    events = chain("gw-1", 4)
+    led.add_many([e.payload for e in events])
+    assert len(recent) == 4
+    edited = events[2].payload.replace(b'"n":2', b'"n":7')
+    _execute(ledger_target, "UPDATE events SET payload = ? WHERE seq = 3", (edited,))
+    report = led.verify("gw-1")
+    assert [(p.kind, p.seq) for p in report.problems] == [("edited", 3)]
+    assert report.verified_seq == 2
+    assert len(recent) == 1  # seq 1 to 3 were read back against the record; 4 waits
+    led.close()
+
+
+def _execute(target: str, sql: str, params: tuple[object, ...]) -> None:
+    """One statement on the ledger's database, behind the master's back."""
+    if target.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute(sql.replace("?", "%s"), params)
+        return
+    with sqlite3.connect(target) as conn:
+        conn.execute(sql, params)

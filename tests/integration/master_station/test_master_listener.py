@@ -3,48 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import select
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
-
-from gateway.protocol.events import Event
 from master_station.ledger.factory import open_ledger
 from master_station.ledger.models import Ledger
 from master_station.listener import ListenerOptions, MasterListener
-from tests.fixtures.master import chain
+from tests.fixtures.master import ROOT, chain, cli_listener, publish_events, publisher
 from tests.fixtures.mosquitto import Broker, SubscriberFactory, wait_until
-
-ROOT = "sealgw/v1"
-
-
-@contextmanager
-def publisher(broker: Broker) -> Iterator[paho.Client]:
-    """A connected paho client standing in for gateways."""
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=paho.MQTTv5)
-    client.connect(broker.host, broker.port)
-    client.loop_start()
-    try:
-        yield client
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def publish_events(client: paho.Client, events: list[Event]) -> None:
-    """Publish each event at QoS 1 on its events topic and wait for every PUBACK."""
-    infos = [
-        client.publish(f"{ROOT}/{e.gateway}/events/{e.type}", e.payload, qos=1) for e in events
-    ]
-    for info in infos:
-        info.wait_for_publish(5)
 
 
 def options(broker: Broker, **kw: Any) -> ListenerOptions:
@@ -84,25 +50,6 @@ async def test_a_short_master_outage_loses_nothing(mosquitto: Broker, tmp_path: 
             await wait_until(lambda: ledger.count() == 40, 10, "the queued thirty")
     assert ledger.verify("gw-1").ok
     ledger.close()
-
-
-@contextmanager
-def cli_listener(broker: Broker, ledger: Path, *extra: str) -> Iterator[subprocess.Popen[str]]:
-    """`python -m master_station listen` in a subprocess; yields once it is subscribed."""
-    argv = [sys.executable, "-m", "master_station", "listen", "--broker",
-            f"mqtt://{broker.host}:{broker.port}", "--ledger", str(ledger), *extra]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
-    try:
-        ready, _, _ = select.select([proc.stdout], [], [], 15)
-        line = proc.stdout.readline() if ready and proc.stdout else ""
-        assert line.startswith("listening"), f"listener did not start: {line!r}"
-        yield proc
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=15)
 
 
 async def test_two_masters_on_one_shared_subscription_split_the_events(
