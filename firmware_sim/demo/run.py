@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from firmware_sim.demo.day import GATEWAY_ID, Day, Timeline, buffer_head
-from firmware_sim.procs import PYTHON, child_env
 from firmware_sim.demo.script import STEPS, StepResult, play
+from firmware_sim.procs import PYTHON, child_env
 from gateway.protocol.chain import verify_chain
 from master_station.ledger.factory import open_ledger
 
