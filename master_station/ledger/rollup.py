@@ -85,6 +85,11 @@ class _Fold:
     daily: dict[tuple[str, str], dict[str, int]] = field(default_factory=dict)
     counted: dict[str, int] = field(default_factory=dict)
     alarms: dict[str, None] = field(default_factory=dict)  # changed, in order (stamp_changes)
+    # meter_counters and console_gateways.started_seq of this batch's gateways, read once and
+    # kept current here as the batch is folded (so a health snapshot costs no round trips)
+    counters: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
+    changed_counters: set[tuple[str, str]] = field(default_factory=set)
+    started: dict[str, int] = field(default_factory=dict)
 
     def bump(self, gateway: str, day: str, column: str, amount: int = 1) -> None:
         row = self.daily.setdefault((gateway, day), dict.fromkeys(DAILY_COLUMNS, 0))
@@ -114,6 +119,8 @@ class Rollups:
         now = self._clock()
         with self.db.transaction() as tx:
             fold = _Fold()
+            _read_counters(tx, fold, {str(e["gateway"]) for e in events
+                                      if e.get("type") == "gateway.health"})  # fmt: skip
             for event in events:
                 self._fold_one(tx, event, fold, now)
             self._write_fold(tx, fold)
@@ -215,6 +222,8 @@ class Rollups:
             fold.bump(gateway, day, OPERATION_COLUMNS[kind])
         if kind == "gateway.started" and isinstance(data.get("district"), str):
             _upsert_district(tx, gateway, str(data["district"]), seq)
+            if gateway in fold.started and fold.started[gateway] < seq:
+                fold.started[gateway] = seq  # as the upsert just did
         elif kind == "gateway.health":
             self._fold_health(tx, event, fold)
         elif kind.startswith("district.line_loss"):
@@ -242,29 +251,21 @@ class Rollups:
 
     def _fold_health(self, tx: Tx, event: _Event, fold: _Fold) -> None:
         """Poll counter differences since the previous snapshot (restarted at gateway.started)."""
+        del tx  # the counters were read for the whole batch (_read_counters)
         gateway, seq, day, data = event.gateway, event.seq, event.day, event.data
-        started = tx.query("SELECT started_seq FROM console_gateways WHERE gateway = ?",
-                           (gateway,))  # fmt: skip
-        started_seq = int(started[0][0]) if started else 0
+        started_seq = fold.started.get(gateway, 0)
         for meter, (polls, good) in _health_counters(data).items():
-            rows = tx.query(
-                "SELECT seq, polls, ok FROM meter_counters WHERE gateway = ? AND meter = ?",
-                (gateway, meter),
-            )
-            if rows and int(rows[0][0]) >= seq:
+            row = fold.counters.get((gateway, meter))
+            if row and row[0] >= seq:
                 continue  # an older snapshot arriving late: the newer one already counted it
-            before = (int(rows[0][1]), int(rows[0][2])) if rows else (0, 0)
-            restarted = bool(rows) and int(rows[0][0]) < started_seq < seq
+            before = (row[1], row[2]) if row else (0, 0)
+            restarted = row is not None and row[0] < started_seq < seq
             if restarted or polls < before[0]:
                 before = (0, 0)
             fold.bump(gateway, day, "meter_polls", polls - before[0])
             fold.bump(gateway, day, "meter_ok", good - before[1])
-            tx.execute(
-                "INSERT INTO meter_counters (gateway, meter, seq, polls, ok) VALUES"
-                " (?, ?, ?, ?, ?) ON CONFLICT (gateway, meter) DO UPDATE SET seq = excluded.seq,"
-                " polls = excluded.polls, ok = excluded.ok",
-                (gateway, meter, seq, polls, good),
-            )
+            fold.counters[(gateway, meter)] = (seq, polls, good)
+            fold.changed_counters.add((gateway, meter))
 
     def _write_fold(self, tx: Tx, fold: _Fold) -> None:
         updates = ", ".join(f"{c} = kpi_daily.{c} + excluded.{c}" for c in DAILY_COLUMNS)
@@ -276,6 +277,14 @@ class Rollups:
         )
         for (gateway, day), counts in sorted(fold.daily.items()):
             tx.execute(sql, (gateway, day, *(counts[c] for c in DAILY_COLUMNS)))
+        for gateway, meter in sorted(fold.changed_counters):
+            seq, polls, good = fold.counters[(gateway, meter)]
+            tx.execute(
+                "INSERT INTO meter_counters (gateway, meter, seq, polls, ok) VALUES"
+                " (?, ?, ?, ?, ?) ON CONFLICT (gateway, meter) DO UPDATE SET seq = excluded.seq,"
+                " polls = excluded.polls, ok = excluded.ok",
+                (gateway, meter, seq, polls, good),
+            )
         for gateway, count in sorted(fold.counted.items()):
             tx.execute(
                 "INSERT INTO rollup_meta (name, value) VALUES (?, ?) ON CONFLICT (name) DO"
@@ -448,6 +457,27 @@ def _sealed_after(tx: Tx, gateway: str, seal: str, seq: int) -> int | None:
     rows = tx.query("SELECT sealed_seq FROM console_seals WHERE gateway = ? AND seal = ?",
                     (gateway, seal))  # fmt: skip
     return int(rows[0][0]) if rows and int(rows[0][0]) > seq else None
+
+
+def _read_counters(tx: Tx, fold: _Fold, gateways: set[str]) -> None:
+    """The meter counters and restart marks of the gateways whose health a batch folds."""
+    names = sorted(gateways)
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        marks = ", ".join("?" for _ in chunk)
+        rows = tx.query(
+            f"SELECT gateway, meter, seq, polls, ok FROM meter_counters WHERE gateway IN ({marks})",  # noqa: S608 - placeholders only
+            chunk,
+        )
+        for gateway, meter, seq, polls, good in rows:
+            fold.counters[(str(gateway), str(meter))] = (int(seq), int(polls), int(good))
+        rows = tx.query(
+            f"SELECT gateway, started_seq FROM console_gateways WHERE gateway IN ({marks})",  # noqa: S608 - placeholders only
+            chunk,
+        )
+        fold.started.update({str(gateway): int(seq) for gateway, seq in rows})
+        for gateway in chunk:
+            fold.started.setdefault(gateway, 0)
 
 
 def _upsert_district(tx: Tx, gateway: str, district: str, seq: int) -> None:

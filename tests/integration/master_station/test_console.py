@@ -291,3 +291,34 @@ def _kpi(page: str, testid: str, district: str) -> float:
 
 def _alarm_types(ledger: Any) -> dict[str, str]:
     return {str(a): str(t) for a, t in ledger.db.query("SELECT alarm_id, type FROM console_alarms")}
+
+
+@pytest.mark.parametrize("batches", [[[0, 1, 2], [3, 4], [5]], [[0, 2], [1], [3, 4, 5]]])
+def test_meter_polls_fold_from_health_counters_in_any_batching(
+    tmp_path: Path, batches: list[list[int]]
+) -> None:
+    """Counter differences across batches, a late older snapshot ignored, a restart honoured."""
+    ledger = open_ledger(tmp_path / "ledger.db")
+    try:
+        chain = ChainBuilder("gw-m")
+        chain.add("gateway.started", data={"district": "d-m"})
+        for polls, ok in ((10, 9), (15, 14)):
+            chain.add(
+                "gateway.health", data={"meters": {"meters": {"m-1": {"polls": polls, "ok": ok}}}}
+            )
+        chain.add("gateway.started", data={"district": "d-m"})  # the counters restart here
+        for polls, ok in ((3, 3), (7, 6)):
+            chain.add(
+                "gateway.health", data={"meters": {"meters": {"m-1": {"polls": polls, "ok": ok}}}}
+            )
+        rollups = rollups_for(ledger)
+        for batch in batches:
+            payloads = [chain.events[i].payload for i in batch]
+            ledger.add_many(payloads)
+            rollups.stored(payloads)
+        polls, good = ledger.db.query(
+            "SELECT SUM(meter_polls), SUM(meter_ok) FROM kpi_daily WHERE gateway = 'gw-m'"
+        )[0]
+        assert (polls, good) == (22, 20)  # 15 + 3 + 4 polls, 14 + 3 + 3 good
+    finally:
+        ledger.close()
