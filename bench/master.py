@@ -6,7 +6,8 @@ scratch database and drops it at the end.
 
 - ingest (bench/master_ingest.py): the same events, from 20 gateways' realistic chains
   (bench/ledger_gen.py), drained from a Mosquitto backlog by one listener and by two listeners
-  on a shared subscription, until every event is stored and every chain verified; per
+  on a shared subscription, until every event is stored, every chain verified and every event
+  folded into the console's rollups; per
   encoding (`json`, the gateway's default, and `batch`). Beside them in each round: the same
   rows inserted with psycopg's executemany in the transaction sizes the one-listener run used
   (`raw_psycopg`; `raw_psycopg_per_row`: one execute per row, json sizes), and a bare paho

@@ -8,8 +8,9 @@ the batch form, runs of up to 256 events per message) and one or two listeners:
    session and disconnects;
 2. the same events (`bench.ledger_gen`: 20 gateways' chains) are published at QoS 1, so the
    broker holds them for the listeners' sessions;
-3. on `go` the listeners connect and drain; the clock stops when every event is stored and
-   every chain is verified to its end (`chain_head`), which the bench polls.
+3. on `go` the listeners connect and drain; the clock stops when every event is stored, every
+   chain is verified to its end (`chain_head`) and every event is folded into the console's
+   rollups (`kpi_daily`), which the bench polls.
 
 Baselines on the same machine and in the same run: `raw_psycopg` inserts the same rows (as
 `events` rows) with psycopg's executemany, one transaction per size the one-listener run
@@ -240,18 +241,19 @@ def _messages(rows: Sequence[GeneratedRow], encoding: str) -> Iterator[tuple[str
 
 
 def _wait_done(dsn: str, total: int, start: float) -> tuple[float, float]:
-    """(when every event was stored, when every chain was verified to its end), monotonic.
+    """(when every event was stored, when every chain was verified and folded), monotonic.
 
-    Only `chain_head` is polled (a row per gateway): counting `events` every few milliseconds
-    would load the database under test. When the last event was stored is read afterwards
-    from the newest `received_at` (the wall clock of its transaction).
+    Only `chain_head` and `kpi_daily` are polled (a row per gateway, and per day): counting
+    `events` every few milliseconds would load the database under test. When the last event
+    was stored is read afterwards from the newest `received_at` (its transaction's clock).
     """
     wall_start = time.time()
     deadline = start + 900
     verified = "SELECT COALESCE(SUM(verified_seq), 0) FROM chain_head"
+    folded = "SELECT COALESCE(SUM(events), 0) FROM kpi_daily"
     with psycopg.connect(dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
-            if _scalar(conn, verified) >= total:
+            if _scalar(conn, verified) >= total and _scalar(conn, folded) >= total:
                 verified_at = time.monotonic()
                 newest = conn.execute("SELECT MAX(received_at) FROM events").fetchone()
                 stored_wall = datetime.fromisoformat(str(newest[0]).replace("Z", "+00:00"))

@@ -4,7 +4,9 @@
 
 1. subscribes once with a persistent session, prints `subscribed`, and disconnects: the broker
    now queues this listener's share of what is published;
-2. on `go`, connects again with the same client id and writes what the broker delivers;
+2. on `go`, connects again with the same client id and writes what the broker delivers, as
+   `sealgw master listen` does: a chain keeper on a second connection, and the console's
+   rollups folded after each commit;
 3. on `stop`, stops and prints one JSON object: its counters, the size of each ledger
    transaction of events (the raw baseline replays the same sizes) and the CPU seconds the
    process used from `go` to `stop`.
@@ -21,6 +23,7 @@ from collections.abc import Sequence
 from master_station.ledger.factory import open_ledger
 from master_station.ledger.models import AddResult, Ledger
 from master_station.ledger.recent import RecentlyVerified
+from master_station.ledger.rollup import rollups_for
 from master_station.listener import ListenerOptions, MasterListener
 
 TICK_S = 0.25
@@ -43,7 +46,9 @@ def main() -> int:
     _say("subscribed")
     _expect("go")
     cpu = time.process_time()
-    listener = MasterListener(options, ledger, chain_ledger=chains).start()
+    listener = MasterListener(
+        options, ledger, chain_ledger=chains, observer=rollups_for(ledger)
+    ).start()
     _expect("stop")
     listener.stop()
     cpu = time.process_time() - cpu
