@@ -13,9 +13,11 @@ real EventBuffer with timestamps of the past day, as a backlog after an outage w
 - drain: a backlog of readings drained by the Uplink (drain rate unbounded) straight to the
   broker, published, acknowledged and marked, timed from the start of the Uplink to the last
   mark; beside plain paho publishing the same JSON payloads at QoS 1, one message per reading,
-  timed from the first publish to the last PUBACK. Rates depend on what else the machine
-  runs; `drain_cpu_us_per_reading` (the probe's process, all threads, during the timed part;
-  or this process for paho) and `broker_cpu_us_per_reading` (Mosquitto) hardly do.
+  timed from the first publish to the last PUBACK. `batch` runs with the default
+  `uplink.batch_workers` (1 encoder worker process), `batch_in_process` with none, side by
+  side. Rates depend on what else the machine runs; `drain_cpu_us_per_reading` (the probe's
+  process, all threads, during the timed part, plus its encoder workers; or this process for
+  paho) and `broker_cpu_us_per_reading` (Mosquitto) hardly do.
 
 The gateway side runs in a child process, `sealgw probe drain --drafts FILE` (gateway/probe/
 drain.py): the bench writes the district's drafts, the probe commits and drains them.
@@ -49,6 +51,12 @@ METERS = 200
 READS_PER_HOUR = 4
 MAX_INFLIGHT = 100
 ENCODINGS = ("json", "batch")
+# the drains: name -> (encoding, batch encoder workers; None: the [uplink] default)
+DRAINS: dict[str, tuple[str, int | None]] = {
+    "json": ("json", None),
+    "batch": ("batch", None),
+    "batch_in_process": ("batch", 0),
+}
 PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles" / "dtsu666.toml"
 
 
@@ -72,12 +80,12 @@ async def _measure(
         hour = await _wire(broker, work / f"wire-d-{encoding}", encoding, district.hour(encoding))
         wire[encoding] = {"readings": readings, "district_hour": hour}
         _say(verbose, f"{encoding}: {readings['bytes'] / readings['readings']:.0f} B/reading")
-    drains: dict[str, list[_Drained]] = {"raw_paho": [], **{e: [] for e in ENCODINGS}}
+    drains: dict[str, list[_Drained]] = {"raw_paho": [], **{e: [] for e in DRAINS}}
     for index in range(rounds):
         drafts = district.readings(math.ceil(drain_n / (METERS * READS_PER_HOUR)))[:drain_n]
-        for encoding in ENCODINGS:
-            drains[encoding].append(
-                await _drain_rate(broker, work / f"drain-{encoding}-{index}", encoding, drafts)
+        for name, (encoding, workers) in DRAINS.items():
+            drains[name].append(
+                await _drain_rate(broker, work / f"drain-{name}-{index}", encoding, drafts, workers)
             )
             if encoding == "json":
                 payloads = sealed_payloads(drafts, GATEWAY)
@@ -114,6 +122,7 @@ def _result(
         "drain_runs": {k: [round(d.rate) for d in v] for k, v in drains.items()},
         "drain_cpu_us_per_reading": cpu,
         "broker_cpu_us_per_reading": broker,
+        "drain_ratio_batch_in_process_vs_json": round(drain["batch_in_process"] / drain["json"], 2),
         "bytes_per_reading_wire": per_reading,
         "bytes_per_day_district": per_day,
         "wire_ratio": round(per_reading["json"] / per_reading["batch"], 1),
@@ -365,13 +374,22 @@ async def _wire(
 
 
 async def _drain(
-    url: str, work: Path, encoding: str, drafts: list[EventDraft], *, paced: bool = False
+    url: str,
+    work: Path,
+    encoding: str,
+    drafts: list[EventDraft],
+    *,
+    paced: bool = False,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The gateway's uplink drains `drafts`, committed as a backlog: the probe's JSON.
 
-    `paced`: at the default `[uplink]` drain rate; else unbounded.
+    `paced`: at the default `[uplink]` drain rate; else unbounded. `workers`: batch encoder
+    worker processes (None: the `[uplink]` default).
     """
     pacing = ("--paced",) if paced else ()
+    if workers is not None:
+        pacing += ("--batch-workers", str(workers))
     return await probe(
         "drain", "--broker", url, "--drafts", write_drafts(work.with_suffix(".jsonl"), drafts),
         "--encoding", encoding, "--max-inflight", MAX_INFLIGHT, "--gateway-id", GATEWAY,
@@ -390,10 +408,14 @@ class _Drained:
 
 
 async def _drain_rate(
-    broker: MosquittoBroker, work: Path, encoding: str, drafts: list[EventDraft]
+    broker: MosquittoBroker,
+    work: Path,
+    encoding: str,
+    drafts: list[EventDraft],
+    workers: int | None = None,
 ) -> _Drained:
     with CpuMeter(broker) as meter:
-        drained = await _drain(broker.url, work, encoding, drafts)
+        drained = await _drain(broker.url, work, encoding, drafts, workers=workers)
     count = int(drained["events"])
     return _Drained(
         float(drained["events_per_s"]),

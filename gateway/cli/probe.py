@@ -122,6 +122,12 @@ def _add_drain(probes: SubParsers[argparse.ArgumentParser]) -> None:
     source.add_argument("--drafts", type=Path, help="JSON lines of event drafts (docs/probe.md)")
     drain.add_argument("--encoding", choices=("json", "batch"), default="json")
     drain.add_argument("--max-inflight", type=int, default=100)
+    drain.add_argument(
+        "--batch-workers",
+        type=int,
+        default=None,
+        help="batch encoder worker processes (default: the [uplink] default; 0: in process)",
+    )
     drain.add_argument("--gateway-id", default="gw-probe", help="publish under this gateway id")
     drain.add_argument("--client-id", default="", help="MQTT client id (default: ID-probe)")
     drain.add_argument(
@@ -147,6 +153,7 @@ def _drain(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         args.gateway_id,
         args.client_id,
         paced=args.paced,
+        batch_workers=args.batch_workers,
     )
     return asyncio.run(probe_drain(work, drafts, settings))
 

@@ -14,6 +14,7 @@ a test broker, not at a production one whose master station would take the event
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ class DrainSettings:
     gateway_id: str = "gw-probe"
     client_id: str = ""
     paced: bool = False  # at the default [uplink] drain rate, as a daemon drains; else unbounded
+    batch_workers: int | None = None  # batch encoder workers; None: the [uplink] default
 
 
 async def probe_drain(
@@ -62,10 +64,12 @@ async def probe_drain(
         await buffer.close()
     buffer = open_probe_buffer(path, settings.gateway_id)
     await buffer.open()
-    cpu_start = time.process_time()
+    uplink = _uplink(buffer, settings)
+    cpu_start = time.process_time(), _children_cpu_s()
     try:
-        elapsed = await _timed_drain(_uplink(buffer, settings), buffer)
-        cpu_s = time.process_time() - cpu_start
+        elapsed = await _timed_drain(uplink, buffer)
+        cpu_s = time.process_time() - cpu_start[0]
+        workers_cpu_s = _children_cpu_s() - cpu_start[1]  # the uplink has stopped them
     finally:
         await buffer.close()
     return {
@@ -74,7 +78,9 @@ async def probe_drain(
         "max_inflight": settings.max_inflight,
         "drain_s": round(elapsed, 3),
         "events_per_s": round(len(events) / elapsed, 1),
-        "cpu_s": round(cpu_s, 4),  # this process, all threads, during the timed drain
+        "cpu_s": round(cpu_s + workers_cpu_s, 4),  # this process and its encoder workers
+        "encoder_workers": uplink.settings.batch_workers if settings.encoding == "batch" else 0,
+        "encoder_workers_cpu_s": round(workers_cpu_s, 4),  # their start-up included
     }
 
 
@@ -85,6 +91,11 @@ def _uplink(buffer: EventBuffer, settings: DrainSettings) -> Uplink:
         drain_rate_per_s=UplinkSection().drain_rate_per_s if settings.paced else 0,
         max_inflight=settings.max_inflight,
         encoding=settings.encoding,
+        batch_workers=(
+            UplinkSection().batch_workers
+            if settings.batch_workers is None
+            else settings.batch_workers
+        ),
     )
     return Uplink(
         section,
@@ -95,6 +106,12 @@ def _uplink(buffer: EventBuffer, settings: DrainSettings) -> Uplink:
         clock=SystemClock(),
         version="probe",
     )
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's ended children (the encoder workers, once stopped)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def _timed_drain(uplink: Uplink, buffer: EventBuffer) -> float:
@@ -112,6 +129,7 @@ async def _timed_drain(uplink: Uplink, buffer: EventBuffer) -> float:
             await asyncio.sleep(POLL_S)
         elapsed = time.perf_counter() - start
         await uplink.stop(timeout=STOP_TIMEOUT_S)
+        await asyncio.wait((task,), timeout=STOP_TIMEOUT_S)  # run() ends: its workers stopped
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

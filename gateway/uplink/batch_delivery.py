@@ -14,26 +14,47 @@ again and cut into runs again (each event rebuilt to the same bytes).
   run goes at once and pays afterwards.
 - **Alarms** are never held by the linger (Batcher.hold), and a committed alarm drops the
   read-ahead, held runs included (DeliveryPump.wake), so it is fetched and sent next.
+- **Encoder workers.** With `uplink.batch_workers` > 0 a run of at least OFFLOAD_MIN_EVENTS
+  events (never an alarm run) is encoded in a worker process (encoder_pool.py) while the loop
+  goes on cutting, publishing and marking. The run holds its place in the window, and its seqs
+  count as in flight, from the moment it is cut; the encoded runs of a priority are published
+  in the order they were cut. A run whose worker died is encoded here instead, so a worker
+  changes where the CPU is spent, never what is sent.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from gateway.errors import TransientError
 from gateway.protocol.clock import Clock
 from gateway.protocol.events import Priority
 from gateway.uplink.batching import BATCH_TOPIC, BATCH_WINDOW, Batcher, BatchPolicy, Run
 from gateway.uplink.connection import FailureLog, UplinkConnection, UplinkStats
-from gateway.uplink.delivery import DeliveryPump, EventSource
+from gateway.uplink.delivery import DeliveryPump, EventSource, PendingLike
+from gateway.uplink.encoder_pool import EncoderPool, WorkerGone
 
 __all__ = ["BatchPump"]
 
 log = logging.getLogger(__name__)
 
 _READ_ON = None  # _send_batch: the run was cut short by the read-ahead; read on first
+OFFLOAD_MIN_EVENTS = 32  # a smaller run is encoded here: the trip to a worker costs more
+
+
+@dataclass(slots=True)
+class _Encoding:
+    """A run cut and handed to the encoder, not published yet."""
+
+    key: int  # its place in the window: a negative number, never an MQTT message id
+    run: Run
+    future: asyncio.Future[bytes | None]
+    conn: UplinkConnection
+    epoch: int
 
 
 class BatchPump(DeliveryPump):
@@ -48,19 +69,39 @@ class BatchPump(DeliveryPump):
         failures: FailureLog,
         drain_rate_per_s: float,
         policy: BatchPolicy,
+        pool: EncoderPool | None = None,
     ) -> None:
         super().__init__(source, topic, clock, stats, failures, drain_rate_per_s)
         self._batcher = Batcher(policy, clock)
         self._linger: asyncio.TimerHandle | None = None
+        self._pool = pool
+        self._encoding: deque[_Encoding] = deque()
+        self._epoch = 0  # a new one per connection: older encodings are forgotten
+        self._last_key = 0
+
+    @property
+    def pool(self) -> EncoderPool | None:
+        """The encoder workers (None: runs are encoded in this process)."""
+        return self._pool
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            await self._pool.start()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
 
     def start(self, window: int) -> None:
         """A new connection: at most BATCH_WINDOW batch messages in flight."""
         self._flushing = False
         self._delivery.reset(min(window, BATCH_WINDOW), self._batcher.policy.max_events)
+        self._forget_encodings()
 
     def stop(self) -> None:
         super().stop()
         self._cancel_linger()
+        self._forget_encodings()
 
     async def _refill(self, conn: UplinkConnection) -> None:
         """Send runs while the window has room, highest priority first, within the drain rate."""
@@ -132,16 +173,72 @@ class BatchPump(DeliveryPump):
 
     def _send_run(self, conn: UplinkConnection, run: Run) -> int:
         """One batch message, or the run's events one by one if it cannot be encoded."""
+        pool = self._pool
+        urgent = run.priority is Priority.ALARM
+        if pool is not None and not urgent and len(run.events) >= OFFLOAD_MIN_EVENTS and pool.ready:
+            future = pool.submit([event.payload for event in run.events])
+            return self._queue(conn, run, future)
         message = self._batcher.encode(run)
+        if not urgent and any(item.run.priority is run.priority for item in self._encoding):
+            done: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            done.set_result(message)  # behind the runs of its priority still being encoded
+            return self._queue(conn, run, done)
         if message is None:
             return self._send(conn, run.events)
+        return self._publish(conn, run.events, message)
+
+    def _publish(
+        self, conn: UplinkConnection, events: Sequence[PendingLike], message: bytes
+    ) -> int:
         try:
             mid = conn.publish_event(self._topic(BATCH_TOPIC), message)
         except TransientError:
             return 0
-        self._delivery.add(mid, run.events)
-        self._stats.published += len(run.events)
+        self._delivery.add(mid, events)
+        self._stats.published += len(events)
+        return len(events)
+
+    def _queue(self, conn: UplinkConnection, run: Run, future: asyncio.Future[bytes | None]) -> int:
+        """Hold the run's place in the window until its message is ready (_encoded)."""
+        self._last_key -= 1
+        self._delivery.add(self._last_key, run.events)
+        self._encoding.append(_Encoding(self._last_key, run, future, conn, self._epoch))
+        future.add_done_callback(self._encoded)
         return len(run.events)
+
+    def _encoded(self, _future: asyncio.Future[bytes | None]) -> None:
+        """An encoding finished: publish the finished runs at the front, in the order cut."""
+        queue = self._encoding
+        while queue and queue[0].future.done():
+            item = queue.popleft()
+            events = self._delivery.pop(item.key)
+            if item.epoch != self._epoch or not events:
+                continue
+            message = self._message(item)
+            if not item.conn.connected:
+                sent = 0
+            elif message is None:
+                sent = self._send(item.conn, events)
+            else:
+                sent = self._publish(item.conn, events, message)
+            if sent < len(events):  # the connection is failing: fetch the rest again
+                self._delivery.rewind(events[sent].seq - 1)
+        self._wake.set()
+
+    def _message(self, item: _Encoding) -> bytes | None:
+        """The run's batch message (None: send its events one by one)."""
+        try:
+            message = item.future.result()
+        except WorkerGone:
+            return self._batcher.encode(item.run)
+        if message is None:  # the worker could not encode it: say why, as in process
+            return self._batcher.encode(item.run)
+        return message
+
+    def _forget_encodings(self) -> None:
+        """A connection ended or began: runs still being encoded are fetched again."""
+        self._epoch += 1
+        self._encoding.clear()
 
     def _arm_linger(self, wait: float) -> None:
         self._cancel_linger()

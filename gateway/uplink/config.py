@@ -37,3 +37,4 @@ class UplinkSection:
     batch_max_events: int = field(default=256, metadata=spec(minimum=1, maximum=65536))
     batch_max_bytes: int = field(default=262144, metadata=spec(minimum=1024, maximum=4194304))
     batch_linger_s: float = field(default=2.0, metadata=spec(minimum=0, maximum=600))
+    batch_workers: int = field(default=1, metadata=spec(minimum=0, maximum=16))

@@ -212,6 +212,12 @@ class DeliveryPump:
         """Messages sent over the current connection and not acknowledged yet."""
         return self._delivery.size
 
+    async def open(self) -> None:
+        """The uplink starts (BatchPump starts its encoder workers here)."""
+
+    async def close(self) -> None:
+        """The uplink has stopped."""
+
     def start(self, window: int) -> None:
         """A new connection: an empty window of `window` messages, cursors from the start."""
         self._flushing = False

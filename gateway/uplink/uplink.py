@@ -44,6 +44,7 @@ from gateway.uplink.connection import (
     UplinkStats,
 )
 from gateway.uplink.delivery import DeliveryPump, EventSource, PendingLike
+from gateway.uplink.encoder_pool import EncoderPool
 from gateway.uplink.mqtt_client import ConnackInfo, ConnectParams
 from gateway.uplink.publisher import Publisher
 from gateway.uplink.reconnect import ReconnectLogic, ReconnectState
@@ -84,7 +85,14 @@ class Uplink:
             DeliveryPump(source, self.topic, clock, self.stats, failures, settings.drain_rate_per_s)
             if policy is None
             else BatchPump(
-                source, self.topic, clock, self.stats, failures, settings.drain_rate_per_s, policy
+                source,
+                self.topic,
+                clock,
+                self.stats,
+                failures,
+                settings.drain_rate_per_s,
+                policy,
+                EncoderPool(settings.batch_workers) if settings.batch_workers > 0 else None,
             )
         )
         self._reconnect = ReconnectLogic(settings, self, clock, self.stats, failures, rng)
@@ -96,6 +104,11 @@ class Uplink:
         dispatcher.register("resend", self._cmd_resend, signed=True)
 
     # -- public API --
+
+    @property
+    def encoder_pool(self) -> EncoderPool | None:
+        """The batch encoder's worker processes, if any (uplink.batch_workers)."""
+        return self._pump.pool if isinstance(self._pump, BatchPump) else None
 
     @property
     def connected(self) -> bool:
@@ -156,11 +169,13 @@ class Uplink:
         """Connect, serve and reconnect until stop() is called."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
+        await self._pump.open()
         try:
             await self._reconnect.run()
         finally:
             await self._commands.close()
             await self._pump.flush_acks()
+            await self._pump.close()
 
     async def stop(self, timeout: float) -> None:  # noqa: ASYNC109 - part of the component API
         """Flush what can be flushed within `timeout`, publish offline, disconnect."""
