@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import struct
 import sys
@@ -32,6 +33,7 @@ __all__ = ["EncoderPool", "WorkerGone"]
 log = logging.getLogger(__name__)
 
 RESTART_AFTER_S = 60.0
+PIPE_BYTES = 1024 * 1024  # Linux's default fs.pipe-max-size
 CLOSE_TIMEOUT_S = 2.0
 _REPLY = struct.Struct(">BI")
 
@@ -67,6 +69,7 @@ class _Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
         )
+        _widen_pipe(self._proc.stdin)
         self._reader = asyncio.create_task(self._read_replies(self._proc))
 
     def submit(self, payloads: Sequence[bytes]) -> asyncio.Future[bytes | None]:
@@ -144,6 +147,18 @@ class _Worker:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         self._fail_pending()
+
+
+def _widen_pipe(stream: asyncio.StreamWriter | None) -> None:
+    """Let one whole request fit in the pipe (Linux; 64 KiB by default), so the worker
+    reads a run while the loop is busy elsewhere instead of waiting for it to write more."""
+    pipe = stream.get_extra_info("pipe") if stream is not None else None
+    if pipe is None or not hasattr(fcntl, "F_SETPIPE_SZ"):
+        return
+    for size in (PIPE_BYTES, PIPE_BYTES // 4):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, size)
+            return
 
 
 class EncoderPool:
