@@ -87,9 +87,14 @@ def sample_of(ledger: Ledger) -> Sample:
     return Sample(*(str(v) for v in rows[0]))
 
 
-def time_console(ledger: Ledger, target: str, work: Path, rounds: int) -> dict[str, Any]:
-    """Median ms of each page per user over `rounds` (after a warm-up round), and the warm-up."""
-    sample = sample_of(ledger)
+def time_console(
+    ledger: Ledger, target: str, work: Path, rounds: int, *, sample: Sample | None = None
+) -> dict[str, Any]:
+    """Median ms of each page per user over `rounds` (after a warm-up round), and the warm-up.
+
+    `sample`: what the pages must show (by default `sample_of(ledger)`); RuntimeError when a
+    page answers otherwise."""
+    sample = sample or sample_of(ledger)
     accounts = Accounts(ledger.db)  # type: ignore[attr-defined]
     users = {
         "admin": ("bench-admin", "admin", []),
