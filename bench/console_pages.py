@@ -51,26 +51,6 @@ class Sample:
     district: str
 
 
-def _pages(s: Sample) -> dict[str, tuple[str, Check]]:
-    """page name → (path, what its answer must hold)."""
-    seal_path = f"/seals/{quote(s.gateway, safe='')}/{quote(s.seal, safe='')}"
-    return {
-        "districts": ("/districts", lambda r: f'data-seal="{s.seal}" data-gateway="{s.gateway}"'
-                      in r.text and f'data-district="{s.district}"' in r.text),
-        "alarms": ("/alarms", lambda r: f'data-alarm-id="{s.alarm_id}"' in r.text),
-        "alarm": (f"/alarms/{quote(s.alarm_id, safe='')}",
-                  lambda r: f'data-testid="alarm-detail" data-alarm-id="{s.alarm_id}"' in r.text
-                  and f"{seal_path}\"" in r.text),
-        "seal": (seal_path, lambda r: f'data-seal="{s.seal}" data-gateway="{s.gateway}"' in r.text
-                 and f'data-alarm-id="{s.alarm_id}"' in r.text),
-        "work_orders": ("/work-orders", lambda r: f"<option>{s.gateway}</option>" in r.text),
-        "trends": ("/trends", lambda r: 'data-src="/api/trends?days=30"' in r.text),
-        "api_trends": ("/api/trends", lambda r: _trend_has_events(r.json(), s.district)),
-        "api_summary": ("/api/summary",
-                        lambda r: r.json()["open_alarms_by_district"].get(s.district, 0) > 0),
-    }  # fmt: skip
-
-
 PAGES = ("districts", "alarms", "alarm", "seal", "work_orders", "trends", "api_trends",
          "api_summary")  # fmt: skip
 
@@ -146,6 +126,26 @@ def serve(target: str, work: Path) -> Iterator[str]:
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+def _pages(s: Sample) -> dict[str, tuple[str, Check]]:
+    """page name → (path, what its answer must hold)."""
+    seal_path = f"/seals/{quote(s.gateway, safe='')}/{quote(s.seal, safe='')}"
+    return {
+        "districts": ("/districts", lambda r: f'data-seal="{s.seal}" data-gateway="{s.gateway}"'
+                      in r.text and f'data-district="{s.district}"' in r.text),
+        "alarms": ("/alarms", lambda r: f'data-alarm-id="{s.alarm_id}"' in r.text),
+        "alarm": (f"/alarms/{quote(s.alarm_id, safe='')}",
+                  lambda r: f'data-testid="alarm-detail" data-alarm-id="{s.alarm_id}"' in r.text
+                  and f"{seal_path}\"" in r.text),
+        "seal": (seal_path, lambda r: f'data-seal="{s.seal}" data-gateway="{s.gateway}"' in r.text
+                 and f'data-alarm-id="{s.alarm_id}"' in r.text),
+        "work_orders": ("/work-orders", lambda r: f"<option>{s.gateway}</option>" in r.text),
+        "trends": ("/trends", lambda r: 'data-src="/api/trends?days=30"' in r.text),
+        "api_trends": ("/api/trends", lambda r: _trend_has_events(r.json(), s.district)),
+        "api_summary": ("/api/summary",
+                        lambda r: r.json()["open_alarms_by_district"].get(s.district, 0) > 0),
+    }  # fmt: skip
 
 
 def _wait_up(proc: subprocess.Popen[bytes], base: str, log: Path) -> None:
