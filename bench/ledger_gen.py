@@ -18,12 +18,13 @@ the generated chains finds them sound.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from gateway.protocol.canonical import canonical_json, encode_basestring
@@ -40,13 +41,16 @@ VALUES = (("energy_import", "kWh"), ("energy_export", "kWh"), ("voltage_a", "V")
 
 @dataclass(frozen=True, slots=True)
 class LedgerPlan:
-    """How big the generated ledger is; `events_per_gateway_day` is about 96 * meters + 330."""
+    """How big the generated ledger is; `events_per_gateway_day` is about 96 * meters + 330.
+
+    `start`: the first day (UTC midnight); `ending` moves it so the last day is a given one."""
 
     gateways: int = 100
     districts: int = 10
     meters: int = 20
     seals: int = 20
     days: int = 5
+    start: datetime = START
 
     @classmethod
     def for_events(cls, events: int, *, gateways: int = 100, meters: int = 20) -> LedgerPlan:
@@ -54,6 +58,11 @@ class LedgerPlan:
         per_day = gateways * (96 * meters + 330)
         return cls(gateways=gateways, districts=max(1, gateways // 10), meters=meters,
                    seals=meters, days=max(1, -(-events // per_day)))  # fmt: skip
+
+    def ending(self, last: date) -> LedgerPlan:
+        """The same plan, its last day `last` (pages that show today and the last N days)."""
+        first = datetime(last.year, last.month, last.day, tzinfo=UTC)
+        return dataclasses.replace(self, start=first - timedelta(days=self.days - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +126,7 @@ class _Gateway:
 
     def events(self, limit: int | None) -> Iterator[GeneratedRow]:
         for day in range(self.plan.days):
-            for row in self._day(START + timedelta(days=day), first=day == 0):
+            for row in self._day(self.plan.start + timedelta(days=day), first=day == 0):
                 if limit is not None and self.seq > limit:
                     return
                 yield row

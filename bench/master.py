@@ -12,8 +12,12 @@ scratch database and drops it at the end.
   rows inserted with psycopg's executemany in the transaction sizes the one-listener run used
   (`raw_psycopg`; `raw_psycopg_per_row`: one execute per row, json sizes), and a bare paho
   client draining the json backlog (`raw_paho`).
-- console (bench/master_console.py): a ledger of 1,000,000 events built in bulk, on SQLite and
-  on PostgreSQL, and the median time of each page's ledger work as master_station has it.
+- console: a ledger of 1,000,000 events built in bulk, on SQLite and on PostgreSQL, its last
+  day today, folded into the console's rollups by the listener's code (bench/master_console.py);
+  the median time of the same questions asked of the `Ledger` API without rollups
+  (`console_ms_at_1m`), then of each console page over HTTP from `sealgw master serve`, for an
+  admin and a district manager, each answer checked for its content (bench/console_pages.py,
+  `console_pages_ms_at_1m`, with `pages_under_1s` per backend).
 
 Each figure is the median of the rounds (every other round runs two listeners before one); the
 CPU seconds the listener processes used per event are given too, since the wall-clock rates
@@ -27,13 +31,13 @@ import os
 import statistics
 import sys
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
+from bench.console_pages import time_console
 from bench.ledger_gen import LedgerPlan, generate
-from bench.master_console import build, time_pages
+from bench.master_console import build, bulk_connection, time_pages
 from bench.master_ingest import (
     RunResult,
     raw_paho_rate,
@@ -98,35 +102,34 @@ def _ingest(work: Path, db: str, events: int, rounds: int, verbose: bool) -> dic
 
 
 def _console(work: Path, db: str, events: int, rounds: int, verbose: bool) -> dict[str, Any]:
-    plan = LedgerPlan.for_events(events)
+    """Per backend: the ledger built and folded, its queries timed, then its pages over HTTP."""
+    plan = LedgerPlan.for_events(events).ending(datetime.now(UTC).date())  # the last day: today
     shape = {"gateways": plan.gateways, "districts": plan.districts, "days": plan.days,
              "meters_per_gateway": plan.meters, "seals_per_gateway": plan.seals}  # fmt: skip
     out: dict[str, Any] = {"plan": shape}
+    served: dict[str, Any] = {}
     for backend in ("sqlite", "postgres"):
         target = str(work / "console.db") if backend == "sqlite" else schema_dsn(db)
         ledger = open_ledger(target)
-        conn = _bulk_connection(backend, target)
+        conn = bulk_connection(backend, target)
         try:
             built = build(ledger, conn, backend, plan, events)
-            _say(verbose, f"{backend}: {built.events} events built in {built.seconds:.0f} s")
+            _say(verbose, f"{backend}: {built.events} events built in {built.seconds:.0f} s"
+                 f" (rollups folded in {built.fold_seconds:.0f} s)")  # fmt: skip
             pages = time_pages(ledger, built, rounds)
             _say(verbose, f"{backend}: " + ", ".join(f"{k} {v}" for k, v in pages.items()))
+            http = time_console(ledger, target, work, rounds)
+            _say(verbose, f"{backend} pages: " + ", ".join(
+                f"{user} {page} {ms}" for user in ("admin", "district_manager")
+                for page, ms in http[user].items()))  # fmt: skip
         finally:
             conn.close()
             ledger.close()
         out[backend] = {"events": built.events, "build_s": round(built.seconds, 1),
+                        "fold_s": round(built.fold_seconds, 1),
                         "bytes_per_event": built.bytes_per_event, **pages}  # fmt: skip
-    return out
-
-
-def _bulk_connection(backend: str, target: str) -> Any:
-    if backend == "postgres":
-        return psycopg.connect(target, autocommit=True)
-    import sqlite3
-
-    conn = sqlite3.connect(target, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    return conn
+        served[backend] = {"events": built.events, **http}
+    return {"queries": out, "pages": served}
 
 
 # -- result ------------------------------------------------------------------------------------
@@ -186,7 +189,8 @@ def _result(
                        for o, t in zip(runs["one"], runs["two"], strict=True)]
             for encoding, runs in ingest["runs"].items()
         },
-        "console_ms_at_1m": console,
+        "console_ms_at_1m": console["queries"],
+        "console_pages_ms_at_1m": console["pages"],
         "raw_paho_msgs_per_s": raw_paho,
         "ledger_ingest_events_per_s": rates,
         "one_listener_vs_raw": {e: round(r["one_listener"] / r["raw_psycopg"], 3)

@@ -1,20 +1,28 @@
-"""The ledger queries behind the console's pages, timed at a million events, SQLite and PostgreSQL.
+"""A million-event ledger built in bulk, its rollups folded, and its `Ledger`-API queries timed.
 
 `build` fills an empty ledger in bulk with `bench.ledger_gen` (COPY on PostgreSQL, one
 executemany per chunk on SQLite; the retained seal states and gateway statuses beside, each
 chain's verified head at its end, since the generator's chains are sound: one gateway's head
 is left unset, and `time_pages` first walks that whole chain to show it, and how fast a walk
-goes). `time_pages` then times what master_station answers today for each page:
+goes). Each chunk, once stored, is folded into the console's rollups by the listener's own
+code (`Rollups.stored`, master_station/ledger/rollup.py), and `Rollups.tick` runs at the end,
+so the rollup tables are the ones the listener would have left (a test compares them with a
+listener-style fold, tests/integration/bench/test_bench_console_pages.py). The console's
+pages themselves are timed over HTTP by bench/console_pages.py.
+
+`time_pages` times the same questions asked of the ledger's general API, without the rollups
+(what the pages would cost if they were computed from `events`; `sealgw master kpi` still is):
 
 - districts: `load_inputs` + `compute_kpis`, all time and for the last day (the KPI queries);
-- alarms: `Ledger.events(priority="alarm")` (the inbox);
-- seal: the timeline of one seal, as the ledger can give it today: the events of its gateway,
-  filtered to the seal (its subject, or `data.seal`);
+- alarms: `Ledger.events(priority="alarm")`;
+- seal: one seal's events through the `Ledger` API (no subject filter there: the events of its
+  gateway, filtered to the seal, its subject or `data.seal`);
 - chart: `hourly_counts` for the last day; chain: `verify(gateway)` (the chain status).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -22,12 +30,15 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+import psycopg
+
 from bench.ledger_gen import GeneratedRow, LedgerPlan, check_sample, generate
 from master_station.kpi.report import compute_kpis, load_inputs
 from master_station.ledger.models import Ledger
+from master_station.ledger.rollup import rollups_for
 from master_station.ledger.schema import INSERT_EVENT
 
-__all__ = ["BuildResult", "build", "time_pages"]
+__all__ = ["BuildResult", "build", "bulk_connection", "time_pages"]
 
 CHUNK = 20_000
 RECEIVED = "2026-11-22T00:00:00.000Z"
@@ -45,31 +56,50 @@ class BuildResult:
     sample_gateway: str
     sample_seal: str
     bytes_per_event: int  # the events table with its indexes (PostgreSQL), the file (SQLite)
+    fold_seconds: float = 0.0  # of `seconds`: the console's rollups folded (Rollups.stored)
 
 
 def build(ledger: Ledger, conn: Any, backend: str, plan: LedgerPlan, events: int) -> BuildResult:
-    """Fill `ledger` (whose own connection `conn`, sqlite3 or psycopg, writes in bulk)."""
+    """Fill `ledger` (whose own connection `conn`, sqlite3 or psycopg, writes in bulk), and
+    fold each chunk into the console's rollups after it is stored, as the listener does."""
     start = time.perf_counter()
+    rollups = rollups_for(ledger)
     heads: dict[str, tuple[int, str]] = {}
     newest = ""
     count = 0
+    fold_s = 0.0
     sampled = False
     for chunk in _chunks(generate(plan, limit=events)):
         if not sampled:
             check_sample(chunk[:500])
             sampled = True
         _insert(conn, backend, chunk)
+        folding = time.perf_counter()
+        rollups.stored([row.payload for row in chunk])
+        fold_s += time.perf_counter() - folding
         for row in chunk:
             heads[row.gateway] = (row.seq, row.hash)
         newest = max(newest, chunk[-1].ts)
         count += len(chunk)
     sample = sorted(heads)[0]
     _retained(conn, backend, plan, {gw: head for gw, head in heads.items() if gw != sample})
+    folding = time.perf_counter()
+    rollups.tick()  # the listener's next second: chain problems as alarms, today's snapshot
+    fold_s += time.perf_counter() - folding
     seconds = time.perf_counter() - start
     size = _size(conn, backend)
     last_day = date.fromisoformat(newest[:10])
     return BuildResult(count, len(heads), seconds, last_day, sample, "SL-0003",
-                       size // max(count, 1))  # fmt: skip
+                       size // max(count, 1), fold_s)  # fmt: skip
+
+
+def bulk_connection(backend: str, target: str) -> Any:
+    """The connection `build` writes in bulk with: psycopg (autocommit) or sqlite3 (WAL)."""
+    if backend == "postgres":
+        return psycopg.connect(target, autocommit=True)
+    conn = sqlite3.connect(target, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    return conn
 
 
 def time_pages(ledger: Ledger, built: BuildResult, rounds: int) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""`python -m bench master --json` measures ingest and console queries, headline figures last."""
+"""`python -m bench master --json` measures ingest, console queries and the console's pages over
+HTTP, headline figures last."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from bench.console_pages import PAGES as HTTP_PAGES
 
 REPO = Path(__file__).resolve().parents[3]
 PAGES = ("districts_kpi_all_time", "districts_kpi_day", "alarm_list", "seal_timeline",
@@ -41,3 +44,10 @@ def test_master_bench_reports_ingest_beside_raw_baselines_and_page_times() -> No
         assert console["events"] == 20_000 and console["bytes_per_event"] > 0
         assert console["chain_walk_events_per_s"] > 0  # the generated chain walked and verified
         assert all(console[page] >= 0 for page in PAGES)
+        assert console["fold_s"] > 0  # the rollups were folded as the listener folds them
+        served = result["console_pages_ms_at_1m"][backend]
+        assert served["events"] == 20_000
+        for user in ("admin", "district_manager"):  # every page answered 200 with its content
+            assert list(served[user]) == list(HTTP_PAGES)
+            assert all(ms > 0 for ms in served[user].values())
+        assert isinstance(served["pages_under_1s"], bool)
