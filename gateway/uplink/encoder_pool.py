@@ -90,10 +90,7 @@ class _Worker:
         finally:
             self.ready = False
             self._fail_pending()
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        code = await proc.wait()
+        code = await _reap(proc, kill=reason != "exited")
         if self._closing:
             return
         log.warning(
@@ -136,17 +133,26 @@ class _Worker:
             return
         if proc.stdin is not None:
             proc.stdin.close()
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        await _reap(proc, kill=False)
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         self._fail_pending()
+
+
+async def _reap(proc: asyncio.subprocess.Process, *, kill: bool) -> int:
+    """Wait for the worker to exit (killed first if `kill`, or after CLOSE_TIMEOUT_S).
+
+    A worker whose output ended is exiting: it is not signalled then, since signalling polls
+    the process and would reap it behind the child watcher's back.
+    """
+    if not kill:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                return await proc.wait()
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    return await proc.wait()
 
 
 def _widen_pipe(stream: asyncio.StreamWriter | None) -> None:
