@@ -108,8 +108,7 @@ class BatchPump(DeliveryPump):
         per_message = self._delivery.per_message
         while conn.connected and self._delivery.free > 0:
             if not self._delivery.ahead and not await self._fetch_ahead(per_message):
-                if self._delivery.size == 0:
-                    self._drained.set()
+                self._note_if_drained()
                 return
             urgent = self._delivery.ahead[0].priority is Priority.ALARM
             granted = self._bucket.borrow(per_message, now=urgent)

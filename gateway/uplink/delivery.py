@@ -205,6 +205,11 @@ class DeliveryPump:
         self._acks = AckBatcher(source.mark_published, ACK_BATCH, ACK_DELAY_S)
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
+        # A read answers from the buffer as it was when the read was asked, so only a read
+        # asked after drain() began may show that the buffer holds nothing more to send.
+        self._reads = 0  # reads asked so far
+        self._drain_from = 0  # reads up to this one were asked before the drain began
+        self._empty_read = 0  # the latest read that found nothing
         self._prefetching: asyncio.Task[None] | None = None
 
     @property
@@ -261,6 +266,7 @@ class DeliveryPump:
         """Wait (with run() going) until the buffer is drained and acked, the connection
         closes, or `timeout` passes."""
         self._drained.clear()  # only a refill that finds nothing more may set it now
+        self._drain_from = self._reads  # ... with a read asked from now on
         self._flushing = True  # nothing waits for a linger now
         self._wake.set()
         drained = asyncio.ensure_future(self._drained.wait())
@@ -299,8 +305,7 @@ class DeliveryPump:
                 continue
             if not self._delivery.ahead and not await self._fetch_ahead(granted):
                 self._bucket.give_back(granted)
-                if self._delivery.size == 0:
-                    self._drained.set()
+                self._note_if_drained()
                 return
             sent = self._send(conn, self._delivery.take(granted))
             self._bucket.give_back(granted - sent)
@@ -335,15 +340,29 @@ class DeliveryPump:
         if not running and len(self._delivery.ahead) < limit // 2:
             self._prefetching = asyncio.create_task(self._fetch(limit - len(self._delivery.ahead)))
 
+    def _note_if_drained(self) -> None:
+        """Set `_drained` if nothing is in flight and a read asked since drain() began found
+        nothing; else wake the pump, which then reads again."""
+        if self._delivery.size:
+            return
+        if self._empty_read > self._drain_from:
+            self._drained.set()
+        elif not self._drained.is_set():
+            self._wake.set()
+
     async def _fetch(self, limit: int) -> None:
         generation = self._delivery.generation
         limit = max(1, limit)
+        self._reads += 1
+        read = self._reads
         try:
             batch = await self._source.fetch_pending(self._delivery.cursors, limit)
         except Exception:  # a buffer failure must not take the connection down
             log.exception("uplink could not fetch events from the buffer; retrying")
             self._delivery.exhausted = True  # read on at the next refill, not in a loop
             return
+        if not batch:
+            self._empty_read = max(self._empty_read, read)
         self._delivery.read_ahead(batch, generation, limit)
         if batch:
             self._wake.set()
